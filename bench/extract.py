@@ -1,0 +1,170 @@
+"""Benchmark: activation extraction, trusttrace against the reference protocol, in one run.
+
+The reference protocol (the study's code) runs one statement per forward pass through the
+whole causal LM in fp32 with a hook on every block. trusttrace batches statements by length,
+reads every block in one pass, never runs the LM head, and can run in bf16.
+
+    python bench/extract.py                         # CPU: Pythia-70m-shaped model on stereoset
+    python bench/extract.py --shape llama-7b --device cuda --reference-rows 200 --load-test
+    python bench/extract.py --record                # append the results to bench/RESULTS.md
+
+Random weights are enough for timing; the tokenizer is trained on the statements themselves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, GPTNeoXConfig, LlamaConfig
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import bench_statements, machine_description, record_section  # noqa: E402
+
+from trusttrace.extract import extract_activations  # noqa: E402
+from trusttrace.models import block_hidden, decoder_layers, load_model  # noqa: E402
+from trusttrace.tiny import train_tokenizer  # noqa: E402
+
+# Dense bf16 tensor-core peaks (no sparsity), for the fraction-of-peak figure on a GPU.
+PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
+
+
+def model_config(shape: str, vocab_size: int):
+    """Pythia-70m's or Llama-2-7B's shape, with the tokenizer's special ids."""
+    if shape == "pythia-70m":
+        return GPTNeoXConfig(
+            vocab_size=vocab_size, hidden_size=512, intermediate_size=2048, num_hidden_layers=6,
+            num_attention_heads=8, max_position_embeddings=2048, rotary_pct=0.25, bos_token_id=0, eos_token_id=1,
+            pad_token_id=3,
+        )
+    if shape == "llama-7b":
+        return LlamaConfig(
+            vocab_size=vocab_size, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+            num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096, bos_token_id=0,
+            eos_token_id=1, pad_token_id=3,
+        )
+    raise SystemExit(f"unknown shape {shape!r}")
+
+
+def reference_extract(model, tokenizer, statements) -> torch.Tensor:
+    """The study's protocol: one statement per forward of the full LM, fp32, a hook on every block."""
+    blocks = decoder_layers(model)
+    captured: dict[int, torch.Tensor] = {}
+    handles = [
+        block.register_forward_hook(lambda _m, _i, out, j=j: captured.__setitem__(j, block_hidden(out)))
+        for j, block in enumerate(blocks)
+    ]
+    device = next(model.parameters()).device
+    rows = []
+    try:
+        with torch.no_grad():
+            for text in statements:
+                inputs = tokenizer(text, return_tensors="pt").to(device)
+                model(**inputs)
+                rows.append(torch.stack([captured[j][0, -1].float().cpu() for j in range(len(blocks))]))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return torch.stack(rows, dim=1)
+
+
+def timed(fn, device: str):
+    """Run `fn` once and return (result, seconds), synchronising a GPU around it."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    result = fn()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return result, time.perf_counter() - start
+
+
+def token_count(tokenizer, statements) -> int:
+    return sum(len(ids) for ids in tokenizer(statements)["input_ids"])
+
+
+def peak_tflops(device: str) -> float | None:
+    if not device.startswith("cuda"):
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in PEAK_BF16_TFLOPS.items() if key in name), None)
+
+
+def load_test(model, tokenizer, device: str) -> tuple[float, float]:
+    """Save the model as a bf16 safetensors folder on local disk and time `load_model` onto the device."""
+    with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as folder:
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        size = sum(p.stat().st_size for p in Path(folder).glob("*.safetensors")) / 1e9
+        os.sync()
+        (loaded, _), seconds = timed(lambda: load_model(folder, dtype="bfloat16", device=device), device)
+        del loaded
+    return size, seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", default="pythia-70m", choices=["pythia-70m", "llama-7b"])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dataset", default="stereoset")
+    parser.add_argument("--rows", type=int, default=None, help="use only the first N statements")
+    parser.add_argument("--reference-rows", type=int, default=None, help="time the reference on the first N only")
+    parser.add_argument("--vocab", type=int, default=50304)
+    parser.add_argument("--load-test", action="store_true", help="also time loading a saved bf16 checkpoint")
+    parser.add_argument("--record", action="store_true", help="append the results to bench/RESULTS.md")
+    args = parser.parse_args()
+
+    statements = bench_statements(args.dataset, args.rows)
+    tokenizer = train_tokenizer(statements, vocab_size=min(args.vocab, 30000))
+    torch.manual_seed(0)
+    config = model_config(args.shape, args.vocab)
+    with torch.device(args.device):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    reference_rows = statements[: args.reference_rows] if args.reference_rows else statements
+    tokens = token_count(tokenizer, statements)
+
+    reference, t_ref = timed(lambda: reference_extract(model, tokenizer, reference_rows), args.device)
+    per_statement_ref = t_ref / len(reference_rows)
+    fp32, t_fp32 = timed(lambda: extract_activations(model, tokenizer, statements), args.device)
+    error_fp32 = ((fp32[:, : len(reference_rows)] - reference).abs().max() / reference.abs().max()).item()
+    model.to(torch.bfloat16)
+    extract_activations(model, tokenizer, statements[:64])  # warm-up of the bf16 kernels
+    bf16, t_bf16 = timed(lambda: extract_activations(model, tokenizer, statements), args.device)
+    error_bf16 = ((bf16[:, : len(reference_rows)] - reference).norm() / reference.norm()).item()
+
+    n = len(statements)
+    reference_total = per_statement_ref * n
+    rows = [
+        ("reference: 1 statement/forward, fp32, full LM", f"{reference_total:.2f}", f"{per_statement_ref * 1e3:.2f}", "1.0x", "-"),
+        ("trusttrace fp32, batched", f"{t_fp32:.2f}", f"{t_fp32 / n * 1e3:.3f}", f"{reference_total / t_fp32:.1f}x", f"max rel {error_fp32:.1e}"),
+        ("trusttrace bf16, batched", f"{t_bf16:.2f}", f"{t_bf16 / n * 1e3:.3f}", f"{reference_total / t_bf16:.1f}x", f"rel L2 {error_bf16:.1e}"),
+    ]
+    lines = [
+        f"- model: {args.shape}-shaped ({sum(p.numel() for p in model.parameters()) / 1e6:.0f}M params, random weights), "
+        f"dataset: {args.dataset} ({n} statements, {tokens} tokens)",
+    ]
+    if args.reference_rows:
+        lines.append(f"- reference timed on the first {len(reference_rows)} statements and scaled to {n}")
+    peak = peak_tflops(args.device)
+    if peak:
+        body_params = sum(p.numel() for name, p in model.named_parameters() if "lm_head" not in name and "embed" not in name)
+        achieved = 2 * body_params * tokens / t_bf16 / 1e12
+        lines.append(f"- bf16 throughput: {achieved:.0f} TFLOP/s = {100 * achieved / peak:.0f} % of the {peak:.0f} TFLOP/s dense bf16 peak")
+    if args.load_test:
+        size, seconds = load_test(model, tokenizer, args.device)
+        lines.append(f"- load_model of a {size:.1f} GB bf16 safetensors checkpoint from local disk onto {args.device}: {seconds:.1f} s")
+    table = ["| method | total s | ms/statement | speed-up | numerics vs reference |", "|---|---|---|---|---|"]
+    table += ["| " + " | ".join(row) + " |" for row in rows]
+    text = "\n".join(lines + [""] + table)
+    print(text)
+    if args.record:
+        record_section(f"extract ({args.shape}, {args.device})", machine_description(args.device), text)
+
+
+if __name__ == "__main__":
+    main()

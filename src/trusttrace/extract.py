@@ -1,0 +1,223 @@
+"""Batched, padding-safe extraction of decoder-block outputs for a list of statements.
+
+One forward pass per batch reads every chosen block through forward hooks. Each hook reduces
+its block's output to one vector per statement at once (the last real token, the first, or the
+mean), so memory never holds more than the output plus one batch's states. Statements are
+sorted by length so that batches carry little padding, and the LM head is never run.
+"""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from trusttrace.errors import TrustTraceError
+from trusttrace.models import block_hidden, check_layers, context_length, decoder_layers
+
+POSITIONS = ("last", "first", "mean")
+
+# Tokens per batch when the caller gives no batch size: enough to keep a CPU busy, and on a
+# GPU a budget derived from free memory (see `auto_batch_tokens`).
+CPU_BATCH_TOKENS = 4096
+
+
+@dataclass(frozen=True)
+class ActivationBatch:
+    """The states of one batch: `states[j, k]` is layer `layers[j]` of statement `rows[k]`."""
+
+    rows: np.ndarray
+    states: torch.Tensor
+
+
+class _StopForward(Exception):
+    """Raised by the hook of the deepest chosen block: later blocks are not needed."""
+
+
+def tokenize_statements(
+    tokenizer: PreTrainedTokenizerBase, statements: Sequence[str], max_length: int
+) -> list[list[int]]:
+    """Token ids of each statement with the tokenizer's defaults (BOS where it adds one).
+
+    Statements longer than `max_length` lose tokens from the left, keeping a leading BOS, so
+    the last token survives; a single warning says how many were cut.
+    """
+    encoded = tokenizer(list(statements), add_special_tokens=True)["input_ids"]
+    bos = tokenizer.bos_token_id
+    cut = 0
+    for i, ids in enumerate(encoded):
+        if len(ids) > max_length:
+            cut += 1
+            keep_bos = bos is not None and ids[0] == bos
+            encoded[i] = ([bos] if keep_bos else []) + ids[len(ids) - max_length + keep_bos :]
+    if cut:
+        warnings.warn(
+            f"{cut} statement(s) are longer than the model's context of {max_length} tokens and were "
+            "truncated from the left (the last token is kept)",
+            stacklevel=3,
+        )
+    return encoded
+
+
+def plan_batches(lengths: Sequence[int], batch_size: int | None, batch_tokens: int) -> list[np.ndarray]:
+    """Row indices of each batch: statements sorted by length, longest first.
+
+    With `batch_size` every batch has that many rows; otherwise a batch holds as many rows as
+    fit in `batch_tokens` padded tokens.
+    """
+    order = np.argsort(-np.asarray(lengths), kind="stable")
+    if batch_size is not None:
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    batches, start = [], 0
+    while start < len(order):
+        longest = lengths[order[start]]
+        size = max(1, batch_tokens // max(longest, 1))
+        batches.append(order[start : start + size])
+        start += size
+    return batches
+
+
+def auto_batch_tokens(model: PreTrainedModel) -> int:
+    """A token budget per batch: a fixed one on the CPU, a share of free memory on a GPU."""
+    device = next(model.parameters()).device
+    if device.type != "cuda":
+        return CPU_BATCH_TOKENS
+    free, _ = torch.cuda.mem_get_info(device)
+    hidden = model.config.get_text_config().hidden_size
+    bytes_per_token = hidden * next(model.parameters()).element_size() * 40
+    return int(min(max(free * 0.5 // bytes_per_token, 512), 262_144))
+
+
+def pad_batch(
+    sequences: Sequence[Sequence[int]], pad_id: int, side: str, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Input ids, attention mask and position ids of a padded batch.
+
+    Position ids count real tokens only, so a statement gets the same positions whatever the
+    padding side and the batch it is in (left padding would otherwise shift rotary positions).
+    """
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, seq in enumerate(sequences):
+        span = slice(width - len(seq), width) if side == "left" else slice(0, len(seq))
+        ids[i, span] = torch.tensor(seq, dtype=torch.long)
+        mask[i, span] = 1
+    positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+    return ids.to(device), mask.to(device), positions.to(device)
+
+
+def reduce_positions(hidden: torch.Tensor, mask: torch.Tensor, position: str) -> torch.Tensor:
+    """One vector per row of a block output [batch, seq, hidden]: last, first or mean real token."""
+    if position == "mean":
+        weights = mask.to(hidden.dtype).unsqueeze(-1)
+        return (hidden * weights).sum(dim=1) / weights.sum(dim=1)
+    columns = torch.arange(mask.shape[1], device=mask.device)
+    real = mask.bool()
+    if position == "last":
+        index = torch.where(real, columns, -1).max(dim=1).values
+    else:
+        index = torch.where(real, columns, mask.shape[1]).min(dim=1).values
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), index]
+
+
+def _accepts_position_ids(module: nn.Module) -> bool:
+    return "position_ids" in inspect.signature(module.forward).parameters
+
+
+def check_position(position: str) -> str:
+    """The position rule, validated: last, first or mean."""
+    if position not in POSITIONS:
+        raise TrustTraceError(f"unknown position {position!r}; expected one of {', '.join(POSITIONS)}")
+    return position
+
+
+def iter_activations(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    statements: Sequence[str],
+    *,
+    layers: str | int | Sequence[int] = "all",
+    position: str = "last",
+    batch_size: int | None = None,
+    batch_tokens: int | None = None,
+    progress: bool = False,
+) -> Iterator[ActivationBatch]:
+    """Yield the chosen blocks' states batch by batch (rows in length order, not input order)."""
+    check_position(position)
+    blocks = decoder_layers(model)
+    chosen = check_layers(layers, len(blocks))
+    encoded = tokenize_statements(tokenizer, statements, context_length(model, tokenizer))
+    batches = plan_batches([len(ids) for ids in encoded], batch_size, batch_tokens or auto_batch_tokens(model))
+    device = next(model.parameters()).device
+    base = model.base_model
+    pass_positions = _accepts_position_ids(base)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    side = getattr(tokenizer, "padding_side", "right")
+    captured: dict[int, torch.Tensor] = {}
+    current_mask: list[torch.Tensor] = []
+    deepest = max(chosen)
+
+    def make_hook(layer: int):
+        def hook(_module, _inputs, output):
+            captured[layer] = reduce_positions(block_hidden(output), current_mask[0], position)
+            if layer == deepest:
+                raise _StopForward
+
+        return hook
+
+    handles = [blocks[layer].register_forward_hook(make_hook(layer)) for layer in chosen]
+    try:
+        bar = tqdm(total=len(statements), desc="extract", unit="stmt", disable=not progress)
+        with torch.inference_mode(), bar:
+            for rows in batches:
+                ids, mask, positions = pad_batch([encoded[r] for r in rows], pad_id, side, device)
+                current_mask[:] = [mask]
+                captured.clear()
+                kwargs = {"position_ids": positions} if pass_positions else {}
+                try:
+                    base(input_ids=ids, attention_mask=mask, use_cache=False, **kwargs)
+                except _StopForward:
+                    pass
+                states = torch.stack([captured[layer] for layer in chosen]).float().cpu()
+                yield ActivationBatch(rows=np.asarray(rows), states=states)
+                bar.update(len(rows))
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def extract_activations(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    statements: Sequence[str],
+    *,
+    layers: str | int | Sequence[int] = "all",
+    position: str = "last",
+    batch_size: int | None = None,
+    batch_tokens: int | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Hidden states of the chosen decoder blocks, `[n_layers, n_statements, hidden]`, float32 on the CPU.
+
+    Layer j of the result is the output of block `layers[j]` (all blocks by default) at the
+    chosen position of each statement, in the statements' order.
+    """
+    if len(statements) == 0:
+        raise TrustTraceError("no statements to extract")
+    result: torch.Tensor | None = None
+    for batch in iter_activations(
+        model, tokenizer, statements, layers=layers, position=position,
+        batch_size=batch_size, batch_tokens=batch_tokens, progress=progress,
+    ):
+        if result is None:
+            result = torch.empty((batch.states.shape[0], len(statements), batch.states.shape[2]), dtype=torch.float32)
+        result[:, torch.from_numpy(batch.rows)] = batch.states
+    return result

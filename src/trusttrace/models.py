@@ -1,0 +1,299 @@
+"""Loading causal LMs and finding their decoder blocks, whatever the architecture.
+
+`load_model` puts weights straight onto the target device in the target dtype (no full fp32
+copy on the CPU first) and records where they came from; `decoder_layers` finds the blocks
+whose outputs are the layers trusttrace reads and steers (layer i = output of block i).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from packaging.version import Version
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from trusttrace.errors import CheckpointError, LayerError, ModelError, OfflineError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+# Attribute paths of the decoder-block list in common architectures, tried before the generic
+# search: Llama/Mistral/Qwen/Gemma/OLMo, GPT-NeoX, GPT-2/GPT-J, OPT, MPT/OLMo-1 (hf_olmo).
+KNOWN_LAYER_PATHS = ("model.layers", "gpt_neox.layers", "transformer.h", "model.decoder.layers", "transformer.blocks")
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+
+# transformers renamed from_pretrained's `torch_dtype` to `dtype` in 4.56.
+DTYPE_ARGUMENT = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a loaded model came from: the provenance every artefact derived from it carries."""
+
+    model: str
+    revision: str | None
+    commit: str | None
+    weights_sha256: str | None
+    dtype: str
+    tokenizer: str
+    architecture: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: str) -> torch.dtype:
+    """Turn a dtype name into a torch dtype; "auto" is bf16 on a GPU and fp32 on the CPU."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    if dtype not in DTYPES:
+        raise ModelError(f"unknown dtype {dtype!r}; expected auto, {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def default_device() -> str:
+    """The first CUDA device when there is one, else the CPU."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_model(
+    model_id: str | os.PathLike,
+    revision: str | None = None,
+    *,
+    dtype: str | torch.dtype = "auto",
+    device: str | None = None,
+    trust_remote_code: bool = False,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a causal LM and its tokenizer by Hub id or local path, in eval mode.
+
+    Weights go straight to `device` in `dtype`. The tokenizer gets a pad token (the EOS token)
+    when it has none, so batches can be padded. The model carries a `ModelSource` as
+    `model.trusttrace_source` for provenance.
+    """
+    device = device or default_device()
+    torch_dtype = resolve_dtype(dtype, device)
+    name = str(model_id)
+    config = _load_config(name, revision, trust_remote_code)
+    if not trust_remote_code and type(config) not in AutoModelForCausalLM._model_mapping:
+        raise ModelError(f"{name}: not a causal language model (its config is {type(config).__name__})")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            name,
+            revision=revision,
+            config=config,
+            device_map=device,
+            **{DTYPE_ARGUMENT: torch_dtype},
+            trust_remote_code=trust_remote_code,
+        )
+    except ValueError as error:
+        raise ModelError(f"{name}: not a causal language model ({_first_line(error)})") from None
+    except OSError as error:
+        raise _hub_error(name, revision, error) from None
+    model.eval()
+    tokenizer = load_tokenizer(name, revision, trust_remote_code)
+    model.trusttrace_source = ModelSource(
+        model=name,
+        revision=revision,
+        commit=getattr(config, "_commit_hash", None),
+        weights_sha256=weights_checksum(model),
+        dtype=str(torch_dtype).removeprefix("torch."),
+        tokenizer=getattr(tokenizer, "name_or_path", name) or name,
+        architecture=type(model).__name__,
+    )
+    return model, tokenizer
+
+
+def load_tokenizer(name: str, revision: str | None = None, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    """The model's tokenizer, with the EOS token as pad token when it has no pad token."""
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)
+    except OSError as error:
+        raise _hub_error(name, revision, error) from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _load_config(name: str, revision: str | None, trust_remote_code: bool):
+    """The model's config, with package errors for a missing model, revision or network."""
+    try:
+        return AutoConfig.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)
+    except ValueError as error:
+        raise ModelError(f"{name}: cannot read a model config ({_first_line(error)})") from None
+    except OSError as error:
+        raise _hub_error(name, revision, error) from None
+
+
+def _hub_error(name: str, revision: str | None, error: OSError) -> Exception:
+    """Translate transformers' OSError for a model it cannot find into one clear package error."""
+    text = str(error)
+    where = f"{name}@{revision}" if revision else name
+    if "couldn't connect" in text.lower() or "offline" in text.lower():
+        return OfflineError(
+            f"{where}: the Hugging Face Hub cannot be reached and the model is not in the local cache; "
+            "go online once, or pass a local folder"
+        )
+    if revision and "revision" in text.lower():
+        return CheckpointError(f"{where}: unknown revision {revision!r}")
+    if Path(name).exists():
+        return ModelError(f"{name}: not a loadable model folder ({_first_line(error)})")
+    return ModelError(f"{where}: cannot load the model ({_first_line(error)})")
+
+
+def _first_line(error: BaseException) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+def weights_checksum(model: PreTrainedModel) -> str | None:
+    """A checksum of the weight files the model was loaded from (None for an in-memory model).
+
+    Files in the Hugging Face cache are stored under their sha256 (the blob name), so they are
+    not re-read; local files are hashed once. The result is one sha256 over name:digest lines,
+    identical for identical weights, which is how duplicate revisions are found.
+    """
+    folder = _weights_folder(model)
+    if folder is None:
+        return None
+    files = sorted(p for p in folder.iterdir() if p.name.endswith(WEIGHT_SUFFIXES))
+    if not files:
+        return None
+    lines = [f"{path.name}:{file_sha256(path)}" for path in files]
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+def _weights_folder(model: PreTrainedModel) -> Path | None:
+    """The folder of the weight files: the local path, or the Hub cache snapshot."""
+    name = getattr(model, "name_or_path", "") or ""
+    if name and Path(name).is_dir():
+        return Path(name)
+    commit = getattr(model.config, "_commit_hash", None)
+    if not name or not commit:
+        return None
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    snapshot = Path(HF_HUB_CACHE) / f"models--{name.replace('/', '--')}" / "snapshots" / commit
+    return snapshot if snapshot.is_dir() else None
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file; for a Hub-cache symlink to an LFS blob, the blob's name already is."""
+    resolved = path.resolve()
+    if resolved.parent.name == "blobs" and len(resolved.name) == 64:
+        return resolved.name
+    digest = hashlib.sha256()
+    with open(resolved, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 24), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The model's decoder blocks, in order: layer i is the output of block i.
+
+    Known attribute paths are tried first; otherwise the one ModuleList whose length equals the
+    config's layer count is used. Anything else is a ModelError naming the model class.
+    """
+    count = num_hidden_layers(model)
+    for path in KNOWN_LAYER_PATHS:
+        module = _get_path(model, path)
+        if isinstance(module, nn.ModuleList) and (count is None or len(module) == count):
+            return module
+    candidates = [
+        (name, module)
+        for name, module in model.named_modules()
+        if isinstance(module, nn.ModuleList) and count is not None and len(module) == count
+    ]
+    if len(candidates) >= 1:
+        return min(candidates, key=lambda item: item[0].count("."))[1]
+    raise ModelError(
+        f"{type(model).__name__}: cannot find its decoder blocks (no ModuleList of {count} blocks); "
+        "architectures known to work: Llama, GPT-NeoX, OLMo, GPT-2, Mistral, Qwen, Gemma"
+    )
+
+
+def num_hidden_layers(model: nn.Module) -> int | None:
+    """The number of decoder blocks the config declares, under any of its usual names."""
+    config = getattr(model, "config", None)
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for key in ("num_hidden_layers", "n_layer", "num_layers", "n_layers"):
+        value = getattr(text_config, key, None)
+        if isinstance(value, int):
+            return value
+    return None
+
+
+def _get_path(module: nn.Module, path: str) -> Any:
+    for part in path.split("."):
+        module = getattr(module, part, None)
+        if module is None:
+            return None
+    return module
+
+
+def check_layers(layers: "str | int | list[int] | tuple[int, ...]", count: int) -> list[int]:
+    """Normalise a layer selection ("all", an int, a list; negatives count from the end)."""
+    if layers == "all":
+        return list(range(count))
+    chosen = [layers] if isinstance(layers, int) else list(layers)
+    result = []
+    for layer in chosen:
+        if not isinstance(layer, int) or not -count <= layer < count:
+            raise LayerError(f"layer {layer!r} is out of range: the model has {count} decoder blocks (0..{count - 1})")
+        result.append(layer % count)
+    if not result:
+        raise LayerError("no layers chosen")
+    return result
+
+
+def block_hidden(output: Any) -> torch.Tensor:
+    """The hidden states in a decoder block's output, which is a tuple or a bare tensor."""
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+def with_block_hidden(output: Any, hidden: torch.Tensor) -> Any:
+    """The block output with its hidden states replaced, keeping the output's own type."""
+    if isinstance(output, tuple):
+        return (hidden, *output[1:])
+    if isinstance(output, list):
+        return [hidden, *output[1:]]
+    return hidden
+
+
+def context_length(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> int:
+    """The longest input the model takes: the smaller of the config's and the tokenizer's limits."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    limits = [
+        getattr(config, key)
+        for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+        if isinstance(getattr(config, key, None), int)
+    ]
+    tokenizer_limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(tokenizer_limit, int) and tokenizer_limit < 1_000_000:
+        limits.append(tokenizer_limit)
+    return min(limits) if limits else 2048
+
+
+def describe_source(model: PreTrainedModel) -> dict[str, Any]:
+    """The model's provenance as a dict; for a model built in memory, what can be said of it."""
+    source = getattr(model, "trusttrace_source", None)
+    if source is not None:
+        return source.as_dict()
+    return {
+        "model": getattr(model, "name_or_path", "") or type(model).__name__,
+        "revision": None,
+        "commit": None,
+        "weights_sha256": None,
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "tokenizer": None,
+        "architecture": type(model).__name__,
+    }
+

@@ -1,0 +1,382 @@
+"""The workspace: activation sets on disk as safetensors shards with provenance sidecars.
+
+Layout of a workspace folder:
+
+    trusttrace-workspace.json           format version (an incompatible workspace is refused)
+    activations/<key>/meta.json         provenance, shard checksums, layers, row count
+    activations/<key>/shard-00000.safetensors   tensors "rows" and "layer.<i>" ([rows, hidden])
+    datasets/<content hash>.parquet     the statements, labels and groups of each dataset used
+    datasets/<content hash>.json        its card
+
+The key of an activation set is a hash of its provenance identity (model, commit, weights,
+dataset hash, position, layers, dtype, ...), so "is it done?" is one `stat`. Every write goes
+to a temporary file or folder first and is renamed into place, so a crash leaves either the
+whole artefact or nothing; every load verifies checksums, so a damaged file is reported and
+never used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from trusttrace.errors import CorruptArtefactError, StoreError
+from trusttrace.extract import ActivationBatch
+from trusttrace.provenance import identity, trusttrace_version
+
+WORKSPACE_FORMAT = 1
+WORKSPACE_FILE = "trusttrace-workspace.json"
+
+# A shard is flushed to disk once it holds this many bytes, which bounds the memory used when
+# an activation set is streamed in (see `ActivationStore.save_batches`).
+DEFAULT_SHARD_BYTES = 512 * 1024**2
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` through a temporary file in the same folder and a rename."""
+    _atomic_write(Path(path), lambda handle: handle.write(data))
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write `obj` as indented, key-sorted JSON, atomically."""
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
+
+
+def write_table(path: str | os.PathLike, frame: pd.DataFrame) -> None:
+    """Write a DataFrame as Parquet, atomically."""
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def read_table(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a Parquet table; a missing file is an empty table, an unreadable one a StoreError."""
+    path = Path(path)
+    if not path.exists():
+        return pd.DataFrame()
+    try:
+        return pd.read_parquet(path)
+    except Exception as error:  # pyarrow raises several unrelated types for a damaged file
+        raise CorruptArtefactError(f"{path}: unreadable Parquet table ({error})") from None
+
+
+def append_table(path: str | os.PathLike, rows: pd.DataFrame, key_columns: Iterable[str]) -> pd.DataFrame:
+    """Add `rows` to the table at `path`, replacing rows with the same key; returns the table."""
+    existing = read_table(path)
+    combined = pd.concat([existing, rows], ignore_index=True) if len(existing) else rows.reset_index(drop=True)
+    keys = [c for c in key_columns if c in combined.columns]
+    combined = combined.drop_duplicates(subset=keys, keep="last").reset_index(drop=True)
+    write_table(path, combined)
+    return combined
+
+
+def _atomic_write(path: Path, write: Callable[[Any], Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = tempfile.NamedTemporaryFile("wb", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False)
+    try:
+        with handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(handle.name, path)
+    except BaseException:
+        Path(handle.name).unlink(missing_ok=True)
+        raise
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def provenance_key(provenance: dict[str, Any]) -> str:
+    """The content key of an artefact: a hash of its provenance identity."""
+    text = json.dumps(identity(provenance), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+@dataclass(frozen=True)
+class ActivationRecord:
+    """One stored activation set: its key, folder and provenance (layers, dataset, model...)."""
+
+    key: str
+    path: Path
+    provenance: dict[str, Any]
+
+    @property
+    def layers(self) -> list[int]:
+        return list(self.provenance["layers"])
+
+    @property
+    def n(self) -> int:
+        return int(self.provenance["n"])
+
+
+class ActivationStore:
+    """Activation sets and dataset snapshots in a workspace folder (created when absent)."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        self._check_workspace()
+
+    @property
+    def activations_dir(self) -> Path:
+        return self.root / "activations"
+
+    @property
+    def datasets_dir(self) -> Path:
+        return self.root / "datasets"
+
+    def _check_workspace(self) -> None:
+        marker = self.root / WORKSPACE_FILE
+        if marker.exists():
+            try:
+                found = json.loads(marker.read_text()).get("format")
+            except (OSError, ValueError) as error:
+                raise StoreError(f"{marker}: unreadable workspace marker ({error})") from None
+            if found != WORKSPACE_FORMAT:
+                raise StoreError(
+                    f"{self.root}: workspace format {found!r} was made by an incompatible trusttrace version "
+                    f"(this one reads format {WORKSPACE_FORMAT}); use a new workspace"
+                )
+            return
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            write_json(marker, {"format": WORKSPACE_FORMAT, "created_by": trusttrace_version()})
+        except OSError as error:
+            raise StoreError(f"{self.root}: cannot create a workspace here ({error.strerror or error})") from None
+
+    # ----- activation sets -------------------------------------------------------------
+
+    def key(self, provenance: dict[str, Any]) -> str:
+        return provenance_key(provenance)
+
+    def find(self, provenance: dict[str, Any]) -> ActivationRecord | None:
+        """The stored record with the same identity as `provenance`, or None (no checksum read)."""
+        folder = self.activations_dir / self.key(provenance)
+        return self._read_record(folder) if (folder / "meta.json").exists() else None
+
+    def records(self) -> list[ActivationRecord]:
+        """Every activation set in the workspace, sorted by model, step, checkpoint and dataset."""
+        if not self.activations_dir.exists():
+            return []
+        found = []
+        for folder in sorted(self.activations_dir.iterdir()):
+            if folder.name.startswith(".") or not (folder / "meta.json").exists():
+                continue
+            try:
+                found.append(self._read_record(folder))
+            except CorruptArtefactError:
+                continue
+        return sorted(found, key=_record_order)
+
+    def broken(self) -> list[Path]:
+        """Folders under activations/ whose sidecar is missing or unreadable."""
+        if not self.activations_dir.exists():
+            return []
+        bad = []
+        for folder in sorted(self.activations_dir.iterdir()):
+            if folder.name.startswith("."):
+                continue
+            try:
+                self._read_record(folder)
+            except CorruptArtefactError:
+                bad.append(folder)
+        return bad
+
+    def _read_record(self, folder: Path) -> ActivationRecord:
+        try:
+            meta = json.loads((folder / "meta.json").read_text())
+            return ActivationRecord(key=folder.name, path=folder, provenance=meta["provenance"])
+        except (OSError, ValueError, KeyError) as error:
+            raise CorruptArtefactError(f"{folder / 'meta.json'}: unreadable sidecar ({error})") from None
+
+    def save(self, acts: torch.Tensor, dataset, provenance: dict[str, Any]) -> ActivationRecord:
+        """Store a complete activation tensor `[n_layers, n, hidden]` for `dataset`."""
+        rows = np.arange(acts.shape[1])
+        return self.save_batches([ActivationBatch(rows=rows, states=acts)], dataset, provenance)
+
+    def save_batches(
+        self,
+        batches: Iterable[ActivationBatch],
+        dataset,
+        provenance: dict[str, Any],
+        *,
+        shard_bytes: int = DEFAULT_SHARD_BYTES,
+    ) -> ActivationRecord:
+        """Stream batches into shards of at most about `shard_bytes`, then publish the set.
+
+        Nothing is visible under the record's key until every shard and the sidecar are
+        written: a crash midway leaves only a hidden temporary folder.
+        """
+        self.save_dataset(dataset)
+        key = self.key(provenance)
+        staging = self.activations_dir / f".tmp-{key}-{uuid.uuid4().hex[:8]}"
+        staging.mkdir(parents=True)
+        try:
+            files, seen = self._write_shards(batches, staging, provenance["layers"], shard_bytes)
+            if seen != provenance["n"]:
+                raise StoreError(f"activation set {key}: {seen} rows written, provenance says {provenance['n']}")
+            meta = {"provenance": provenance, "files": files, "format": WORKSPACE_FORMAT}
+            write_json(staging / "meta.json", meta)
+            self._publish(staging, self.activations_dir / key)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return self._read_record(self.activations_dir / key)
+
+    def _write_shards(
+        self, batches: Iterable[ActivationBatch], folder: Path, layers: list[int], shard_bytes: int
+    ) -> tuple[dict[str, str], int]:
+        files: dict[str, str] = {}
+        pending: list[ActivationBatch] = []
+        pending_bytes = seen = 0
+
+        def flush() -> None:
+            nonlocal pending_bytes
+            if not pending:
+                return
+            tensors = {"rows": torch.from_numpy(np.concatenate([b.rows for b in pending]).astype(np.int64))}
+            states = torch.cat([b.states for b in pending], dim=1)
+            for j, layer in enumerate(layers):
+                tensors[f"layer.{layer}"] = states[j].contiguous()
+            data = save_safetensors(tensors)
+            name = f"shard-{len(files):05d}.safetensors"
+            atomic_write_bytes(folder / name, data)
+            files[name] = sha256_bytes(data)
+            pending.clear()
+            pending_bytes = 0
+
+        for batch in batches:
+            if batch.states.shape[0] != len(layers):
+                raise StoreError(f"a batch has {batch.states.shape[0]} layers, provenance lists {len(layers)}")
+            pending.append(batch)
+            pending_bytes += batch.states.numel() * batch.states.element_size()
+            seen += len(batch.rows)
+            if pending_bytes >= shard_bytes:
+                flush()
+        flush()
+        return files, seen
+
+    @staticmethod
+    def _publish(staging: Path, final: Path) -> None:
+        """Move a finished folder into place, replacing an older (e.g. corrupt) one."""
+        if final.exists():
+            trash = final.with_name(f".old-{final.name}-{uuid.uuid4().hex[:8]}")
+            os.rename(final, trash)
+            os.rename(staging, final)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.rename(staging, final)
+
+    def load(self, record: ActivationRecord, layers: Iterable[int] | None = None) -> torch.Tensor:
+        """The activations `[n_layers, n, hidden]` in dataset row order, checksums verified.
+
+        `layers` picks stored layer indices (default: all, in the stored order). A missing or
+        damaged shard raises CorruptArtefactError; it is never partly used.
+        """
+        stored = record.layers
+        wanted = stored if layers is None else list(layers)
+        missing = [layer for layer in wanted if layer not in stored]
+        if missing:
+            raise StoreError(f"activation set {record.key}: layers {missing} are not stored (stored: {stored})")
+        meta = self._meta(record)
+        result: torch.Tensor | None = None
+        for name, digest in sorted(meta["files"].items()):
+            tensors = self._read_shard(record.path / name, digest)
+            if result is None:
+                hidden = tensors[f"layer.{wanted[0]}"].shape[1]
+                result = torch.empty((len(wanted), record.n, hidden), dtype=torch.float32)
+            rows = tensors["rows"]
+            for j, layer in enumerate(wanted):
+                result[j, rows] = tensors[f"layer.{layer}"].float()
+        if result is None:
+            raise CorruptArtefactError(f"{record.path}: no shards listed in meta.json")
+        return result
+
+    def verify(self, record: ActivationRecord) -> bool:
+        """Whether every shard of the record is present and matches its checksum."""
+        try:
+            for name, digest in self._meta(record)["files"].items():
+                self._read_shard(record.path / name, digest)
+        except CorruptArtefactError:
+            return False
+        return True
+
+    def _meta(self, record: ActivationRecord) -> dict[str, Any]:
+        try:
+            return json.loads((record.path / "meta.json").read_text())
+        except (OSError, ValueError) as error:
+            raise CorruptArtefactError(f"{record.path / 'meta.json'}: unreadable sidecar ({error})") from None
+
+    @staticmethod
+    def _read_shard(path: Path, digest: str) -> dict[str, torch.Tensor]:
+        try:
+            data = path.read_bytes()
+        except OSError:
+            raise CorruptArtefactError(f"{path}: shard is missing") from None
+        if sha256_bytes(data) != digest:
+            raise CorruptArtefactError(f"{path}: checksum mismatch, the file is damaged")
+        return load_safetensors(data)
+
+    def remove(self, record: ActivationRecord) -> None:
+        """Delete an activation set (e.g. a corrupt one before recomputing it)."""
+        trash = record.path.with_name(f".old-{record.key}-{uuid.uuid4().hex[:8]}")
+        os.rename(record.path, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+
+    # ----- dataset snapshots -----------------------------------------------------------
+
+    def save_dataset(self, dataset) -> Path:
+        """Keep a copy of the dataset's rows and card, keyed by its content hash."""
+        path = self.datasets_dir / f"{dataset.content_hash}.parquet"
+        if not path.exists():
+            write_table(path, dataset.to_frame())
+            write_json(path.with_suffix(".json"), {"name": dataset.name, "source": dataset.source, "card": asdict(dataset.card)})
+        return path
+
+    def load_dataset(self, record: ActivationRecord):
+        """The dataset an activation set was extracted from, as a TrustDataset."""
+        from trusttrace.data import DatasetCard, TrustDataset
+
+        digest = record.provenance["dataset_hash"]
+        path = self.datasets_dir / f"{digest}.parquet"
+        try:
+            frame = pd.read_parquet(path)
+            info = json.loads(path.with_suffix(".json").read_text())
+        except Exception as error:
+            raise CorruptArtefactError(f"{path}: dataset snapshot missing or unreadable ({error})") from None
+        card = info["card"]
+        card = DatasetCard(**{k: tuple(v) if isinstance(v, list) else v for k, v in card.items()})
+        groups = frame["group"].to_numpy() if "group" in frame and frame["group"].notna().all() else None
+        dataset = TrustDataset(
+            name=info["name"],
+            statements=frame["statement"].tolist(),
+            labels=frame["label"].to_numpy(dtype=np.int64),
+            groups=groups,
+            card=card,
+            source=info["source"],
+        )
+        if dataset.content_hash != digest:
+            raise CorruptArtefactError(f"{path}: content hash {dataset.content_hash} does not match {digest}")
+        return dataset
+
+
+def _record_order(record: ActivationRecord) -> tuple:
+    p = record.provenance
+    step = p.get("step")
+    return (str(p.get("model")), step if step is not None else -1, str(p.get("checkpoint")), str(p.get("dataset")))

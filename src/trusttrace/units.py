@@ -1,0 +1,54 @@
+"""Units of work that combine stages: each a function of its inputs and the workspace.
+
+A unit reads what it needs, computes, and publishes its artefact atomically in the store, so
+it can be re-run, skipped when done, or later run on another process or machine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from trusttrace.extract import check_position, iter_activations
+from trusttrace.models import check_layers, decoder_layers
+from trusttrace.provenance import activation_provenance
+from trusttrace.store import DEFAULT_SHARD_BYTES, ActivationRecord, ActivationStore
+
+
+def extract_to_store(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    dataset,
+    store: ActivationStore,
+    *,
+    layers: str | int | Sequence[int] = "all",
+    position: str = "last",
+    batch_size: int | None = None,
+    checkpoint: str | None = None,
+    step: int | None = None,
+    tokens: int | None = None,
+    memory_budget: int = DEFAULT_SHARD_BYTES,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> ActivationRecord:
+    """Extract `dataset`'s activations into the store, or return the stored set when present.
+
+    Output is streamed to shards of at most `memory_budget` bytes, so a dataset whose
+    activations do not fit in memory is still extracted. A stored set whose checksums fail is
+    recomputed, never used.
+    """
+    check_position(position)
+    chosen = check_layers(layers, len(decoder_layers(model)))
+    provenance = activation_provenance(
+        model, tokenizer, dataset=dataset.name, dataset_hash=dataset.content_hash, n=len(dataset),
+        position=position, layers=chosen, checkpoint=checkpoint, step=step, tokens=tokens,
+    )
+    existing = store.find(provenance)
+    if existing is not None and not overwrite and store.verify(existing):
+        return existing
+    batches = iter_activations(
+        model, tokenizer, dataset.statements, layers=chosen, position=position,
+        batch_size=batch_size, progress=progress,
+    )
+    return store.save_batches(batches, dataset, provenance, shard_bytes=memory_budget)

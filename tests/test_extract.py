@@ -1,0 +1,131 @@
+"""Extraction: batched equals one-at-a-time, layer i is block i's output, positions, truncation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from trusttrace.errors import LayerError, TrustTraceError
+from trusttrace.extract import extract_activations, plan_batches, reduce_positions
+from trusttrace.models import block_hidden, decoder_layers
+
+
+def one_at_a_time(model, tokenizer, statements, position="last"):
+    """The reference protocol: one statement per forward pass, a hook on every block."""
+    blocks = decoder_layers(model)
+    out = torch.zeros(len(blocks), len(statements), model.config.get_text_config().hidden_size)
+    for i, text in enumerate(statements):
+        captured = {}
+        handles = [
+            block.register_forward_hook(lambda _m, _i, o, j=j: captured.__setitem__(j, block_hidden(o)))
+            for j, block in enumerate(blocks)
+        ]
+        with torch.no_grad():
+            model(**tokenizer(text, return_tensors="pt"))
+        for handle in handles:
+            handle.remove()
+        for j in range(len(blocks)):
+            states = captured[j][0]
+            out[j, i] = {"last": states[-1], "first": states[0], "mean": states.mean(0)}[position]
+    return out
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("position", ["last", "first", "mean"])
+def test_batched_equals_one_at_a_time(arch, side, position, model_factory, tokenizer, statements):
+    model = model_factory(arch)
+    tokenizer.padding_side = side
+    try:
+        batched = extract_activations(model, tokenizer, statements, position=position, batch_size=4)
+    finally:
+        tokenizer.padding_side = "right"
+    reference = one_at_a_time(model, tokenizer, statements, position)
+    assert batched.shape == reference.shape
+    torch.testing.assert_close(batched, reference, rtol=1e-4, atol=1e-5)
+
+
+def test_layer_i_is_output_of_block_i_not_final_norm(arch, model_factory, tokenizer, statements):
+    model = model_factory(arch)
+    acts = extract_activations(model, tokenizer, statements[:2], batch_size=2)
+    with torch.no_grad():
+        hidden = model(**tokenizer(statements[0], return_tensors="pt"), output_hidden_states=True).hidden_states
+    # hidden_states[0] is the embedding output; [i + 1] is block i, except the last, which may be normed.
+    for layer in range(acts.shape[0] - 1):
+        torch.testing.assert_close(acts[layer, 0], hidden[layer + 1][0, -1], rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(acts[-1, 0], hidden[-1][0, -1], atol=1e-3)
+
+
+def _unwrap_first_input(_module, args, kwargs):
+    if args and isinstance(args[0], tuple):
+        args = (args[0][0], *args[1:])
+    if isinstance(kwargs.get("hidden_states"), tuple):
+        kwargs["hidden_states"] = kwargs["hidden_states"][0]
+    return args, kwargs
+
+
+@pytest.mark.parametrize("arch_name", ["llama", "gpt_neox", "gpt2"])
+def test_tuple_block_outputs_read_like_bare_tensors(arch_name, model_factory, tokenizer, statements):
+    """Blocks return a tuple (transformers 4) or a bare tensor (5): both must read the same."""
+    model = model_factory(arch_name)
+    blocks = decoder_layers(model)
+    chosen = list(range(len(blocks) - 1))  # the last block's output would feed the final norm
+    plain = extract_activations(model, tokenizer, statements, layers=chosen, batch_size=3)
+    handles = [block.register_forward_hook(lambda _m, _i, o: o if isinstance(o, tuple) else (o, None)) for block in blocks]
+    handles += [block.register_forward_pre_hook(_unwrap_first_input, with_kwargs=True) for block in blocks]
+    try:
+        as_tuples = extract_activations(model, tokenizer, statements, layers=chosen, batch_size=3)
+    finally:
+        for handle in handles:
+            handle.remove()
+    torch.testing.assert_close(plain, as_tuples)
+
+
+def test_layer_subset_and_order(model_factory, tokenizer, statements):
+    model = model_factory("llama")
+    every = extract_activations(model, tokenizer, statements)
+    some = extract_activations(model, tokenizer, statements, layers=[3, 1, -4])
+    torch.testing.assert_close(some, every[[3, 1, 0]])
+
+
+def test_layer_out_of_range(model_factory, tokenizer, statements):
+    with pytest.raises(LayerError, match="layer 4 is out of range"):
+        extract_activations(model_factory("gpt2"), tokenizer, statements, layers=[0, 4])
+
+
+def test_unknown_position(model_factory, tokenizer, statements):
+    with pytest.raises(TrustTraceError, match="unknown position 'middle'"):
+        extract_activations(model_factory("gpt2"), tokenizer, statements, position="middle")
+
+
+def test_long_statement_truncated_from_left_with_one_warning(tokenizer):
+    from trusttrace.tiny import tiny_model
+
+    model = tiny_model("llama", len(tokenizer), context=8)
+    long_text = " ".join(["the red cat sees the house"] * 4)
+    with pytest.warns(UserWarning, match="2 statement\\(s\\) are longer than the model's context of 8") as caught:
+        acts = extract_activations(model, tokenizer, [long_text, long_text, "the cat"])
+    assert len(caught) == 1
+    kept = tokenizer(long_text)["input_ids"]
+    truncated = [kept[0]] + kept[-7:]
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor([truncated]), output_hidden_states=True).hidden_states
+    torch.testing.assert_close(acts[0, 0], out[1][0, -1], rtol=1e-4, atol=1e-5)
+
+
+def test_batches_by_token_budget_cover_every_row_once():
+    lengths = [5, 1, 9, 3, 3, 7, 2]
+    batches = plan_batches(lengths, batch_size=None, batch_tokens=10)
+    rows = sorted(int(r) for batch in batches for r in batch)
+    assert rows == list(range(len(lengths)))
+    for batch in batches:
+        assert len(batch) * max(lengths[r] for r in batch) <= 10 or len(batch) == 1
+
+
+def test_reduce_positions_under_both_paddings():
+    hidden = torch.arange(2 * 4, dtype=torch.float32).reshape(2, 4, 1)
+    right = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])
+    left = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])
+    assert reduce_positions(hidden, right, "last").flatten().tolist() == [1.0, 7.0]
+    assert reduce_positions(hidden, left, "last").flatten().tolist() == [3.0, 7.0]
+    assert reduce_positions(hidden, left, "first").flatten().tolist() == [2.0, 4.0]
+    assert reduce_positions(hidden, right, "mean").flatten().tolist() == [0.5, 5.5]

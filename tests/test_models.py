@@ -1,0 +1,63 @@
+"""Model loading from local folders, decoder-block discovery, and clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from trusttrace.errors import LayerError, ModelError, OfflineError
+from trusttrace.models import check_layers, decoder_layers, load_model
+
+
+def test_load_local_folder_in_requested_dtype(arch, saved_model):
+    model, tokenizer = load_model(saved_model(arch), dtype="bfloat16", device="cpu")
+    assert next(model.parameters()).dtype == torch.bfloat16
+    assert not model.training
+    assert tokenizer.pad_token_id is not None
+    source = model.trusttrace_source
+    assert source.dtype == "bfloat16" and len(source.weights_sha256) == 64
+
+
+def test_same_weights_same_checksum(saved_model, tmp_path, model_factory, tokenizer):
+    first, _ = load_model(saved_model("gpt2"), dtype="float32", device="cpu")
+    copy = tmp_path / "copy"
+    model_factory("gpt2").save_pretrained(copy)
+    tokenizer.save_pretrained(copy)
+    second, _ = load_model(copy, dtype="float32", device="cpu")
+    assert first.trusttrace_source.weights_sha256 == second.trusttrace_source.weights_sha256
+
+
+def test_decoder_layers_found_for_each_architecture(arch, model_factory):
+    model = model_factory(arch)
+    assert len(decoder_layers(model)) == 4
+
+
+def test_decoder_layers_unknown_architecture():
+    with pytest.raises(ModelError, match="cannot find its decoder blocks"):
+        decoder_layers(torch.nn.Linear(2, 2))
+
+
+def test_folder_that_is_not_a_causal_lm(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "vit", "hidden_size": 8}))
+    with pytest.raises(ModelError, match="not a causal language model"):
+        load_model(tmp_path, device="cpu")
+
+
+def test_folder_without_a_model(tmp_path):
+    with pytest.raises(ModelError, match=str(tmp_path)):
+        load_model(tmp_path, device="cpu")
+
+
+def test_hub_model_offline_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises((OfflineError, ModelError), match="EleutherAI/pythia-70m@step1000"):
+        load_model("EleutherAI/pythia-70m", revision="step1000", device="cpu")
+
+
+def test_check_layers():
+    assert check_layers("all", 3) == [0, 1, 2]
+    assert check_layers([-1, 0], 3) == [2, 0]
+    with pytest.raises(LayerError, match="layer 3 is out of range"):
+        check_layers([3], 3)

@@ -1,0 +1,135 @@
+"""The activation store: round trip, sharding, corruption detection, atomicity, resume keys."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from trusttrace.data import DatasetCard, TrustDataset
+from trusttrace.errors import CorruptArtefactError, StoreError
+from trusttrace.extract import ActivationBatch, iter_activations
+from trusttrace.models import load_model
+from trusttrace.store import WORKSPACE_FILE, ActivationStore, append_table, read_table
+from trusttrace.units import extract_to_store
+
+CARD = DatasetCard(name="toy", dimension="user", label_1="true", label_0="false", source="test", licence="none")
+
+
+def toy_dataset(statements) -> TrustDataset:
+    labels = np.arange(len(statements)) % 2
+    return TrustDataset(name="toy", statements=statements, labels=labels, groups=None, card=CARD, source="test")
+
+
+def provenance(n: int, layers=(0, 1, 2)) -> dict:
+    return {
+        "model": "toy-model", "revision": "r1", "commit": None, "weights_sha256": "abc", "checkpoint": "r1",
+        "step": 10, "tokens": None, "dataset": "toy", "dataset_hash": "h", "n": n, "position": "last",
+        "layers": list(layers), "dtype": "float32", "tokenizer": "t", "template": None,
+    }
+
+
+def test_round_trip_and_layer_selection(tmp_path, statements):
+    store = ActivationStore(tmp_path)
+    dataset = toy_dataset(statements)
+    acts = torch.randn(3, len(statements), 8)
+    record = store.save(acts, dataset, provenance(len(statements)) | {"dataset_hash": dataset.content_hash})
+    assert store.records() == [record]
+    torch.testing.assert_close(store.load(record), acts)
+    torch.testing.assert_close(store.load(record, layers=[2, 0]), acts[[2, 0]])
+    back = store.load_dataset(record)
+    assert back.statements == dataset.statements and back.content_hash == dataset.content_hash
+    with pytest.raises(StoreError, match="layers \\[5\\] are not stored"):
+        store.load(record, layers=[5])
+
+
+def test_streamed_shards_in_batch_order_load_in_row_order(tmp_path, saved_model, statements):
+    model, tokenizer = load_model(saved_model("llama"), dtype="float32", device="cpu")
+    dataset = toy_dataset(statements)
+    store = ActivationStore(tmp_path)
+    record = extract_to_store(model, tokenizer, dataset, store, batch_size=2, memory_budget=1)
+    meta = json.loads((record.path / "meta.json").read_text())
+    assert len(meta["files"]) == 4  # one shard per batch of two statements
+    direct = torch.cat([b.states for b in iter_activations(model, tokenizer, statements, batch_size=len(statements))], 1)
+    order = next(iter_activations(model, tokenizer, statements, batch_size=len(statements))).rows
+    expected = torch.empty_like(direct)
+    expected[:, torch.from_numpy(order)] = direct
+    torch.testing.assert_close(store.load(record), expected)
+    for key in ("model", "revision", "commit", "weights_sha256", "dataset_hash", "position", "dtype", "tokenizer", "trusttrace_version"):
+        assert key in record.provenance
+
+
+def test_existing_set_is_reused_and_corrupt_set_recomputed(tmp_path, saved_model, statements):
+    model, tokenizer = load_model(saved_model("gpt2"), dtype="float32", device="cpu")
+    store = ActivationStore(tmp_path)
+    dataset = toy_dataset(statements)
+    first = extract_to_store(model, tokenizer, dataset, store)
+    good = store.load(first)
+    shard = next(first.path.glob("shard-*.safetensors"))
+    stamp = shard.stat().st_mtime_ns
+    again = extract_to_store(model, tokenizer, dataset, store)
+    assert again.key == first.key and shard.stat().st_mtime_ns == stamp
+    data = bytearray(shard.read_bytes())
+    data[-5] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    with pytest.raises(CorruptArtefactError, match="checksum mismatch"):
+        store.load(first)
+    assert not store.verify(first)
+    redone = extract_to_store(model, tokenizer, dataset, store)
+    torch.testing.assert_close(store.load(redone), good)
+
+
+def test_missing_shard_is_reported(tmp_path, statements):
+    store = ActivationStore(tmp_path)
+    dataset = toy_dataset(statements)
+    record = store.save(torch.zeros(3, len(statements), 4), dataset, provenance(len(statements)) | {"dataset_hash": dataset.content_hash})
+    next(record.path.glob("shard-*")).unlink()
+    with pytest.raises(CorruptArtefactError, match="shard is missing"):
+        store.load(record)
+
+
+def test_crash_midway_leaves_nothing_visible(tmp_path, statements):
+    store = ActivationStore(tmp_path)
+    dataset = toy_dataset(statements)
+
+    def batches():
+        yield ActivationBatch(rows=np.arange(2), states=torch.zeros(3, 2, 4))
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError, match="killed"):
+        store.save_batches(batches(), dataset, provenance(len(statements)), shard_bytes=1)
+    assert store.records() == []
+    assert [p.name for p in store.activations_dir.iterdir()] == []
+
+
+def test_key_depends_on_identity_only(tmp_path):
+    store = ActivationStore(tmp_path)
+    base = provenance(4)
+    assert store.key(base) == store.key(base | {"created": "later", "step": 99})
+    assert store.key(base) != store.key(base | {"weights_sha256": "other"})
+    assert store.key(base) != store.key(base | {"position": "mean"})
+
+
+def test_incompatible_workspace_is_refused(tmp_path):
+    (tmp_path / WORKSPACE_FILE).write_text(json.dumps({"format": 999}))
+    with pytest.raises(StoreError, match="incompatible trusttrace version"):
+        ActivationStore(tmp_path)
+
+
+def test_unwritable_workspace(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(StoreError, match="cannot create a workspace"):
+        ActivationStore(blocker / "ws")
+
+
+def test_append_table_replaces_rows_with_same_key(tmp_path):
+    import pandas as pd
+
+    path = tmp_path / "t.parquet"
+    append_table(path, pd.DataFrame({"k": [1, 2], "v": [0.1, 0.2]}), ["k"])
+    table = append_table(path, pd.DataFrame({"k": [2, 3], "v": [0.5, 0.3]}), ["k"])
+    assert table.sort_values("k")["v"].tolist() == [0.1, 0.5, 0.3]
+    assert len(read_table(path)) == 3
