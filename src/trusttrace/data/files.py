@@ -1,0 +1,174 @@
+"""Reading `statement,label[,group]` tables from CSV, JSONL and Parquet files, with row-level validation.
+
+Every problem is reported as a DatasetError that names the file and the place: "data row N"
+(1-based, header excluded) for CSV and Parquet, with the file line for CSV, and "line N"
+(1-based file line) for JSONL.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from trusttrace.data.dataset import DatasetCard, TrustDataset
+from trusttrace.errors import DatasetError
+
+SUFFIXES = (".csv", ".jsonl", ".parquet")
+_LABEL_TEXT = {"0": 0, "1": 1, "0.0": 0, "1.0": 1, "false": 0, "true": 1}
+
+
+@dataclass(frozen=True)
+class Table:
+    """Rows read from a file, and how to point a user at each row when the file format has lines."""
+
+    frame: pd.DataFrame
+    places: list[str] | None = None
+
+    def where(self, row: int) -> str:
+        """'data row N (line M)' for CSV, 'line M' for JSONL, 'data row N' otherwise (N, M 1-based)."""
+        return self.places[row] if self.places is not None else f"data row {row + 1}"
+
+
+@dataclass(frozen=True)
+class Columns:
+    """Validated columns of a table: text statements, 0/1 labels, optional group ids."""
+
+    statements: list[str]
+    labels: np.ndarray
+    groups: np.ndarray | None
+
+
+def read_table(path: Path) -> Table:
+    """Read a .csv, .jsonl or .parquet file into a Table, or raise DatasetError saying why not."""
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise DatasetError(f"{path}: unsupported file type '{path.suffix}'; use .csv, .jsonl or .parquet")
+    if not path.is_file():
+        raise DatasetError(f"{path}: file not found")
+    try:
+        if suffix == ".csv":
+            return _read_csv(path)
+        if suffix == ".parquet":
+            return Table(pd.read_parquet(path))
+        return _read_jsonl(path)
+    except (OSError, ValueError, csv.Error) as error:  # OS, decoding, CSV and pyarrow (ArrowInvalid) failures
+        lines = str(error).strip().splitlines()
+        raise DatasetError(f"{path}: cannot read the file ({lines[0] if lines else type(error).__name__})") from error
+
+
+def _read_csv(path: Path) -> Table:
+    """A CSV with a header row, every field kept as text; a row with the wrong field count is an error."""
+    with path.open(encoding="utf-8-sig", newline="") as handle:
+        reader = csv.reader(handle)
+        header = next(reader, None)
+        if header is None:
+            raise DatasetError(f"{path}: empty file, no header row")
+        if len(set(header)) != len(header):
+            raise DatasetError(f"{path}: repeated column names in the header {header}")
+        rows, places = [], []
+        for row in reader:
+            if not row:
+                continue
+            place = f"data row {len(rows) + 1} (line {reader.line_num})"
+            if len(row) != len(header):
+                raise DatasetError(f"{path}: {place} has {len(row)} fields, the header has {len(header)}")
+            rows.append(row)
+            places.append(place)
+    return Table(pd.DataFrame(rows, columns=header), places)
+
+
+def _read_jsonl(path: Path) -> Table:
+    """One JSON object per line; blank lines are skipped, anything else that is not an object is an error."""
+    records, places = [], []
+    with path.open(encoding="utf-8-sig") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise DatasetError(f"{path}: line {number} is not valid JSON ({error.msg})") from error
+            if not isinstance(record, dict):
+                raise DatasetError(f"{path}: line {number} is not a JSON object")
+            records.append(record)
+            places.append(f"line {number}")
+    return Table(pd.DataFrame.from_records(records), places)
+
+
+def validate(table: Table, path: Path | str) -> Columns:
+    """Check the columns and every row; return statements, int64 labels and groups (None without a group column)."""
+    frame = table.frame
+    for column in ("statement", "label"):
+        if column not in frame.columns:
+            found = ", ".join(map(str, frame.columns)) or "none"
+            raise DatasetError(f"{path}: missing column '{column}' (found: {found})")
+    if len(frame) == 0:
+        raise DatasetError(f"{path}: no data rows")
+    statements = [_statement(value, path, table.where(row)) for row, value in enumerate(frame["statement"])]
+    labels = np.array([_label(value, path, table.where(row)) for row, value in enumerate(frame["label"])], dtype=np.int64)
+    groups = None
+    if "group" in frame.columns:
+        groups = pd.Series([_group(value, path, table.where(row)) for row, value in enumerate(frame["group"])]).to_numpy()
+    classes = np.unique(labels)
+    if classes.size < 2:
+        raise DatasetError(f"{path}: every row has label {int(classes[0])}; a probe needs both classes (0 and 1)")
+    return Columns(statements, labels, groups)
+
+
+def _statement(value: object, path: Path | str, where: str) -> str:
+    if _missing(value):
+        raise DatasetError(f"{path}: {where}: missing statement")
+    if not isinstance(value, str):
+        raise DatasetError(f"{path}: {where}: statement {value!r} is not text")
+    if not value.strip():
+        raise DatasetError(f"{path}: {where}: empty statement")
+    return value
+
+
+def _label(value: object, path: Path | str, where: str) -> int:
+    """Accept 0/1 as ints, floats 0.0/1.0, booleans or the strings '0', '1', '0.0', '1.0', 'true', 'false'."""
+    if _missing(value) or (isinstance(value, str) and not value.strip()):
+        raise DatasetError(f"{path}: {where}: missing label")
+    parsed = None
+    if isinstance(value, (bool, np.bool_)):
+        parsed = int(value)
+    elif isinstance(value, (int, np.integer)):
+        parsed = int(value) if value in (0, 1) else None
+    elif isinstance(value, (float, np.floating)):
+        parsed = int(value) if value in (0.0, 1.0) else None
+    elif isinstance(value, str):
+        parsed = _LABEL_TEXT.get(value.strip().lower())
+    if parsed is None:
+        raise DatasetError(f"{path}: {where}: label {value!r} is not 0 or 1")
+    return parsed
+
+
+def _group(value: object, path: Path | str, where: str) -> object:
+    if _missing(value) or (isinstance(value, str) and not value.strip()):
+        raise DatasetError(f"{path}: {where}: missing group")
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _missing(value: object) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def load_file(path: Path) -> TrustDataset:
+    """A user's `statement,label[,group]` file as a TrustDataset named after the file stem."""
+    columns = validate(read_table(path), path)
+    card = DatasetCard(
+        name=path.stem,
+        dimension="user",
+        label_1="label 1 as given in the file",
+        label_0="label 0 as given in the file",
+        source=str(path),
+        licence="unknown (user file)",
+        grouping="the file's group column" if columns.groups is not None else None,
+    )
+    return TrustDataset(path.stem, columns.statements, columns.labels, columns.groups, card, str(path))

@@ -1,0 +1,243 @@
+"""Building the built-in datasets from their Hugging Face sources, for users without the study files.
+
+The Hub copies are the datasets the study started from, not its CSVs, so each build says on its
+card how it differs. Offline (no network, or HF_HUB_OFFLINE=1) every call raises OfflineError
+with a one-line message that says to pass --data-dir or set TRUSTTRACE_DATA instead.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from huggingface_hub import constants, snapshot_download
+from huggingface_hub.utils import (
+    GatedRepoError,
+    HfHubHTTPError,
+    LocalEntryNotFoundError,
+    OfflineModeIsEnabled,
+    RepositoryNotFoundError,
+)
+
+from trusttrace.data.cards import CARDS
+from trusttrace.data.dataset import TrustDataset
+from trusttrace.data.files import Table, validate
+from trusttrace.errors import DatasetError, OfflineError
+
+STUDY_FILES_URL = "https://github.com/ChnQ/TracingLLM (src/datasets/)"
+SST2_UPPER_SEED = 0
+SST2_UPPER_WORD_PROBABILITY = 0.2
+
+
+def _network_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean 'the Hub cannot be reached', whichever HTTP client huggingface_hub uses.
+
+    huggingface_hub 0.x uses requests, 1.x httpx and 2.x httpx2; each raises its own transport errors.
+    """
+    errors: list[type[BaseException]] = [LocalEntryNotFoundError, OfflineModeIsEnabled, ConnectionError, TimeoutError]
+    for module_name, names in (("httpx2", ("TransportError",)), ("httpx", ("TransportError",)), ("requests", ("ConnectionError", "Timeout"))):
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        errors += [getattr(module, name) for name in names]
+    return tuple(errors)
+
+
+NETWORK_ERRORS = _network_errors()
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message, or its type name when it has none."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+def hub_offline() -> bool:
+    """True when HF_HUB_OFFLINE is set now (read at call time) or was set when huggingface_hub loaded."""
+    flag = os.environ.get("HF_HUB_OFFLINE", "").strip().upper()
+    return flag in {"1", "ON", "YES", "TRUE"} or bool(constants.HF_HUB_OFFLINE)
+
+
+@dataclass(frozen=True)
+class HubSource:
+    """Where a built-in name lives on the Hub and how its files become `statement,label,group` rows."""
+
+    repo_id: str
+    patterns: tuple[str, ...]
+    build: Callable[[list[Path]], pd.DataFrame]
+    grouping: str | None
+    quirks: tuple[str, ...]
+
+
+def load_from_hub(name: str, looked: str) -> TrustDataset:
+    """Download `name`'s Hub source and build it; `looked` says why no local copy was used."""
+    spec = HUB_SOURCES[name]
+    files = download(spec.repo_id, spec.patterns, f"{name}: {looked}")
+    try:
+        frame = spec.build(files)
+    except (KeyError, AttributeError, ValueError) as error:
+        raise DatasetError(f"{name}: the files of {spec.repo_id} are not laid out as expected ({error!r})") from error
+    where = f"https://huggingface.co/datasets/{spec.repo_id}"
+    columns = validate(Table(frame), where)
+    groups = None if columns.groups is None else pd.factorize(columns.groups)[0].astype(np.int64)
+    card = replace(CARDS[name], source=where, grouping=spec.grouping, quirks=spec.quirks, url=where)
+    return TrustDataset(name, columns.statements, columns.labels, groups, card, spec.repo_id)
+
+
+def download(repo_id: str, patterns: tuple[str, ...], context: str) -> list[Path]:
+    """The files of dataset repo `repo_id` matching `patterns`, from the local HF cache or the Hub."""
+    advice = (
+        f"pass --data-dir or set TRUSTTRACE_DATA to the folder holding the study CSVs "
+        f"(e.g. shared/datasets/tracingllm; the exact study files are at {STUDY_FILES_URL})"
+    )
+    if hub_offline():
+        raise OfflineError(f"{context}, and the Hugging Face Hub is off (HF_HUB_OFFLINE is set); {advice}")
+    try:
+        folder = Path(snapshot_download(repo_id, repo_type="dataset", allow_patterns=list(patterns)))
+    except GatedRepoError as error:
+        raise DatasetError(
+            f"{context}; {repo_id} is gated on the Hub: accept its terms at https://huggingface.co/datasets/{repo_id} "
+            f"and log in (hf auth login), or {advice}"
+        ) from error
+    except RepositoryNotFoundError as error:
+        raise DatasetError(f"{context}; the Hub has no dataset {repo_id}") from error
+    except NETWORK_ERRORS as error:
+        raise OfflineError(f"{context}, and the Hugging Face Hub cannot be reached ({type(error).__name__}); {advice}") from error
+    except HfHubHTTPError as error:
+        raise DatasetError(f"{context}; the Hub refused {repo_id} ({first_line(error)})") from error
+    files = sorted(path for pattern in patterns for path in folder.glob(pattern) if path.is_file())
+    if not files:
+        raise DatasetError(f"{context}; {repo_id} has no file matching {', '.join(patterns)}")
+    return files
+
+
+def read_frames(files: list[Path]) -> pd.DataFrame:
+    """Concatenate Parquet, JSONL and CSV files into one frame, in the given order."""
+    readers = {".parquet": pd.read_parquet, ".jsonl": lambda path: pd.read_json(path, lines=True), ".csv": pd.read_csv}
+    frames = [readers[path.suffix](path) for path in files if path.suffix in readers]
+    if not frames:
+        raise DatasetError(f"{files[0].parent}: no Parquet, JSONL or CSV file among {[path.name for path in files]}")
+    return pd.concat(frames, ignore_index=True)
+
+
+def truthfulqa_rows(files: list[Path]) -> pd.DataFrame:
+    """One row per answer: 'Q: <question>' TAB 'A: <answer>', 1 for correct answers, 0 for incorrect ones."""
+    rows = []
+    for record in read_frames(files).itertuples():
+        for answers, label in ((record.correct_answers, 1), (record.incorrect_answers, 0)):
+            rows += [(f"Q: {record.question}\tA: {answer}", label, record.question) for answer in answers]
+    return pd.DataFrame(rows, columns=["statement", "label", "group"])
+
+
+def toxigen_rows(files: list[Path]) -> pd.DataFrame:
+    """ToxiGen's human-annotated rows; toxic when the mean human score is > 2 of 5, as in the study."""
+    frame = read_frames(files)
+    labels = (frame["toxicity_human"] > 2).astype(np.int64)
+    return pd.DataFrame({"statement": frame["text"], "label": labels, "group": frame["text"]})
+
+
+def stereoset_rows(files: list[Path]) -> pd.DataFrame:
+    """Race items of StereoSet intersentence: context + anti-stereotype (1), context + unrelated (0)."""
+    anti_stereotype, unrelated = 0, 2  # the dataset's gold_label class ids
+    rows = []
+    for record in read_frames(files).itertuples():
+        if record.bias_type != "race":
+            continue
+        gold = list(record.sentences["gold_label"])
+        sentences = list(record.sentences["sentence"])
+        rows.append((f"{record.context} {sentences[gold.index(anti_stereotype)]}", 1, record.context))
+        rows.append((f"{record.context} {sentences[gold.index(unrelated)]}", 0, record.context))
+    return pd.DataFrame(rows, columns=["statement", "label", "group"])
+
+
+def sst2_rows(files: list[Path]) -> pd.DataFrame:
+    """Each SST-2 test sentence (0) and a copy with random letters upper-cased (1), side by side."""
+    rng = np.random.default_rng(SST2_UPPER_SEED)
+    rows = []
+    for index, sentence in enumerate(read_frames(files)["sentence"]):
+        rows += [(sentence, 0, index), (upper_random_letters(sentence, rng), 1, index)]
+    return pd.DataFrame(rows, columns=["statement", "label", "group"])
+
+
+def upper_random_letters(sentence: str, rng: np.random.Generator) -> str:
+    """Upper-case one random letter in each word with probability 0.2, and in at least one word."""
+    words = sentence.split(" ")
+    candidates = [i for i, word in enumerate(words) if any(c.islower() for c in word)]
+    if not candidates:
+        return sentence
+    chosen = [i for i in candidates if rng.random() < SST2_UPPER_WORD_PROBABILITY] or [int(rng.choice(candidates))]
+    for i in chosen:
+        letters = [j for j, c in enumerate(words[i]) if c.islower()]
+        j = int(rng.choice(letters))
+        words[i] = words[i][:j] + words[i][j].upper() + words[i][j + 1 :]
+    return " ".join(words)
+
+
+def sst2_sentiment_rows(files: list[Path]) -> pd.DataFrame:
+    """SetFit's labelled copy of the SST-2 test split: 1 positive, 0 negative."""
+    frame = read_frames(files)
+    return pd.DataFrame({"statement": frame["text"], "label": frame["label"]})
+
+
+HUB_SOURCES: dict[str, HubSource] = {
+    "truthfulqa": HubSource(
+        "truthfulqa/truthful_qa",
+        ("generation/validation-*.parquet",),
+        truthfulqa_rows,
+        "by question",
+        (
+            "built from HF truthfulqa/truthful_qa (config generation): TruthfulQA v0 answers for all 817 "
+            "questions, so it differs from the study's file (v1 answers, 410 questions; the other 407 are "
+            "its test questions)",
+            f"for the exact study file get truthfulqa_train.csv from {STUDY_FILES_URL}",
+            "each statement is 'Q: <question>' + a TAB + 'A: <answer>'",
+        ),
+    ),
+    "toxigen": HubSource(
+        "toxigen/toxigen-data",
+        ("annotated/*.parquet",),
+        toxigen_rows,
+        "identical statements share a group",
+        (
+            "built from HF toxigen/toxigen-data (config annotated, train and test: 9900 rows) with the study's "
+            "rule toxicity_human > 2; the study used SafeNLP's 6514-row subset, whose selection rule is undocumented",
+            "the repository is gated: accept its terms on the Hub and log in first",
+        ),
+    ),
+    "stereoset": HubSource(
+        "McGill-NLP/stereoset",
+        ("intersentence/validation-*.parquet",),
+        stereoset_rows,
+        "by context",
+        (
+            "NOT stereotype vs. benign: label 1 is the anti-stereotype continuation, label 0 the unrelated one",
+            "built from HF McGill-NLP/stereoset (intersentence, validation, bias_type race); the two rows of "
+            "an item are adjacent and the order differs from the study's file",
+        ),
+    ),
+    "sst2": HubSource(
+        "stanfordnlp/sst2",
+        ("data/test-*.parquet",),
+        sst2_rows,
+        "by twin (a sentence and its upper-cased copy)",
+        (
+            "NOT sentiment: the label marks the perturbation, not the polarity",
+            "built from HF stanfordnlp/sst2 (test split); the upper-casing is re-drawn (seed 0: each word "
+            "with probability 0.2 gets one random letter upper-cased, at least one word per sentence), so the "
+            "letters differ from the study's file and no pair is identical",
+        ),
+    ),
+    "sst2_sentiment": HubSource(
+        "SetFit/sst2",
+        ("test*", "data/test*"),
+        sst2_sentiment_rows,
+        None,
+        ("built from HF SetFit/sst2 (test split, labelled; GLUE's own test split has no labels)",),
+    ),
+}
