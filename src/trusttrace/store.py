@@ -93,6 +93,7 @@ def _atomic_write(path: Path, write: Callable[[Any], Any]) -> None:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(handle.name, 0o644)  # temporary files are private; artefacts are meant to be shared
         os.replace(handle.name, path)
     except BaseException:
         Path(handle.name).unlink(missing_ok=True)

@@ -1,0 +1,48 @@
+"""`trusttrace report`: the workspace's results as one HTML page with PNG/SVG figures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from trusttrace.cli.app import app
+from trusttrace.errors import LayerError
+from trusttrace.report import write_report
+
+
+def parse_layer_list(text: str) -> list[int]:
+    """Comma-separated layer indices, e.g. "0,3,5"."""
+    try:
+        layers = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise LayerError(f"--layers {text!r}: expected comma-separated integers, e.g. 0,3,5") from None
+    if not layers:
+        raise LayerError(f"--layers {text!r}: name at least one layer")
+    return layers
+
+
+@app.command()
+def report(
+    workspace: Path = typer.Argument(..., help="Workspace folder written by `trusttrace run`, or `extract` + `probe`/`mi`."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for report.html and its figures (default: WORKSPACE/report)."),
+    layers: Optional[str] = typer.Option(None, help="Layers drawn as curves, e.g. 0,3,5 (default: a few evenly spaced + the best)."),
+    title: Optional[str] = typer.Option(None, help="Page title (default: 'trusttrace report: <workspace name>')."),
+) -> None:
+    """Write an HTML report of WORKSPACE and print its path.
+
+    Sections: probe accuracy, mutual information, steering, dataset cards, provenance and failures.
+
+    The page is self-contained (figures embedded); each figure is also written beside it as PNG and SVG.
+
+    A section without data says which command makes it.
+
+    Examples:
+
+      trusttrace report workspace/
+
+      trusttrace report workspace/ --out paper/figures --layers 0,8,16,24 --title "Pythia-410m"
+    """
+    chosen = parse_layer_list(layers) if layers is not None else None
+    typer.echo(str(write_report(workspace, out_dir=out, layers=chosen, title=title)))

@@ -1,0 +1,60 @@
+"""`write_report`: the workspace's results as one self-contained HTML page plus PNG/SVG figures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from trusttrace.errors import LayerError, StoreError
+from trusttrace.provenance import now_utc, trusttrace_version
+from trusttrace.report import sections
+from trusttrace.report.html import page
+from trusttrace.report.inputs import Workspace, read_workspace
+from trusttrace.store import atomic_write_bytes
+
+REPORT_FILE = "report.html"
+
+
+def write_report(
+    workspace: str | Path,
+    *,
+    out_dir: Path | None = None,
+    layers: list[int] | None = None,
+    title: str | None = None,
+) -> Path:
+    """Write WORKSPACE/report/report.html (or into `out_dir`) with its figures beside it; returns its path.
+
+    `layers` picks the layers drawn as accuracy curves and in the MI figures (default: a few
+    evenly spaced layers plus the best one for accuracy, every layer for MI).
+    """
+    ws = read_workspace(workspace)
+    if ws.empty:
+        raise StoreError(f"nothing to report in {workspace}: run `trusttrace run` or `trusttrace extract` + `probe` first")
+    check_layers(ws, layers)
+    folder = Path(out_dir) if out_dir is not None else ws.root / "report"
+    folder.mkdir(parents=True, exist_ok=True)
+    writer = sections.FigureWriter(folder)
+    made = now_utc()
+    parts = [
+        sections.overview(ws, version=trusttrace_version(), made=made),
+        sections.probe_section(ws, writer, layers),
+        sections.mi_section(ws, writer, layers),
+        sections.steering_section(ws, writer),
+        sections.cards_section(ws),
+        sections.provenance_section(ws),
+    ]
+    heading = title or f"trusttrace report: {ws.root.resolve().name}"
+    path = folder / REPORT_FILE
+    atomic_write_bytes(path, page(heading, f"Made {made} from {ws.root.resolve()}", parts).encode("utf-8"))
+    return path
+
+
+def check_layers(ws: Workspace, layers: list[int] | None) -> None:
+    """Refuse requested layers that no probe or MI table holds (when such a table exists)."""
+    if layers is None:
+        return
+    if not layers:
+        raise LayerError("layers: name at least one layer (or None for the default choice)")
+    known = {int(v) for frame in (ws.probes, ws.mi) if "layer" in frame for v in frame["layer"].dropna().unique()}
+    unknown = [layer for layer in layers if layer not in known]
+    if known and unknown:
+        raise LayerError(f"layers {unknown} are not in the workspace's probe or MI tables (layers there: {min(known)}..{max(known)})")

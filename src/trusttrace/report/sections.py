@@ -1,0 +1,452 @@
+"""The report's sections, each built from the workspace tables it needs.
+
+A section whose data is absent says in one line what is missing and which command makes it.
+Figures are written through a `FigureWriter`, which gives each a unique file name.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from trusttrace.info import ESTIMATOR_CAVEAT, turning_points
+from trusttrace.report import figures
+from trusttrace.report.html import (
+    Section, bullet_list, definition_list, esc, figure, heading, link, missing, paragraph, span, table,
+)
+from trusttrace.report.inputs import (
+    BASELINES_FILE, MANIFEST_FILE, MI_FILE, PROBES_FILE, STEERING_FILE, Workspace, checkpoint_order,
+    missing_columns, short, with_checkpoint,
+)
+
+PROBE_REMEDY = "run `trusttrace probe WORKSPACE` (or the whole sweep with `trusttrace run`)"
+MI_REMEDY = "run `trusttrace mi WORKSPACE` (or the whole sweep with `trusttrace run`)"
+STEERING_REMEDY = "run `trusttrace run` with the steering and evaluation stages"
+DEFAULT_CURVE_LAYERS = 4
+# Columns that name one steering grid (everything but layer and alpha), when present.
+STEERING_GROUPS = ("source_model", "source_checkpoint", "source", "dataset", "target_model", "target", "task", "metric")
+
+
+@dataclass
+class FigureWriter:
+    """Saves figures into the report folder under unique, file-system-safe names."""
+
+    folder: Path
+    used: set[str] = field(default_factory=set)
+
+    def save(self, fig, *parts: Any) -> figures.SavedFigure:
+        base = re.sub(r"[^a-z0-9]+", "-", "-".join(str(p) for p in parts).lower()).strip("-") or "figure"
+        name, n = base, 1
+        while name in self.used:
+            n += 1
+            name = f"{base}-{n}"
+        self.used.add(name)
+        return figures.save_figure(fig, self.folder, name)
+
+
+# ----- 1. overview -------------------------------------------------------------------
+
+
+def overview(ws: Workspace, *, version: str, made: str) -> Section:
+    """Workspace, models, checkpoints, datasets, which tables exist, versions and time."""
+    section = Section("overview", "Overview")
+    points = all_checkpoints(ws)
+    present = [name for name in (PROBES_FILE, BASELINES_FILE, MI_FILE, STEERING_FILE, MANIFEST_FILE) if (ws.root / name).exists()]
+    made_by = sorted({str(p.get("trusttrace_version")) for p in ws.provenance if p.get("trusttrace_version")})
+    per_model = [
+        f"{model}: {len(group)} ({_checkpoint_span(group)})" for model, group in points.groupby("model", sort=True)
+    ] if len(points) else []
+    section.add(definition_list([
+        ("Workspace", span(str(ws.root.resolve()), "mono")),
+        ("Models", esc(", ".join(ws.models()) or "none recorded")),
+        ("Checkpoints", esc("; ".join(per_model) or "none recorded")),
+        ("Datasets", esc(", ".join(ws.dataset_names()) or "none recorded")),
+        ("Tables", esc(", ".join(present) or "none")),
+        ("Activation sets", esc(str(len(ws.provenance)))),
+        ("trusttrace", esc(version + (f" (artefacts made by {', '.join(made_by)})" if made_by else ""))),
+        ("Made", esc(made)),
+    ]))
+    return section
+
+
+def all_checkpoints(ws: Workspace) -> pd.DataFrame:
+    """Every (model, checkpoint) any input mentions, with its step and tokens, in training order."""
+    frames = [with_checkpoint(f) for f in (ws.probes, ws.mi) if len(f)]
+    if len(ws.checkpoints):
+        frames.append(with_checkpoint(ws.checkpoints.rename(columns={"name": "checkpoint"})))
+    if ws.provenance:
+        frames.append(with_checkpoint(pd.DataFrame(ws.provenance)))
+    columns = ["model", "checkpoint", "step", "tokens"]
+    if not frames:
+        return pd.DataFrame(columns=columns)
+    merged = pd.concat([f.reindex(columns=columns) for f in frames], ignore_index=True)
+    merged = merged.drop_duplicates(["model", "checkpoint"])
+    return merged.sort_values(["model", "step", "tokens", "checkpoint"], na_position="last").reset_index(drop=True)
+
+
+def _checkpoint_span(group: pd.DataFrame) -> str:
+    names = group["checkpoint"].tolist()
+    return ", ".join(names) if len(names) <= 6 else f"{names[0]} … {names[-1]}"
+
+
+# ----- 2. probes ---------------------------------------------------------------------
+
+
+def probe_section(ws: Workspace, writer: FigureWriter, layers: list[int] | None) -> Section:
+    """Per model and dataset: the layer × checkpoint accuracy heatmap and accuracy curves."""
+    section = Section("probes", "Probe accuracy")
+    if ws.probes.empty:
+        section.add(missing(f"No probe results ({PROBES_FILE} is absent)", PROBE_REMEDY))
+        return section
+    lacking = missing_columns(ws.probes, ("dataset", "layer", "accuracy"))
+    if lacking:
+        section.add(missing(f"{PROBES_FILE} lacks column(s) {', '.join(lacking)}", f"re-create it: {PROBE_REMEDY}"))
+        return section
+    if ws.baselines.empty:
+        section.add(missing(f"No baselines ({BASELINES_FILE} is absent)", "rerun `trusttrace probe` to make them"))
+    probes = with_checkpoint(ws.probes)
+    for (model, dataset), group in probes.groupby(["model", "dataset"], sort=True):
+        section.add(heading(f"{dataset} · {model}"))
+        section.add(*_probe_figures(group, ws.baselines, writer, layers, model=model, dataset=dataset))
+    return section
+
+
+def _probe_figures(
+    group: pd.DataFrame, baselines: pd.DataFrame, writer: FigureWriter, layers: list[int] | None, *, model: str, dataset: str
+) -> list[str]:
+    data, chosen, others = pick_configuration(group, (("method", "logreg"), ("split", "grouped"), ("seed", None)))
+    axis, data = figures.time_axis(data)
+    order = checkpoint_order(data)
+    grid = data.pivot_table(index="layer", columns="checkpoint", values="accuracy", aggfunc="mean").reindex(columns=order).sort_index()
+    position = data.drop_duplicates("checkpoint").set_index("checkpoint")["x"]
+    ticks = order if axis.column == "order" else [figures.format_count(position[c]) for c in order]
+    xlabel = axis.label if axis.column == "order" else f"checkpoint, by {axis.label} (one column each)"
+    title = f"{dataset} · {model}"
+    setting = _describe_configuration(chosen, data)
+    parts = [figure(
+        writer.save(figures.accuracy_heatmap(grid, ticks, name=f"Probe accuracy by layer and checkpoint: {title}", xlabel=xlabel), "probe-heatmap", model, dataset),
+        f"Probe accuracy of every layer (rows) at every checkpoint (columns, in training order) on {dataset}, {model}; "
+        f"{setting}. Grey cells have no result.",
+        alt=f"heatmap of probe accuracy by layer and checkpoint for {dataset}, {model}",
+    )]
+    means = data.groupby("layer")["accuracy"].mean()
+    best = int(means.idxmax()) if means.notna().any() else None
+    shown = curve_layers(sorted(int(v) for v in means.index), best, layers)
+    lines = _baseline_values(baselines, dataset, model, chosen)
+    curves = data[data["layer"].isin(shown)]
+    caption = (
+        f"Probe accuracy against {axis.label} on {dataset}, {model}, for layers {', '.join(map(str, shown))}"
+        + (f"; best layer {best} (highest mean accuracy over checkpoints, {means[best]:.3f})" if best is not None else "")
+        + f"; {setting}. Bands: 95 % intervals (acc_low to acc_high). "
+        + ("Dashed lines: " + ", ".join(f"{k.replace('_', ' ')} baseline {v:.3f}" for k, v in lines.items()) + " on the same split."
+           if lines else "No baseline for this dataset and split in probe_baselines.parquet.")
+    )
+    if not curves.empty:
+        fig = figures.accuracy_curves(curves, lines, axis, name=f"Probe accuracy during training: {title}", best_layer=best)
+        parts.append(figure(writer.save(fig, "probe-curves", model, dataset), caption, alt=f"probe accuracy against training step for {dataset}, {model}"))
+    else:
+        parts.append(missing(f"None of the requested layers {layers} is in the probe table for {dataset}, {model}", "choose others with --layers"))
+    if others:
+        parts.append(paragraph(f"{PROBES_FILE} also holds {others}; the figures show the configuration named above.", "missing"))
+    return parts
+
+
+def pick_configuration(
+    frame: pd.DataFrame, choices: tuple[tuple[str, Any], ...]
+) -> tuple[pd.DataFrame, dict[str, Any], str]:
+    """Keep one value of each configuration column (the preferred one, else the smallest).
+
+    Returns the filtered frame, the chosen values and a description of the values left out.
+    """
+    chosen: dict[str, Any] = {}
+    others = []
+    for column, preferred in choices:
+        if column not in frame or frame[column].isna().all():
+            continue
+        values = sorted(frame[column].dropna().unique(), key=str)
+        value = preferred if preferred in values else values[0]
+        chosen[column] = value
+        frame = frame[frame[column] == value]
+        rest = [str(v) for v in values if v != value]
+        if rest:
+            others.append(f"{column} {', '.join(rest)}")
+    return frame, chosen, "; ".join(others)
+
+
+def _describe_configuration(chosen: dict[str, Any], data: pd.DataFrame) -> str:
+    parts = [f"{key} {value}" for key, value in chosen.items()]
+    if "folds" in data and data["folds"].notna().any():
+        folds = int(data["folds"].max())
+        parts.append(f"{folds} folds" if folds > 1 else "one train/test split")
+    return ", ".join(parts) or "the probe table's only configuration"
+
+
+def curve_layers(available: list[int], best: int | None, requested: list[int] | None) -> list[int]:
+    """The layers drawn as curves: the requested ones, else a few evenly spaced plus the best."""
+    if requested is not None:
+        return [layer for layer in requested if layer in available]
+    chosen = {available[i] for i in figures.thin(len(available), DEFAULT_CURVE_LAYERS)}
+    if best is not None:
+        chosen.add(best)
+    return sorted(chosen)
+
+
+def _baseline_values(baselines: pd.DataFrame, dataset: str, model: str, chosen: dict[str, Any]) -> dict[str, float]:
+    """Mean accuracy of each baseline on the dataset, for the split and seed the probes used."""
+    if baselines.empty or missing_columns(baselines, ("dataset", "baseline", "accuracy")):
+        return {}
+    rows = baselines[baselines["dataset"].astype(str) == dataset]
+    if "model" in rows and rows["model"].notna().any():
+        rows = rows[rows["model"].astype(str) == model]
+    for column in ("split", "seed"):
+        if column in chosen and column in rows:
+            rows = rows[rows[column] == chosen[column]]
+    means = rows.groupby("baseline")["accuracy"].mean()
+    return {str(name): float(value) for name, value in means.items() if np.isfinite(value)}
+
+
+# ----- 3. mutual information ---------------------------------------------------------
+
+
+def mi_section(ws: Workspace, writer: FigureWriter, layers: list[int] | None) -> Section:
+    """Per model, dataset and estimator: MI curves, the information plane and turning points."""
+    section = Section("mutual-information", "Mutual information")
+    if ws.mi.empty:
+        section.add(missing(f"No mutual-information estimates ({MI_FILE} is absent)", MI_REMEDY))
+        return section
+    lacking = missing_columns(ws.mi, ("dataset", "layer", "estimator", "i_xt", "i_ty"))
+    if lacking:
+        section.add(missing(f"{MI_FILE} lacks column(s) {', '.join(lacking)}", f"re-create it: {MI_REMEDY}"))
+        return section
+    section.add(f'<div class="caveat"><strong>Caveat.</strong> {esc(ESTIMATOR_CAVEAT)}</div>')
+    mi = with_checkpoint(ws.mi)
+    for (model, dataset, estimator), group in mi.groupby(["model", "dataset", "estimator"], sort=True):
+        section.add(heading(f"{dataset} · {model} · estimator {estimator}"))
+        section.add(*_mi_figures(group, writer, layers, model=model, dataset=dataset, estimator=estimator))
+    return section
+
+
+def _mi_figures(
+    group: pd.DataFrame, writer: FigureWriter, layers: list[int] | None, *, model: str, dataset: str, estimator: str
+) -> list[str]:
+    data, chosen, others = pick_configuration(group, (("x_layer", None), ("split", None), ("seed", None)))
+    if layers is not None:
+        data = data[data["layer"].isin(layers)]
+    if data.empty:
+        return [missing(f"None of the requested layers {layers} is in the MI table for {dataset}, {model}", "choose others with --layers")]
+    axis, data = figures.time_axis(data)
+    turning = turning_points(data.assign(step=data["x"])).rename(columns={"peak_step": "peak_x"})
+    title = f"{dataset} · {model}"
+    setting = ", ".join(f"{k} {v}" for k, v in chosen.items())
+    note = f"Estimator: {estimator}" + (f" ({setting})" if setting else "") + "; its reading of fitting and compression depends on the estimator (see the caveat above)."
+    parts = [
+        figure(
+            writer.save(figures.mi_curves(data, turning, axis, name=f"Mutual information during training: {title}", estimator=estimator), "mi-curves", model, dataset, estimator),
+            f"I(X;T) (left) and I(T;Y) (right) against {axis.label}, one line per layer, on {dataset}, {model}. "
+            f"Stars: the checkpoint where I(X;T) peaks per layer (hollow: the peak is at the first or last checkpoint, no interior maximum). {note}",
+            alt=f"I(X;T) and I(T;Y) against training step for {dataset}, {model}, estimator {estimator}",
+        ),
+        figure(
+            writer.save(figures.information_plane(data, turning, name=f"Information plane: {title}", estimator=estimator), "info-plane", model, dataset, estimator),
+            f"Information plane of {dataset}, {model}: each line is one layer moving through the checkpoints in training order "
+            f"(arrows point forward in time; circle = first checkpoint, square = last; star = I(X;T) peak). {note}",
+            alt=f"information plane trajectories for {dataset}, {model}, estimator {estimator}",
+        ),
+        _turning_table(turning, axis, data),
+    ]
+    if others:
+        parts.append(paragraph(f"{MI_FILE} also holds {others}; the figures show the configuration named above.", "missing"))
+    return parts
+
+
+def _turning_table(turning: pd.DataFrame, axis: figures.TimeAxis, data: pd.DataFrame) -> str:
+    if turning.empty:
+        return missing("No turning points: every layer has a single checkpoint or no finite I(X;T)", MI_REMEDY)
+    at = data.drop_duplicates("x").set_index("x")["checkpoint"]
+    rows = pd.DataFrame({
+        "layer": turning["layer"].astype(int),
+        f"I(X;T) peak at ({axis.label})": [at.get(x, x) if axis.column == "order" else x for x in turning["peak_x"]],
+        "checkpoint": [at.get(x, "") for x in turning["peak_x"]],
+        "peak I(X;T)": turning["peak_i_xt"].astype(float),
+        "interior maximum": [
+            "yes" if interior else span("no: peak at the first or last checkpoint", "flag") for interior in turning["interior"]
+        ],
+    })
+    return table(rows, raw_columns=["interior maximum"])
+
+
+# ----- 4. steering -------------------------------------------------------------------
+
+
+def steering_section(ws: Workspace, writer: FigureWriter) -> Section:
+    """Per steering grid: the metric and side effects against α per layer, the best setting starred."""
+    section = Section("steering", "Steering")
+    if ws.steering.empty:
+        section.add(missing(f"No steering results ({STEERING_FILE} is absent)", STEERING_REMEDY))
+        return section
+    lacking = missing_columns(ws.steering, ("layer", "alpha", "value"))
+    if lacking:
+        section.add(missing(f"{STEERING_FILE} lacks column(s) {', '.join(lacking)}", f"re-create it: {STEERING_REMEDY}"))
+        return section
+    keys = [c for c in STEERING_GROUPS if c in ws.steering.columns]
+    groups = ws.steering.groupby(keys, sort=True, dropna=False) if keys else [((), ws.steering)]
+    best_rows = []
+    for values, group in groups:
+        named = dict(zip(keys, values if isinstance(values, tuple) else (values,)))
+        title = " · ".join(f"{k.replace('_', ' ')} {v}" for k, v in named.items()) or "steering grid"
+        section.add(heading(title))
+        part, best = _steering_figure(group, writer, named, title)
+        section.add(part)
+        best_rows.extend({**named, **row} for row in best)
+    if best_rows:
+        section.add(heading("Best settings"), table(pd.DataFrame(best_rows)))
+    return section
+
+
+def _steering_figure(group: pd.DataFrame, writer: FigureWriter, named: dict[str, Any], title: str) -> tuple[str, list[dict[str, Any]]]:
+    steered = group[group["layer"].notna()]
+    unsteered = group[group["layer"].isna()]
+    baseline = {c: float(unsteered[c].iloc[0]) for c in ("value", "kl", "perplexity") if c in unsteered and len(unsteered)}
+    metric = str(named.get("metric", "metric"))
+    if steered.empty:
+        return missing(f"Only the unsteered model is in {STEERING_FILE} for {title}", STEERING_REMEDY), []
+    fig = figures.steering_curves(steered, name=title, metric=metric, baseline=baseline)
+    saved = writer.save(fig, "steering", *named.values())
+    columns = [c for c in ("layer", "alpha", "value", "low", "high", "kl", "perplexity") if c in steered]
+    best = steered[steered["best"].fillna(False).astype(bool)][columns] if "best" in steered else steered.iloc[:0][columns]
+    if "best" not in steered:
+        verdict = f"{STEERING_FILE} has no best flag, so no setting is marked."
+    elif best.empty:
+        verdict = "No setting is marked best (none stayed within the side-effect limit)."
+    else:
+        row = best.iloc[0]
+        verdict = f"Best setting (star): layer {int(row['layer'])}, α = {row['alpha']:g}, {metric} {row['value']:.3f}" + "".join(
+            f", {name} {row[name]:.3g}" for name in ("kl", "perplexity") if name in row and pd.notna(row[name])) + "."
+    caption = (
+        f"{metric} against steering strength α, one line per steered layer (bands: 95 % interval where given), "
+        f"beside the side effects (KL divergence from the unsteered model's next-token distribution, perplexity); "
+        f"dashed: the unsteered model. {verdict}"
+    )
+    return figure(saved, caption, alt=f"steering curves for {title}"), best.to_dict("records")
+
+
+# ----- 5. dataset cards --------------------------------------------------------------
+
+
+def cards_section(ws: Workspace) -> Section:
+    """The card of every dataset snapshot in the workspace: label meanings, source, licence, quirks."""
+    section = Section("datasets", "Dataset cards")
+    if not ws.datasets:
+        section.add(missing("No dataset snapshots (datasets/*.json is absent)", "they are written by `trusttrace extract` and `trusttrace run`"))
+        return section
+    for info in ws.datasets:
+        card = info.get("card") or {}
+        section.add(heading(str(info.get("name", card.get("name", info["hash"])))))
+        items = [(label, esc(card[key])) for key, label in (
+            ("dimension", "Dimension"), ("label_1", "Label 1"), ("label_0", "Label 0"), ("source", "Source"),
+            ("licence", "Licence"), ("grouping", "Grouping"), ("citation", "Citation"),
+        ) if card.get(key)]
+        if card.get("url"):
+            items.append(("URL", link(str(card["url"]))))
+        for key, label in (("quirks", "Quirks"), ("cleanups", "Cleanups")):
+            if card.get(key):
+                items.append((label, bullet_list(str(q) for q in card[key])))
+        items.append(("Loaded from", esc(info.get("source", ""))))
+        items.append(("Content hash", span(info["hash"], "mono")))
+        section.add(definition_list(items))
+    carded = {str(info.get("name")) for info in ws.datasets}
+    uncarded = [name for name in ws.dataset_names() if name not in carded]
+    if uncarded:
+        section.add(missing(f"No card for {', '.join(uncarded)}", "extract each into this workspace (`trusttrace extract` or `run`) to store its card"))
+    return section
+
+
+# ----- 6. provenance and failures ----------------------------------------------------
+
+
+def provenance_section(ws: Workspace) -> Section:
+    """Per checkpoint its revision, commit, weight checksum and duplicate flag; the failed units."""
+    section = Section("provenance", "Provenance and failures")
+    checkpoints = checkpoint_table(ws)
+    if checkpoints.empty:
+        section.add(missing("No checkpoint provenance (no manifest.sqlite and no activation sets)", "run `trusttrace run` or `trusttrace extract`"))
+    else:
+        source = "manifest.sqlite" if len(ws.checkpoints) else "the activation sets' provenance"
+        duplicates = int((checkpoints["duplicate"] != "").sum())
+        section.add(paragraph(
+            f"{len(checkpoints)} checkpoints, from {source}; {duplicates} with weights identical to an earlier checkpoint's."
+            + (" Results of a duplicate repeat those of the checkpoint it copies." if duplicates else "")
+        ))
+        checkpoints["duplicate"] = [span(f"duplicate of {d}", "flag") if d else "" for d in checkpoints["duplicate"]]
+        section.add(table(checkpoints, raw_columns=["duplicate"]))
+    section.add(heading("Failures"))
+    section.add(*_failures(ws))
+    return section
+
+
+def checkpoint_table(ws: Workspace) -> pd.DataFrame:
+    """One row per checkpoint: from the manifest when there is one, else from the activation sets."""
+    columns = ["model", "checkpoint", "revision", "step", "tokens", "commit", "weights sha256", "duplicate", "status"]
+    if len(ws.checkpoints):
+        frame = ws.checkpoints.rename(columns={"name": "checkpoint", "commit_sha": "commit", "weights_sha256": "weights sha256", "duplicate_of": "duplicate"})
+    elif ws.provenance:
+        frame = pd.DataFrame(ws.provenance).rename(columns={"weights_sha256": "weights sha256"})
+        frame = with_checkpoint(frame).drop_duplicates(["model", "checkpoint"])
+        frame["duplicate"] = _duplicates(frame)
+    else:
+        return pd.DataFrame(columns=columns)
+    frame = frame.reindex(columns=columns).sort_values(["model", "step", "tokens", "checkpoint"], na_position="last")
+    frame["step"] = frame["step"].astype("Int64")
+    frame["tokens"] = frame["tokens"].astype("Int64")
+    for column in ("commit", "weights sha256"):
+        frame[column] = frame[column].map(short)
+    frame["duplicate"] = frame["duplicate"].map(lambda v: "" if pd.isna(v) else str(v))
+    frame = frame.astype({"model": str, "checkpoint": str}).reset_index(drop=True)
+    return frame.drop(columns="status") if frame["status"].isna().all() else frame
+
+
+def _duplicates(frame: pd.DataFrame) -> list[str | None]:
+    """For each row, the earlier checkpoint (by step) of the same model with the same weight checksum."""
+    first: dict[tuple[str, str], str] = {}
+    result: dict[int, str | None] = {}
+    order = frame.assign(_step=frame["step"].fillna(-1) if "step" in frame else -1).sort_values(["_step", "checkpoint"])
+    for index, row in order.iterrows():
+        digest = row.get("weights sha256")
+        if digest is None or pd.isna(digest):
+            result[index] = None
+            continue
+        key = (row["model"], digest)
+        result[index] = first.get(key)
+        first.setdefault(key, row["checkpoint"])
+    return [result[i] for i in frame.index]
+
+
+def _failures(ws: Workspace) -> list[str]:
+    if ws.units.empty and ws.checkpoints.empty:
+        return [missing("No manifest (manifest.sqlite is absent), so no record of failed units", "run the sweep with `trusttrace run`")]
+    parts = []
+    if len(ws.units) and "status" in ws.units:
+        counts = ws.units.pivot_table(index="stage", columns="status", values="unit", aggfunc="count", fill_value=0).reset_index() \
+            if {"stage", "unit"} <= set(ws.units.columns) else ws.units["status"].value_counts().rename_axis("status").reset_index()
+        parts.append(table(counts))
+    failed_units = ws.units[ws.units["status"] == "failed"] if "status" in ws.units else ws.units.iloc[:0]
+    failed_checkpoints = ws.checkpoints[ws.checkpoints["status"] == "failed"] if "status" in ws.checkpoints else ws.checkpoints.iloc[:0]
+    if failed_units.empty and failed_checkpoints.empty:
+        parts.append(paragraph("No failed units or checkpoints."))
+        return parts
+    rows = [
+        {"what": f"unit {row.get('unit', '')}", "checkpoint": row.get("checkpoint", ""), "dataset": row.get("dataset", ""),
+         "stage": row.get("stage", ""), "error": span(str(row.get("error") or "no error recorded"), "error"), "when": row.get("finished", "")}
+        for row in failed_units.to_dict("records")
+    ] + [
+        {"what": "checkpoint", "checkpoint": row.get("name", ""), "dataset": "", "stage": "load",
+         "error": span(str(row.get("error") or "no error recorded"), "error"), "when": ""}
+        for row in failed_checkpoints.to_dict("records")
+    ]
+    parts.append(table(pd.DataFrame(rows), raw_columns=["error"]))
+    return parts

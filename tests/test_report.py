@@ -1,0 +1,346 @@
+"""The HTML report of a workspace: sections, figures, escaping, provenance, failures, the CLI."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import re
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib.image
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from trusttrace.data import DatasetCard, TrustDataset
+from trusttrace.errors import LayerError, StoreError
+from trusttrace.info import ESTIMATOR_CAVEAT
+from trusttrace.report import write_report
+from trusttrace.report.figures import time_axis
+from trusttrace.report.sections import curve_layers, pick_configuration
+from trusttrace.store import ActivationStore, write_table
+
+STEPS = [0, 10, 100, 1000, 10000]
+LAYERS = [0, 1, 2, 3]
+EVIL = "<script>alert('x')</script> $5"
+DATASETS = ["truth", f"toxic{EVIL}"]
+MODEL = "toy/model-7m"
+SECTIONS = ["Overview", "Probe accuracy", "Mutual information", "Steering", "Dataset cards", "Provenance and failures"]
+
+
+def checkpoint(step: int) -> str:
+    return f"step{step}"
+
+
+def probe_rows() -> pd.DataFrame:
+    rows = []
+    for d, dataset in enumerate(DATASETS):
+        for i, step in enumerate(STEPS):
+            for layer in LAYERS:
+                accuracy = 0.5 + 0.08 * i + 0.03 * layer - 0.05 * d
+                rows.append({
+                    "model": MODEL, "revision": checkpoint(step), "checkpoint": checkpoint(step), "step": step,
+                    "tokens": step * 2048, "dataset": dataset, "dataset_hash": f"h{d}", "layer": layer,
+                    "method": "logreg", "split": "grouped", "seed": 0, "folds": 5, "accuracy": accuracy,
+                    "acc_low": accuracy - 0.04, "acc_high": min(1.0, accuracy + 0.04), "auroc": accuracy + 0.02,
+                    "n_train": 80, "n_test": 20,
+                })
+    frame = pd.DataFrame(rows)
+    # One unit failed: the last layer of one checkpoint has no result.
+    return frame[~((frame["step"] == 100) & (frame["layer"] == 3) & (frame["dataset"] == "truth"))]
+
+
+def baseline_rows() -> pd.DataFrame:
+    return pd.DataFrame([
+        {"dataset": dataset, "dataset_hash": f"h{d}", "baseline": name, "split": "grouped", "seed": 0, "folds": 5,
+         "accuracy": value, "acc_low": value - 0.05, "acc_high": value + 0.05}
+        for d, dataset in enumerate(DATASETS) for name, value in (("majority", 0.52), ("bag_of_words", 0.61))
+    ])
+
+
+def mi_rows() -> pd.DataFrame:
+    rows = []
+    for dataset in DATASETS:
+        for i, step in enumerate(STEPS):
+            for layer in LAYERS:
+                # Layers 0-2 rise then fall (peak at step 100); layer 3 keeps rising (no interior maximum).
+                i_xt = (1.0 + i * 0.5) if layer == 3 else (1.0 + layer * 0.2 + 0.6 * (2 - abs(i - 2)))
+                rows.append({
+                    "model": MODEL, "revision": checkpoint(step), "checkpoint": checkpoint(step), "step": step,
+                    "tokens": step * 2048, "dataset": dataset, "layer": layer, "estimator": "nhsic",
+                    "x_layer": 0, "split": "paper", "seed": 0, "i_xt": i_xt, "i_ty": 0.1 + 0.1 * i + 0.02 * layer, "n": 80,
+                })
+    return pd.DataFrame(rows)
+
+
+def steering_rows() -> pd.DataFrame:
+    rows = [{"source_checkpoint": "step1000", "target_model": "toy/model-7m-sft", "task": "truth", "metric": "accuracy",
+             "layer": None, "alpha": 0.0, "value": 0.60, "low": 0.55, "high": 0.65, "kl": 0.0, "perplexity": 4.0, "best": False}]
+    for layer in (1, 2):
+        for alpha in (-2.0, -1.0, 0.5, 1.0, 2.0):
+            rows.append({
+                "source_checkpoint": "step1000", "target_model": "toy/model-7m-sft", "task": "truth", "metric": "accuracy",
+                "layer": layer, "alpha": alpha, "value": 0.6 + 0.03 * alpha * layer, "low": 0.55 + 0.03 * alpha * layer,
+                "high": 0.65 + 0.03 * alpha * layer, "kl": 0.02 * alpha**2 * layer, "perplexity": 4.0 + 0.3 * alpha**2,
+                "best": layer == 2 and alpha == 1.0,
+            })
+    return pd.DataFrame(rows)
+
+
+def write_manifest(path: Path) -> None:
+    with sqlite3.connect(path) as db:
+        db.executescript(
+            "CREATE TABLE units (unit TEXT, checkpoint TEXT, dataset TEXT, stage TEXT, status TEXT, error TEXT, "
+            "seconds REAL, artefact TEXT, checksum TEXT, finished TEXT);"
+            "CREATE TABLE checkpoints (name TEXT, model TEXT, revision TEXT, step INTEGER, tokens INTEGER, "
+            "commit_sha TEXT, weights_sha256 TEXT, duplicate_of TEXT, status TEXT, error TEXT);"
+        )
+        for i, step in enumerate(STEPS):
+            name = checkpoint(step)
+            weights = "a" * 64 if step in (0, 10) else f"{i:x}" * 64
+            db.execute(
+                "INSERT INTO checkpoints VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (name, MODEL, name, step, step * 2048, f"{i}abcdef0123456789", weights, "step0" if step == 10 else None, "loaded", None),
+            )
+            for dataset in DATASETS:
+                for stage in ("extract", "probes", "mi"):
+                    failed = step == 100 and dataset == "truth" and stage == "probes"
+                    db.execute(
+                        "INSERT INTO units VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (f"{name}/{dataset}/{stage}", name, dataset, stage, "failed" if failed else "done",
+                         "ProbeError: layer 3 has NaN states <b>bad</b>" if failed else None, 1.5, None, None, "2025-01-01T00:00:00+00:00"),
+                    )
+
+
+def write_cards(root: Path) -> None:
+    card = {
+        "name": DATASETS[1], "dimension": "toxicity", "label_1": "toxic", "label_0": "benign",
+        "source": "made up for the test", "licence": "CC0", "quirks": [f"a quirk with {EVIL}", "another quirk"],
+        "grouping": None, "citation": "Nobody 2025", "url": "javascript:alert(1)", "cleanups": [],
+    }
+    (root / "datasets").mkdir(parents=True, exist_ok=True)
+    (root / "datasets" / "h1.json").write_text(json.dumps({"name": DATASETS[1], "source": "toxic.csv", "card": card}))
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("ws")
+    write_table(root / "probes.parquet", probe_rows())
+    write_table(root / "probe_baselines.parquet", baseline_rows())
+    write_table(root / "mi.parquet", mi_rows())
+    write_table(root / "steering.parquet", steering_rows())
+    write_manifest(root / "manifest.sqlite")
+    write_cards(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def report(workspace) -> Path:
+    return write_report(workspace)
+
+
+@pytest.fixture(scope="module")
+def page(report) -> str:
+    return report.read_text()
+
+
+def test_report_is_written_beside_its_figures(report, workspace):
+    assert report == workspace / "report" / "report.html"
+    pngs = sorted(p.stem for p in report.parent.glob("*.png"))
+    svgs = sorted(p.stem for p in report.parent.glob("*.svg"))
+    # Per dataset: heatmap, curves, MI curves, information plane; plus one steering figure.
+    assert len(pngs) == 9 and pngs == svgs
+    assert not list(report.parent.glob(".*tmp"))
+    assert plt.get_fignums() == []  # figures never enter pyplot's registry
+
+
+def test_every_section_is_present(page):
+    for title in SECTIONS:
+        assert f"<h2>{title}</h2>" in page
+    assert "trusttrace" in page and MODEL in page
+
+
+def test_images_are_embedded_pngs(page, report):
+    images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert len(images) == 9
+    embedded = {base64.b64decode(data) for data in images}
+    assert embedded == {p.read_bytes() for p in report.parent.glob("*.png")}
+    assert all(data.startswith(b"\x89PNG") for data in embedded)
+    assert "http://" not in page.split("<body>")[1].split("Dataset cards")[0]  # nothing fetched from elsewhere
+
+
+def test_estimator_and_caveat_are_named(page):
+    assert "estimator nhsic" in page and "Estimator: nhsic" in page
+    assert html.escape(ESTIMATOR_CAVEAT) in page
+    # Layer 3's I(X;T) keeps rising: its peak is at the last checkpoint and is flagged.
+    assert page.count("no: peak at the first or last checkpoint") == 2
+
+
+def test_text_is_escaped(page):
+    assert "<script" not in page
+    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in page
+    assert 'href="javascript:' not in page
+    assert "&lt;b&gt;bad&lt;/b&gt;" in page
+
+
+def test_provenance_flags_duplicates_and_failures(page):
+    provenance = page.split('id="provenance"')[1]
+    assert "duplicate of step0" in provenance
+    assert "1 with weights identical" in provenance
+    assert "ProbeError: layer 3 has NaN states" in provenance
+    assert "step100/truth/probes" in provenance
+    assert "0abcdef01234" in provenance and "0abcdef012345" not in provenance  # commits cut to 12 characters
+
+
+def test_steering_marks_the_best_setting(page):
+    steering = page.split('id="steering"')[1].split('id="datasets"')[0]
+    assert "Best setting (star): layer 2, α = 1" in steering
+    assert "toy/model-7m-sft" in steering
+
+
+def test_dataset_cards_are_shown(page):
+    cards = page.split('id="datasets"')[1].split('id="provenance"')[0]
+    assert "a quirk with" in cards and "CC0" in cards
+    assert "No card for truth" in cards
+
+
+def test_missing_inputs_are_named_with_the_command_that_makes_them(tmp_path):
+    store = ActivationStore(tmp_path)
+    card = DatasetCard(name="mini", dimension="truthfulness", label_1="true", label_0="false", source="test", licence="CC0")
+    data = TrustDataset(name="mini", statements=["a", "b", "c", "d"], labels=[0, 1, 0, 1], groups=None, card=card, source="mini.csv")
+    for step, weights in ((1, "f" * 64), (2, "f" * 64), (3, "e" * 64)):
+        provenance = {
+            "model": "toy", "revision": f"r{step}", "commit": "c" * 40, "weights_sha256": weights, "checkpoint": f"r{step}",
+            "step": step, "tokens": None, "dataset": "mini", "dataset_hash": data.content_hash, "n": 4, "position": "last",
+            "layers": [0, 1], "dtype": "float32", "trusttrace_version": "0.1.0",
+        }
+        store.save(torch.zeros(2, 4, 3), data, provenance)
+    page = write_report(tmp_path, out_dir=tmp_path / "out", title="Only activations").read_text()
+    assert "<h1>Only activations</h1>" in page
+    assert "No probe results (probes.parquet is absent) — run `trusttrace probe WORKSPACE`" in page
+    assert "No mutual-information estimates (mi.parquet is absent) — run `trusttrace mi WORKSPACE`" in page
+    assert "No steering results" in page
+    assert "No manifest" in page
+    assert "from the activation sets&#x27; provenance" in page
+    assert "duplicate of r1" in page and "duplicate of r2" not in page
+    assert not list((tmp_path / "out").glob("*.png"))
+
+
+def test_report_reads_the_tables_the_analysis_writes(tmp_path):
+    """End to end with the real producers: activation sets -> probes + MI tables -> report."""
+    from trusttrace.analysis import run_mi, run_probes
+
+    store = ActivationStore(tmp_path)
+    generator = torch.Generator().manual_seed(0)
+    labels = np.array([0, 1] * 20)
+    card = DatasetCard(name="pairs", dimension="truthfulness", label_1="true", label_0="false", source="test", licence="CC0")
+    data = TrustDataset(name="pairs", statements=[f"statement {i} {'yes' if y else 'no'}" for i, y in enumerate(labels)],
+                        labels=labels, groups=np.arange(40) // 2, card=card, source="pairs.csv")
+    for step in (1, 10, 100):
+        signal = torch.as_tensor(labels, dtype=torch.float32)[None, :, None] * torch.tensor([0.0, 0.5, 2.0])[:, None, None] * np.log10(step * 10)
+        acts = torch.randn(3, 40, 4, generator=generator) + signal
+        provenance = {
+            "model": "toy", "revision": f"step{step}", "commit": None, "weights_sha256": f"{step:064d}", "checkpoint": f"step{step}",
+            "step": step, "tokens": step * 100, "dataset": "pairs", "dataset_hash": data.content_hash, "n": 40, "position": "last",
+            "layers": [0, 1, 2], "dtype": "float32", "trusttrace_version": "0.1.0",
+        }
+        store.save(acts, data, provenance)
+    assert run_probes(store, folds=2, progress=False)[1] == []
+    assert run_mi(store, progress=False)[1] == []
+    report = write_report(tmp_path)
+    page = report.read_text()
+    assert "No probe results" not in page and "No mutual-information" not in page and "No baselines" not in page
+    assert "majority baseline" in page and "bag of words baseline" in page
+    assert len(list(report.parent.glob("*.png"))) == 4
+    assert "pairs · toy · estimator nhsic" in page
+
+
+def test_empty_workspace_is_refused(tmp_path):
+    with pytest.raises(StoreError, match="nothing to report in .*: run `trusttrace run`"):
+        write_report(tmp_path)
+    assert not (tmp_path / "report").exists()
+    with pytest.raises(StoreError, match="no such workspace folder"):
+        write_report(tmp_path / "absent")
+
+
+def test_unknown_layers_are_refused(workspace, tmp_path):
+    with pytest.raises(LayerError, match="99"):
+        write_report(workspace, out_dir=tmp_path, layers=[1, 99])
+
+
+def test_chosen_layers_are_drawn(workspace, tmp_path):
+    page = write_report(workspace, out_dir=tmp_path, layers=[1, 2]).read_text()
+    assert "for layers 1, 2;" in page
+
+
+def test_default_curve_layers_are_spread_plus_the_best():
+    assert curve_layers(list(range(32)), 17, None) == [0, 10, 17, 21, 31]
+    assert curve_layers([0, 1, 2], 1, [2, 5]) == [2]
+
+
+def test_one_configuration_is_plotted_and_the_rest_named():
+    frame = pd.DataFrame({"method": ["mass_mean", "logreg", "logreg"], "seed": [0, 1, 0], "accuracy": [0.1, 0.2, 0.3]})
+    kept, chosen, others = pick_configuration(frame, (("method", "logreg"), ("seed", None), ("split", None)))
+    assert chosen == {"method": "logreg", "seed": 0}
+    assert kept["accuracy"].tolist() == [0.3]
+    assert others == "method mass_mean; seed 1"
+
+
+def test_time_axis_is_log_when_steps_span_orders_of_magnitude():
+    wide = pd.DataFrame({"checkpoint": ["a", "b", "c"], "step": [0, 10, 10000]})
+    assert time_axis(wide)[0].scale == "symlog"
+    assert time_axis(wide.assign(step=[1, 10, 1000]))[0].scale == "log"
+    assert time_axis(wide.assign(step=[1000, 2000, 3000]))[0].scale == "linear"
+    axis, frame = time_axis(pd.DataFrame({"checkpoint": ["late", "early"], "step": [None, None], "tokens": [None, None]}))
+    assert axis.column == "order" and frame["x"].notna().all()
+
+
+def run_cli(monkeypatch, *args: str) -> int:
+    """Run `trusttrace ARGS` in-process; returns the exit code."""
+    from trusttrace.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["trusttrace", *args])
+    try:
+        main()
+    except SystemExit as exit_info:
+        return int(exit_info.code or 0)
+    return 0
+
+
+def test_cli_prints_the_path_and_refuses_an_empty_workspace(workspace, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "r"
+    assert run_cli(monkeypatch, "report", str(workspace), "--out", str(out), "--layers", "0,3", "--title", "T") == 0
+    assert capsys.readouterr().out.strip() == str(out / "report.html")
+    assert "<h1>T</h1>" in (out / "report.html").read_text()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert run_cli(monkeypatch, "report", str(empty)) == 2
+    assert "nothing to report in" in capsys.readouterr().err
+    assert run_cli(monkeypatch, "report", str(workspace), "--layers", "a,b") == 2
+    assert "--layers 'a,b'" in capsys.readouterr().err
+
+
+def chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(chromium() is None, reason="Chromium is not installed (apt-get install chromium), so the page is not rendered")
+def test_page_renders_in_a_browser(report, tmp_path):
+    screenshot = tmp_path / "page.png"
+    subprocess.run(
+        [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={screenshot}", "--window-size=1280,2000",
+         report.resolve().as_uri()],
+        check=True, capture_output=True, timeout=60,
+    )
+    pixels = matplotlib.image.imread(screenshot)[..., :3]
+    assert pixels.std() > 0.05
+    assert (pixels < 0.5).mean() > 0.01  # text and figures, not a white page
