@@ -1,0 +1,219 @@
+"""Probes and mutual information over the activation sets of a workspace, as tidy Parquet tables.
+
+`probe_record` and `mi_record` compute one stored activation set and write its rows to the
+workspace's `probes.parquet` (+ `probe_baselines.parquet`) or `mi.parquet` (the sweep calls
+these). `run_probes` and `run_mi` do it for every set not yet in the table, writing after each
+set, so an interrupted run resumes where it stopped and a second run adds nothing. A missing or
+corrupt activation set (or dataset snapshot) is reported in the returned problems and skipped,
+never used. Rows are keyed by the set (its provenance), the layer and the setting; writes are
+atomic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from trusttrace.data import TrustDataset
+from trusttrace.errors import LayerError, ProbeError, StoreError
+from trusttrace.info import ESTIMATORS, information_plane
+from trusttrace.probes import check_options, fit_probes
+from trusttrace.splits import make_splits, resolve_split
+from trusttrace.store import ActivationRecord, ActivationStore, append_table, read_table
+
+PROBES_TABLE = "probes.parquet"
+BASELINES_TABLE = "probe_baselines.parquet"
+MI_TABLE = "mi.parquet"
+
+# Provenance copied onto every row, so a table can be read without the workspace.
+PROVENANCE_COLUMNS = [
+    "model", "revision", "commit", "checkpoint", "step", "tokens", "dataset", "dataset_hash", "position", "dtype",
+]
+SET_KEYS = ["activation_key", "model", "revision", "checkpoint", "step", "tokens", "dataset", "dataset_hash"]
+PROBE_KEYS = SET_KEYS + ["layer", "method", "split", "seed", "folds", "test_size", "C"]
+BASELINE_KEYS = ["dataset", "dataset_hash", "baseline", "split", "seed", "folds", "test_size"]
+MI_KEYS = SET_KEYS + ["layer", "estimator", "x_layer", "split", "seed"]
+
+
+def probe_record(
+    store: ActivationStore,
+    record: ActivationRecord,
+    *,
+    split: str | None = "grouped",
+    method: str = "logreg",
+    folds: int = 5,
+    test_size: float = 0.2,
+    seed: int = 0,
+    C: float = 1.0,
+    backend: str = "auto",
+    device: str | None = None,
+    dataset: TrustDataset | None = None,
+) -> pd.DataFrame:
+    """Fit probes on one activation set and write its rows (replacing older ones of the same
+    setting) to probes.parquet, and its baselines to probe_baselines.parquet; returns the rows.
+
+    `split` None means the default, `grouped` (random where the dataset has no groups). A
+    missing or corrupt set raises CorruptArtefactError (a StoreError). `device` defaults to
+    CUDA when available. Baselines depend on the dataset only, so they are kept once per
+    dataset and setting.
+    """
+    dataset = dataset if dataset is not None else store.load_dataset(record)
+    results = fit_probes(
+        store.load(record), dataset.labels, split=split or "grouped", groups=dataset.groups, folds=folds, test_size=test_size,
+        seed=seed, method=method, C=C, backend=backend, device=_device(device), statements=dataset.statements,
+        layers=record.layers,
+    )
+    rows = _with_provenance(results.table.assign(test_size=test_size, C=C), record)
+    append_table(store.root / PROBES_TABLE, rows, PROBE_KEYS)
+    dataset_columns = {key: record.provenance.get(key) for key in ("dataset", "dataset_hash")}
+    baselines = results.baselines.assign(test_size=test_size, **dataset_columns)
+    append_table(store.root / BASELINES_TABLE, baselines, BASELINE_KEYS)
+    return rows
+
+
+def mi_record(
+    store: ActivationStore,
+    record: ActivationRecord,
+    *,
+    estimator: str = "nhsic",
+    x_layer: int = 0,
+    split: str = "paper",
+    seed: int = 0,
+    device: str | None = None,
+    dataset: TrustDataset | None = None,
+) -> pd.DataFrame:
+    """The information plane of one activation set, written to mi.parquet; returns its rows.
+
+    I(X;T) and I(T;Y) are computed on the training rows of the first split of `split`
+    (`paper`: the first 80 % of rows, as the reference did; otherwise a single seeded split
+    holding out 20 %). A set that does not store `x_layer` raises LayerError.
+    """
+    if x_layer not in record.layers:
+        raise LayerError(f"x_layer {x_layer} is not stored (stored layers: {record.layers})")
+    dataset = dataset if dataset is not None else store.load_dataset(record)
+    kind = resolve_split(split, dataset.groups)
+    train = make_splits(dataset.labels, split=kind, groups=dataset.groups, folds=1, seed=seed)[0][0]
+    plane = information_plane(
+        store.load(record), dataset.labels, estimator=estimator, x_layer=x_layer, rows=train,
+        layers=record.layers, device=_device(device),
+    )
+    rows = _with_provenance(plane.assign(x_layer=x_layer, split=kind, seed=seed), record)
+    append_table(store.root / MI_TABLE, rows, MI_KEYS)
+    return rows
+
+
+def run_probes(
+    store: ActivationStore,
+    *,
+    split: str = "grouped",
+    method: str = "logreg",
+    folds: int = 5,
+    test_size: float = 0.2,
+    seed: int = 0,
+    C: float = 1.0,
+    backend: str = "auto",
+    device: str | None = None,
+    progress: bool = True,
+) -> tuple[pd.DataFrame, list[str]]:
+    """`probe_record` on every activation set not yet in probes.parquet; returns (table, problems).
+
+    The options are checked before any set is touched, so bad input fails at once.
+    """
+    check_options(method, backend, C)
+    resolve_split(split, None)
+
+    def setting(kind: str) -> dict[str, Any]:
+        folds_used = 1 if kind == "paper" else folds
+        return {"method": method, "split": kind, "seed": seed, "folds": folds_used, "test_size": test_size, "C": C}
+
+    def compute(record: ActivationRecord, dataset: TrustDataset) -> None:
+        probe_record(
+            store, record, split=split, method=method, folds=folds, test_size=test_size, seed=seed, C=C,
+            backend=backend, device=device, dataset=dataset,
+        )
+
+    return _run_all(store, store.root / PROBES_TABLE, split, setting, compute, progress, "probe")
+
+
+def run_mi(
+    store: ActivationStore,
+    *,
+    estimator: str = "nhsic",
+    x_layer: int = 0,
+    split: str = "paper",
+    seed: int = 0,
+    device: str | None = None,
+    progress: bool = True,
+) -> tuple[pd.DataFrame, list[str]]:
+    """`mi_record` on every activation set not yet in mi.parquet; returns (table, problems).
+
+    A set that does not store `x_layer` is reported as a problem and skipped. The options are
+    checked before any set is touched.
+    """
+    if estimator not in ESTIMATORS:
+        raise ProbeError(f"unknown estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}")
+    resolve_split(split, None)
+
+    def setting(kind: str) -> dict[str, Any]:
+        return {"estimator": estimator, "x_layer": x_layer, "split": kind, "seed": seed}
+
+    def compute(record: ActivationRecord, dataset: TrustDataset) -> None:
+        mi_record(
+            store, record, estimator=estimator, x_layer=x_layer, split=split, seed=seed, device=device, dataset=dataset
+        )
+
+    return _run_all(store, store.root / MI_TABLE, split, setting, compute, progress, "mi")
+
+
+def _run_all(
+    store: ActivationStore,
+    path: Path,
+    split: str,
+    setting: Callable[[str], dict[str, Any]],
+    compute: Callable[[ActivationRecord, TrustDataset], None],
+    progress: bool,
+    label: str,
+) -> tuple[pd.DataFrame, list[str]]:
+    """`compute` each record that has no rows of its setting in the table; (table, problems)."""
+    problems = [f"{folder}: unreadable activation set, skipped" for folder in store.broken()]
+    done = read_table(path)
+    for record in tqdm(store.records(), desc=label, unit="set", disable=not progress):
+        try:
+            dataset = store.load_dataset(record)
+            if not _has_rows(done, record.key, setting(resolve_split(split, dataset.groups))):
+                compute(record, dataset)
+        except (StoreError, LayerError) as error:
+            problems.append(f"activation set {record.key} ({_describe(record)}): {error}")
+    return read_table(path), problems
+
+
+def _has_rows(table: pd.DataFrame, key: str, setting: dict[str, Any]) -> bool:
+    if table.empty:
+        return False
+    if any(column not in table for column in setting):
+        return False
+    mask = table["activation_key"] == key
+    for column, value in setting.items():
+        mask &= table[column] == value
+    return bool(mask.any())
+
+
+def _with_provenance(frame: pd.DataFrame, record: ActivationRecord) -> pd.DataFrame:
+    meta = {"activation_key": record.key} | {column: record.provenance.get(column) for column in PROVENANCE_COLUMNS}
+    columns = pd.DataFrame({column: [value] * len(frame) for column, value in meta.items()}, index=frame.index)
+    return pd.concat([columns, frame], axis=1)
+
+
+def _describe(record: ActivationRecord) -> str:
+    p = record.provenance
+    return " ".join(str(p.get(key)) for key in ("model", "checkpoint", "dataset") if p.get(key) is not None)
+
+
+def _device(device: str | None) -> str:
+    """The given device, else CUDA when available, else the CPU."""
+    return device or ("cuda" if torch.cuda.is_available() else "cpu")

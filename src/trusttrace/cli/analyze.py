@@ -1,0 +1,100 @@
+"""`trusttrace probe` and `trusttrace mi`: probes and the information plane over a workspace."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from trusttrace.analysis import MI_TABLE, PROBES_TABLE, run_mi, run_probes
+from trusttrace.cli.app import app
+from trusttrace.errors import StoreError
+from trusttrace.info import ESTIMATOR_CAVEAT
+from trusttrace.store import ActivationStore, read_table
+
+WorkspaceArgument = typer.Argument(..., help="Workspace folder written by `trusttrace extract` or `trusttrace run`.")
+DeviceOption = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda when available).")
+
+
+@app.command()
+def probe(
+    workspace: Path = WorkspaceArgument,
+    split: str = typer.Option("grouped", help="grouped (random when a dataset has no groups), random or paper."),
+    method: str = typer.Option("logreg", help="logreg (L2 logistic regression, C=1) or mass_mean."),
+    folds: int = typer.Option(5, help="Cross-validation folds (paper: always one 80/20 split)."),
+    seed: int = typer.Option(0, help="Seed of the split and of the bootstrap intervals."),
+    backend: str = typer.Option("auto", help="auto or torch (all layers at once), sklearn (one model per layer)."),
+    device: Optional[str] = DeviceOption,
+) -> None:
+    """Fit a linear probe on every layer of every activation set in WORKSPACE.
+
+    Results go to WORKSPACE/probes.parquet, baselines to probe_baselines.parquet.
+
+    Sets already in the table are skipped, so a rerun adds nothing.
+
+    Missing or corrupt sets are reported and skipped; the exit code is then 1.
+
+    Examples:
+
+      trusttrace probe workspace/
+
+      trusttrace probe workspace/ --split paper
+
+      trusttrace probe workspace/ --split random --folds 10
+
+      trusttrace probe workspace/ --method mass_mean --seed 1
+    """
+    store = _open(workspace)
+    before = len(read_table(workspace / PROBES_TABLE))
+    table, problems = run_probes(
+        store, split=split, method=method, seed=seed, folds=folds, backend=backend, device=device
+    )
+    _finish(problems, f"{len(table) - before} new probe rows, {len(table)} in {workspace / PROBES_TABLE}")
+
+
+@app.command()
+def mi(
+    workspace: Path = WorkspaceArgument,
+    estimator: str = typer.Option("nhsic", help="nhsic (the reference study's), hsic, gaussian or ksg."),
+    x_layer: int = typer.Option(0, help="The layer whose states stand for the input X."),
+    split: str = typer.Option("paper", help="Rows used: the training rows of this split (paper: the first 80 %)."),
+    seed: int = typer.Option(0, help="Seed of the split (random and grouped)."),
+    device: Optional[str] = DeviceOption,
+) -> None:
+    """Estimate I(X;T) and I(T;Y) for every layer of every activation set in WORKSPACE.
+
+    Results go to WORKSPACE/mi.parquet; sets already in it are skipped.
+
+    Missing or corrupt sets are reported and skipped; the exit code is then 1.
+
+    Whether layers "compress" depends on the estimator: compare more than one.
+
+    Examples:
+
+      trusttrace mi workspace/
+
+      trusttrace mi workspace/ --estimator gaussian
+
+      trusttrace mi workspace/ --estimator ksg --split grouped
+    """
+    store = _open(workspace)
+    before = len(read_table(workspace / MI_TABLE))
+    table, problems = run_mi(store, estimator=estimator, x_layer=x_layer, split=split, seed=seed, device=device)
+    _finish(problems, f"{len(table) - before} new MI rows, {len(table)} in {workspace / MI_TABLE}")
+    typer.echo(f"note: {ESTIMATOR_CAVEAT}", err=True)
+
+
+def _open(workspace: Path) -> ActivationStore:
+    if not workspace.is_dir():
+        raise StoreError(f"{workspace}: no such workspace folder")
+    return ActivationStore(workspace)
+
+
+def _finish(problems: list[str], summary: str) -> None:
+    for problem in problems:
+        typer.echo(f"warning: {problem}", err=True)
+    skipped = f", {len(problems)} set(s) skipped" if problems else ""
+    typer.echo(f"{summary}{skipped}")
+    if problems:
+        raise SystemExit(1)  # not typer.Exit: main() runs the app with standalone_mode=False

@@ -1,0 +1,409 @@
+"""Mutual information between a layer's states T, the input X and the labels Y.
+
+The information plane plots I(X;T) against I(T;Y) per layer and checkpoint; a rise then fall of
+I(X;T) over training is read as "fitting then compression". Four estimators:
+
+- `nhsic`: the reference study's normalised-CCA HSIC, reproduced exactly (see `nhsic_operator`).
+  A dependence score, not nats; with σ = 50 on z-scored states its kernels are nearly constant.
+- `hsic`: normalised HSIC (kernel alignment of centred gaussian kernels, median-heuristic
+  bandwidth), in [0, 1].
+- `gaussian`: mutual information in nats if the data were jointly Gaussian, on a PCA reduction.
+- `ksg`: the Kraskov-Stögbauer-Grassberger k-nearest-neighbour estimator (KSG-1; Ross 2014 for
+  discrete labels), in nats, on a PCA reduction.
+
+The nHSIC reading follows the study's published code (TracingLLM, `mi_estimators.py`,
+`hsic_normalized_cca`): K = exp(-||a-b||² / (2σ²·d)), σ = 50 for states and labels alike, the
+centring matrix multiplied on the right (K_c = K H), R = K_c (K_c + ε m I)⁻¹ with ε = 1e-5, the
+score Σ R_X ∘ R_Tᵀ; states z-scored with the mean and (n-1) std of all rows, X = layer 0, on the
+probe-training rows. The reference ran in float32; we default to float64, since the score is
+ill-conditioned and float32 moves it by up to a few per cent (see bench/mi.py).
+
+Whether a layer "compresses" depends on the estimator: read `ESTIMATOR_CAVEAT`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy.spatial import cKDTree
+from scipy.special import digamma
+
+from trusttrace.errors import LayerError, ProbeError
+from trusttrace.probes import check_finite
+from trusttrace.splits import check_labels, paper_split
+
+ESTIMATORS = ("nhsic", "hsic", "gaussian", "ksg")
+
+ESTIMATOR_CAVEAT = (
+    "Mutual information between high-dimensional states cannot be measured directly, only "
+    "estimated, and the estimators disagree: the reference nHSIC score is a kernel dependence "
+    "measure whose value depends on its fixed bandwidth (sigma = 50) and on z-scoring, not a "
+    "quantity in nats, and the Gaussian and KSG estimates depend on the PCA reduction and the "
+    "sample size. A rise then fall of I(X;T) over checkpoints ('fitting then compression') is "
+    "a property of the estimator as much as of the model: check it with more than one."
+)
+
+NHSIC_SIGMA = 50.0
+NHSIC_EPSILON = 1e-5
+GAUSSIAN_COMPONENTS = 32
+KSG_COMPONENTS = 8
+KSG_NEIGHBOURS = 3
+GAUSSIAN_RIDGE = 1e-5
+MAX_DISCRETE_VALUES = 20
+# Layers of the kernel estimators are processed in chunks of about this many bytes of m x m matrices.
+CHUNK_BYTES = 2**30
+OPTIONS = {
+    "nhsic": {"sigma", "epsilon", "dtype"},
+    "hsic": {"dtype"},
+    "gaussian": {"components", "ridge", "discrete"},
+    "ksg": {"k", "components", "discrete", "seed"},
+}
+
+
+def mutual_information(a, b, *, estimator: str = "nhsic", **opts) -> float:
+    """The estimated mutual information (or dependence, for the HSIC family) of two samples.
+
+    `a` [m, d_a] and `b` [m, d_b] are matched rows (a vector is one column). For `gaussian` and
+    `ksg` a one-column integer `b` with at most 20 values counts as discrete labels (override
+    with `discrete=`). Options: `sigma`, `epsilon`, `dtype` (nhsic); `components`, `ridge`
+    (gaussian); `components`, `k`, `seed` (ksg).
+    """
+    x, y = _as_matrix(a, "a"), _as_matrix(b, "b")
+    if x.shape[0] != y.shape[0]:
+        raise ProbeError(f"samples of different lengths: a has {x.shape[0]} rows, b has {y.shape[0]}")
+    if x.shape[0] < 2:
+        raise ProbeError(f"mutual information needs at least 2 rows, got {x.shape[0]}")
+    if estimator not in ESTIMATORS:
+        raise ProbeError(f"unknown estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}")
+    unknown = set(opts) - OPTIONS[estimator]
+    if unknown:
+        raise ProbeError(f"unknown option(s) {', '.join(sorted(unknown))} for estimator {estimator!r}")
+    if estimator == "gaussian":
+        return gaussian_mi(x, y, **opts)
+    if estimator == "ksg":
+        return ksg_mi(x, y, **opts)
+    dtype = opts.pop("dtype", torch.float64)
+    tx, ty = torch.as_tensor(x, dtype=dtype), torch.as_tensor(y, dtype=dtype)
+    if estimator == "nhsic":
+        return float(nhsic(tx, ty, **opts))
+    return float(normalised_hsic(tx.unsqueeze(0), ty)[0])
+
+
+def _as_matrix(values, name: str) -> np.ndarray:
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu().double().numpy()
+    array = np.asarray(values, dtype=np.float64)
+    if array.ndim == 1:
+        array = array[:, None]
+    if array.ndim != 2:
+        raise ProbeError(f"{name} must be a matrix [rows, columns] or a vector, got shape {array.shape}")
+    if not np.isfinite(array).all():
+        raise ProbeError(f"{name} contains NaN or inf")
+    return array
+
+
+# ----- the reference estimator: normalised-CCA HSIC --------------------------------------
+
+
+def gaussian_kernel(x: torch.Tensor, sigma: float = NHSIC_SIGMA) -> torch.Tensor:
+    """K_ij = exp(-||x_i - x_j||² / (2 σ² d)) for x [..., m, d]: the reference's kernel."""
+    squared = (x * x).sum(-1)
+    distances = (squared.unsqueeze(-1) + squared.unsqueeze(-2) - 2 * x @ x.mT).clamp_min(0)
+    return torch.exp(-distances / (2 * sigma**2 * x.shape[-1]))
+
+
+def nhsic_operator(x: torch.Tensor, sigma: float = NHSIC_SIGMA, epsilon: float = NHSIC_EPSILON) -> torch.Tensor:
+    """R = K_c (K_c + ε m I)⁻¹ with K_c = K H (centring on the right, as the reference does).
+
+    Computed as I - ε m (K_c + ε m I)⁻¹, which is the same matrix: one inverse, no product.
+    (Centring on the left instead gives Rᵀ, and the score Σ R_a ∘ R_bᵀ is the same.)
+    """
+    m = x.shape[-2]
+    kernel = gaussian_kernel(x, sigma)
+    centred = kernel - kernel.mean(dim=-1, keepdim=True)
+    ridge = epsilon * m
+    eye = torch.eye(m, dtype=x.dtype, device=x.device)
+    return eye - ridge * torch.linalg.inv(centred + ridge * eye)
+
+
+def nhsic_from_operators(r_a: torch.Tensor, r_b: torch.Tensor) -> torch.Tensor:
+    """Σ R_a ∘ R_bᵀ over the last two axes (the reference's score)."""
+    return (r_a * r_b.mT).sum(dim=(-2, -1))
+
+
+def nhsic(a: torch.Tensor, b: torch.Tensor, sigma: float = NHSIC_SIGMA, epsilon: float = NHSIC_EPSILON) -> torch.Tensor:
+    """The reference normalised-CCA HSIC of two samples [..., m, d_a] and [..., m, d_b]."""
+    return nhsic_from_operators(nhsic_operator(a, sigma, epsilon), nhsic_operator(b, sigma, epsilon))
+
+
+# ----- normalised HSIC with median-heuristic bandwidth ---------------------------------
+
+
+def centred_median_kernel(x: torch.Tensor) -> torch.Tensor:
+    """H K H for x [..., m, d], K gaussian with σ = median positive pairwise distance (1 if none)."""
+    squared = (x * x).sum(-1)
+    distances = (squared.unsqueeze(-1) + squared.unsqueeze(-2) - 2 * x @ x.mT).clamp_min(0)
+    m = x.shape[-2]
+    upper = torch.triu_indices(m, m, offset=1, device=x.device)
+    pairs = distances[..., upper[0], upper[1]]
+    median = torch.nanmedian(torch.where(pairs > 0, pairs, torch.full_like(pairs, float("nan"))), dim=-1).values
+    median = torch.where(torch.isnan(median), torch.ones_like(median), median)  # squared distance
+    kernel = torch.exp(-distances / (2 * median[..., None, None]))
+    kernel = kernel - kernel.mean(dim=-1, keepdim=True)
+    return kernel - kernel.mean(dim=-2, keepdim=True)
+
+
+def normalised_hsic(t: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """HSIC(T, B) / sqrt(HSIC(T, T) HSIC(B, B)) for each of the [L, m, d] samples t; 0 when constant."""
+    kt, kb = centred_median_kernel(t), centred_median_kernel(b)
+    inner = (kt * kb).sum(dim=(-2, -1))
+    norms = kt.square().sum(dim=(-2, -1)).sqrt() * kb.square().sum(dim=(-2, -1)).sqrt()
+    positive = norms > 0
+    return torch.where(positive, inner / torch.where(positive, norms, torch.ones_like(norms)), torch.zeros_like(inner))
+
+
+# ----- Gaussian and KSG estimators (nats) -----------------------------------------------
+
+
+def pca_scores(x: np.ndarray, components: int) -> np.ndarray:
+    """x whitened on its top principal components: centred, projected on at most `components`
+    (and m-1) of them, each scaled to unit variance. An invertible linear map of x gives the same
+    scores up to rotation and sign, so MI is unchanged; directions without variance are dropped."""
+    centred = x - x.mean(axis=0)
+    k = min(components, x.shape[0] - 1, x.shape[1])
+    if x.shape[0] <= x.shape[1]:
+        values, vectors = np.linalg.eigh(centred @ centred.T)
+        scores = vectors[:, -k:] * np.sqrt(np.clip(values[-k:], 0, None))
+    else:
+        values, vectors = np.linalg.eigh(centred.T @ centred)
+        scores = centred @ vectors[:, -k:]
+    keep = values[-k:] > 1e-12 * max(values[-1], 0)
+    scores = scores[:, keep]
+    return scores / scores.std(axis=0)
+
+
+def is_discrete(b: np.ndarray) -> bool:
+    """One integer-valued column with at most MAX_DISCRETE_VALUES distinct values: labels."""
+    return b.shape[1] == 1 and bool(np.all(b == np.round(b))) and len(np.unique(b)) <= MAX_DISCRETE_VALUES
+
+
+def gaussian_mi(
+    a: np.ndarray, b: np.ndarray, *, components: int = GAUSSIAN_COMPONENTS, ridge: float = GAUSSIAN_RIDGE,
+    discrete: bool | None = None,
+) -> float:
+    """I(a;b) in nats under a Gaussian model of the PCA-reduced samples (see `gaussian_mi_reduced`)."""
+    a, b = _as_matrix(a, "a"), _as_matrix(b, "b")
+    a, b, discrete = _orient(a, b, discrete)
+    reduced_b = b[:, 0] if discrete else pca_scores(b, components)
+    return gaussian_mi_reduced(pca_scores(a, components), reduced_b, discrete=discrete, ridge=ridge)
+
+
+def _orient(a: np.ndarray, b: np.ndarray, discrete: bool | None) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Put a discrete sample second (MI is symmetric) and decide whether it is discrete."""
+    if discrete is None:
+        if is_discrete(a) and not is_discrete(b):
+            a, b = b, a
+        discrete = is_discrete(b)
+    return a, b, discrete
+
+
+def gaussian_mi_reduced(a: np.ndarray, b: np.ndarray, *, discrete: bool, ridge: float = GAUSSIAN_RIDGE) -> float:
+    """½ log det Σ_a + ½ log det Σ_b − ½ log det Σ_ab, or, for discrete labels b,
+    ½ log det Σ_a − Σ_y p(y) ½ log det Σ_{a|y}; covariances get `ridge` added on the diagonal."""
+    if discrete:
+        classes, counts = np.unique(b, return_counts=True)
+        conditional = sum(count / len(b) * _logdet(a[b == label], ridge) for label, count in zip(classes, counts))
+        return 0.5 * (_logdet(a, ridge) - conditional)
+    return 0.5 * (_logdet(a, ridge) + _logdet(b, ridge) - _logdet(np.hstack([a, b]), ridge))
+
+
+def _logdet(x: np.ndarray, ridge: float) -> float:
+    if x.shape[1] == 0:
+        return 0.0
+    covariance = np.atleast_2d(np.cov(x, rowvar=False)) if len(x) > 1 else np.zeros((x.shape[1], x.shape[1]))
+    _, value = np.linalg.slogdet(covariance + ridge * np.eye(x.shape[1]))
+    return float(value)
+
+
+def ksg_mi(
+    a: np.ndarray, b: np.ndarray, *, k: int = KSG_NEIGHBOURS, components: int = KSG_COMPONENTS,
+    discrete: bool | None = None, seed: int = 0,
+) -> float:
+    """The KSG-1 estimate (Kraskov et al. 2004) of I(a;b) in nats, max-norm, on PCA-reduced samples.
+
+    Discrete labels b use Ross (2014). Like scikit-learn's estimators, a seeded jitter of 1e-10
+    standard deviations breaks ties between duplicate rows. Not clipped at 0.
+    """
+    a, b = _as_matrix(a, "a"), _as_matrix(b, "b")
+    a, b, discrete = _orient(a, b, discrete)
+    rng = np.random.default_rng(seed)
+    ra = _jitter(pca_scores(a, components), rng)
+    if discrete:
+        return ksg_discrete(ra, b[:, 0], k)
+    return ksg_continuous(ra, _jitter(pca_scores(b, components), rng), k)
+
+
+def _jitter(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    return x + 1e-10 * rng.standard_normal(x.shape)
+
+
+def ksg_continuous(a: np.ndarray, b: np.ndarray, k: int = KSG_NEIGHBOURS) -> float:
+    """ψ(k) + ψ(m) − ⟨ψ(n_a + 1) + ψ(n_b + 1)⟩, n counting neighbours strictly inside ε_i."""
+    m = len(a)
+    k = min(k, m - 1)
+    joint = np.hstack([a, b])
+    radius = cKDTree(joint).query(joint, k=k + 1, p=np.inf)[0][:, -1]
+    inside = np.nextafter(radius, 0)
+    n_a = cKDTree(a).query_ball_point(a, inside, p=np.inf, return_length=True) - 1
+    n_b = cKDTree(b).query_ball_point(b, inside, p=np.inf, return_length=True) - 1
+    return float(digamma(k) + digamma(m) - np.mean(digamma(n_a + 1) + digamma(n_b + 1)))
+
+
+def ksg_discrete(a: np.ndarray, labels: np.ndarray, k: int = KSG_NEIGHBOURS) -> float:
+    """Ross (2014): ψ(m) + ⟨ψ(k)⟩ − ⟨ψ(N_y)⟩ − ⟨ψ(m_i)⟩; rows of single-row classes are dropped."""
+    classes, counts = np.unique(labels, return_counts=True)
+    keep = np.isin(labels, classes[counts > 1])
+    a, labels = a[keep], labels[keep]
+    radius, class_size, neighbours = np.empty(len(a)), np.empty(len(a)), np.empty(len(a))
+    for label in np.unique(labels):
+        rows = labels == label
+        k_label = min(k, int(rows.sum()) - 1)
+        radius[rows] = cKDTree(a[rows]).query(a[rows], k=k_label + 1, p=np.inf)[0][:, -1]
+        class_size[rows], neighbours[rows] = rows.sum(), k_label
+    within = cKDTree(a).query_ball_point(a, np.nextafter(radius, 0), p=np.inf, return_length=True)
+    return float(
+        digamma(len(a)) + np.mean(digamma(neighbours)) - np.mean(digamma(class_size)) - np.mean(digamma(within))
+    )
+
+
+# ----- the information plane ------------------------------------------------------------
+
+
+def information_plane(
+    acts: torch.Tensor,
+    labels: Sequence,
+    *,
+    estimator: str = "nhsic",
+    x_layer: int = 0,
+    rows: Sequence[int] | None = None,
+    layers: Sequence[int] | None = None,
+    device: str | torch.device | None = None,
+    standardize: bool = True,
+    dtype: torch.dtype = torch.float64,
+) -> pd.DataFrame:
+    """I(X;T) and I(T;Y) per layer: X = states of layer `x_layer`, T = each layer's states, Y = labels.
+
+    Like the reference: each layer is z-scored with the mean and (n-1) std of all rows
+    (`standardize`), then only `rows` are used (default: the `paper` split's training rows, the
+    first 80 %; pass the probe-training rows of your split). `layers` names the layers of
+    `acts` (default 0..n_layers-1) and `x_layer` is one of those names. The kernel estimators
+    (nhsic, hsic) run batched over layers on `device` in `dtype` (float32 drifts by up to a few
+    per cent for nhsic); gaussian and ksg run on the CPU layer by layer.
+    """
+    if estimator not in ESTIMATORS:
+        raise ProbeError(f"unknown estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}")
+    layer_ids, x_index = _check_plane_acts(acts, layers, x_layer)
+    y = check_labels(labels, acts.shape[1])
+    selected = _check_rows(rows, acts.shape[1])
+    states = acts.to(torch.device(device) if device is not None else acts.device)
+    check_finite(states, layer_ids)
+    states = states.to(dtype)
+    if standardize:
+        std = states.std(dim=1, keepdim=True)
+        states = (states - states.mean(dim=1, keepdim=True)) / torch.where(std > 0, std, torch.ones_like(std))
+    states = states[:, torch.as_tensor(selected, device=device)]
+    targets = torch.as_tensor(y[selected], device=device, dtype=dtype).unsqueeze(-1)
+    if estimator in ("nhsic", "hsic"):
+        i_xt, i_ty = _kernel_plane(states, targets, x_index, estimator)
+    else:
+        i_xt, i_ty = _sample_plane(states, y[selected], x_index, estimator)
+    return pd.DataFrame({"layer": layer_ids, "i_xt": i_xt, "i_ty": i_ty, "estimator": estimator, "n": len(selected)})
+
+
+def _check_plane_acts(acts: torch.Tensor, layers: Sequence[int] | None, x_layer: int) -> tuple[list[int], int]:
+    if not isinstance(acts, torch.Tensor) or acts.ndim != 3:
+        shape = tuple(acts.shape) if hasattr(acts, "shape") else type(acts).__name__
+        raise ProbeError(f"activations must be a tensor [n_layers, n, hidden], got {shape}")
+    layer_ids = list(range(acts.shape[0])) if layers is None else [int(layer) for layer in layers]
+    if len(layer_ids) != acts.shape[0]:
+        raise LayerError(f"{len(layer_ids)} layer indices given for {acts.shape[0]} layers of activations")
+    if x_layer not in layer_ids:
+        raise LayerError(f"x_layer {x_layer} is not among the layers {layer_ids[0]}..{layer_ids[-1]}")
+    return layer_ids, layer_ids.index(x_layer)
+
+
+def _check_rows(rows: Sequence[int] | None, n: int) -> np.ndarray:
+    selected = paper_split(n)[0] if rows is None else np.asarray(rows, dtype=np.int64).reshape(-1)
+    if selected.size and (selected.min() < 0 or selected.max() >= n):
+        bad = selected[(selected < 0) | (selected >= n)][0]
+        raise ProbeError(f"row {bad} is outside the {n} rows of the activations")
+    if len(selected) < 3:
+        raise ProbeError(f"the information plane needs at least 3 rows, got {len(selected)}")
+    return selected
+
+
+def _kernel_plane(
+    states: torch.Tensor, targets: torch.Tensor, x_index: int, estimator: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Both planes' coordinates for all layers, in chunks of layers that fit CHUNK_BYTES."""
+    m = states.shape[1]
+    chunk = max(1, CHUNK_BYTES // (4 * m * m * states.element_size()))
+    i_xt, i_ty = [], []
+    if estimator == "nhsic":
+        r_x, r_y = nhsic_operator(states[x_index]), nhsic_operator(targets)
+        for start in range(0, states.shape[0], chunk):
+            r_t = nhsic_operator(states[start : start + chunk])
+            i_xt.append(nhsic_from_operators(r_x, r_t))
+            i_ty.append(nhsic_from_operators(r_y, r_t))
+    else:
+        for start in range(0, states.shape[0], chunk):
+            block = states[start : start + chunk]
+            i_xt.append(normalised_hsic(block, states[x_index]))
+            i_ty.append(normalised_hsic(block, targets))
+    return torch.cat(i_xt).cpu().numpy(), torch.cat(i_ty).cpu().numpy()
+
+
+def _sample_plane(
+    states: torch.Tensor, labels: np.ndarray, x_index: int, estimator: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """gaussian / ksg layer by layer on the CPU, with X reduced once."""
+    samples = states.double().cpu().numpy()
+    components = GAUSSIAN_COMPONENTS if estimator == "gaussian" else KSG_COMPONENTS
+    rng = np.random.default_rng(0)
+
+    def reduce(sample: np.ndarray) -> np.ndarray:
+        scores = pca_scores(sample, components)
+        return _jitter(scores, rng) if estimator == "ksg" else scores
+
+    x = reduce(samples[x_index])
+    i_xt, i_ty = [], []
+    for layer in samples:
+        t = reduce(layer)
+        if estimator == "gaussian":
+            i_xt.append(gaussian_mi_reduced(x, t, discrete=False))
+            i_ty.append(gaussian_mi_reduced(t, labels, discrete=True))
+        else:
+            i_xt.append(ksg_continuous(x, t))
+            i_ty.append(ksg_discrete(t, labels))
+    return np.array(i_xt), np.array(i_ty)
+
+
+# ----- turning points -------------------------------------------------------------------
+
+
+def turning_points(mi_table: pd.DataFrame) -> pd.DataFrame:
+    """Per layer, the training step where I(X;T) peaks; `interior` is False when the peak is at
+    the first or last step (no rise-then-fall seen). Ties go to the earliest step."""
+    missing = {"step", "layer", "i_xt"} - set(mi_table.columns)
+    if missing:
+        raise ProbeError(f"MI table lacks column(s) {', '.join(sorted(missing))}")
+    rows = []
+    for layer, group in mi_table.dropna(subset=["step", "i_xt"]).sort_values("step", kind="stable").groupby("layer"):
+        peak = group.loc[group["i_xt"].idxmax()]
+        steps = group["step"]
+        interior = bool(steps.min() < peak["step"] < steps.max())
+        rows.append({"layer": layer, "peak_step": peak["step"], "peak_i_xt": float(peak["i_xt"]), "interior": interior})
+    return pd.DataFrame(rows, columns=["layer", "peak_step", "peak_i_xt", "interior"])

@@ -1,0 +1,124 @@
+"""Train/test splits shared by probes, mutual information and steering.
+
+Three kinds: `paper` (the reference study: first 80 % of rows train, last 20 % test, file
+order), `random` (stratified, seeded) and `grouped` (rows that share a group id never sit on
+both sides, stratified as far as the groups allow). With `folds > 1` the non-paper kinds give
+k-fold cross-validation; with `folds == 1` one split holding out about `test_size` of the rows.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train_test_split
+
+from trusttrace.errors import ProbeError
+
+SPLITS = ("grouped", "random", "paper")
+
+# The reference study trains on the first int(n * PAPER_TRAIN_FRACTION) rows of the CSV.
+PAPER_TRAIN_FRACTION = 0.8
+
+Split = tuple[np.ndarray, np.ndarray]
+
+
+def check_labels(labels: Sequence, n: int | None = None) -> np.ndarray:
+    """Labels as an int64 array of 0/1, of length `n` when given; anything else is a ProbeError."""
+    values = np.asarray(labels)
+    if values.ndim != 1:
+        raise ProbeError(f"labels must be one-dimensional, got shape {values.shape}")
+    if n is not None and len(values) != n:
+        raise ProbeError(f"{len(values)} labels for {n} rows of activations")
+    bad = ~np.isin(values, (0, 1))
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise ProbeError(f"label {values[row].item()!r} at row {row} is not 0 or 1")
+    return values.astype(np.int64)
+
+
+def resolve_split(split: str, groups: Sequence | None) -> str:
+    """The split kind actually used: `grouped` without groups is a stratified `random` split."""
+    if split not in SPLITS:
+        raise ProbeError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    return "random" if split == "grouped" and groups is None else split
+
+
+def paper_split(n: int) -> Split:
+    """The reference split: the first 80 % of rows (rounded down) train, the rest test."""
+    n_train = int(n * PAPER_TRAIN_FRACTION)
+    return np.arange(n_train), np.arange(n_train, n)
+
+
+def make_splits(
+    labels: Sequence,
+    *,
+    split: str = "grouped",
+    groups: Sequence | None = None,
+    folds: int = 5,
+    test_size: float = 0.2,
+    seed: int = 0,
+) -> list[Split]:
+    """(train_idx, test_idx) pairs of row positions, sorted, for the requested kind of split.
+
+    `paper` ignores `folds`, `test_size` and `seed` (it is one fixed split). Every training
+    side holds both classes, or a ProbeError says which fold does not.
+    """
+    y = check_labels(labels)
+    kind = resolve_split(split, groups)
+    if folds < 1:
+        raise ProbeError(f"folds must be at least 1, got {folds}")
+    if not 0 < test_size < 1:
+        raise ProbeError(f"test_size must be between 0 and 1, got {test_size}")
+    if kind == "paper":
+        splits = [paper_split(len(y))]
+    elif kind == "random":
+        splits = _random_splits(y, folds, test_size, seed)
+    else:
+        splits = _grouped_splits(y, _check_groups(groups, len(y), folds), folds, test_size, seed)
+    for fold, (train, test) in enumerate(splits):
+        if len(test) == 0:
+            raise ProbeError(f"fold {fold} of the {kind} split has no test rows ({len(y)} rows)")
+        if len(np.unique(y[train])) < 2:
+            raise ProbeError(f"fold {fold} of the {kind} split trains on one class only (label {y[train][0]})")
+    return [(np.sort(train), np.sort(test)) for train, test in splits]
+
+
+def _check_groups(groups: Sequence, n: int, folds: int) -> np.ndarray:
+    values = np.asarray(groups)
+    if values.shape != (n,):
+        raise ProbeError(f"groups of shape {values.shape} for {n} rows")
+    n_groups = len(np.unique(values.astype(str)))
+    needed = max(folds, 2)
+    if n_groups < needed:
+        raise ProbeError(f"a grouped split with {folds} fold(s) needs at least {needed} groups, found {n_groups}")
+    return values
+
+
+def _random_splits(y: np.ndarray, folds: int, test_size: float, seed: int) -> list[Split]:
+    rows = np.arange(len(y))
+    try:
+        if folds == 1:
+            train, test = train_test_split(rows, test_size=test_size, stratify=y, random_state=seed)
+            return [(train, test)]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # a rare class smaller than `folds`
+            return list(StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed).split(rows, y))
+    except ValueError as error:
+        raise ProbeError(f"cannot make a random split of {len(y)} rows into {folds} fold(s): {error}") from None
+
+
+def _grouped_splits(y: np.ndarray, groups: np.ndarray, folds: int, test_size: float, seed: int) -> list[Split]:
+    """Stratified group k-fold; with one fold, the first fold of round(1/test_size) folds."""
+    n_splits = folds if folds > 1 else max(2, round(1 / test_size))
+    n_splits = min(n_splits, len(np.unique(groups.astype(str))))
+    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    rows = np.arange(len(y))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            splits = list(splitter.split(rows, y, groups.astype(str)))
+    except ValueError as error:
+        raise ProbeError(f"cannot make a grouped split of {len(y)} rows into {n_splits} fold(s): {error}") from None
+    return splits if folds > 1 else splits[:1]

@@ -1,0 +1,143 @@
+"""Probes and MI over a workspace: tidy tables, idempotent reruns, corrupt sets skipped, the CLI."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from trusttrace.analysis import BASELINES_TABLE, MI_TABLE, PROBES_TABLE, mi_record, probe_record, run_mi, run_probes
+from trusttrace.cli import main
+from trusttrace.data import DatasetCard, TrustDataset
+from trusttrace.store import ActivationStore, read_table
+
+CARD = DatasetCard(name="toy", dimension="user", label_1="yes", label_0="no", source="test", licence="none")
+N, LAYERS, HIDDEN = 60, [0, 2, 4], 6
+
+
+def toy_dataset(grouped: bool) -> TrustDataset:
+    labels = np.arange(N) % 2
+    statements = [f"{'good' if label else 'bad'} thing number {i}" for i, label in enumerate(labels)]
+    groups = np.arange(N) // 3 if grouped else None
+    return TrustDataset(name="toy", statements=statements, labels=labels, groups=groups, card=CARD, source="test")
+
+
+def add_set(store: ActivationStore, step: int, grouped: bool = True):
+    dataset = toy_dataset(grouped)
+    g = torch.Generator().manual_seed(step)
+    acts = torch.randn(len(LAYERS), N, HIDDEN, generator=g)
+    acts[1:] += torch.as_tensor(dataset.labels, dtype=torch.float32)[None, :, None] * step / 100
+    provenance = {
+        "model": "toy-model", "revision": f"step{step}", "commit": None, "weights_sha256": f"w{step}",
+        "checkpoint": f"step{step}", "step": step, "tokens": None, "dataset": "toy",
+        "dataset_hash": dataset.content_hash, "n": N, "position": "last", "layers": LAYERS,
+        "dtype": "float32", "tokenizer": "t", "template": None,
+    }
+    return store.save(acts, dataset, provenance)
+
+
+@pytest.fixture
+def workspace(tmp_path):
+    store = ActivationStore(tmp_path / "ws")
+    add_set(store, 100)
+    add_set(store, 300)
+    return store
+
+
+def test_run_probes_writes_a_tidy_table_and_a_rerun_adds_nothing(workspace):
+    table, problems = run_probes(workspace, folds=3, progress=False)
+    assert problems == []
+    assert len(table) == 2 * len(LAYERS)
+    assert set(table["checkpoint"]) == {"step100", "step300"} and set(table["layer"]) == set(LAYERS)
+    assert set(table["split"]) == {"grouped"} and (table["folds"] == 3).all()
+    best = table.set_index(["step", "layer"])["accuracy"]
+    assert best[(300, 4)] > 0.9 and best[(100, 0)] < 0.8
+    baselines = read_table(workspace.root / BASELINES_TABLE)
+    assert sorted(baselines["baseline"]) == ["bag_of_words", "majority"]  # one dataset, so once
+
+    stamp = (workspace.root / PROBES_TABLE).stat().st_mtime_ns
+    again, problems = run_probes(workspace, folds=3, progress=False)
+    assert problems == [] and again.equals(table)
+    assert (workspace.root / PROBES_TABLE).stat().st_mtime_ns == stamp
+
+    other, _ = run_probes(workspace, folds=3, method="mass_mean", split="paper", progress=False)
+    assert len(other) == 4 * len(LAYERS)
+    assert set(other.loc[other["method"] == "mass_mean", "folds"]) == {1}
+
+
+def test_new_sets_are_added_and_corrupt_sets_skipped(workspace):
+    run_probes(workspace, folds=2, progress=False)
+    broken = add_set(workspace, 500)
+    fresh = add_set(workspace, 700)
+    shard = next(broken.path.glob("shard-*.safetensors"))
+    data = bytearray(shard.read_bytes())
+    data[-3] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    table, problems = run_probes(workspace, folds=2, progress=False)
+    assert len(problems) == 1 and broken.key in problems[0] and "checksum mismatch" in problems[0]
+    assert set(table["activation_key"]) == {r.key for r in workspace.records()} - {broken.key}
+    assert fresh.key in set(table["activation_key"])
+
+
+def test_run_mi_and_ungrouped_datasets(tmp_path):
+    store = ActivationStore(tmp_path / "ws")
+    add_set(store, 200, grouped=False)
+    table, problems = run_mi(store, progress=False)
+    assert problems == [] and len(table) == len(LAYERS)
+    assert list(table["layer"]) == LAYERS and (table["n"] == int(N * 0.8)).all()
+    assert (table["estimator"] == "nhsic").all() and (table["split"] == "paper").all()
+    again, _ = run_mi(store, progress=False)
+    assert again.equals(table)
+    gaussian, _ = run_mi(store, estimator="gaussian", split="grouped", progress=False)
+    assert set(gaussian.loc[gaussian["estimator"] == "gaussian", "split"]) == {"random"}  # no groups
+    skipped, problems = run_mi(store, x_layer=1, progress=False)
+    assert len(problems) == 1 and "x_layer 1 is not stored" in problems[0]
+    probes, _ = run_probes(store, folds=2, progress=False)
+    assert set(probes["split"]) == {"random"}
+
+
+def test_one_record_at_a_time_replaces_its_rows(workspace):
+    first, second = workspace.records()
+    rows = probe_record(workspace, first, split="paper", C=0.5)
+    assert len(rows) == len(LAYERS) and (rows["C"] == 0.5).all() and (rows["activation_key"] == first.key).all()
+    probe_record(workspace, first, split="paper", C=0.5)
+    probe_record(workspace, second, split="paper", C=0.5)
+    assert len(read_table(workspace.root / PROBES_TABLE)) == 2 * len(LAYERS)
+    plane = mi_record(workspace, second, estimator="hsic", x_layer=2)
+    assert list(plane["layer"]) == LAYERS and plane.loc[plane["layer"] == 2, "i_xt"].item() == pytest.approx(1.0)
+    table, problems = run_mi(workspace, estimator="hsic", x_layer=2, progress=False)
+    assert problems == [] and len(table) == 2 * len(LAYERS)  # only the first set was missing
+
+
+def run_cli(monkeypatch, *args) -> int:
+    monkeypatch.setattr(sys, "argv", ["trusttrace", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+        sys.exit(0)
+    return exit_info.value.code
+
+
+def test_cli_exit_codes(workspace, monkeypatch, capsys):
+    root = str(workspace.root)
+    assert run_cli(monkeypatch, "probe", root, "--folds", "2") == 0
+    assert f"{2 * len(LAYERS)} new probe rows" in capsys.readouterr().out
+    assert run_cli(monkeypatch, "probe", root, "--folds", "2") == 0
+    assert f"0 new probe rows, {2 * len(LAYERS)} in" in capsys.readouterr().out
+    assert run_cli(monkeypatch, "mi", root, "--estimator", "gaussian") == 0
+    captured = capsys.readouterr()
+    assert f"{2 * len(LAYERS)} new MI rows" in captured.out and "estimator" in captured.err
+    assert (workspace.root / MI_TABLE).exists()
+
+    assert run_cli(monkeypatch, "probe", root, "--split", "diagonal") == 2
+    assert "unknown split 'diagonal'" in capsys.readouterr().err
+    assert run_cli(monkeypatch, "mi", root, "--estimator", "mine") == 2
+    assert "unknown estimator 'mine'" in capsys.readouterr().err
+    assert run_cli(monkeypatch, "probe", str(workspace.root / "nowhere")) == 2
+
+    broken = add_set(workspace, 900)
+    next(broken.path.glob("shard-*.safetensors")).unlink()
+    assert run_cli(monkeypatch, "probe", root, "--folds", "2") == 1
+    captured = capsys.readouterr()
+    assert "warning:" in captured.err and "shard is missing" in captured.err and "1 set(s) skipped" in captured.out

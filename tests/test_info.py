@@ -1,0 +1,189 @@
+"""Mutual information: the reference nHSIC by hand, known answers, the batched plane, turning points."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import trusttrace.info as info
+from trusttrace.errors import LayerError, ProbeError
+from trusttrace.info import ESTIMATOR_CAVEAT, information_plane, mutual_information, turning_points
+
+
+def reference_nhsic(x: np.ndarray, y: np.ndarray, sigma=50.0, epsilon=1e-5) -> float:
+    """The reference formula, written out step by step with loops (float64)."""
+    m = len(x)
+
+    def centred_kernel(a):
+        kernel = np.empty((m, m))
+        for i in range(m):
+            for j in range(m):
+                kernel[i, j] = np.exp(-np.sum((a[i] - a[j]) ** 2) / (2 * sigma * sigma * a.shape[1]))
+        h = np.eye(m) - np.ones((m, m)) / m
+        return kernel @ h
+
+    kx, ky = centred_kernel(x), centred_kernel(y)
+    rx = kx @ np.linalg.inv(kx + epsilon * m * np.eye(m))
+    ry = ky @ np.linalg.inv(ky + epsilon * m * np.eye(m))
+    return float(np.sum(rx * ry.T))
+
+
+def correlated_pairs(m, rhos, seed=0):
+    rng = np.random.default_rng(seed)
+    rhos = np.asarray(rhos)
+    a = rng.standard_normal((m, len(rhos)))
+    b = rhos * a + np.sqrt(1 - rhos**2) * rng.standard_normal((m, len(rhos)))
+    return a, b, -0.5 * np.log(1 - rhos**2).sum()
+
+
+def test_nhsic_two_points_has_a_closed_form():
+    """For m = 2, R = r J/2 with r = (1-k)/((1-k) + 2ε), so the score is r_a r_b."""
+    a, b = np.array([[0.0, 0.0], [30.0, 40.0]]), np.array([[1.0], [-60.0]])
+
+    def r(x):
+        k = np.exp(-np.sum((x[0] - x[1]) ** 2) / (2 * 50.0**2 * x.shape[1]))
+        return (1 - k) / ((1 - k) + 2 * 1e-5)
+
+    assert mutual_information(a, b) == pytest.approx(r(a) * r(b), rel=1e-9)
+
+
+def test_nhsic_matches_the_reference_formula_step_by_step():
+    rng = np.random.default_rng(1)
+    for m, scale in ((3, 40.0), (7, 80.0), (12, 5.0)):
+        x, y = rng.standard_normal((m, 4)) * scale, rng.standard_normal((m, 2)) * scale
+        assert mutual_information(x, y, estimator="nhsic") == pytest.approx(reference_nhsic(x, y), rel=1e-8)
+    labels = rng.integers(0, 2, 9)
+    x = rng.standard_normal((9, 3)) * 60
+    assert mutual_information(x, labels) == pytest.approx(reference_nhsic(x, labels[:, None].astype(float)), rel=1e-8)
+
+
+def test_nhsic_identical_and_constant_inputs():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((6, 3)) * 70
+    kernel = np.exp(-((x[:, None] - x[None]) ** 2).sum(-1) / (2 * 50.0**2 * 3))
+    eigen = np.linalg.eigvals(kernel @ (np.eye(6) - 1 / 6)).real
+    ridge = 1e-5 * 6
+    assert mutual_information(x, x) == pytest.approx(np.sum((eigen / (eigen + ridge)) ** 2), rel=1e-8)
+    assert mutual_information(x, np.ones((6, 2))) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_known_gaussian_answers_within_ten_percent():
+    a, b, truth = correlated_pairs(2000, [0.6, 0.8])
+    assert mutual_information(a, b, estimator="gaussian") == pytest.approx(truth, rel=0.1)
+    assert mutual_information(a, b, estimator="ksg") == pytest.approx(truth, rel=0.1)
+    independent = np.random.default_rng(5).standard_normal((2000, 2))
+    assert abs(mutual_information(a, independent, estimator="gaussian")) < 0.01
+    assert abs(mutual_information(a, independent, estimator="ksg")) < 0.03
+
+
+def test_gaussian_is_invariant_to_invertible_linear_maps():
+    a, b, _ = correlated_pairs(500, [0.5, 0.3, 0.7], seed=3)
+    rng = np.random.default_rng(4)
+    mix_a, mix_b = rng.standard_normal((3, 3)) + 2 * np.eye(3), rng.standard_normal((3, 3)) + 2 * np.eye(3)
+    base = mutual_information(a, b, estimator="gaussian")
+    assert mutual_information(a @ mix_a + 7, b @ mix_b, estimator="gaussian") == pytest.approx(base, rel=1e-3)
+
+
+def test_discrete_labels_known_answer():
+    """T = 2Y + N(0,1), Y a fair coin: I = h(mixture) - h(N(0,1)), integrated numerically."""
+    rng = np.random.default_rng(6)
+    labels = rng.integers(0, 2, 3000)
+    t = labels * 2.0 + rng.standard_normal(3000)
+    grid = np.linspace(-9, 11, 200_001)
+    density = 0.5 * (np.exp(-grid**2 / 2) + np.exp(-((grid - 2) ** 2) / 2)) / np.sqrt(2 * np.pi)
+    truth = -np.sum(density * np.log(density)) * (grid[1] - grid[0]) - 0.5 * np.log(2 * np.pi * np.e)
+    assert mutual_information(t, labels, estimator="ksg") == pytest.approx(truth, rel=0.1)
+    assert mutual_information(labels, t, estimator="ksg") == pytest.approx(truth, rel=0.1)  # order does not matter
+    # the Gaussian estimate of a two-bump mixture is an approximation: right order of magnitude
+    assert mutual_information(t, labels, estimator="gaussian") == pytest.approx(truth, rel=0.2)
+
+
+def test_normalised_hsic_range():
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((200, 3))
+    assert mutual_information(x, x, estimator="hsic") == pytest.approx(1.0)
+    assert mutual_information(x, rng.standard_normal((200, 2)), estimator="hsic") < 0.05
+    assert mutual_information(x, np.ones(200), estimator="hsic") == 0.0
+    assert mutual_information(x, x[:, :1] ** 2, estimator="hsic") > 0.1  # a dependence with no correlation
+
+
+def plane_data(n_layers=4, n=60, hidden=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    labels = (torch.rand(n, generator=g) < 0.5).long()
+    acts = torch.randn(n_layers, n, hidden, generator=g) * 3 + 1
+    acts[2] += labels[:, None] * 4.0
+    return acts, labels.numpy()
+
+
+def test_batched_plane_equals_pairwise_estimates(monkeypatch):
+    acts, labels = plane_data()
+    rows = np.arange(10, 50)
+    plane = information_plane(acts, labels, rows=rows, x_layer=1, layers=[3, 1, 5, 7])
+    acts64 = acts.double()
+    z = (acts64 - acts64.mean(1, keepdim=True)) / acts64.std(1, keepdim=True)
+    for i in range(4):
+        t = z[i, rows].numpy()
+        assert plane["i_xt"][i] == pytest.approx(reference_nhsic(z[1, rows].numpy(), t), rel=1e-8)
+        assert plane["i_ty"][i] == pytest.approx(reference_nhsic(labels[rows, None].astype(float), t), rel=1e-8)
+    assert list(plane["layer"]) == [3, 1, 5, 7] and (plane["n"] == 40).all()
+    monkeypatch.setattr(info, "CHUNK_BYTES", 1)  # one layer per chunk: same numbers
+    pd.testing.assert_frame_equal(information_plane(acts, labels, rows=rows, x_layer=1, layers=[3, 1, 5, 7]), plane)
+
+
+def test_plane_defaults_to_the_paper_training_rows_and_finds_the_signal():
+    acts, labels = plane_data(n=50)
+    for estimator in ("nhsic", "hsic", "gaussian", "ksg"):
+        plane = information_plane(acts, labels, estimator=estimator)
+        assert (plane["n"] == 40).all() and (plane["estimator"] == estimator).all()
+        assert plane["i_ty"].idxmax() == 2, estimator
+        assert plane["i_xt"].idxmax() == 0, estimator  # X is layer 0 itself
+    hsic = information_plane(acts, labels, estimator="hsic")
+    layer = acts[2].double()
+    expected = mutual_information(((layer - layer.mean(0)) / layer.std(0))[:40].numpy(), labels[:40], estimator="hsic")
+    assert hsic["i_ty"][2] == pytest.approx(expected, rel=1e-9)
+
+
+def test_plane_bad_input():
+    acts, labels = plane_data()
+    with pytest.raises(LayerError, match="x_layer 9 is not among the layers 0..3"):
+        information_plane(acts, labels, x_layer=9)
+    with pytest.raises(ProbeError, match="unknown estimator 'mine'"):
+        information_plane(acts, labels, estimator="mine")
+    with pytest.raises(ProbeError, match="row 60 is outside the 60 rows"):
+        information_plane(acts, labels, rows=[0, 1, 60])
+    with pytest.raises(ProbeError, match="59 labels for 60 rows"):
+        information_plane(acts, labels[:-1])
+    acts[3, 0, 0] = float("inf")
+    with pytest.raises(ProbeError, match="layer 3 contain NaN or inf"):
+        information_plane(acts, labels)
+
+
+def test_mutual_information_bad_input():
+    with pytest.raises(ProbeError, match="a has 5 rows, b has 4"):
+        mutual_information(np.ones((5, 2)), np.ones(4))
+    with pytest.raises(ProbeError, match="unknown option\\(s\\) bandwidth"):
+        mutual_information(np.ones((5, 2)), np.ones(5), estimator="gaussian", bandwidth=2)
+    with pytest.raises(ProbeError, match="b contains NaN"):
+        mutual_information(np.ones((5, 2)), np.array([1, 2, np.nan, 3, 4]))
+
+
+def test_turning_points():
+    table = pd.DataFrame({
+        "step": [0, 10, 20, 30] * 3,
+        "layer": [0] * 4 + [1] * 4 + [2] * 4,
+        "i_xt": [1, 3, 2, 1, 1, 2, 3, 4, 5, 5, 1, 0],
+    }).sample(frac=1, random_state=0)
+    points = turning_points(table).set_index("layer")
+    assert points.loc[0, "peak_step"] == 10 and bool(points.loc[0, "interior"])
+    assert points.loc[1, "peak_step"] == 30 and not points.loc[1, "interior"]
+    assert points.loc[2, "peak_step"] == 0 and not points.loc[2, "interior"]  # tie: earliest step
+    assert points.loc[0, "peak_i_xt"] == 3
+    with pytest.raises(ProbeError, match="lacks column\\(s\\) step"):
+        turning_points(table.drop(columns="step"))
+
+
+def test_caveat_is_stated():
+    assert "estimator" in ESTIMATOR_CAVEAT and "compression" in ESTIMATOR_CAVEAT
+    assert "ESTIMATOR_CAVEAT" in info.__doc__

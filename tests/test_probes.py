@@ -1,0 +1,231 @@
+"""Probes: the batched solver against scikit-learn, splits, scaling, intervals, baselines, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+
+from trusttrace.errors import LayerError, ProbeError
+from trusttrace.probes import fit_probes, logreg_torch, roc_auc
+from trusttrace.splits import make_splits
+
+
+def separable(n_layers=6, n=300, hidden=20, seed=0):
+    """Activations whose label signal grows with depth (layer 0 carries none)."""
+    g = torch.Generator().manual_seed(seed)
+    labels = (torch.rand(n, generator=g) < 0.45).long()
+    acts = torch.randn(n_layers, n, hidden, generator=g) * torch.linspace(0.5, 3, hidden)
+    directions = torch.randn(n_layers, hidden, generator=g)
+    strength = torch.linspace(0, 1.5, n_layers)[:, None, None]
+    acts += (2 * labels - 1)[None, :, None] * directions[:, None, :] * strength + 5.0
+    return acts, labels.numpy()
+
+
+def objective(w, b, x, y, C=1.0):
+    z = x @ w + b
+    return np.logaddexp(0, z).sum() - (y * z).sum() + (w @ w) / (2 * C)
+
+
+def test_batched_solver_reaches_sklearn_optimum():
+    acts, y = separable()
+    x = (acts - acts.mean(1, keepdim=True)) / acts.std(1, keepdim=True)
+    for C in (1.0, 0.05):
+        w, b = logreg_torch(x.double(), torch.as_tensor(y, dtype=torch.float64), C=C)
+        for layer in range(x.shape[0]):
+            xs = x[layer].double().numpy()
+            ref = LogisticRegression(C=C, tol=1e-12, max_iter=10_000).fit(xs, y)
+            ours = w[layer].numpy()
+            assert np.linalg.norm(ours - ref.coef_[0]) <= 1e-4 * np.linalg.norm(ref.coef_[0])
+            assert abs(b[layer].item() - ref.intercept_[0]) < 1e-4
+            assert objective(ours, b[layer].item(), xs, y, C) <= objective(ref.coef_[0], ref.intercept_[0], xs, y, C) + 1e-8
+
+
+def test_torch_and_sklearn_backends_agree_on_the_same_split():
+    acts, y = separable(n_layers=8)
+    for split in ("paper", "random"):
+        ours = fit_probes(acts, y, split=split, backend="torch", folds=3)
+        ref = fit_probes(acts, y, split=split, backend="sklearn", folds=3)
+        n_test = ours.table["n_test"].to_numpy()
+        close = np.abs(ours.table["accuracy"] - ref.table["accuracy"]).to_numpy() * n_test <= 1 + 1e-9
+        assert close.mean() >= 0.95
+        cosine = torch.nn.functional.cosine_similarity(ours.directions, ref.directions, dim=1)
+        assert (cosine >= 0.99).all(), cosine
+
+
+def test_float32_solver_close_to_float64():
+    acts, y = separable(n_layers=3)
+    x = (acts - acts.mean(1, keepdim=True)) / acts.std(1, keepdim=True)
+    w64, _ = logreg_torch(x.double(), torch.as_tensor(y, dtype=torch.float64))
+    w32, _ = logreg_torch(x.float(), torch.as_tensor(y, dtype=torch.float32))
+    assert torch.nn.functional.cosine_similarity(w64, w32.double(), dim=1).min() > 0.9999
+
+
+def test_paper_protocol_matches_the_reference_pipeline():
+    """First 80 % train, z-scored with all rows' mean and (n-1) std, sklearn defaults."""
+    acts, y = separable(n_layers=3, n=250)
+    result = fit_probes(acts, y, split="paper", backend="sklearn")
+    n_train = int(250 * 0.8)
+    for layer in range(3):
+        x = acts[layer]
+        x = ((x - x.mean(0)) / x.std(0)).numpy()
+        model = LogisticRegression().fit(x[:n_train], y[:n_train])
+        expected = (model.predict(x[n_train:]) == y[n_train:]).mean()
+        assert result.table["accuracy"][layer] == pytest.approx(expected)
+    assert (result.table["n_train"] == n_train).all() and (result.table["folds"] == 1).all()
+
+
+def test_paper_scaling_uses_all_rows_and_directions_undo_it():
+    """With test rows on another scale, all-row statistics give different weights than train-only ones."""
+    acts, y = separable(n_layers=2, n=250)
+    acts[:, 200:] *= 3.0
+    result = fit_probes(acts, y, split="paper")
+    for layer in range(2):
+        x = acts[layer].double()
+        mean, std = x.mean(0), x.std(0)  # all rows, n-1: the reference's z-scoring
+        model = LogisticRegression(tol=1e-12, max_iter=10_000).fit(((x - mean) / std)[:200].numpy(), y[:200])
+        expected = torch.as_tensor(model.coef_[0]) / std
+        torch.testing.assert_close(result.directions[layer].double(), expected, rtol=1e-4, atol=1e-6)
+        intercept = model.intercept_[0] - float((mean / std) @ torch.as_tensor(model.coef_[0]))
+        assert result.intercepts[layer].item() == pytest.approx(intercept, rel=1e-4, abs=1e-5)
+
+
+def test_directions_in_original_space_reproduce_the_test_predictions():
+    acts, y = separable(n_layers=4)
+    for method in ("logreg", "mass_mean"):
+        result = fit_probes(acts, y, split="random", folds=1, method=method, seed=3)
+        train, test = result.splits[0]
+        scores = acts[:, test].double() @ result.directions.double().unsqueeze(-1)
+        scores = scores.squeeze(-1) + result.intercepts.double().unsqueeze(-1)
+        accuracy = ((scores > 0).numpy() == y[test].astype(bool)).mean(axis=1)
+        np.testing.assert_allclose(accuracy, result.table["accuracy"], atol=1.01 / len(test))
+
+
+def test_mass_mean_is_the_difference_of_means_with_a_midpoint_threshold():
+    acts = torch.tensor([[[0.0], [2.0], [10.0], [12.0], [1.0], [11.0]]])  # one layer, one feature
+    y = np.array([0, 0, 1, 1, 0, 1])
+    result = fit_probes(acts, y, split="paper", method="mass_mean")
+    # paper split: train rows 0..3 (means 1 and 11, threshold 6), test rows 4 and 5
+    threshold = -result.intercepts[0] / result.directions[0, 0]
+    assert threshold.item() == pytest.approx(6.0, abs=1e-5)
+    assert result.directions[0, 0] > 0 and result.table["accuracy"][0] == 1.0
+
+
+def test_grouped_split_keeps_groups_together_and_covers_every_row_once():
+    y = np.tile([0, 1, 1, 0, 1], 40)
+    groups = np.arange(200) // 4
+    splits = make_splits(y, split="grouped", groups=groups, folds=5, seed=1)
+    seen = np.concatenate([test for _, test in splits])
+    assert sorted(seen) == list(range(200))
+    for train, test in splits:
+        assert not set(groups[train]) & set(groups[test])
+        assert abs(y[test].mean() - y.mean()) < 0.15
+    single = make_splits(y, split="grouped", groups=groups, folds=1, test_size=0.25, seed=1)
+    (train, test), = single
+    assert not set(groups[train]) & set(groups[test]) and abs(len(test) / 200 - 0.25) < 0.05
+
+
+def test_random_split_is_stratified_and_seeded():
+    y = np.array([0] * 70 + [1] * 30)
+    first = make_splits(y, split="random", folds=1, test_size=0.2, seed=7)
+    again = make_splits(y, split="random", folds=1, test_size=0.2, seed=7)
+    other = make_splits(y, split="random", folds=1, test_size=0.2, seed=8)
+    assert np.array_equal(first[0][1], again[0][1]) and not np.array_equal(first[0][1], other[0][1])
+    assert y[first[0][1]].sum() == 6 and len(first[0][1]) == 20
+    paper = make_splits(y, split="paper")
+    assert np.array_equal(paper[0][0], np.arange(80)) and np.array_equal(paper[0][1], np.arange(80, 100))
+
+
+def test_grouped_without_groups_is_reported_as_random():
+    acts, y = separable(n_layers=2)
+    table = fit_probes(acts, y, folds=2).table
+    assert set(table["split"]) == {"random"}
+
+
+def test_intervals_bootstrap_for_one_split_and_t_interval_for_folds():
+    acts, y = separable(n_layers=5)
+    one = fit_probes(acts, y, split="random", folds=1, seed=4)
+    again = fit_probes(acts, y, split="random", folds=1, seed=4)
+    assert one.table.equals(again.table)
+    assert (one.table["acc_low"] <= one.table["accuracy"]).all() and (one.table["accuracy"] <= one.table["acc_high"]).all()
+    assert (one.table["acc_high"] - one.table["acc_low"] > 0).any()
+
+    k = fit_probes(acts, y, split="random", folds=4, seed=4)
+    layer = 2
+    per_fold = []
+    for train, test in k.splits:
+        x = acts[layer]
+        mean, std = x[train].mean(0), x[train].std(0, unbiased=False)
+        model = LogisticRegression(C=1.0, tol=1e-12, max_iter=10_000).fit(((x[train] - mean) / std).numpy(), y[train])
+        per_fold.append((model.predict(((x[test] - mean) / std).numpy()) == y[test]).mean())
+    per_fold = np.array(per_fold)
+    half = stats.t.ppf(0.975, 3) * per_fold.std(ddof=1) / 2
+    row = k.table.iloc[layer]
+    assert row["accuracy"] == pytest.approx(per_fold.mean())
+    assert row["acc_low"] == pytest.approx(max(0, per_fold.mean() - half))
+    assert row["acc_high"] == pytest.approx(min(1, per_fold.mean() + half))
+
+
+def test_roc_auc_matches_sklearn_with_ties():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 50)
+    scores = np.round(rng.standard_normal((3, 50)) + labels, 1)
+    expected = [roc_auc_score(labels, row) for row in scores]
+    np.testing.assert_allclose(roc_auc(labels, scores), expected)
+    assert np.isnan(roc_auc(np.zeros(5, int), scores[:, :5])).all()
+
+
+def test_signal_shows_in_the_table_and_baselines():
+    acts, y = separable(n_layers=4, n=240)
+    statements = [f"{'alpha' if label else 'beta'} item{i % 5}" for i, label in enumerate(y)]
+    result = fit_probes(acts, y, split="random", folds=3, statements=statements)
+    table = result.table
+    assert list(table.columns) == ["layer", "method", "split", "seed", "folds", "accuracy", "acc_low",
+                                   "acc_high", "auroc", "n_train", "n_test"]
+    assert table["accuracy"].iloc[-1] > 0.9 and table["accuracy"].iloc[0] < 0.7
+    assert table["auroc"].iloc[-1] > 0.95
+    base = result.baselines.set_index("baseline")
+    assert base.loc["bag_of_words", "accuracy"] == 1.0
+    assert base.loc["majority", "accuracy"] == pytest.approx(1 - y.mean(), abs=0.03)
+    assert base.loc["majority", "auroc"] == 0.5
+
+
+def test_layer_labels_are_reported():
+    acts, y = separable(n_layers=3)
+    assert list(fit_probes(acts, y, folds=2, layers=[4, 8, 12]).table["layer"]) == [4, 8, 12]
+    with pytest.raises(LayerError, match="2 layer indices given for 3 layers"):
+        fit_probes(acts, y, layers=[0, 1])
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        ({"labels": np.zeros(10, int)}, ProbeError, "10 labels for 300 rows"),
+        ({"method": "svm"}, ProbeError, "unknown probe method 'svm'"),
+        ({"split": "time"}, ProbeError, "unknown split 'time'"),
+        ({"backend": "jax"}, ProbeError, "unknown backend 'jax'"),
+        ({"groups": np.arange(300) // 100}, ProbeError, "needs at least 5 groups, found 3"),
+        ({"groups": np.zeros(300, int), "folds": 1}, ProbeError, "needs at least 2 groups, found 1"),
+        ({"statements": ["a"] * 3}, ProbeError, "3 statements for 300 rows"),
+        ({"labels": np.full(300, 2)}, ProbeError, "label 2 at row 0 is not 0 or 1"),
+    ],
+)
+def test_bad_input_raises_one_clear_error(kwargs, error, message):
+    acts, y = separable(n_layers=2)
+    args = {"labels": y} | kwargs
+    labels = args.pop("labels")
+    with pytest.raises(error, match=message):
+        fit_probes(acts, labels, **args)
+
+
+def test_single_class_training_fold_and_nan_layer_are_refused():
+    acts, _ = separable(n_layers=3, n=100)
+    y = np.array([0] * 80 + [1] * 20)  # the paper split trains on label 0 only
+    with pytest.raises(ProbeError, match="trains on one class only"):
+        fit_probes(acts, y, split="paper")
+    acts[2, 5, 3] = float("nan")
+    with pytest.raises(ProbeError, match="layer 2 contain NaN"):
+        fit_probes(acts, np.arange(100) % 2)
