@@ -115,6 +115,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=None, help="use only the first N statements")
     parser.add_argument("--reference-rows", type=int, default=None, help="time the reference on the first N only")
     parser.add_argument("--vocab", type=int, default=50304)
+    parser.add_argument("--repeat", type=int, default=1, help="time the bf16 pass this many times and keep the best")
     parser.add_argument("--load-test", action="store_true", help="also time loading a saved bf16 checkpoint")
     parser.add_argument("--record", action="store_true", help="append the results to bench/RESULTS.md")
     args = parser.parse_args()
@@ -124,7 +125,7 @@ def main() -> None:
     torch.manual_seed(0)
     config = model_config(args.shape, args.vocab)
     with torch.device(args.device):
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+        model = AutoModelForCausalLM.from_config(config).float().eval()
     reference_rows = statements[: args.reference_rows] if args.reference_rows else statements
     tokens = token_count(tokenizer, statements)
 
@@ -133,8 +134,14 @@ def main() -> None:
     fp32, t_fp32 = timed(lambda: extract_activations(model, tokenizer, statements), args.device)
     error_fp32 = ((fp32[:, : len(reference_rows)] - reference).abs().max() / reference.abs().max()).item()
     model.to(torch.bfloat16)
+    if args.device.startswith("cuda"):
+        torch.cuda.empty_cache()  # return the fp32 weights' memory, so batch sizing sees it free
     extract_activations(model, tokenizer, statements[:64])  # warm-up of the bf16 kernels
-    bf16, t_bf16 = timed(lambda: extract_activations(model, tokenizer, statements), args.device)
+    bf16_times = []
+    for _ in range(args.repeat):
+        bf16, seconds = timed(lambda: extract_activations(model, tokenizer, statements), args.device)
+        bf16_times.append(seconds)
+    t_bf16 = min(bf16_times)
     error_bf16 = ((bf16[:, : len(reference_rows)] - reference).norm() / reference.norm()).item()
 
     n = len(statements)
@@ -148,6 +155,8 @@ def main() -> None:
         f"- model: {args.shape}-shaped ({sum(p.numel() for p in model.parameters()) / 1e6:.0f}M params, random weights), "
         f"dataset: {args.dataset} ({n} statements, {tokens} tokens)",
     ]
+    if args.repeat > 1:
+        lines.append(f"- bf16 passes: {', '.join(f'{t:.2f}' for t in bf16_times)} s (best kept)")
     if args.reference_rows:
         lines.append(f"- reference timed on the first {len(reference_rows)} statements and scaled to {n}")
     peak = peak_tflops(args.device)

@@ -8,11 +8,7 @@ from typing import Optional
 import typer
 
 from trusttrace.cli.app import DataDirOption, app, data_dir_path
-from trusttrace.data import load_dataset
 from trusttrace.errors import LayerError
-from trusttrace.models import load_model
-from trusttrace.store import ActivationStore
-from trusttrace.units import extract_to_store
 
 
 def parse_layers(text: str) -> str | list[int]:
@@ -47,6 +43,11 @@ def extract(
 
       trusttrace extract -m ./my-model -d my_statements.csv -d sst2 --layers 0,3,5 -o ws/
     """
+    from trusttrace.data import load_dataset
+    from trusttrace.models import load_model
+    from trusttrace.store import ActivationStore
+    from trusttrace.units import extract_to_store
+
     datasets = [load_dataset(name, data_dir=data_dir_path(data_dir)) for name in dataset]
     store = ActivationStore(out)
     loaded, tokenizer = load_model(model, revision, dtype=dtype, device=device, trust_remote_code=trust_remote_code)

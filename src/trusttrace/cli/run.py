@@ -1,0 +1,46 @@
+"""`trusttrace run`: a resumable sweep from a YAML config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from trusttrace.cli.app import app
+from trusttrace.config import EXAMPLE, check_names, load_config
+
+RUN_HELP = f"""Run (or resume) a sweep: checkpoints x datasets x stages, as a YAML config describes.
+
+Re-running the same command skips finished units and redoes only what is missing, failed
+or corrupt. Exits 1 when some units failed (after running all the others), 2 on a bad config.
+
+Example config:
+
+\b
+{EXAMPLE}
+"""
+
+
+@app.command(help=RUN_HELP)
+def run(
+    config: Path = typer.Argument(..., help="The experiment's YAML config."),
+    check: bool = typer.Option(False, "--check", help="Validate the config and exit without running."),
+) -> None:
+    settings = load_config(config)
+    check_names(settings, where=str(config))
+    if check:
+        typer.echo(f"{config}: valid")
+        return
+    from trusttrace.sweep import run_sweep
+
+    summary = run_sweep(settings)
+    typer.echo(
+        f"done in {summary.seconds:.0f} s: {summary.ran} units run, {summary.skipped} already done, "
+        f"{len(summary.failed)} failed; workspace {settings.workspace}"
+    )
+    for name, duplicate_of in summary.duplicates.items():
+        typer.echo(f"note: checkpoint {name} has the same weights as {duplicate_of}")
+    for unit, error in summary.failed:
+        typer.echo(f"failed: {unit}: {error}", err=True)
+    if not summary.ok:
+        raise typer.Exit(1)

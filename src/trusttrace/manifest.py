@@ -1,0 +1,137 @@
+"""The sweep's manifest: one SQLite file recording every unit of work and every checkpoint.
+
+A unit is (checkpoint × dataset × stage). Each status change is its own transaction, so a
+process killed at any moment (SIGKILL included) leaves the manifest consistent; a unit that
+was "running" when killed is simply redone.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+
+from trusttrace.provenance import now_utc
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS units (
+    unit TEXT PRIMARY KEY, checkpoint TEXT, dataset TEXT, stage TEXT, status TEXT,
+    error TEXT, seconds REAL, artefact TEXT, checksum TEXT, started TEXT, finished TEXT
+);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    name TEXT PRIMARY KEY, model TEXT, revision TEXT, step INTEGER, tokens INTEGER,
+    commit_sha TEXT, weights_sha256 TEXT, duplicate_of TEXT, status TEXT, error TEXT
+);
+"""
+
+
+@dataclass(frozen=True)
+class UnitRow:
+    """One unit's last recorded state."""
+
+    unit: str
+    checkpoint: str
+    dataset: str
+    stage: str
+    status: str
+    error: str | None
+    seconds: float | None
+    artefact: str | None
+    checksum: str | None
+
+
+def unit_id(checkpoint: str, dataset: str, stage: str) -> str:
+    return f"{checkpoint}/{dataset}/{stage}"
+
+
+class Manifest:
+    """Read and record unit and checkpoint states in `<workspace>/manifest.sqlite`."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        with closing(self._connect()) as db:
+            db.executescript(SCHEMA)
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        return db
+
+    def _write(self, sql: str, params: tuple) -> None:
+        with closing(self._connect()) as db:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute(sql, params)
+            db.execute("COMMIT")
+
+    def unit(self, unit: str) -> UnitRow | None:
+        with closing(self._connect()) as db:
+            row = db.execute(
+                "SELECT unit, checkpoint, dataset, stage, status, error, seconds, artefact, checksum FROM units WHERE unit = ?",
+                (unit,),
+            ).fetchone()
+        return UnitRow(*row) if row else None
+
+    def units(self) -> list[UnitRow]:
+        with closing(self._connect()) as db:
+            rows = db.execute(
+                "SELECT unit, checkpoint, dataset, stage, status, error, seconds, artefact, checksum FROM units ORDER BY unit"
+            ).fetchall()
+        return [UnitRow(*row) for row in rows]
+
+    def start(self, unit: str, checkpoint: str, dataset: str, stage: str) -> None:
+        self._write(
+            "INSERT INTO units (unit, checkpoint, dataset, stage, status, started) VALUES (?, ?, ?, ?, 'running', ?) "
+            "ON CONFLICT(unit) DO UPDATE SET status='running', error=NULL, started=excluded.started",
+            (unit, checkpoint, dataset, stage, now_utc()),
+        )
+
+    def finish(self, unit: str, seconds: float, artefact: str | None = None, checksum: str | None = None) -> None:
+        self._write(
+            "UPDATE units SET status='done', error=NULL, seconds=?, artefact=?, checksum=?, finished=? WHERE unit=?",
+            (seconds, artefact, checksum, now_utc(), unit),
+        )
+
+    def fail(self, unit: str, error: str, seconds: float | None = None) -> None:
+        self._write(
+            "UPDATE units SET status='failed', error=?, seconds=?, finished=? WHERE unit=?",
+            (error, seconds, now_utc(), unit),
+        )
+
+    def record_checkpoint(
+        self, name: str, model: str, revision: str | None, step: int | None, tokens: int | None,
+        *, status: str, commit: str | None = None, weights_sha256: str | None = None, error: str | None = None,
+    ) -> None:
+        """Record a checkpoint's state; known commit and checksum are kept when a later call lacks them."""
+        self._write(
+            "INSERT INTO checkpoints (name, model, revision, step, tokens, commit_sha, weights_sha256, status, error) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET status=excluded.status, "
+            "error=excluded.error, commit_sha=COALESCE(excluded.commit_sha, commit_sha), "
+            "weights_sha256=COALESCE(excluded.weights_sha256, weights_sha256)",
+            (name, model, revision, step, tokens, commit, weights_sha256, status, error),
+        )
+
+    def mark_duplicates(self) -> dict[str, str]:
+        """Flag checkpoints whose weights equal an earlier checkpoint's; returns {name: duplicate_of}."""
+        with closing(self._connect()) as db:
+            rows = db.execute(
+                "SELECT name, weights_sha256 FROM checkpoints WHERE weights_sha256 IS NOT NULL "
+                "ORDER BY COALESCE(step, -1), name"
+            ).fetchall()
+        first: dict[str, str] = {}
+        duplicates: dict[str, str] = {}
+        for name, digest in rows:
+            if digest in first:
+                duplicates[name] = first[digest]
+            else:
+                first[digest] = name
+        for name, _ in rows:
+            self._write("UPDATE checkpoints SET duplicate_of=? WHERE name=?", (duplicates.get(name), name))
+        return duplicates
+
+    def checkpoints(self) -> list[dict]:
+        with closing(self._connect()) as db:
+            db.row_factory = sqlite3.Row
+            rows = db.execute("SELECT * FROM checkpoints ORDER BY COALESCE(step, -1), name").fetchall()
+        return [dict(row) for row in rows]

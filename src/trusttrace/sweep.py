@@ -1,0 +1,218 @@
+"""`trusttrace run`: a resumable sweep of the stages over checkpoints × datasets.
+
+For each selected checkpoint (in training order) the sweep fetches its files (the next
+checkpoint downloads in the background meanwhile), loads it once, extracts every dataset,
+then probes and estimates MI on what it stored. Each unit (checkpoint × dataset × stage) is a
+function of its inputs and the workspace: the manifest records it, and a re-run skips units
+that are done and whose artefacts verify, so a killed sweep resumes where it stopped and ends
+with the same tables. A checkpoint that cannot be fetched or loaded is recorded as failed and
+the sweep goes on.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from trusttrace.analysis import mi_record, probe_record
+from trusttrace.checkpoints import Checkpoint, CheckpointSuite, checkpoint_suite
+from trusttrace.config import SweepConfig
+from trusttrace.data import TrustDataset, load_dataset
+from trusttrace.errors import TrustTraceError
+from trusttrace.manifest import Manifest, unit_id
+from trusttrace.models import load_model
+from trusttrace.prefetch import Fetcher, Prefetcher, delete_fetched, hub_fetch
+from trusttrace.store import ActivationRecord, ActivationStore
+from trusttrace.units import extract_to_store
+
+RECORD_STAGES = ("probes", "mi")
+
+
+@dataclass
+class SweepSummary:
+    """What a sweep did: units run, skipped because done, and failures with their errors."""
+
+    ran: int = 0
+    skipped: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    duplicates: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+class Sweep:
+    """One configured sweep over a workspace (see the module docstring)."""
+
+    def __init__(self, config: SweepConfig, *, fetcher: Fetcher = hub_fetch, progress: bool = True):
+        self.config = config
+        self.suite: CheckpointSuite = checkpoint_suite(config.suite)
+        self.checkpoints: list[Checkpoint] = self.suite.select(config.checkpoints)
+        self.datasets: list[TrustDataset] = [load_dataset(name, data_dir=config.data_dir) for name in config.datasets]
+        self.store = ActivationStore(config.workspace)
+        self.manifest = Manifest(config.workspace / "manifest.sqlite")
+        self.fetcher = fetcher
+        self.progress = progress
+        self.summary = SweepSummary()
+        self._kept: list[tuple[Checkpoint, Path]] = []
+
+    # ----- units ---------------------------------------------------------------------
+
+    def _run_unit(self, checkpoint: str, dataset: str, stage: str, work: Callable[[], tuple[str | None, str | None]]) -> bool:
+        """Run one unit under the manifest: running → done (artefact, checksum) or failed (error)."""
+        unit = unit_id(checkpoint, dataset, stage)
+        self.manifest.start(unit, checkpoint, dataset, stage)
+        start = time.perf_counter()
+        try:
+            artefact, checksum = work()
+        except (TrustTraceError, RuntimeError, ValueError, OSError) as error:
+            message = f"{type(error).__name__}: {error}"
+            self.manifest.fail(unit, message, time.perf_counter() - start)
+            self.summary.failed.append((unit, message))
+            return False
+        self.manifest.finish(unit, time.perf_counter() - start, artefact, checksum)
+        self.summary.ran += 1
+        return True
+
+    def _extract_done(self, checkpoint: Checkpoint, dataset: TrustDataset) -> ActivationRecord | None:
+        """The stored activation set of a done extract unit, if its files still verify."""
+        row = self.manifest.unit(unit_id(checkpoint.name, dataset.name, "extract"))
+        if row is None or row.status != "done" or row.artefact is None:
+            return None
+        record = next((r for r in self.store.records() if r.key == row.artefact), None)
+        return record if record is not None and self.store.verify(record) else None
+
+    def _stage_done(self, checkpoint: Checkpoint, dataset: TrustDataset, stage: str) -> bool:
+        row = self.manifest.unit(unit_id(checkpoint.name, dataset.name, stage))
+        return row is not None and row.status == "done"
+
+    # ----- checkpoints ---------------------------------------------------------------
+
+    def _pending(self, checkpoint: Checkpoint) -> list[TrustDataset]:
+        """Datasets of this checkpoint whose activations must be (re)extracted."""
+        if "extract" not in self.config.stages:
+            return []
+        return [d for d in self.datasets if self._extract_done(checkpoint, d) is None]
+
+    def _extract_checkpoint(self, checkpoint: Checkpoint, prefetcher: Prefetcher, later: list[Checkpoint]) -> None:
+        pending = self._pending(checkpoint)
+        if not pending:
+            self.summary.skipped += len([d for d in self.datasets if "extract" in self.config.stages])
+            return
+        self.summary.skipped += len(self.datasets) - len(pending)
+        try:
+            folder = prefetcher.get(checkpoint)
+            prefetcher.schedule([c for c in later if self._pending(c)])
+            model, tokenizer = self._load(checkpoint, folder)
+        except Exception as error:  # a failed download or load must not stop the sweep
+            message = f"{type(error).__name__}: {error}"
+            self.manifest.record_checkpoint(
+                checkpoint.name, checkpoint.model_id, checkpoint.revision, checkpoint.step, checkpoint.tokens,
+                status="failed", error=message,
+            )
+            for dataset in pending:
+                unit = unit_id(checkpoint.name, dataset.name, "extract")
+                self.manifest.start(unit, checkpoint.name, dataset.name, "extract")
+                self.manifest.fail(unit, f"checkpoint unavailable: {message}")
+                self.summary.failed.append((unit, message))
+            return
+        source = model.trusttrace_source
+        self.manifest.record_checkpoint(
+            checkpoint.name, checkpoint.model_id, checkpoint.revision, checkpoint.step, checkpoint.tokens,
+            status="loaded", commit=source.commit, weights_sha256=source.weights_sha256,
+        )
+        for dataset in pending:
+            self._run_unit(checkpoint.name, dataset.name, "extract", lambda d=dataset: self._extract(model, tokenizer, checkpoint, d))
+        del model
+        gc.collect()
+        self._release(checkpoint, folder)
+
+    def _release(self, checkpoint: Checkpoint, folder: Path) -> None:
+        """Delete fetched files: at once without keep_weights, else the oldest beyond disk_budget."""
+        self._kept.append((checkpoint, folder))
+        budget = 0 if not self.config.keep_weights else self.config.disk_budget
+        if budget is None:
+            return
+        # One slot stays free for the checkpoint being prefetched.
+        while self._kept and len(self._kept) > max(budget - 1, 0):
+            delete_fetched(*self._kept.pop(0))
+
+    def _load(self, checkpoint: Checkpoint, folder: Path):
+        """Load a fetched checkpoint; Hub checkpoints keep their id and revision in provenance."""
+        name = checkpoint.model_id if checkpoint.revision is not None else str(folder)
+        return load_model(
+            name, checkpoint.revision, dtype=self.config.dtype, device=self.config.device,
+            trust_remote_code=self.config.trust_remote_code,
+        )
+
+    def _extract(self, model, tokenizer, checkpoint: Checkpoint, dataset: TrustDataset) -> tuple[str, str]:
+        record = extract_to_store(
+            model, tokenizer, dataset, self.store, layers=self.config.layers, position=self.config.position,
+            batch_size=self.config.batch_size, checkpoint=checkpoint.name, step=checkpoint.step,
+            tokens=checkpoint.tokens, overwrite=True,
+        )
+        return record.key, record.provenance.get("weights_sha256")
+
+    def _analyse_checkpoint(self, checkpoint: Checkpoint) -> None:
+        """Probe and estimate MI on each stored activation set of this checkpoint."""
+        for dataset in self.datasets:
+            record = self._extract_done(checkpoint, dataset)
+            for stage in (s for s in RECORD_STAGES if s in self.config.stages):
+                if record is None:
+                    continue
+                if self._stage_done(checkpoint, dataset, stage):
+                    self.summary.skipped += 1
+                    continue
+                work = (lambda r=record: self._probe(r)) if stage == "probes" else (lambda r=record: self._mi(r))
+                self._run_unit(checkpoint.name, dataset.name, stage, work)
+
+    def _probe(self, record: ActivationRecord) -> tuple[str, None]:
+        options = self.config.probes
+        probe_record(
+            self.store, record, split=self.config.probe_split(), method=options.method, folds=options.folds,
+            test_size=options.test_size, seed=options.seed, C=options.C, device=self.config.device,
+        )
+        return "probes.parquet", None
+
+    def _mi(self, record: ActivationRecord) -> tuple[str, None]:
+        mi_record(self.store, record, estimator=self.config.mi.estimator, x_layer=self.config.mi.x_layer, device=self.config.device)
+        return "mi.parquet", None
+
+    # ----- the whole sweep -----------------------------------------------------------
+
+    def run(self) -> SweepSummary:
+        """Run every pending unit; returns the summary (failures included, never raised)."""
+        start = time.perf_counter()
+        prefetcher = Prefetcher(self.fetcher, retries=self.config.retries)
+        bar = tqdm(self.checkpoints, desc="checkpoints", unit="ckpt", disable=not self.progress)
+        try:
+            for index, checkpoint in enumerate(bar):
+                bar.set_postfix_str(checkpoint.name)
+                later = self.checkpoints[index + 1 :] if self.config.prefetch else []
+                self._extract_checkpoint(checkpoint, prefetcher, later)
+                self._analyse_checkpoint(checkpoint)
+        finally:
+            prefetcher.close()
+            bar.close()
+        self.summary.duplicates = self.manifest.mark_duplicates()
+        if "steering" in self.config.stages or "evaluate" in self.config.stages:
+            from trusttrace.steer_stage import run_steering_stages
+
+            run_steering_stages(self)
+        self.summary.seconds = time.perf_counter() - start
+        return self.summary
+
+
+def run_sweep(config: SweepConfig, *, fetcher: Fetcher = hub_fetch, progress: bool = True) -> SweepSummary:
+    """Run (or resume) the sweep a config describes; see `Sweep`."""
+    torch.manual_seed(0)
+    return Sweep(config, fetcher=fetcher, progress=progress).run()
+

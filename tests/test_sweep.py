@@ -1,0 +1,181 @@
+"""The sweep: a local suite end to end, resume after a kill, failures, duplicates, config errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from trusttrace.cli import main as cli_main
+from trusttrace.config import load_config, parse_config, check_names
+from trusttrace.errors import ConfigError
+from trusttrace.manifest import Manifest
+from trusttrace.sweep import run_sweep
+from trusttrace.tiny import tiny_model
+
+WORDS = ["red", "blue", "green", "old", "young", "tall", "small", "quiet"]
+
+
+def make_suite(root: Path, tokenizer, steps=(0, 10, 20), duplicate: tuple[int, int] | None = None) -> Path:
+    """A local suite of tiny Llama checkpoints; `duplicate=(a, b)` gives step b the weights of step a."""
+    suite = root / "suite"
+    for step in steps:
+        seed = steps.index(duplicate[0]) if duplicate and step == duplicate[1] else steps.index(step)
+        folder = suite / f"step_{step}"
+        tiny_model("llama", len(tokenizer), seed=seed).save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        (folder / "trusttrace.json").write_text(json.dumps({"step": step, "tokens": step * 100}))
+    return suite
+
+
+def make_dataset(root: Path) -> Path:
+    rows = []
+    for i in range(40):
+        a, b = WORDS[i % 8], WORDS[(i // 8) % 8]
+        rows.append({"statement": f"the {a} cat sees the {b} dog", "label": i % 2, "group": f"g{i // 4}"})
+    path = root / "toy.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def write_config(root: Path, suite_dir: Path, dataset: Path, **extra) -> Path:
+    """A sweep config over the local suite; `extra` replaces or adds keys."""
+    config = {
+        "workspace": str(root / "ws"), "suite": f"local:{suite_dir}", "datasets": [str(dataset)],
+        "dtype": "float32", "device": "cpu", "stages": ["extract", "probes", "mi"],
+        "probes": {"folds": 2, "seed": 0}, "mi": {"estimator": "gaussian"},
+    }
+    config.update(extra)
+    path = root / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def tables(workspace: Path) -> dict[str, pd.DataFrame]:
+    """The sweep's result tables, sorted and without run-dependent columns, for comparison."""
+    result = {}
+    for name in ("probes.parquet", "mi.parquet"):
+        frame = pd.read_parquet(workspace / name)
+        keys = [c for c in ("checkpoint", "dataset", "layer", "method", "estimator") if c in frame]
+        result[name] = frame.sort_values(keys).reset_index(drop=True)
+    return result
+
+
+@pytest.fixture()
+def setup(tmp_path, tokenizer):
+    suite = make_suite(tmp_path, tokenizer)
+    dataset = make_dataset(tmp_path)
+    return tmp_path, suite, dataset
+
+
+def test_local_suite_end_to_end_and_second_run_skips(setup):
+    root, suite, dataset = setup
+    config = load_config(write_config(root, suite, dataset))
+    summary = run_sweep(config, progress=False)
+    assert summary.ok and summary.ran == 9  # 3 checkpoints x (extract, probes, mi)
+    probes = pd.read_parquet(config.workspace / "probes.parquet")
+    assert sorted(probes["checkpoint"].unique()) == ["step_0", "step_10", "step_20"]
+    assert set(probes["layer"]) == {0, 1, 2, 3}
+    assert probes["step"].notna().all()
+    mi = pd.read_parquet(config.workspace / "mi.parquet")
+    assert len(mi) == 12
+    again = run_sweep(config, progress=False)
+    assert again.ran == 0 and again.skipped == 9
+    assert Manifest(config.workspace / "manifest.sqlite").units()[0].status == "done"
+
+
+def test_kill_and_resume_gives_the_same_tables(setup):
+    root, suite, dataset = setup
+    clean = load_config(write_config(root, suite, dataset, workspace=str(root / "clean")))
+    run_sweep(clean, progress=False)
+    killed_config = write_config(root, suite, dataset, workspace=str(root / "killed"))
+    manifest_path = root / "killed" / "manifest.sqlite"
+    process = subprocess.Popen(
+        [sys.executable, "-c", "from trusttrace.cli import main; main()", "run", str(killed_config)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ | {"TQDM_DISABLE": "1"},
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None:
+        if manifest_path.exists():
+            done = [u for u in Manifest(manifest_path).units() if u.status == "done"]
+            if len(done) >= 2:
+                break
+        time.sleep(0.05)
+    killed_midway = process.poll() is None
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert killed_midway, "the sweep finished before it could be killed"
+    statuses = [u.status for u in Manifest(manifest_path).units()]
+    assert statuses.count("done") < 9
+    resumed = run_sweep(load_config(killed_config), progress=False)
+    assert resumed.ok
+    expected, got = tables(root / "clean"), tables(root / "killed")
+    for name in expected:
+        pd.testing.assert_frame_equal(
+            expected[name].drop(columns=["activation_key"], errors="ignore"),
+            got[name].drop(columns=["activation_key"], errors="ignore"),
+        )
+
+
+def test_failed_checkpoint_does_not_stop_the_others(setup, capsys):
+    root, suite, dataset = setup
+    (suite / "step_10" / "model.safetensors").write_bytes(b"not weights")
+    path = write_config(root, suite, dataset, stages=["extract"])
+    with pytest.raises(SystemExit) as exit_info:
+        sys.argv = ["trusttrace", "run", str(path)]
+        cli_main()
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert "failed: step_10/toy/extract" in err
+    units = {u.unit: u.status for u in Manifest(root / "ws" / "manifest.sqlite").units()}
+    assert units == {"step_0/toy/extract": "done", "step_10/toy/extract": "failed", "step_20/toy/extract": "done"}
+
+
+def test_duplicate_weights_are_flagged(tmp_path, tokenizer):
+    suite = make_suite(tmp_path, tokenizer, duplicate=(0, 10))
+    config = load_config(write_config(tmp_path, suite, make_dataset(tmp_path), stages=["extract"]))
+    summary = run_sweep(config, progress=False)
+    assert summary.duplicates == {"step_10": "step_0"}
+    rows = {row["name"]: row["duplicate_of"] for row in Manifest(config.workspace / "manifest.sqlite").checkpoints()}
+    assert rows == {"step_0": None, "step_10": "step_0", "step_20": None}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"colour": "red"}, "key 'colour': unknown key"),
+        ({"batch_size": "big"}, "key 'batch_size'"),
+        ({"stages": ["extract", "dance"]}, "key 'stages.1'"),
+        ({"probes": {"folds": "x"}}, "key 'probes.folds'"),
+        ({"suite": "pythia-3b"}, "unknown suite 'pythia-3b'"),
+        ({"datasets": ["nonsense"]}, "unknown dataset 'nonsense'"),
+        ({"stages": ["extract", "steering"]}, "key 'steering'"),
+    ],
+)
+def test_config_errors_name_the_key(setup, change, message, capsys):
+    root, suite, dataset = setup
+    path = write_config(root, suite, dataset, **change)
+    with pytest.raises(SystemExit) as exit_info:
+        sys.argv = ["trusttrace", "run", str(path)]
+        cli_main()
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (root / "ws").exists(), "nothing may start on a bad config"
+
+
+def test_unwritable_workspace(setup):
+    root, suite, dataset = setup
+    blocker = root / "blocker"
+    blocker.write_text("")
+    config = parse_config({"workspace": str(blocker / "ws"), "suite": f"local:{suite}", "datasets": [str(dataset)]})
+    with pytest.raises(ConfigError, match="key 'workspace'"):
+        check_names(config)
