@@ -28,6 +28,9 @@ POSITIONS = ("last", "first", "mean")
 # GPU a budget derived from free memory (see `auto_batch_tokens`).
 CPU_BATCH_TOKENS = 4096
 
+# Rows in one batch are at least this close in length to its longest row (0.2: within 20 %).
+LENGTH_SPREAD = 0.2
+
 
 @dataclass(frozen=True)
 class ActivationBatch:
@@ -66,21 +69,30 @@ def tokenize_statements(
     return encoded
 
 
-def plan_batches(lengths: Sequence[int], batch_size: int | None, batch_tokens: int) -> list[np.ndarray]:
+def plan_batches(
+    lengths: Sequence[int], batch_size: int | None, batch_tokens: int, spread: float = LENGTH_SPREAD
+) -> list[np.ndarray]:
     """Row indices of each batch: statements sorted by length, longest first.
 
-    With `batch_size` every batch has that many rows; otherwise a batch holds as many rows as
-    fit in `batch_tokens` padded tokens.
+    With `batch_size` every batch has that many rows. Otherwise a batch holds as many rows as
+    fit in `batch_tokens` padded tokens and whose lengths are within `spread` of its longest,
+    so little of the work is padding even when the budget is large (as on a GPU).
     """
     order = np.argsort(-np.asarray(lengths), kind="stable")
     if batch_size is not None:
         return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     batches, start = [], 0
     while start < len(order):
-        longest = lengths[order[start]]
-        size = max(1, batch_tokens // max(longest, 1))
-        batches.append(order[start : start + size])
-        start += size
+        longest = max(lengths[order[start]], 1)
+        end = start + 1
+        while (
+            end < len(order)
+            and (end - start + 1) * longest <= batch_tokens
+            and lengths[order[end]] >= (1 - spread) * longest
+        ):
+            end += 1
+        batches.append(order[start:end])
+        start = end
     return batches
 
 
