@@ -1,0 +1,199 @@
+"""`trusttrace steer` (vectors from stored activations) and `trusttrace evaluate` (trust tasks, steered or not).
+
+torch, transformers and pandas are imported inside the commands, so `--help` answers at once.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+import typer
+
+from trusttrace.cli.app import DataDirOption, app, data_dir_path
+from trusttrace.cli.extract import parse_layers
+from trusttrace.errors import EvaluationError, StoreError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from trusttrace.evaluate import EvalResult
+    from trusttrace.store import ActivationRecord
+
+
+@app.command()
+def steer(
+    workspace: Path = typer.Argument(..., help="Workspace folder holding extracted activations."),
+    checkpoint: str = typer.Option(..., "--checkpoint", "-c", help="Checkpoint (or revision) the activations come from."),
+    dataset: str = typer.Option(..., "--dataset", "-d", help="Dataset name the activations were extracted for."),
+    layers: str = typer.Option(..., help="Comma-separated layers, e.g. 3,4, or 'all' stored layers."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Source model id, when the workspace holds several."),
+    scaling: str = typer.Option("std", help="std (unit direction x std of projections; alpha in std units), unit or raw."),
+    protocol: str = typer.Option("default", help="default (development half of a grouped split) or paper (reference)."),
+    seed: int = typer.Option(0, help="Seed of the development split."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Vector file (default: WORKSPACE/steering/<dataset>__<checkpoint>__<protocol>-<scaling>.safetensors)."),
+    export_lm_eval_path: Optional[Path] = typer.Option(None, "--export-lm-eval", help="Also write lm-evaluation-harness's steer_path .pt file here."),
+    alpha: Optional[float] = typer.Option(None, help="Steering coefficient written into the lm-eval export."),
+) -> None:
+    """Build steering vectors (mean of label 1 minus mean of label 0) from stored activations; no model needed.
+
+    Examples:
+
+      trusttrace steer workspace/ --checkpoint step1000 --dataset stereoset --layers 3,4
+
+      trusttrace steer ws/ -c ckpt_179 -d truthfulqa --layers 16 --protocol paper --export-lm-eval tqa.pt --alpha 4
+    """
+    if export_lm_eval_path is not None and alpha is None:
+        raise EvaluationError("--export-lm-eval needs --alpha, the coefficient lm-evaluation-harness applies")
+    from trusttrace.steering import build_vectors, export_lm_eval, save_vectors
+    from trusttrace.store import ActivationStore
+
+    store = ActivationStore(workspace)
+    record = select_record(store.records(), checkpoint, dataset, model)
+    parsed = parse_layers(layers)
+    chosen = record.layers if parsed == "all" else parsed
+    missing = [layer for layer in chosen if layer not in record.layers]
+    if missing:
+        raise StoreError(f"activation set {record.key}: layers {missing} are not stored (stored: {record.layers})")
+    acts = store.load(record, layers=chosen)
+    vectors, provenance = build_vectors(
+        acts, store.load_dataset(record), chosen, acts_layers=chosen, protocol=protocol, scaling=scaling, seed=seed,
+        source=record.provenance,
+    )
+    path = out or workspace / "steering" / f"{_slug(dataset)}__{_slug(checkpoint)}__{protocol}-{scaling}.safetensors"
+    save_vectors(path, vectors, provenance)
+    typer.echo(f"{len(vectors)} vector(s) for layers {','.join(map(str, vectors))} from {provenance['rows']} rows -> {path}")
+    if export_lm_eval_path is not None:
+        export_lm_eval(export_lm_eval_path, vectors, alpha, architecture=record.provenance.get("architecture"))
+        typer.echo(f"lm-evaluation-harness steering file (alpha {alpha}, all positions) -> {export_lm_eval_path}")
+
+
+def select_record(records: list[ActivationRecord], checkpoint: str, dataset: str, model: str | None) -> ActivationRecord:
+    """The one activation set of `checkpoint` (or revision) and `dataset` (and `model` when given)."""
+    found = [
+        record for record in records
+        if checkpoint in (record.provenance.get("checkpoint"), record.provenance.get("revision"))
+        and record.provenance.get("dataset") == dataset
+        and (model is None or record.provenance.get("model") == model)
+    ]
+    if not found:
+        stored = sorted({f"{r.provenance.get('checkpoint')}/{r.provenance.get('dataset')}" for r in records}) or ["nothing"]
+        raise StoreError(f"no activations for checkpoint {checkpoint!r} and dataset {dataset!r}; the workspace holds {', '.join(stored)}")
+    if len(found) > 1:
+        models = sorted({str(r.provenance.get("model")) for r in found})
+        raise StoreError(f"{len(found)} activation sets match checkpoint {checkpoint!r} and dataset {dataset!r} ({', '.join(models)}); pick one with --model")
+    return found[0]
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "--", text).strip("-") or "x"
+
+
+def parse_floats(text: str, option: str) -> list[float]:
+    try:
+        return [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise EvaluationError(f"{option} {text!r}: expected comma-separated numbers") from None
+
+
+@app.command("evaluate")
+def evaluate_command(
+    model: str = typer.Option(..., "--model", "-m", help="Hub id or local folder of the model to evaluate."),
+    task: str = typer.Option(..., "--task", "-t", help="confaide, stereoset, sst2, binary, toxigen, truthfulqa (or privacy, fairness...)."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Built-in name or file (default: the task's own)."),
+    revision: Optional[str] = typer.Option(None, "--revision", "-r", help="Hub revision of the model."),
+    data_dir: Optional[Path] = DataDirOption,
+    vectors: Optional[Path] = typer.Option(None, "--vectors", help="Steering-vector file from `trusttrace steer`."),
+    layer: Optional[str] = typer.Option(None, "--layer", help="Layer(s) of the vector file to steer, e.g. 16 or 12,16 (default: all in the file)."),
+    alpha: str = typer.Option("1.0", "--alpha", help="Steering coefficient(s), e.g. 4 or 1,2,4; several layers or alphas run a grid."),
+    positions: str = typer.Option("last", help="Where vectors are added: last, all, prompt, generated."),
+    max_perplexity: Optional[float] = typer.Option(6.0, help="Grid: side-effect limit on perplexity (the study's 6.0; inf for none)."),
+    max_kl: Optional[float] = typer.Option(None, help="Grid: side-effect limit on KL divergence."),
+    protocol: str = typer.Option("default", help="default or paper (the reference's templates, parse mode, rows)."),
+    seed: int = typer.Option(0, help="Seed of the split and of parse-mode guesses."),
+    limit: Optional[int] = typer.Option(None, help="Evaluate only the first N rows/questions."),
+    batch_size: Optional[int] = typer.Option(None, help="Prompts per batch."),
+    mode: Optional[str] = typer.Option(None, help="Binary tasks: logit (default) or parse."),
+    template: Optional[str] = typer.Option(None, help="Binary tasks: prompt with a {statement} placeholder."),
+    max_new_tokens: Optional[int] = typer.Option(None, help="Generation length (toxigen 64, truthfulqa 50, parse 2)."),
+    classifier: Optional[str] = typer.Option(None, help="Toxigen: classifier id or path (default tomh/toxigen_roberta)."),
+    toxic_label: Optional[str] = typer.Option(None, help="Toxigen: the classifier's toxic label, e.g. LABEL_1."),
+    questions: Optional[str] = typer.Option(None, help="TruthfulQA: heldout (407, default) or all (817)."),
+    truth_judge: Optional[str] = typer.Option(None, help="TruthfulQA: truth judge, a model id/path or (with --judge-url) an endpoint model."),
+    info_judge: Optional[str] = typer.Option(None, help="TruthfulQA: informativeness judge, like --truth-judge."),
+    judge_url: Optional[str] = typer.Option(None, help="OpenAI-compatible base URL for the judges, e.g. https://api.openai.com/v1."),
+    judge_api: Optional[str] = typer.Option(None, help="completions (default) or chat."),
+    api_key_env: Optional[str] = typer.Option(None, help="Environment variable holding the judge API key (default OPENAI_API_KEY)."),
+    dtype: str = typer.Option("auto", help="auto, float32, bfloat16, float16."),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ..."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for results.csv, records.parquet, settings.json (and grid.csv)."),
+    trust_remote_code: bool = typer.Option(False, help="Run model code from the Hub repository (off by default)."),
+) -> None:
+    """Evaluate a model on one trust task, optionally steered, with side effects beside steered results.
+
+    Examples:
+
+      trusttrace evaluate -m LLM360/AmberChat -t stereoset --data-dir shared/datasets
+
+      trusttrace evaluate -m EleutherAI/pythia-70m -t toxigen --vectors ws/steering/toxigen.safetensors --layer 3 --alpha -4 -o out/
+
+      trusttrace evaluate -m ./sft -t stereoset --vectors v.safetensors --layer 2,3,4 --alpha 1,2,4 --max-perplexity 6 -o grid/
+
+      trusttrace evaluate -m ./sft -t truthfulqa --truth-judge gpt-judge --info-judge gpt-info --judge-url https://api.openai.com/v1
+    """
+    from trusttrace.evaluate import get_task
+
+    get_task(task)
+    given = {
+        "batch_size": batch_size, "mode": mode, "template": template, "max_new_tokens": max_new_tokens,
+        "classifier": classifier, "toxic_label": toxic_label, "questions": questions, "truth_judge": truth_judge,
+        "info_judge": info_judge, "judge_url": judge_url, "judge_api": judge_api, "api_key_env": api_key_env,
+    }
+    options: dict[str, Any] = {key: value for key, value in given.items() if value is not None}
+    common = {"protocol": protocol, "seed": seed, "limit": limit, "data_dir": data_dir_path(data_dir)}
+    alphas = parse_floats(alpha, "--alpha")
+    import pandas as pd
+
+    from trusttrace.evaluate import EvalResult, evaluate as run_evaluation, steering_grid
+    from trusttrace.models import load_model
+    from trusttrace.steering import Steering, load_vectors
+
+    stored, provenance = load_vectors(vectors) if vectors is not None else ({}, {})
+    parsed = "all" if layer is None else parse_layers(layer)
+    chosen = list(stored) if parsed == "all" else parsed
+    loaded, tokenizer = load_model(model, revision, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    if vectors is None:
+        _write(run_evaluation(loaded, tokenizer, task, dataset, **common, **options), out)
+        return
+    steering = Steering.from_file(vectors, alphas[0], positions, chosen)
+    if len(chosen) == 1 and len(alphas) == 1:
+        _write(run_evaluation(loaded, tokenizer, task, dataset, steering=steering, **common, **options), out)
+        return
+    grid = steering_grid(
+        loaded, tokenizer, steering.vectors, alphas, task=task, dataset=dataset, positions=positions,
+        max_perplexity=max_perplexity, max_kl=max_kl, provenance=provenance, **common, **options,
+    )
+    records = pd.concat(
+        [grid.baseline.records.assign(layer=None, alpha=0.0)]
+        + [result.records.assign(layer=key[0], alpha=key[1]) for key, result in grid.results.items()],
+        ignore_index=True,
+    )
+    table = pd.concat([grid.baseline.table] + [result.table for result in grid.results.values()], ignore_index=True)
+    _write(EvalResult(table, records, {**grid.baseline.settings, "steering": None, "grid": provenance}), out, grid.table)
+    typer.echo("best within the limit: " + (str(grid.best) if grid.best else "none"))
+
+
+def _write(result: EvalResult, out: Path | None, grid: pd.DataFrame | None = None) -> None:
+    """Print the table (or grid) and, with --out, write it as CSV and the records as Parquet."""
+    from trusttrace.store import atomic_write_bytes, write_json, write_table
+
+    typer.echo((grid if grid is not None else result.table).to_string(index=False))
+    if out is None:
+        return
+    atomic_write_bytes(out / "results.csv", result.table.to_csv(index=False).encode())
+    write_table(out / "records.parquet", result.records)
+    write_json(out / "settings.json", result.settings)
+    if grid is not None:
+        atomic_write_bytes(out / "grid.csv", grid.to_csv(index=False).encode())
+    typer.echo(f"written to {out}/")

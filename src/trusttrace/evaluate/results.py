@@ -1,0 +1,63 @@
+"""The result of an evaluation: a tidy table of metrics with intervals, and one row per example."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy.stats import binomtest
+
+from trusttrace.errors import EvaluationError
+
+TABLE_COLUMNS = ["task", "metric", "value", "low", "high", "n"]
+
+
+@dataclass
+class EvalResult:
+    """`table`: task, metric, value, low, high, n (plus the steering setting when steered);
+    `records`: one row per example; `settings`: what was run, for provenance."""
+
+    table: pd.DataFrame
+    records: pd.DataFrame
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def value(self, metric: str) -> float:
+        """The value of one metric of the table."""
+        rows = self.table[self.table["metric"] == metric]
+        if rows.empty:
+            raise EvaluationError(f"no metric {metric!r} in the result; it has {', '.join(self.table['metric'])}")
+        return float(rows["value"].iloc[0])
+
+
+def metric_row(task: str, metric: str, value: float, n: int, low: float = math.nan, high: float = math.nan) -> dict[str, Any]:
+    """One row of a result table."""
+    return {"task": task, "metric": metric, "value": float(value), "low": float(low), "high": float(high), "n": int(n)}
+
+
+def rate_row(task: str, metric: str, flags: Sequence[bool] | np.ndarray) -> dict[str, Any]:
+    """The share of true flags with its 95 % Wilson interval (NaN for no examples)."""
+    flags = np.asarray(flags, dtype=bool)
+    n = len(flags)
+    if n == 0:
+        return metric_row(task, metric, math.nan, 0)
+    interval = binomtest(int(flags.sum()), n).proportion_ci(confidence_level=0.95, method="wilson")
+    return metric_row(task, metric, flags.mean(), n, interval.low, interval.high)
+
+
+def make_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """A result table with the standard columns, in order."""
+    return pd.DataFrame(rows, columns=TABLE_COLUMNS)
+
+
+def mean_row(task: str, metric: str, values: Sequence[float] | np.ndarray) -> dict[str, Any]:
+    """The mean with a 95 % normal-approximation interval (NaN for no examples)."""
+    values = np.asarray(values, dtype=float)
+    n = len(values)
+    if n == 0:
+        return metric_row(task, metric, math.nan, 0)
+    half = 1.96 * values.std(ddof=1) / math.sqrt(n) if n > 1 else math.nan
+    return metric_row(task, metric, values.mean(), n, values.mean() - half, values.mean() + half)

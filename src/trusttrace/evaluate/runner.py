@@ -1,0 +1,165 @@
+"""The task registry and `evaluate`, which runs one task on a (steered) model.
+
+By default a task runs on the held-out half of its dataset (the rows steering vectors are not
+built from, see `trusttrace.steering.development_rows`). A steered evaluation also reports
+its side effects (KL divergence and perplexity on neutral text) in the same table.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from trusttrace.data import load_dataset
+from trusttrace.errors import EvaluationError
+from trusttrace.evaluate.binary import binary_task
+from trusttrace.evaluate.results import EvalResult
+from trusttrace.evaluate.side_effects import side_effects
+from trusttrace.evaluate.templates import NEUTRAL_TEXTS
+from trusttrace.evaluate.toxicity import toxicity_task
+from trusttrace.evaluate.truthfulness import truthfulqa_task
+from trusttrace.models import describe_source
+from trusttrace.steering import PROTOCOLS, Steering, development_rows
+
+SIDE_EFFECT_TEXTS = ("builtin", "dataset")
+
+# Arguments every task function receives from `evaluate`; the rest are the task's options.
+COMMON_ARGUMENTS = {"model", "tokenizer", "dataset", "rows", "task", "protocol", "seed"}
+
+
+@dataclass(frozen=True)
+class Task:
+    """A registered evaluation: its function, default dataset and the metric a grid optimises."""
+
+    name: str
+    run: Callable[..., EvalResult]
+    dataset: str | None
+    primary: tuple[str, ...]
+    higher_is_better: bool
+    description: str
+    takes_dataset: bool = True
+
+    def options(self) -> list[str]:
+        """The task-specific keyword options its function accepts."""
+        return [name for name in inspect.signature(self.run).parameters if name not in COMMON_ARGUMENTS]
+
+
+TASKS = {
+    "confaide": Task("confaide", binary_task, "confaide", ("accuracy",), True, "privacy: is the statement a privacy violation? (0/1)"),
+    "stereoset": Task("stereoset", binary_task, "stereoset", ("accuracy",), True, "fairness: is the sentence a meaningful continuation of its context? (0/1)"),
+    "sst2": Task("sst2", binary_task, "sst2", ("accuracy",), True, "robustness: does the sentence have random capitals? (0/1)"),
+    "binary": Task("binary", binary_task, None, ("accuracy",), True, "any labelled dataset, with a {statement} template"),
+    "toxigen": Task("toxigen", toxicity_task, "toxigen", ("toxic_ratio",), False, "toxicity of greedy continuations, by a classifier"),
+    "truthfulqa": Task("truthfulqa", truthfulqa_task, None, ("truth_info", "truth", "mc2"), True, "TruthfulQA MC1/MC2, and judged generation with a truth_judge", takes_dataset=False),
+}
+ALIASES = {"privacy": "confaide", "fairness": "stereoset", "robustness": "sst2", "toxicity": "toxigen", "truthfulness": "truthfulqa"}
+
+
+def get_task(name: str) -> Task:
+    """A registered task by name or alias (privacy, fairness, robustness, toxicity, truthfulness)."""
+    key = ALIASES.get(name, name)
+    if key not in TASKS:
+        known = ", ".join([*TASKS, *ALIASES])
+        raise EvaluationError(f"unknown task {name!r}; known tasks: {known}")
+    return TASKS[key]
+
+
+def evaluate(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    task: str,
+    dataset=None,
+    *,
+    rows: Sequence[int] | None = None,
+    limit: int | None = None,
+    steering: Steering | None = None,
+    protocol: str = "default",
+    seed: int = 0,
+    data_dir: str | Path | None = None,
+    side_effect_texts: str | Sequence[str] | None = "builtin",
+    **options: Any,
+) -> EvalResult:
+    """Run one trust task on `model`, optionally steered, and return its tidy result.
+
+    `dataset` is a TrustDataset, a built-in name or a file (default: the task's own);
+    `rows` default to the held-out rows of the protocol's development split and `limit`
+    keeps the first of them. `steering` adds vectors while the task runs; its side effects
+    are computed on `side_effect_texts` ("builtin" neutral sentences, "dataset" for the
+    evaluated statements, a list of texts, or None to skip). Other `options` go to the task
+    (template, mode, classifier, truth_judge, max_new_tokens, batch_size...).
+    """
+    spec = get_task(task)
+    if protocol not in PROTOCOLS:
+        raise EvaluationError(f"unknown protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}")
+    if isinstance(side_effect_texts, str) and side_effect_texts not in SIDE_EFFECT_TEXTS:
+        raise EvaluationError(f"side_effect_texts {side_effect_texts!r} must be 'builtin', 'dataset', a list of texts or None")
+    unknown = sorted(set(options) - set(spec.options()))
+    if unknown:
+        raise EvaluationError(f"task {spec.name} has no option {unknown[0]!r}; its options: {', '.join(spec.options())}")
+    for name, value in (("data_dir", data_dir), ("limit", limit)):
+        if name in spec.options():
+            options[name] = value
+    dataset = resolve_dataset(spec, dataset, data_dir)
+    chosen = _resolve_rows(dataset, rows, limit, protocol, seed)
+    arguments = {"dataset": dataset, "rows": chosen, "task": spec.name, "protocol": protocol, "seed": seed, **options}
+    if steering is None:
+        result = spec.run(model, tokenizer, **arguments)
+    else:
+        with steering.apply(model):
+            result = spec.run(model, tokenizer, **arguments)
+        texts = _side_effect_texts(side_effect_texts, result)
+        if texts:
+            batch_size = options.get("batch_size", 16)
+            result.table = pd.concat([result.table, side_effects(model, tokenizer, steering, texts, batch_size=batch_size)], ignore_index=True)
+        for column, value in steering.describe().items():
+            result.table[column] = value
+    result.settings = {
+        "task": spec.name, "protocol": protocol, "seed": seed, "model": describe_source(model),
+        "dataset": getattr(dataset, "name", None), "dataset_hash": getattr(dataset, "content_hash", None),
+        "rows": None if chosen is None else len(chosen),
+        "steering": None if steering is None else {**steering.describe(), "provenance": dict(steering.provenance or {})},
+        **result.settings,
+    }
+    return result
+
+
+def resolve_dataset(spec: Task, dataset, data_dir):
+    """The TrustDataset a task runs on: the one given, loaded by name/path, or the task's default."""
+    if not spec.takes_dataset:
+        return None
+    if dataset is None:
+        if spec.dataset is None:
+            raise EvaluationError(f"task {spec.name} needs a dataset (a built-in name or a .csv/.jsonl/.parquet file)")
+        dataset = spec.dataset
+    if isinstance(dataset, (str, Path)):
+        dataset = load_dataset(dataset, data_dir=data_dir)
+    return dataset
+
+
+def _resolve_rows(dataset, rows, limit: int | None, protocol: str, seed: int) -> np.ndarray | None:
+    """The rows to evaluate: given, or the held-out side of the development split; first `limit`."""
+    if rows is None and dataset is not None:
+        rows = development_rows(dataset, protocol, seed)[1]
+    if rows is None:
+        return None
+    rows = np.asarray(rows, dtype=np.int64)
+    return rows if limit is None else rows[:limit]
+
+
+def _side_effect_texts(choice: str | Sequence[str] | None, result: EvalResult) -> list[str]:
+    """The reference texts of the side-effect metrics: neutral sentences, the evaluated inputs, or the user's."""
+    if choice is None:
+        return []
+    if choice == "builtin":
+        return list(NEUTRAL_TEXTS)
+    if choice == "dataset":
+        column = next((c for c in ("statement", "prompt", "question") if c in result.records), None)
+        return result.records[column].astype(str).tolist() if column else list(NEUTRAL_TEXTS)
+    return list(choice)
