@@ -7,11 +7,8 @@ from typing import Optional
 
 import typer
 
-from trusttrace.analysis import MI_TABLE, PROBES_TABLE, run_mi, run_probes
 from trusttrace.cli.app import app
 from trusttrace.errors import StoreError
-from trusttrace.info import ESTIMATOR_CAVEAT
-from trusttrace.store import ActivationStore, read_table
 
 WorkspaceArgument = typer.Argument(..., help="Workspace folder written by `trusttrace extract` or `trusttrace run`.")
 DeviceOption = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda when available).")
@@ -45,6 +42,9 @@ def probe(
 
       trusttrace probe workspace/ --method mass_mean --seed 1
     """
+    from trusttrace.analysis import PROBES_TABLE, run_probes
+    from trusttrace.store import read_table
+
     store = _open(workspace)
     before = len(read_table(workspace / PROBES_TABLE))
     table, problems = run_probes(
@@ -78,6 +78,10 @@ def mi(
 
       trusttrace mi workspace/ --estimator ksg --split grouped
     """
+    from trusttrace.analysis import MI_TABLE, run_mi
+    from trusttrace.info import ESTIMATOR_CAVEAT
+    from trusttrace.store import read_table
+
     store = _open(workspace)
     before = len(read_table(workspace / MI_TABLE))
     table, problems = run_mi(store, estimator=estimator, x_layer=x_layer, split=split, seed=seed, device=device)
@@ -85,7 +89,10 @@ def mi(
     typer.echo(f"note: {ESTIMATOR_CAVEAT}", err=True)
 
 
-def _open(workspace: Path) -> ActivationStore:
+def _open(workspace: Path):
+    """The workspace's store; a missing folder is an error here, not a new empty workspace."""
+    from trusttrace.store import ActivationStore
+
     if not workspace.is_dir():
         raise StoreError(f"{workspace}: no such workspace folder")
     return ActivationStore(workspace)

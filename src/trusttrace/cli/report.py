@@ -9,7 +9,6 @@ import typer
 
 from trusttrace.cli.app import app
 from trusttrace.errors import LayerError
-from trusttrace.report import write_report
 
 
 def parse_layer_list(text: str) -> list[int]:
@@ -45,4 +44,6 @@ def report(
       trusttrace report workspace/ --out paper/figures --layers 0,8,16,24 --title "Pythia-410m"
     """
     chosen = parse_layer_list(layers) if layers is not None else None
+    from trusttrace.report import write_report
+
     typer.echo(str(write_report(workspace, out_dir=out, layers=chosen, title=title)))
