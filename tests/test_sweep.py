@@ -179,3 +179,17 @@ def test_unwritable_workspace(setup):
     config = parse_config({"workspace": str(blocker / "ws"), "suite": f"local:{suite}", "datasets": [str(dataset)]})
     with pytest.raises(ConfigError, match="key 'workspace'"):
         check_names(config)
+
+
+def test_steering_stage_builds_vectors_and_a_grid(setup):
+    root, suite, dataset = setup
+    steering = {"source": "step_10", "layers": [1, 2], "alphas": [-2.0, 2.0], "max_perplexity": None}
+    config = load_config(write_config(root, suite, dataset, stages=["extract", "steering"], steering=steering))
+    summary = run_sweep(config, progress=False)
+    assert summary.ok, summary.failed
+    grid = pd.read_parquet(config.workspace / "steering.parquet")
+    assert len(grid) == 1 + 2 * 2  # the unsteered baseline, then layers x alphas
+    assert set(grid["source_checkpoint"]) == {"step_10"} and set(grid["target_model"]) == {"final"}
+    assert grid["kl"].iloc[1:].gt(0).all()
+    assert (config.workspace / "steering" / "step_10-toy.safetensors").exists()
+    assert run_sweep(config, progress=False).ran == 0

@@ -8,6 +8,7 @@ whose outputs are the layers trusttrace reads and steers (layer i = output of bl
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -43,6 +44,7 @@ class ModelSource:
     weights_sha256: str | None
     dtype: str
     tokenizer: str
+    tokenizer_sha256: str
     architecture: str
 
     def as_dict(self) -> dict[str, Any]:
@@ -107,6 +109,7 @@ def load_model(
         weights_sha256=weights_checksum(model),
         dtype=str(torch_dtype).removeprefix("torch."),
         tokenizer=getattr(tokenizer, "name_or_path", name) or name,
+        tokenizer_sha256=vocabulary_checksum(tokenizer),
         architecture=type(model).__name__,
     )
     return model, tokenizer
@@ -131,6 +134,12 @@ def _load_config(name: str, revision: str | None, trust_remote_code: bool):
         raise ModelError(f"{name}: cannot read a model config ({_first_line(error)})") from None
     except OSError as error:
         raise _hub_error(name, revision, error) from None
+
+
+def vocabulary_checksum(tokenizer: PreTrainedTokenizerBase) -> str:
+    """A sha256 of the tokenizer's vocabulary (token to id), equal for the same tokenizer anywhere."""
+    items = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
+    return hashlib.sha256(json.dumps(items, ensure_ascii=False).encode()).hexdigest()
 
 
 def _hub_error(name: str, revision: str | None, error: OSError) -> Exception:
@@ -294,6 +303,7 @@ def describe_source(model: PreTrainedModel) -> dict[str, Any]:
         "weights_sha256": None,
         "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
         "tokenizer": None,
+        "tokenizer_sha256": None,
         "architecture": type(model).__name__,
     }
 

@@ -74,6 +74,7 @@ def activation_provenance(
         "layers": list(layers),
         "dtype": source["dtype"],
         "tokenizer": tokenizer_name(tokenizer),
+        "tokenizer_sha256": source["tokenizer_sha256"],
         "add_special_tokens": True,
         "template": template,
         "trusttrace_version": trusttrace_version(),

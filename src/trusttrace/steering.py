@@ -144,7 +144,7 @@ def build_vectors(
     source = dict(source or {})
     provenance = {
         **{key: source.get(key) for key in ("model", "revision", "commit", "weights_sha256", "architecture",
-                                            "checkpoint", "step", "tokenizer", "position", "dtype")},
+                                            "checkpoint", "step", "tokenizer", "tokenizer_sha256", "position", "dtype")},
         "layers": sorted(vectors),
         "dataset": dataset.name,
         "dataset_hash": dataset.content_hash,
@@ -465,7 +465,10 @@ def model_hidden_size(model: nn.Module) -> int | None:
 def _warn_if_foreign(model: nn.Module, provenance: Mapping[str, Any]) -> None:
     """Warn when vectors come from another architecture or tokenizer than the target model's."""
     target = describe_source(model)
-    for key in ("architecture", "tokenizer"):
+    # Tokenizers are compared by vocabulary when both sides know it: checkpoints of one run
+    # share a tokenizer saved in different folders.
+    same_vocab = provenance.get("tokenizer_sha256") and provenance.get("tokenizer_sha256") == target.get("tokenizer_sha256")
+    for key in ("architecture",) if same_vocab else ("architecture", "tokenizer"):
         source_value, target_value = _name(provenance.get(key)), _name(target.get(key))
         if source_value and target_value and source_value != target_value:
             warnings.warn(

@@ -66,7 +66,7 @@ class Sweep:
 
     # ----- units ---------------------------------------------------------------------
 
-    def _run_unit(self, checkpoint: str, dataset: str, stage: str, work: Callable[[], tuple[str | None, str | None]]) -> bool:
+    def run_unit(self, checkpoint: str, dataset: str, stage: str, work: Callable[[], tuple[str | None, str | None]]) -> bool:
         """Run one unit under the manifest: running → done (artefact, checksum) or failed (error)."""
         unit = unit_id(checkpoint, dataset, stage)
         self.manifest.start(unit, checkpoint, dataset, stage)
@@ -82,7 +82,7 @@ class Sweep:
         self.summary.ran += 1
         return True
 
-    def _extract_done(self, checkpoint: Checkpoint, dataset: TrustDataset) -> ActivationRecord | None:
+    def extract_record(self, checkpoint: Checkpoint, dataset: TrustDataset) -> ActivationRecord | None:
         """The stored activation set of a done extract unit, if its files still verify."""
         row = self.manifest.unit(unit_id(checkpoint.name, dataset.name, "extract"))
         if row is None or row.status != "done" or row.artefact is None:
@@ -90,8 +90,9 @@ class Sweep:
         record = next((r for r in self.store.records() if r.key == row.artefact), None)
         return record if record is not None and self.store.verify(record) else None
 
-    def _stage_done(self, checkpoint: Checkpoint, dataset: TrustDataset, stage: str) -> bool:
-        row = self.manifest.unit(unit_id(checkpoint.name, dataset.name, stage))
+    def stage_done(self, checkpoint: str, dataset: str, stage: str) -> bool:
+        """Whether the manifest records this unit as done."""
+        row = self.manifest.unit(unit_id(checkpoint, dataset, stage))
         return row is not None and row.status == "done"
 
     # ----- checkpoints ---------------------------------------------------------------
@@ -100,7 +101,7 @@ class Sweep:
         """Datasets of this checkpoint whose activations must be (re)extracted."""
         if "extract" not in self.config.stages:
             return []
-        return [d for d in self.datasets if self._extract_done(checkpoint, d) is None]
+        return [d for d in self.datasets if self.extract_record(checkpoint, d) is None]
 
     def _extract_checkpoint(self, checkpoint: Checkpoint, prefetcher: Prefetcher, later: list[Checkpoint]) -> None:
         pending = self._pending(checkpoint)
@@ -130,7 +131,7 @@ class Sweep:
             status="loaded", commit=source.commit, weights_sha256=source.weights_sha256,
         )
         for dataset in pending:
-            self._run_unit(checkpoint.name, dataset.name, "extract", lambda d=dataset: self._extract(model, tokenizer, checkpoint, d))
+            self.run_unit(checkpoint.name, dataset.name, "extract", lambda d=dataset: self._extract(model, tokenizer, checkpoint, d))
         del model
         gc.collect()
         self._release(checkpoint, folder)
@@ -164,15 +165,15 @@ class Sweep:
     def _analyse_checkpoint(self, checkpoint: Checkpoint) -> None:
         """Probe and estimate MI on each stored activation set of this checkpoint."""
         for dataset in self.datasets:
-            record = self._extract_done(checkpoint, dataset)
+            record = self.extract_record(checkpoint, dataset)
             for stage in (s for s in RECORD_STAGES if s in self.config.stages):
                 if record is None:
                     continue
-                if self._stage_done(checkpoint, dataset, stage):
+                if self.stage_done(checkpoint.name, dataset.name, stage):
                     self.summary.skipped += 1
                     continue
                 work = (lambda r=record: self._probe(r)) if stage == "probes" else (lambda r=record: self._mi(r))
-                self._run_unit(checkpoint.name, dataset.name, stage, work)
+                self.run_unit(checkpoint.name, dataset.name, stage, work)
 
     def _probe(self, record: ActivationRecord) -> tuple[str, None]:
         options = self.config.probes
@@ -204,7 +205,7 @@ class Sweep:
             bar.close()
         self.summary.duplicates = self.manifest.mark_duplicates()
         if "steering" in self.config.stages or "evaluate" in self.config.stages:
-            from trusttrace.steer_stage import run_steering_stages
+            from trusttrace.steering_stage import run_steering_stages
 
             run_steering_stages(self)
         self.summary.seconds = time.perf_counter() - start
