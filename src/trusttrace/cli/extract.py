@@ -48,10 +48,10 @@ def extract(
     from trusttrace.store import ActivationStore
     from trusttrace.units import extract_to_store
 
-    datasets = [load_dataset(name, data_dir=data_dir_path(data_dir)) for name in dataset]
-    store = ActivationStore(out)
-    loaded, tokenizer = load_model(model, revision, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
     chosen = parse_layers(layers)
+    datasets = [load_dataset(name, data_dir=data_dir_path(data_dir)) for name in dataset]
+    loaded, tokenizer = load_model(model, revision, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    store = ActivationStore(out)
     for data in datasets:
         record = extract_to_store(
             loaded, tokenizer, data, store, layers=chosen, position=position,
