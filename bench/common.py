@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import platform
+import time
 from pathlib import Path
 
 import torch
@@ -20,6 +21,18 @@ def bench_statements(dataset: str, rows: int | None = None) -> list[str]:
     data_dir = os.environ.get("TRUSTTRACE_DATA") or str(DEFAULT_DATA)
     statements = load_dataset(dataset, data_dir=data_dir).statements
     return statements[:rows] if rows else statements
+
+
+def timed(call, device: str | None = None):
+    """(result, seconds) of one `call()`, synchronising the GPU around it when one is in use."""
+    sync = torch.cuda.is_available() and (device is None or device.startswith("cuda"))
+    if sync:
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    result = call()
+    if sync:
+        torch.cuda.synchronize()
+    return result, time.perf_counter() - start
 
 
 def machine_description(device: str = "cpu") -> str:

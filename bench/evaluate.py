@@ -20,7 +20,6 @@ import argparse
 import os
 import random
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +27,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DEFAULT_DATA, machine_description, record_section  # noqa: E402
+from common import timed, DEFAULT_DATA, machine_description, record_section  # noqa: E402
 from extract import model_config  # noqa: E402
 
 from trusttrace.data import load_dataset  # noqa: E402
@@ -50,16 +49,6 @@ def reference_loop(model, tokenizer, template: str, statements: list[str], seed:
     predictions = [0 if "0" in text else 1 if "1" in text else random.choice([0, 1]) for text in outputs]
     return predictions, outputs
 
-
-def timed(fn):
-    """Run `fn` once and return (result, seconds), synchronising a GPU around it."""
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    result = fn()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return result, time.perf_counter() - start
 
 
 def main() -> None:

@@ -17,14 +17,13 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, GPTNeoXConfig, LlamaConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import bench_statements, machine_description, record_section  # noqa: E402
+from common import timed, bench_statements, machine_description, record_section  # noqa: E402
 
 from trusttrace.extract import extract_activations  # noqa: E402
 from trusttrace.models import block_hidden, decoder_layers, load_model  # noqa: E402
@@ -72,16 +71,6 @@ def reference_extract(model, tokenizer, statements) -> torch.Tensor:
             handle.remove()
     return torch.stack(rows, dim=1)
 
-
-def timed(fn, device: str):
-    """Run `fn` once and return (result, seconds), synchronising a GPU around it."""
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    result = fn()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return result, time.perf_counter() - start
 
 
 def token_count(tokenizer, statements) -> int:

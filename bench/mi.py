@@ -16,14 +16,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_description, record_section  # noqa: E402
+from common import timed, machine_description, record_section  # noqa: E402
 
 from trusttrace.info import information_plane  # noqa: E402
 from trusttrace.splits import paper_split  # noqa: E402
@@ -48,16 +47,6 @@ def reference_plane(states: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray,
         i_ty.append(np.sum(r_y * r_t.T))
     return np.array(i_xt), np.array(i_ty)
 
-
-def timed(call, device: str):
-    """(result, seconds) of `call()`, waiting for the GPU when `device` is one."""
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    result = call()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return result, time.perf_counter() - start
 
 
 def run(n_layers: int, rows: int, hidden: int, device: str, seed: int) -> dict:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -27,7 +26,7 @@ import torch
 from sklearn.linear_model import LogisticRegression
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_description, record_section  # noqa: E402
+from common import timed, machine_description, record_section  # noqa: E402
 
 from trusttrace.probes import fit_probes  # noqa: E402
 
@@ -42,16 +41,6 @@ def separable_activations(n_layers: int, rows: int, hidden: int, seed: int) -> t
     acts += (2 * labels - 1)[None, :, None] * directions[:, None, :] * strength
     return acts, labels.numpy()
 
-
-def timed(call, device: str):
-    """(result, seconds) of `call()`, waiting for the GPU when `device` is one."""
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    result = call()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return result, time.perf_counter() - start
 
 
 def run(n_layers: int, rows: int, hidden: int, device: str, seed: int) -> dict:

@@ -32,7 +32,7 @@ from scipy.spatial import cKDTree
 from scipy.special import digamma
 
 from trusttrace.errors import LayerError, ProbeError
-from trusttrace.probes import check_finite
+from trusttrace.probes import check_finite, check_shape
 from trusttrace.splits import check_labels, paper_split
 
 ESTIMATORS = ("nhsic", "hsic", "gaussian", "ksg")
@@ -324,12 +324,7 @@ def information_plane(
 
 
 def _check_plane_acts(acts: torch.Tensor, layers: Sequence[int] | None, x_layer: int) -> tuple[list[int], int]:
-    if not isinstance(acts, torch.Tensor) or acts.ndim != 3:
-        shape = tuple(acts.shape) if hasattr(acts, "shape") else type(acts).__name__
-        raise ProbeError(f"activations must be a tensor [n_layers, n, hidden], got {shape}")
-    layer_ids = list(range(acts.shape[0])) if layers is None else [int(layer) for layer in layers]
-    if len(layer_ids) != acts.shape[0]:
-        raise LayerError(f"{len(layer_ids)} layer indices given for {acts.shape[0]} layers of activations")
+    layer_ids = check_shape(acts, layers)
     if x_layer not in layer_ids:
         raise LayerError(f"x_layer {x_layer} is not among the layers {layer_ids[0]}..{layer_ids[-1]}")
     return layer_ids, layer_ids.index(x_layer)

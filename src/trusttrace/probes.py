@@ -81,7 +81,7 @@ def fit_probes(
     baseline; `device` is where the work runs (default: where `acts` is). See the module
     docstring for the methods and the scaling. Bad input raises ProbeError or LayerError.
     """
-    layer_ids = _check_shape(acts, layers)
+    layer_ids = check_shape(acts, layers)
     y = check_labels(labels, acts.shape[1])
     check_options(method, backend, C)
     if statements is not None and len(statements) != len(y):
@@ -116,7 +116,7 @@ def fit_probes(
     return ProbeResults(table[TABLE_COLUMNS], directions, intercepts, baselines, splits)
 
 
-def _check_shape(acts: torch.Tensor, layers: Sequence[int] | None) -> list[int]:
+def check_shape(acts: torch.Tensor, layers: Sequence[int] | None) -> list[int]:
     """The layer names of `acts` [n_layers, n, hidden] (default 0..n_layers-1)."""
     if not isinstance(acts, torch.Tensor) or acts.ndim != 3:
         shape = tuple(acts.shape) if hasattr(acts, "shape") else type(acts).__name__
