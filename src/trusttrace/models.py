@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ import torch
 import transformers
 from packaging.version import Version
 from torch import nn
+from transformers.utils import logging as hf_logging
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from trusttrace.errors import CheckpointError, LayerError, ModelError, OfflineError
@@ -49,6 +52,19 @@ class ModelSource:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Hide transformers' own progress bars ("Loading weights", "Writing model shards") in the body:
+    trusttrace shows its own progress."""
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
 
 
 def resolve_dtype(dtype: str | torch.dtype, device: str) -> torch.dtype:
@@ -88,14 +104,15 @@ def load_model(
     if not trust_remote_code and type(config) not in AutoModelForCausalLM._model_mapping:
         raise ModelError(f"{name}: not a causal language model (its config is {type(config).__name__})")
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            name,
-            revision=revision,
-            config=config,
-            device_map=device,
-            **{DTYPE_ARGUMENT: torch_dtype},
-            trust_remote_code=trust_remote_code,
-        )
+        with quiet_transformers():
+            model = AutoModelForCausalLM.from_pretrained(
+                name,
+                revision=revision,
+                config=config,
+                device_map=device,
+                trust_remote_code=trust_remote_code,
+                **{DTYPE_ARGUMENT: torch_dtype},
+            )
     except ValueError as error:
         raise ModelError(f"{name}: not a causal language model ({_first_line(error)})") from None
     except OSError as error:

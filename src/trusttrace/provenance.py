@@ -51,15 +51,20 @@ def activation_provenance(
     n: int,
     position: str,
     layers: list[int],
+    model_name: str | None = None,
     checkpoint: str | None = None,
     step: int | None = None,
     tokens: int | None = None,
     template: str | None = None,
 ) -> dict[str, Any]:
-    """The provenance of one activation set extracted from `model` for a dataset."""
+    """The provenance of one activation set extracted from `model` for a dataset.
+
+    `model_name` names the training run when the loaded path names only one checkpoint of it
+    (a local suite's folder); the checkpoint then tells the checkpoints apart.
+    """
     source = describe_source(model)
     return {
-        "model": source["model"],
+        "model": model_name or source["model"],
         "revision": source["revision"],
         "commit": source["commit"],
         "weights_sha256": source["weights_sha256"],

@@ -157,7 +157,7 @@ class Sweep:
     def _extract(self, model, tokenizer, checkpoint: Checkpoint, dataset: TrustDataset) -> tuple[str, str]:
         record = extract_to_store(
             model, tokenizer, dataset, self.store, layers=self.config.layers, position=self.config.position,
-            batch_size=self.config.batch_size, checkpoint=checkpoint.name, step=checkpoint.step,
+            batch_size=self.config.batch_size, model_name=self.suite.model_id, checkpoint=checkpoint.name, step=checkpoint.step,
             tokens=checkpoint.tokens, overwrite=True,
         )
         return record.key, record.provenance.get("weights_sha256")

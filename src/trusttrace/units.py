@@ -25,6 +25,7 @@ def extract_to_store(
     layers: str | int | Sequence[int] = "all",
     position: str = "last",
     batch_size: int | None = None,
+    model_name: str | None = None,
     checkpoint: str | None = None,
     step: int | None = None,
     tokens: int | None = None,
@@ -42,7 +43,7 @@ def extract_to_store(
     chosen = check_layers(layers, len(decoder_layers(model)))
     provenance = activation_provenance(
         model, tokenizer, dataset=dataset.name, dataset_hash=dataset.content_hash, n=len(dataset),
-        position=position, layers=chosen, checkpoint=checkpoint, step=step, tokens=tokens,
+        position=position, layers=chosen, model_name=model_name, checkpoint=checkpoint, step=step, tokens=tokens,
     )
     existing = store.find(provenance)
     if existing is not None and not overwrite and store.verify(existing):
