@@ -29,7 +29,9 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 2000, add_bos: bool 
     tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
     tokenizer.normalizer = normalizers.Lowercase()
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS.values()))
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS.values()), show_progress=False
+    )
     tokenizer.train_from_iterator(list(texts), trainer=trainer)
     if add_bos:
         bos_id = tokenizer.token_to_id("<s>")

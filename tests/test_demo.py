@@ -1,0 +1,53 @@
+"""The offline demo end to end, shortened: truth becomes decodable, and its direction is causal."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from trusttrace.demo import build_world, run_demo
+from trusttrace.evaluate.scoring import choice_logprobs
+from trusttrace.models import load_model
+from trusttrace.store import read_table
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    return run_demo(tmp_path_factory.mktemp("demo"), quick=True, progress=False)
+
+
+def true_completion_rate(folder, world) -> float:
+    model, tokenizer = load_model(folder, dtype="float32", device="cpu")
+    items = world.completions[:200]
+    scores = choice_logprobs(model, tokenizer, [i.prompt for i in items], [[" " + i.true, " " + i.false] for i in items])
+    return float(np.mean([s[0] > s[1] for s in scores]))
+
+
+def test_probe_accuracy_rises_from_chance_on_held_out_entities(demo):
+    assert demo.first_accuracy <= 0.6
+    assert demo.last_accuracy >= 0.7
+    probes = read_table(demo.workspace / "probes.parquet")
+    assert set(probes["split"]) == {"grouped"}  # entity-disjoint folds
+    assert probes["checkpoint"].nunique() == 12
+
+
+def test_the_model_learns_the_facts(demo):
+    world = build_world(seed=0)
+    checkpoints = sorted((demo.workspace.parent / "checkpoints-quick").iterdir())
+    assert true_completion_rate(checkpoints[0], world) <= 0.6
+    assert true_completion_rate(checkpoints[-1], world) >= 0.85
+
+
+def test_the_truth_direction_moves_the_verdicts_with_alpha(demo):
+    table = demo.endorsement.pivot(index="alpha", columns="metric", values="value").sort_index()
+    for metric in ("endorse_true_claims", "endorse_false_claims"):
+        assert table[metric].is_monotonic_increasing, table[metric]
+    assert table.loc[table.index.max(), "endorse_false_claims"] > table.loc[0.0, "endorse_false_claims"]
+    assert table.loc[table.index.min(), "endorse_true_claims"] < table.loc[0.0, "endorse_true_claims"]
+    assert demo.source_checkpoint != "step_0000"
+
+
+def test_report_and_steering_table_are_written(demo):
+    assert demo.report.exists() and "Steering" in demo.report.read_text()
+    steering = read_table(demo.workspace / "steering.parquet")
+    assert set(steering["task"]) == {"claim_endorsement"} and steering["kl"].notna().all()
