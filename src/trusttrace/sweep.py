@@ -116,7 +116,7 @@ class Sweep:
         except Exception as error:  # a failed download or load must not stop the sweep
             message = f"{type(error).__name__}: {error}"
             self.manifest.record_checkpoint(
-                checkpoint.name, checkpoint.model_id, checkpoint.revision, checkpoint.step, checkpoint.tokens,
+                checkpoint.name, self.suite.model_id, checkpoint.revision, checkpoint.step, checkpoint.tokens,
                 status="failed", error=message,
             )
             for dataset in pending:
@@ -127,7 +127,7 @@ class Sweep:
             return
         source = model.trusttrace_source
         self.manifest.record_checkpoint(
-            checkpoint.name, checkpoint.model_id, checkpoint.revision, checkpoint.step, checkpoint.tokens,
+            checkpoint.name, self.suite.model_id, checkpoint.revision, checkpoint.step, checkpoint.tokens,
             status="loaded", commit=source.commit, weights_sha256=source.weights_sha256,
         )
         for dataset in pending:
