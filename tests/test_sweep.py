@@ -193,3 +193,27 @@ def test_steering_stage_builds_vectors_and_a_grid(setup):
     assert grid["kl"].iloc[1:].gt(0).all()
     assert (config.workspace / "steering" / "step_10-toy.safetensors").exists()
     assert run_sweep(config, progress=False).ran == 0
+
+
+def test_hub_checkpoints_are_fetched_ahead_and_keep_their_id(setup):
+    """A simulated Hub suite: the fetcher is called for the next checkpoint while one is processed,
+    and provenance names the Hub id and revision, not the local snapshot folder."""
+    from trusttrace.checkpoints import Checkpoint
+    from trusttrace.sweep import Sweep
+
+    root, suite, dataset = setup
+    folders = {p.name: p for p in suite.iterdir()}
+    fetched: list[str] = []
+
+    def fetch(checkpoint):
+        fetched.append(checkpoint.name)
+        return folders[checkpoint.name]
+
+    sweep = Sweep(load_config(write_config(root, suite, dataset, stages=["extract"])), fetcher=fetch, progress=False)
+    sweep.checkpoints = [Checkpoint(c.name, "org/model", c.name, c.step, c.tokens) for c in sweep.checkpoints]
+    assert sweep.run().ok
+    assert fetched == ["step_0", "step_10", "step_20"]
+    records = sweep.store.records()
+    assert {r.provenance["model"] for r in records} == {str(suite)}
+    assert sorted(r.provenance["revision"] for r in records) == ["step_0", "step_10", "step_20"]
+    assert {r.provenance["commit"] for r in records} == {"step_0", "step_10", "step_20"}

@@ -14,7 +14,7 @@ from __future__ import annotations
 import gc
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -147,12 +147,18 @@ class Sweep:
             delete_fetched(*self._kept.pop(0))
 
     def _load(self, checkpoint: Checkpoint, folder: Path):
-        """Load a fetched checkpoint; Hub checkpoints keep their id and revision in provenance."""
-        name = checkpoint.model_id if checkpoint.revision is not None else str(folder)
-        return load_model(
-            name, checkpoint.revision, dtype=self.config.dtype, device=self.config.device,
-            trust_remote_code=self.config.trust_remote_code,
+        """Load a fetched checkpoint from its folder, with the Hub id, revision and commit as provenance.
+
+        A Hub snapshot folder is named by its commit, so nothing is asked of the network here.
+        """
+        model, tokenizer = load_model(
+            folder, dtype=self.config.dtype, device=self.config.device, trust_remote_code=self.config.trust_remote_code
         )
+        if checkpoint.revision is not None:
+            model.trusttrace_source = replace(
+                model.trusttrace_source, model=checkpoint.model_id, revision=checkpoint.revision, commit=folder.name
+            )
+        return model, tokenizer
 
     def _extract(self, model, tokenizer, checkpoint: Checkpoint, dataset: TrustDataset) -> tuple[str, str]:
         record = extract_to_store(
