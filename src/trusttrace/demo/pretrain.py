@@ -18,10 +18,10 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
-from transformers.utils import logging as hf_logging
 
 from trusttrace.demo.world import World
 from trusttrace.errors import ConfigError
+from trusttrace.models import quiet_transformers
 from trusttrace.tiny import PAD_ID, tiny_model, train_tokenizer
 
 CHECKPOINT_META = "trusttrace.json"
@@ -66,18 +66,6 @@ def deterministic_torch():
 def encode_corpus(tokenizer: PreTrainedTokenizerFast, corpus: list[str]) -> list[torch.Tensor]:
     """Token ids of every corpus sentence (each starting with the tokenizer's BOS)."""
     return [torch.tensor(ids) for ids in tokenizer(corpus)["input_ids"]]
-
-
-@contextmanager
-def quiet_transformers():
-    """Hide transformers' own progress bars (e.g. "Writing model shards") in the body."""
-    enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if enabled:
-            hf_logging.enable_progress_bar()
 
 
 def save_checkpoint(
