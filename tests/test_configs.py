@@ -25,3 +25,12 @@ def test_amber_reproduction_uses_the_study_settings():
     assert config.checkpoints == ["ckpt_000", "ckpt_001", "ckpt_002", "ckpt_005", "ckpt_010", "ckpt_020",
                                   "ckpt_050", "ckpt_100", "ckpt_179", "ckpt_358"]
     assert config.steering.source == "ckpt_179" and config.steering.target == "chat"
+
+
+def test_the_example_in_run_help_is_a_valid_config():
+    import yaml
+
+    from trusttrace.config import EXAMPLE, parse_config
+
+    config = parse_config(yaml.safe_load(EXAMPLE))
+    assert config.datasets == ["truthfulqa", "toxigen", "confaide", "stereoset", "sst2"]

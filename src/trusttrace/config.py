@@ -21,20 +21,20 @@ Stage = Literal["extract", "probes", "mi", "steering", "evaluate"]
 STAGES: tuple[str, ...] = ("extract", "probes", "mi", "steering", "evaluate")
 
 EXAMPLE = """\
-workspace: runs/pythia-160m          # where activations, tables, manifest and report go
-suite: pythia-160m                   # amber, pythia-<size>[-deduped], olmo-7b, local:DIR
-checkpoints: "log:12"                # names, all, every:K, log:N or first:N
+workspace: runs/pythia-160m     # activations, tables, manifest, report
+suite: pythia-160m              # amber, pythia-SIZE, olmo-7b, local:DIR
+checkpoints: "log:12"           # names, all, every:K, log:N, first:N
 datasets: [truthfulqa, toxigen, confaide, stereoset, sst2]
-data_dir: shared/datasets            # or $TRUSTTRACE_DATA
+data_dir: shared/datasets       # or $TRUSTTRACE_DATA
 layers: all
 position: last
-dtype: auto                          # bf16 on a GPU, fp32 on the CPU
-protocol: default                    # or paper (the reference study's splits and scaling)
+dtype: auto                     # bf16 on a GPU, fp32 on the CPU
+protocol: default               # or paper (the study's protocol)
 stages: [extract, probes, mi]
 probes: {method: logreg, folds: 5, seed: 0}
 mi: {estimator: nhsic, x_layer: 0}
-prefetch: true                       # download the next checkpoint while this one runs
-keep_weights: false                  # delete a checkpoint's files once its units are done
+prefetch: true                  # fetch the next checkpoint meanwhile
+keep_weights: false             # delete a checkpoint's files when done
 """
 
 

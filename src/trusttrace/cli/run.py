@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from trusttrace.cli.app import app
 from trusttrace.config import EXAMPLE, check_names, load_config
@@ -17,7 +18,7 @@ or corrupt. Exits 1 when some units failed (after running all the others), 2 on 
 Example config:
 
 \b
-{EXAMPLE}
+{escape(EXAMPLE)}
 """
 
 
