@@ -44,7 +44,7 @@ def probe_record(
     store: ActivationStore,
     record: ActivationRecord,
     *,
-    split: str | None = "grouped",
+    split: str = "grouped",
     method: str = "logreg",
     folds: int = 5,
     test_size: float = 0.2,
@@ -57,14 +57,13 @@ def probe_record(
     """Fit probes on one activation set and write its rows (replacing older ones of the same
     setting) to probes.parquet, and its baselines to probe_baselines.parquet; returns the rows.
 
-    `split` None means the default, `grouped` (random where the dataset has no groups). A
-    missing or corrupt set raises CorruptArtefactError (a StoreError). `device` defaults to
-    CUDA when available. Baselines depend on the dataset only, so they are kept once per
+    `grouped` falls back to random where the dataset has no groups. A missing or corrupt set
+    raises CorruptArtefactError (a StoreError). `device` defaults to CUDA when available. Baselines depend on the dataset only, so they are kept once per
     dataset and setting.
     """
     dataset = dataset if dataset is not None else store.load_dataset(record)
     results = fit_probes(
-        store.load(record), dataset.labels, split=split or "grouped", groups=dataset.groups, folds=folds, test_size=test_size,
+        store.load(record), dataset.labels, split=split, groups=dataset.groups, folds=folds, test_size=test_size,
         seed=seed, method=method, C=C, backend=backend, device=_device(device), statements=dataset.statements,
         layers=record.layers,
     )

@@ -106,11 +106,11 @@ class SweepConfig(Strict):
     def _unique_stages(cls, stages: list[str]) -> list[str]:
         return [stage for stage in STAGES if stage in stages]
 
-    def probe_split(self) -> str | None:
-        """The probe split the protocol implies when the config does not name one."""
+    def probe_split(self) -> str:
+        """The probe split: the config's, else the protocol's (paper, or grouped where groups exist)."""
         if self.probes.split is not None:
             return self.probes.split
-        return "paper" if self.protocol == "paper" else None
+        return "paper" if self.protocol == "paper" else "grouped"
 
 
 def load_config(path: str | os.PathLike, overrides: dict | None = None) -> SweepConfig:

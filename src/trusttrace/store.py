@@ -168,7 +168,11 @@ class ActivationStore:
 
     def find(self, provenance: dict[str, Any]) -> ActivationRecord | None:
         """The stored record with the same identity as `provenance`, or None (no checksum read)."""
-        folder = self.activations_dir / self.key(provenance)
+        return self.get(self.key(provenance))
+
+    def get(self, key: str) -> ActivationRecord | None:
+        """The stored record with this key, or None (no checksum read)."""
+        folder = self.activations_dir / key
         return self._read_record(folder) if (folder / "meta.json").exists() else None
 
     def records(self) -> list[ActivationRecord]:

@@ -63,6 +63,7 @@ class Sweep:
         self.progress = progress
         self.summary = SweepSummary()
         self._kept: list[tuple[Checkpoint, Path]] = []
+        self._verified: set[str] = set()
 
     # ----- units ---------------------------------------------------------------------
 
@@ -83,12 +84,21 @@ class Sweep:
         return True
 
     def extract_record(self, checkpoint: Checkpoint, dataset: TrustDataset) -> ActivationRecord | None:
-        """The stored activation set of a done extract unit, if its files still verify."""
+        """The stored activation set of a done extract unit, if its files verify.
+
+        Checksums are read once per sweep: a set verified (or written) in this run is trusted.
+        """
         row = self.manifest.unit(unit_id(checkpoint.name, dataset.name, "extract"))
         if row is None or row.status != "done" or row.artefact is None:
             return None
-        record = next((r for r in self.store.records() if r.key == row.artefact), None)
-        return record if record is not None and self.store.verify(record) else None
+        record = self.store.get(row.artefact)
+        if record is None:
+            return None
+        if record.key not in self._verified:
+            if not self.store.verify(record):
+                return None
+            self._verified.add(record.key)
+        return record
 
     def stage_done(self, checkpoint: str, dataset: str, stage: str) -> bool:
         """Whether the manifest records this unit as done."""
@@ -99,19 +109,20 @@ class Sweep:
 
     def _pending(self, checkpoint: Checkpoint) -> list[TrustDataset]:
         """Datasets of this checkpoint whose activations must be (re)extracted."""
-        if "extract" not in self.config.stages:
-            return []
         return [d for d in self.datasets if self.extract_record(checkpoint, d) is None]
 
     def _extract_checkpoint(self, checkpoint: Checkpoint, prefetcher: Prefetcher, later: list[Checkpoint]) -> None:
-        pending = self._pending(checkpoint)
-        if not pending:
-            self.summary.skipped += len([d for d in self.datasets if "extract" in self.config.stages])
+        if "extract" not in self.config.stages:
             return
+        pending = self._pending(checkpoint)
         self.summary.skipped += len(self.datasets) - len(pending)
+        if not pending:
+            return
         try:
             folder = prefetcher.get(checkpoint)
-            prefetcher.schedule([c for c in later if self._pending(c)])
+            upcoming = next((c for c in later if self._pending(c)), None)
+            if upcoming is not None:
+                prefetcher.schedule([upcoming])
             model, tokenizer = self._load(checkpoint, folder)
         except Exception as error:  # a failed download or load must not stop the sweep
             message = f"{type(error).__name__}: {error}"
@@ -166,6 +177,7 @@ class Sweep:
             batch_size=self.config.batch_size, model_name=self.suite.model_id, checkpoint=checkpoint.name, step=checkpoint.step,
             tokens=checkpoint.tokens, overwrite=True,
         )
+        self._verified.add(record.key)
         return record.key, record.provenance.get("weights_sha256")
 
     def _analyse_checkpoint(self, checkpoint: Checkpoint) -> None:
