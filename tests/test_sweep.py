@@ -135,9 +135,11 @@ def test_failed_checkpoint_does_not_stop_the_others(setup, capsys):
         cli_main()
     assert exit_info.value.code == 1
     err = capsys.readouterr().err
-    assert "failed: step_10/toy/extract" in err
-    units = {u.unit: u.status for u in Manifest(root / "ws" / "manifest.sqlite").units()}
-    assert units == {"step_0/toy/extract": "done", "step_10/toy/extract": "failed", "step_20/toy/extract": "done"}
+    assert f"failed: local:{suite}:step_10/toy/extract" in err
+    units = {(u.checkpoint, u.dataset, u.stage): u.status for u in Manifest(root / "ws" / "manifest.sqlite").units()}
+    assert units == {
+        ("step_0", "toy", "extract"): "done", ("step_10", "toy", "extract"): "failed", ("step_20", "toy", "extract"): "done",
+    }
 
 
 def test_duplicate_weights_are_flagged(tmp_path, tokenizer):
@@ -217,3 +219,13 @@ def test_hub_checkpoints_are_fetched_ahead_and_keep_their_id(setup):
     assert {r.provenance["model"] for r in records} == {str(suite)}
     assert sorted(r.provenance["revision"] for r in records) == ["step_0", "step_10", "step_20"]
     assert {r.provenance["commit"] for r in records} == {"step_0", "step_10", "step_20"}
+
+
+def test_two_suites_with_the_same_checkpoint_names_share_a_workspace(setup, tokenizer):
+    root, suite, dataset = setup
+    other = make_suite(root / "other", tokenizer, steps=(0, 10, 20))
+    first = run_sweep(load_config(write_config(root, suite, dataset, stages=["extract"])), progress=False)
+    second = run_sweep(load_config(write_config(root, other, dataset, stages=["extract"])), progress=False)
+    assert first.ran == 3 and second.ran == 3 and second.skipped == 0
+    models = {row["model"] for row in Manifest(root / "ws" / "manifest.sqlite").checkpoints()}
+    assert models == {str(suite), str(other)}

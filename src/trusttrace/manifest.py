@@ -20,8 +20,9 @@ CREATE TABLE IF NOT EXISTS units (
     error TEXT, seconds REAL, artefact TEXT, checksum TEXT, started TEXT, finished TEXT
 );
 CREATE TABLE IF NOT EXISTS checkpoints (
-    name TEXT PRIMARY KEY, model TEXT, revision TEXT, step INTEGER, tokens INTEGER,
-    commit_sha TEXT, weights_sha256 TEXT, duplicate_of TEXT, status TEXT, error TEXT
+    name TEXT, model TEXT, revision TEXT, step INTEGER, tokens INTEGER,
+    commit_sha TEXT, weights_sha256 TEXT, duplicate_of TEXT, status TEXT, error TEXT,
+    PRIMARY KEY (model, name)
 );
 """
 
@@ -41,8 +42,9 @@ class UnitRow:
     checksum: str | None
 
 
-def unit_id(checkpoint: str, dataset: str, stage: str) -> str:
-    return f"{checkpoint}/{dataset}/{stage}"
+def unit_id(suite: str, checkpoint: str, dataset: str, stage: str) -> str:
+    """The name of a unit; the suite is part of it, since suites share checkpoint names (step1000)."""
+    return f"{suite}:{checkpoint}/{dataset}/{stage}"
 
 
 class Manifest:
@@ -106,18 +108,19 @@ class Manifest:
         """Record a checkpoint's state; known commit and checksum are kept when a later call lacks them."""
         self._write(
             "INSERT INTO checkpoints (name, model, revision, step, tokens, commit_sha, weights_sha256, status, error) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET status=excluded.status, "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(model, name) DO UPDATE SET status=excluded.status, "
             "error=excluded.error, commit_sha=COALESCE(excluded.commit_sha, commit_sha), "
             "weights_sha256=COALESCE(excluded.weights_sha256, weights_sha256)",
             (name, model, revision, step, tokens, commit, weights_sha256, status, error),
         )
 
-    def mark_duplicates(self) -> dict[str, str]:
-        """Flag checkpoints whose weights equal an earlier checkpoint's; returns {name: duplicate_of}."""
+    def mark_duplicates(self, model: str) -> dict[str, str]:
+        """Flag `model`'s checkpoints whose weights equal an earlier one's; returns {name: duplicate_of}."""
         with closing(self._connect()) as db:
             rows = db.execute(
-                "SELECT name, weights_sha256 FROM checkpoints WHERE weights_sha256 IS NOT NULL "
-                "ORDER BY COALESCE(step, -1), name"
+                "SELECT name, weights_sha256 FROM checkpoints WHERE model = ? AND weights_sha256 IS NOT NULL "
+                "ORDER BY COALESCE(step, -1), name",
+                (model,),
             ).fetchall()
         first: dict[str, str] = {}
         duplicates: dict[str, str] = {}
@@ -127,7 +130,7 @@ class Manifest:
             else:
                 first[digest] = name
         for name, _ in rows:
-            self._write("UPDATE checkpoints SET duplicate_of=? WHERE name=?", (duplicates.get(name), name))
+            self._write("UPDATE checkpoints SET duplicate_of=? WHERE model=? AND name=?", (duplicates.get(name), model, name))
         return duplicates
 
     def checkpoints(self) -> list[dict]:

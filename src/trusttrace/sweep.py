@@ -69,7 +69,7 @@ class Sweep:
 
     def run_unit(self, checkpoint: str, dataset: str, stage: str, work: Callable[[], tuple[str | None, str | None]]) -> bool:
         """Run one unit under the manifest: running → done (artefact, checksum) or failed (error)."""
-        unit = unit_id(checkpoint, dataset, stage)
+        unit = unit_id(self.suite.name, checkpoint, dataset, stage)
         self.manifest.start(unit, checkpoint, dataset, stage)
         start = time.perf_counter()
         try:
@@ -88,7 +88,7 @@ class Sweep:
 
         Checksums are read once per sweep: a set verified (or written) in this run is trusted.
         """
-        row = self.manifest.unit(unit_id(checkpoint.name, dataset.name, "extract"))
+        row = self.manifest.unit(unit_id(self.suite.name, checkpoint.name, dataset.name, "extract"))
         if row is None or row.status != "done" or row.artefact is None:
             return None
         record = self.store.get(row.artefact)
@@ -102,7 +102,7 @@ class Sweep:
 
     def stage_done(self, checkpoint: str, dataset: str, stage: str) -> bool:
         """Whether the manifest records this unit as done."""
-        row = self.manifest.unit(unit_id(checkpoint, dataset, stage))
+        row = self.manifest.unit(unit_id(self.suite.name, checkpoint, dataset, stage))
         return row is not None and row.status == "done"
 
     # ----- checkpoints ---------------------------------------------------------------
@@ -131,7 +131,7 @@ class Sweep:
                 status="failed", error=message,
             )
             for dataset in pending:
-                unit = unit_id(checkpoint.name, dataset.name, "extract")
+                unit = unit_id(self.suite.name, checkpoint.name, dataset.name, "extract")
                 self.manifest.start(unit, checkpoint.name, dataset.name, "extract")
                 self.manifest.fail(unit, f"checkpoint unavailable: {message}")
                 self.summary.failed.append((unit, message))
@@ -221,7 +221,7 @@ class Sweep:
         finally:
             prefetcher.close()
             bar.close()
-        self.summary.duplicates = self.manifest.mark_duplicates()
+        self.summary.duplicates = self.manifest.mark_duplicates(self.suite.model_id)
         if "steering" in self.config.stages or "evaluate" in self.config.stages:
             from trusttrace.steering_stage import run_steering_stages
 
