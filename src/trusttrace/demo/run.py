@@ -29,6 +29,7 @@ from trusttrace.analysis import PROBES_TABLE
 from trusttrace.config import SweepConfig
 from trusttrace.demo.pretrain import CHECKPOINT_META, checkpoint_steps, pretrain
 from trusttrace.demo.world import FALSE_VERDICT, TRUE_VERDICT, World, build_world
+from trusttrace.errors import TrustTraceError
 from trusttrace.evaluate.results import rate_row
 from trusttrace.evaluate.scoring import choice_logprobs
 from trusttrace.evaluate.side_effects import side_effects
@@ -36,7 +37,7 @@ from trusttrace.models import load_model
 from trusttrace.report import write_report
 from trusttrace.steering import Steering, build_vectors, development_rows, save_vectors
 from trusttrace.steering_stage import STEERING_KEYS, STEERING_TABLE
-from trusttrace.store import append_table, read_table
+from trusttrace.store import append_table, read_table, write_json
 from trusttrace.sweep import Sweep
 
 DEMO_ALPHAS = (-4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0)
@@ -45,6 +46,7 @@ DEMO_ALPHAS = (-4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0)
 FULL_TRAINING = {"steps": 1000}
 QUICK_TRAINING = {"steps": 1000, "batch_size": 64, "lr": 1e-2}
 EMERGED_ACCURACY = 0.7
+TRAINING_RECORD = "training.json"
 EVALUATION_ROWS = 400
 ENDORSE_TASK = "claim_endorsement"
 
@@ -81,13 +83,18 @@ class DemoResult:
 
 
 def ensure_checkpoints(world: World, folder: Path, training: dict, seed: int, progress: bool) -> list[Path]:
-    """The demo's checkpoints: reused when a previous run with these settings saved them all."""
-    expected = checkpoint_steps(training["steps"], 12)
+    """The demo's checkpoints: reused when a previous run with the same settings and seed saved
+    them all (the settings are kept in `training.json` beside them), else trained anew."""
+    settings = {**training, "seed": seed}
+    record = folder / TRAINING_RECORD
     found = sorted(folder.glob(f"*/{CHECKPOINT_META}")) if folder.exists() else []
     steps_found = sorted(json.loads(meta.read_text())["step"] for meta in found)
-    if steps_found == expected:
+    if record.exists() and json.loads(record.read_text()) == settings and steps_found == checkpoint_steps(training["steps"], 12):
         return sorted(meta.parent for meta in found)
-    return pretrain(world, folder, seed=seed, progress=progress, **training)
+    record.unlink(missing_ok=True)
+    checkpoints = pretrain(world, folder, seed=seed, progress=progress, **training)
+    write_json(record, settings)
+    return checkpoints
 
 
 def demo_config(out: Path, checkpoints: list[Path], dataset: Path, seed: int) -> SweepConfig:
@@ -105,10 +112,11 @@ def demo_config(out: Path, checkpoints: list[Path], dataset: Path, seed: int) ->
     )
 
 
-def probe_table(workspace: Path) -> pd.DataFrame:
-    """Held-out probe accuracy by checkpoint (rows, in training order) and layer (columns)."""
+def probe_table(workspace: Path, model: str, dataset_hash: str) -> pd.DataFrame:
+    """Held-out probe accuracy of one run on one dataset, by checkpoint (rows, in training order)
+    and layer (columns); a workspace may also hold the other (quick or full) run."""
     table = read_table(workspace / PROBES_TABLE)
-    table = table[table["method"] == "logreg"]
+    table = table[(table["method"] == "logreg") & (table["model"] == model) & (table["dataset_hash"] == dataset_hash)]
     return table.pivot_table(index=["step", "checkpoint"], columns="layer", values="accuracy").sort_index()
 
 
@@ -167,7 +175,7 @@ def run_demo(out: str | Path = "trusttrace-demo", *, seed: int = 0, quick: bool 
     out = Path(out)
     torch.manual_seed(seed)
     world = build_world(seed=seed)
-    dataset = world.write_probing_csv(out / "world" / "facts.csv")
+    dataset = world.write_probing_csv(out / "world" / f"facts-seed{seed}.csv")
     training = QUICK_TRAINING if quick else FULL_TRAINING
     folder = out / ("checkpoints-quick" if quick else "checkpoints")
     checkpoints = ensure_checkpoints(world, folder, training, seed, progress)
@@ -175,9 +183,9 @@ def run_demo(out: str | Path = "trusttrace-demo", *, seed: int = 0, quick: bool 
     summary = sweep.run()
     if not summary.ok:
         failures = "; ".join(f"{unit}: {error}" for unit, error in summary.failed)
-        raise RuntimeError(f"the demo sweep failed: {failures}")
+        raise TrustTraceError(f"the demo sweep failed: {failures}")
     workspace = sweep.store.root
-    accuracy = probe_table(workspace)
+    accuracy = probe_table(workspace, sweep.suite.model_id, sweep.datasets[0].content_hash)
     source, layer = emerged_checkpoint(accuracy)
     steering = truth_direction(sweep, source, layer, seed)
     data = sweep.datasets[0]
