@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from trusttrace.checkpoints import checkpoint_suite
 from trusttrace.demo import build_world, run_demo
 from trusttrace.evaluate.scoring import choice_logprobs
 from trusttrace.models import load_model
@@ -33,9 +34,10 @@ def test_probe_accuracy_rises_from_chance_on_held_out_entities(demo):
 
 def test_the_model_learns_the_facts(demo):
     world = build_world(seed=0)
-    checkpoints = sorted((demo.workspace.parent / "checkpoints-quick").iterdir())
-    assert true_completion_rate(checkpoints[0], world) <= 0.6
-    assert true_completion_rate(checkpoints[-1], world) >= 0.85
+    checkpoints = checkpoint_suite(f"local:{demo.workspace.parent / 'checkpoints-quick'}").checkpoints
+    assert len(checkpoints) == 12
+    assert true_completion_rate(checkpoints[0].model_id, world) <= 0.6
+    assert true_completion_rate(checkpoints[-1].model_id, world) >= 0.85
 
 
 def test_the_truth_direction_moves_the_verdicts_with_alpha(demo):
