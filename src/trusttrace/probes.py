@@ -3,10 +3,10 @@
 `fit_probes` fits one probe per layer on the same split(s) and reports accuracy with a 95 %
 interval, AUROC and the baselines. The default `logreg` probe is scikit-learn's
 `LogisticRegression(C=C)` objective (sum of log-losses + ||w||² / (2C), intercept not
-penalised) solved to its optimum for all layers together by a batched L-BFGS in torch, in
-float64 on every device (the solver is memory-bound, so double precision costs little and
-keeps the agreement with scikit-learn tight); `backend="sklearn"` fits one scikit-learn model
-per layer instead, with its defaults, as the reference study did. `mass_mean` is the difference of the
+penalised) solved to its optimum in float64 for all layers and folds together by
+`trusttrace.logistic` (Newton on the CPU, L-BFGS on a GPU), so it agrees tightly with
+scikit-learn; `backend="sklearn"` fits one scikit-learn model per layer and fold instead, with
+its defaults, as the reference study did. `mass_mean` is the difference of the
 class means, thresholded at the midpoint of the two projected class means.
 
 Features are z-scored with the training rows' mean and standard deviation, except for the
@@ -28,13 +28,13 @@ from sklearn.linear_model import LogisticRegression
 
 from trusttrace.baselines import bag_of_words_scores, majority_scores
 from trusttrace.errors import LayerError, ProbeError
+from trusttrace.logistic import fit_logistic
 from trusttrace.splits import Split, check_labels, make_splits, resolve_split
 
 METHODS = ("logreg", "mass_mean")
 BACKENDS = ("auto", "torch", "sklearn")
 BOOTSTRAP_SAMPLES = 1000
-LBFGS_HISTORY = 10
-CPU_CHUNK_BYTES = 64 * 2**20
+FOLD_BATCH_BYTES = 256 * 2**20
 TABLE_COLUMNS = [
     "layer", "method", "split", "seed", "folds", "accuracy", "acc_low", "acc_high", "auroc", "n_train", "n_test",
 ]
@@ -91,23 +91,19 @@ def fit_probes(
     states = acts.to(torch.device(device) if device is not None else acts.device)
     check_finite(states, layer_ids)
 
-    fold_scores, fold_labels, n_train = [], [], []
-    directions = intercepts = None
-    for fold, (train, test) in enumerate(splits):
-        x_train = states[:, torch.as_tensor(train, device=states.device)].double()
-        mean, std = _scaling(states if kind == "paper" else x_train, paper=kind == "paper")
-        x_train.sub_(mean).div_(std)
-        y_train = torch.as_tensor(y[train], device=states.device, dtype=torch.float64)
-        weights, bias = _fit(x_train, y_train, method=method, C=C, backend=backend)
-        del x_train
-        x_test = (states[:, torch.as_tensor(test, device=states.device)].double() - mean) / std
+    paper = kind == "paper"
+    scalings = [_scaling(states if paper else states[:, _index(train, states)], paper=paper) for train, _ in splits]
+    fits = _fit_folds(states, y, splits, scalings, method=method, C=C, backend=backend)
+    fold_scores, fold_labels = [], []
+    for (_, test), (mean, std), (weights, bias) in zip(splits, scalings, fits):
+        x_test = (states[:, _index(test, states)].double() - mean) / std
         scores = torch.bmm(x_test, weights.unsqueeze(-1)).squeeze(-1) + bias.unsqueeze(-1)
         fold_scores.append(scores.cpu().numpy())
         fold_labels.append(y[test])
-        n_train.append(len(train))
-        if fold == 0:
-            directions = (weights / std.squeeze(1)).float().cpu()
-            intercepts = (bias - (mean.squeeze(1) * weights / std.squeeze(1)).sum(-1)).float().cpu()
+    (mean, std), (weights, bias) = scalings[0], fits[0]
+    directions = (weights / std.squeeze(1)).float().cpu()
+    intercepts = (bias - (mean.squeeze(1) * weights / std.squeeze(1)).sum(-1)).float().cpu()
+    n_train = [len(train) for train, _ in splits]
 
     summary = summarise(fold_scores, fold_labels, n_train, seed)
     setting = {"method": method, "split": kind, "seed": seed, "folds": len(splits)}
@@ -152,15 +148,57 @@ def _scaling(rows: torch.Tensor, *, paper: bool) -> tuple[torch.Tensor, torch.Te
     return mean, torch.where(std > 0, std, torch.ones_like(std))
 
 
+def _index(rows: np.ndarray, states: torch.Tensor) -> torch.Tensor:
+    return torch.as_tensor(rows, device=states.device)
+
+
+def _fit_folds(
+    states: torch.Tensor,
+    y: np.ndarray,
+    splits: list[Split],
+    scalings: list[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    method: str,
+    C: float,
+    backend: str,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(weights [n_layers, hidden], intercepts [n_layers]) of each fold, fitted on its scaled training rows.
+
+    With the torch solver, folds are fitted together in one padded batch (each fold's rows
+    masked) while it stays under FOLD_BATCH_BYTES, so k folds cost about one solve, not k.
+    """
+    together = method == "logreg" and backend != "sklearn"
+    per_fold = states.shape[0] * max(len(train) for train, _ in splits) * states.shape[2] * 8
+    size = max(1, FOLD_BATCH_BYTES // per_fold) if together else 1
+    fits: list[tuple[torch.Tensor, torch.Tensor]] = []
+    for start in range(0, len(splits), size):
+        group = list(zip(splits[start : start + size], scalings[start : start + size]))
+        xs, ys, masks = [], [], []
+        width = max(len(train) for (train, _), _ in group)
+        for (train, _), (mean, std) in group:
+            x = states[:, _index(train, states)].double().sub_(mean).div_(std)
+            padding = width - len(train)
+            xs.append(torch.nn.functional.pad(x, (0, 0, 0, padding)))
+            targets = torch.as_tensor(y[train], device=states.device, dtype=torch.float64)
+            ys.append(torch.nn.functional.pad(targets, (0, padding)).expand(len(x), -1))
+            masks.append(torch.nn.functional.pad(torch.ones_like(targets), (0, padding)).expand(len(x), -1))
+        if not together:
+            fits.append(_fit(xs[0], ys[0][0], method=method, C=C, backend=backend))
+            continue
+        weights, bias = fit_logistic(torch.cat(xs), torch.cat(ys), mask=torch.cat(masks), C=C)
+        fits += list(zip(weights.split(states.shape[0]), bias.split(states.shape[0])))
+    return fits
+
+
 def _fit(
     x: torch.Tensor, y: torch.Tensor, *, method: str, C: float, backend: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weights [n_layers, hidden] and intercepts [n_layers] of one probe per layer."""
+    """Weights [n_layers, hidden] and intercepts [n_layers] of one probe per layer, one fold."""
     if method == "mass_mean":
         return mass_mean(x, y)
     if backend == "sklearn":
         return logreg_sklearn(x, y, C=C)
-    return logreg_torch(x, y, C=C)
+    return fit_logistic(x, y, C=C)
 
 
 def mass_mean(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -181,139 +219,6 @@ def logreg_sklearn(x: torch.Tensor, y: torch.Tensor, *, C: float = 1.0) -> tuple
         biases.append(model.intercept_[0])
     return (torch.as_tensor(np.stack(weights), dtype=x.dtype, device=x.device),
             torch.as_tensor(np.array(biases), dtype=x.dtype, device=x.device))
-
-
-def logreg_torch(
-    x: torch.Tensor, y: torch.Tensor, *, C: float = 1.0, tol: float | None = None, max_iter: int = 1000
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """L2 logistic regression for every layer at once, by a batched L-BFGS (one history per layer).
-
-    Minimises sum_i log(1 + exp(-s_i z_i)) + ||w||² / (2C) with z = x w + b, s = ±1, for each
-    layer independently. Stops a layer when its largest gradient entry falls below `tol` times
-    the one at w = 0 (default 1e-6 in float64, 1e-5 in float32). On the CPU the layers are
-    solved in groups of about CPU_CHUNK_BYTES (measured on 2 cores: 32 x 1561 x 512 float64 in
-    one batch ran 10x slower than in such groups); on a GPU they all go in one batch.
-    """
-    per_layer = x[0].numel() * x.element_size()
-    chunk = x.shape[0] if x.is_cuda else max(1, CPU_CHUNK_BYTES // per_layer)
-    parts = [_lbfgs(x[start : start + chunk], y, C, tol, max_iter) for start in range(0, x.shape[0], chunk)]
-    return torch.cat([w for w, _ in parts]), torch.cat([b for _, b in parts])
-
-
-def _lbfgs(
-    x: torch.Tensor, y: torch.Tensor, C: float, tol: float | None, max_iter: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The batched L-BFGS itself: Armijo backtracking per layer, converged layers frozen."""
-    tol = tol if tol is not None else (1e-6 if x.dtype == torch.float64 else 1e-5)
-    n_layers, _, hidden = x.shape
-    theta = x.new_zeros(n_layers, hidden + 1)
-    z = x.new_zeros(n_layers, x.shape[1])
-    value, grad = _objective(x, y, theta, z, C), _gradient(x, y, theta, z, C)
-    threshold = tol * grad.abs().amax(dim=1)
-    active = grad.abs().amax(dim=1) > threshold
-    steps: list[torch.Tensor] = []
-    changes: list[torch.Tensor] = []
-    for _ in range(max_iter):
-        if not bool(active.any()):
-            break
-        direction = -_two_loop(grad, steps, changes)
-        x_direction = _predict(x, direction)
-        slope = (grad * direction).sum(-1)
-        size = _backtrack(x, y, theta, z, direction, x_direction, value, slope, active, C)
-        active &= size > 0
-        step = size.unsqueeze(-1) * direction
-        theta = theta + step
-        z = z + size.unsqueeze(-1) * x_direction
-        new_value, new_grad = _objective(x, y, theta, z, C), _gradient(x, y, theta, z, C)
-        steps.append(step)
-        changes.append(torch.where(active.unsqueeze(-1), new_grad - grad, torch.zeros_like(grad)))
-        if len(steps) > LBFGS_HISTORY:
-            steps.pop(0)
-            changes.pop(0)
-        value, grad = new_value, new_grad
-        active &= grad.abs().amax(dim=1) > threshold
-    if bool(active.any()):
-        unfinished = int(active.sum())
-        warnings.warn(f"batched logistic regression stopped after {max_iter} iterations on {unfinished} layer(s)")
-    return theta[:, :hidden], theta[:, hidden]
-
-
-def _predict(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-    """z = x w + b for every layer: [n_layers, n]."""
-    hidden = x.shape[2]
-    return _matvec(x, theta[:, :hidden]) + theta[:, hidden:]
-
-
-def _matvec(x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """x[l] @ v[l] for every layer. On CPU a loop of `mv` runs about 3x faster than `bmm`."""
-    if x.is_cuda:
-        return torch.bmm(x, v.unsqueeze(-1)).squeeze(-1)
-    return torch.stack([torch.mv(layer, vector) for layer, vector in zip(x, v)])
-
-
-def _rmatvec(x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-    """r[l] @ x[l] for every layer (the transposed product of `_matvec`)."""
-    if x.is_cuda:
-        return torch.bmm(r.unsqueeze(1), x).squeeze(1)
-    return torch.stack([torch.mv(layer.T, vector) for layer, vector in zip(x, r)])
-
-
-def _objective(x: torch.Tensor, y: torch.Tensor, theta: torch.Tensor, z: torch.Tensor, C: float) -> torch.Tensor:
-    weights = theta[:, : x.shape[2]]
-    return (torch.nn.functional.softplus(z) - y * z).sum(-1) + (weights * weights).sum(-1) / (2 * C)
-
-
-def _gradient(x: torch.Tensor, y: torch.Tensor, theta: torch.Tensor, z: torch.Tensor, C: float) -> torch.Tensor:
-    residual = torch.sigmoid(z) - y
-    grad_w = _rmatvec(x, residual) + theta[:, : x.shape[2]] / C
-    return torch.cat([grad_w, residual.sum(-1, keepdim=True)], dim=-1)
-
-
-def _two_loop(grad: torch.Tensor, steps: list[torch.Tensor], changes: list[torch.Tensor]) -> torch.Tensor:
-    """The L-BFGS product H⁻¹ grad per layer from the stored (step, gradient change) pairs."""
-    if not steps:
-        return grad / grad.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(grad.dtype).tiny)
-    curvatures = [(s * c).sum(-1) for s, c in zip(steps, changes)]
-    rhos = [torch.where(k > 0, 1 / k, torch.zeros_like(k)) for k in curvatures]
-    q = grad.clone()
-    alphas = []
-    for s, c, rho in zip(reversed(steps), reversed(changes), reversed(rhos)):
-        alpha = rho * (s * q).sum(-1)
-        q -= alpha.unsqueeze(-1) * c
-        alphas.append(alpha)
-    c_last, k_last = changes[-1], curvatures[-1]
-    c_norm = (c_last * c_last).sum(-1)
-    usable = (k_last > 0) & (c_norm > 0)
-    gamma = torch.where(usable, k_last / torch.where(usable, c_norm, torch.ones_like(c_norm)), torch.ones_like(k_last))
-    r = gamma.unsqueeze(-1) * q
-    for s, c, rho, alpha in zip(steps, changes, rhos, reversed(alphas)):
-        beta = rho * (c * r).sum(-1)
-        r += (alpha - beta).unsqueeze(-1) * s
-    return r
-
-
-def _backtrack(
-    x: torch.Tensor, y: torch.Tensor, theta: torch.Tensor, z: torch.Tensor, direction: torch.Tensor,
-    x_direction: torch.Tensor, value: torch.Tensor, slope: torch.Tensor, active: torch.Tensor, C: float,
-    c1: float = 1e-4, tries: int = 50,
-) -> torch.Tensor:
-    """Per-layer Armijo step sizes (halving from 1); 0 for inactive layers or where none decreases.
-
-    A step must also lower the objective strictly, so a layer at its rounding floor stops
-    instead of wandering (which float32 otherwise does).
-    """
-    size = torch.ones_like(value)
-    accepted = ~active | (slope >= 0)
-    size = torch.where(accepted, torch.zeros_like(size), size)
-    for _ in range(tries):
-        if bool(accepted.all()):
-            break
-        trial = theta + size.unsqueeze(-1) * direction
-        trial_value = _objective(x, y, trial, z + size.unsqueeze(-1) * x_direction, C)
-        good = ~accepted & (trial_value <= value + c1 * size * slope) & (trial_value < value)
-        accepted |= good
-        size = torch.where(accepted, size, size / 2)
-    return torch.where(accepted, size, torch.zeros_like(size))
 
 
 def summarise(
