@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from trusttrace import probes
 from trusttrace.analysis import BASELINES_TABLE, MI_TABLE, PROBES_TABLE, mi_record, probe_record, run_mi, run_probes
 from trusttrace.cli import main
 from trusttrace.data import DatasetCard, TrustDataset
@@ -46,8 +47,12 @@ def workspace(tmp_path):
     return store
 
 
-def test_run_probes_writes_a_tidy_table_and_a_rerun_adds_nothing(workspace):
+def test_run_probes_writes_a_tidy_table_and_a_rerun_adds_nothing(workspace, monkeypatch):
+    fits = []
+    original = probes.bag_of_words_scores
+    monkeypatch.setattr(probes, "bag_of_words_scores", lambda *args: fits.append(1) or original(*args))
     table, problems = run_probes(workspace, folds=3, progress=False)
+    assert len(fits) == 3  # the baselines of one dataset are fitted at its first set only, once per fold
     assert problems == []
     assert len(table) == 2 * len(LAYERS)
     assert set(table["checkpoint"]) == {"step100", "step300"} and set(table["layer"]) == set(LAYERS)

@@ -58,20 +58,26 @@ def probe_record(
     setting) to probes.parquet, and its baselines to probe_baselines.parquet; returns the rows.
 
     `grouped` falls back to random where the dataset has no groups. A missing or corrupt set
-    raises CorruptArtefactError (a StoreError). `device` defaults to CUDA when available. Baselines depend on the dataset only, so they are kept once per
-    dataset and setting.
+    raises CorruptArtefactError (a StoreError). `device` defaults to CUDA when available.
+    Baselines depend on the dataset and split only, so they are fitted once per dataset and
+    setting (at its first checkpoint) and kept.
     """
     dataset = dataset if dataset is not None else store.load_dataset(record)
+    dataset_columns = {key: record.provenance.get(key) for key in ("dataset", "dataset_hash")}
+    kind = resolve_split(split, dataset.groups)
+    folds_used = 1 if kind == "paper" else folds
+    baseline_setting = dataset_columns | {"split": kind, "seed": seed, "folds": folds_used, "test_size": test_size}
+    baselines_done = _has_rows(read_table(store.root / BASELINES_TABLE), None, baseline_setting)
     results = fit_probes(
         store.load(record), dataset.labels, split=split, groups=dataset.groups, folds=folds, test_size=test_size,
-        seed=seed, method=method, C=C, backend=backend, device=_device(device), statements=dataset.statements,
-        layers=record.layers,
+        seed=seed, method=method, C=C, backend=backend, device=_device(device),
+        statements=None if baselines_done else dataset.statements, layers=record.layers,
     )
     rows = _with_provenance(results.table.assign(test_size=test_size, C=C), record)
     append_table(store.root / PROBES_TABLE, rows, PROBE_KEYS)
-    dataset_columns = {key: record.provenance.get(key) for key in ("dataset", "dataset_hash")}
-    baselines = results.baselines.assign(test_size=test_size, **dataset_columns)
-    append_table(store.root / BASELINES_TABLE, baselines, BASELINE_KEYS)
+    if not baselines_done:
+        baselines = results.baselines.assign(test_size=test_size, **dataset_columns)
+        append_table(store.root / BASELINES_TABLE, baselines, BASELINE_KEYS)
     return rows
 
 
@@ -191,12 +197,13 @@ def _run_all(
     return read_table(path), problems
 
 
-def _has_rows(table: pd.DataFrame, key: str, setting: dict[str, Any]) -> bool:
+def _has_rows(table: pd.DataFrame, key: str | None, setting: dict[str, Any]) -> bool:
+    """Whether `table` has rows of this activation set (any set when `key` is None) and setting."""
     if table.empty:
         return False
     if any(column not in table for column in setting):
         return False
-    mask = table["activation_key"] == key
+    mask = pd.Series(True, index=table.index) if key is None else table["activation_key"] == key
     for column, value in setting.items():
         mask &= table[column] == value
     return bool(mask.any())

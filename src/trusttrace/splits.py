@@ -8,6 +8,7 @@ k-fold cross-validation; with `folds == 1` one split holding out about `test_siz
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Sequence
 
@@ -76,7 +77,8 @@ def make_splits(
     elif kind == "random":
         splits = _random_splits(y, folds, test_size, seed)
     else:
-        splits = _grouped_splits(y, _check_groups(groups, len(y), folds), folds, test_size, seed)
+        checked = _check_groups(groups, len(y), folds)
+        splits = _grouped_splits(tuple(y.tolist()), tuple(checked.astype(str).tolist()), folds, test_size, seed)
     for fold, (train, test) in enumerate(splits):
         if len(test) == 0:
             raise ProbeError(f"fold {fold} of the {kind} split has no test rows ({len(y)} rows)")
@@ -109,16 +111,21 @@ def _random_splits(y: np.ndarray, folds: int, test_size: float, seed: int) -> li
         raise ProbeError(f"cannot make a random split of {len(y)} rows into {folds} fold(s): {error}") from None
 
 
-def _grouped_splits(y: np.ndarray, groups: np.ndarray, folds: int, test_size: float, seed: int) -> list[Split]:
-    """Stratified group k-fold; with one fold, the first fold of round(1/test_size) folds."""
+@functools.lru_cache(maxsize=32)
+def _grouped_splits(y: tuple[int, ...], groups: tuple[str, ...], folds: int, test_size: float, seed: int) -> list[Split]:
+    """Stratified group k-fold; with one fold, the first fold of round(1/test_size) folds.
+
+    Cached (callers get sorted copies): scikit-learn's group assignment is a Python loop over
+    groups, and a sweep asks for the same dataset's splits at every checkpoint.
+    """
     n_splits = folds if folds > 1 else max(2, round(1 / test_size))
-    n_splits = min(n_splits, len(np.unique(groups.astype(str))))
+    n_splits = min(n_splits, len(set(groups)))
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     rows = np.arange(len(y))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            splits = list(splitter.split(rows, y, groups.astype(str)))
+            splits = list(splitter.split(rows, np.asarray(y), np.asarray(groups)))
     except ValueError as error:
         raise ProbeError(f"cannot make a grouped split of {len(y)} rows into {n_splits} fold(s): {error}") from None
     return splits if folds > 1 else splits[:1]
