@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -131,13 +132,49 @@ def reduce_positions(hidden: torch.Tensor, mask: torch.Tensor, position: str) ->
     if position == "mean":
         weights = mask.to(hidden.dtype).unsqueeze(-1)
         return (hidden * weights).sum(dim=1) / weights.sum(dim=1)
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), position_index(mask, position)]
+
+
+def position_index(mask: torch.Tensor, position: str) -> torch.Tensor:
+    """The column of each row's last (or first) real token, from an attention mask [batch, seq]."""
     columns = torch.arange(mask.shape[1], device=mask.device)
     real = mask.bool()
     if position == "last":
-        index = torch.where(real, columns, -1).max(dim=1).values
-    else:
-        index = torch.where(real, columns, mask.shape[1]).min(dim=1).values
-    return hidden[torch.arange(hidden.shape[0], device=hidden.device), index]
+        return torch.where(real, columns, -1).max(dim=1).values
+    return torch.where(real, columns, mask.shape[1]).min(dim=1).values
+
+
+def feed_forward_at(block: nn.Module, index: list[torch.Tensor]) -> list[RemovableHandle]:
+    """Run `block`'s feed-forward network (its `mlp`) only at the columns `index[0]` of each row.
+
+    Used on the deepest block read at one position: its output elsewhere feeds nothing (later
+    blocks do not run), and the feed-forward network acts on each position alone, so the read
+    positions come out the same while most of the block's work is skipped. Elsewhere the
+    network's output is zero. A block without an `mlp` module runs whole.
+    """
+    mlp = getattr(block, "mlp", None)
+    if not isinstance(mlp, nn.Module):
+        return []
+    shapes: list[torch.Size] = []
+
+    def before(_module, args):
+        shapes.clear()
+        if not args or not isinstance(args[0], torch.Tensor) or args[0].ndim != 3:
+            return None
+        hidden = args[0]
+        shapes.append(hidden.shape)
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        return (hidden[rows, index[0]].unsqueeze(1), *args[1:])
+
+    def after(_module, _args, output):
+        if not shapes:
+            return None
+        first = output[0] if isinstance(output, tuple) else output
+        full = first.new_zeros(shapes[0])
+        full[torch.arange(full.shape[0], device=full.device), index[0]] = first[:, 0]
+        return (full, *output[1:]) if isinstance(output, tuple) else full
+
+    return [mlp.register_forward_pre_hook(before), mlp.register_forward_hook(after)]
 
 
 def _accepts_position_ids(module: nn.Module) -> bool:
@@ -186,12 +223,16 @@ def iter_activations(
         return hook
 
     handles = [blocks[layer].register_forward_hook(make_hook(layer)) for layer in chosen]
+    read: list[torch.Tensor] = []
+    if position != "mean":
+        handles += feed_forward_at(blocks[deepest], read)
     try:
         bar = tqdm(total=len(statements), desc="extract", unit="stmt", disable=not progress)
         with torch.inference_mode(), bar:
             for rows in batches:
                 ids, mask, positions = pad_batch([encoded[r] for r in rows], pad_id, side, device)
                 current_mask[:] = [mask]
+                read[:] = [position_index(mask, position)] if position != "mean" else []
                 captured.clear()
                 kwargs = {"position_ids": positions} if pass_positions else {}
                 try:
