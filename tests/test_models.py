@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
 import torch
 
 from trusttrace.errors import LayerError, ModelError, OfflineError
-from trusttrace.models import check_layers, decoder_layers, load_model
+from trusttrace.models import check_layers, decoder_layers, folder_checksum, load_model
 
 
 def test_load_local_folder_in_requested_dtype(arch, saved_model):
@@ -27,6 +28,21 @@ def test_same_weights_same_checksum(saved_model, tmp_path, model_factory, tokeni
     tokenizer.save_pretrained(copy)
     second, _ = load_model(copy, dtype="float32", device="cpu")
     assert first.trusttrace_source.weights_sha256 == second.trusttrace_source.weights_sha256
+
+
+def test_folder_checksum_covers_every_weight_file_by_name_and_content(tmp_path):
+    """Shards are hashed in parallel; the result is one sha256 over sorted name:sha256 lines."""
+    shards = {f"model-0000{i}-of-00003.safetensors": bytes([i]) * (1000 + i) for i in range(1, 4)}
+    for name, content in shards.items():
+        (tmp_path / name).write_bytes(content)
+    (tmp_path / "config.json").write_text("{}")
+    lines = [f"{name}:{hashlib.sha256(content).hexdigest()}" for name, content in sorted(shards.items())]
+    assert folder_checksum(tmp_path) == hashlib.sha256("\n".join(lines).encode()).hexdigest()
+    (tmp_path / "model-00002-of-00003.safetensors").write_bytes(b"changed")
+    assert folder_checksum(tmp_path) != hashlib.sha256("\n".join(lines).encode()).hexdigest()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert folder_checksum(empty) is None
 
 
 def test_decoder_layers_found_for_each_architecture(arch, model_factory):

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -103,27 +104,32 @@ def load_model(
     config = _load_config(name, revision, trust_remote_code)
     if not trust_remote_code and type(config) not in AutoModelForCausalLM._model_mapping:
         raise ModelError(f"{name}: not a causal language model (its config is {type(config).__name__})")
-    try:
-        with quiet_transformers():
-            model = AutoModelForCausalLM.from_pretrained(
-                name,
-                revision=revision,
-                config=config,
-                device_map=device,
-                trust_remote_code=trust_remote_code,
-                **{DTYPE_ARGUMENT: torch_dtype},
-            )
-    except ValueError as error:
-        raise ModelError(f"{name}: not a causal language model ({_first_line(error)})") from None
-    except OSError as error:
-        raise _hub_error(name, revision, error) from None
+    local = Path(name) if Path(name).is_dir() else None
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        # A local folder's weight files are hashed while they load: each takes about as long.
+        local_checksum = pool.submit(folder_checksum, local) if local is not None else None
+        try:
+            with quiet_transformers():
+                model = AutoModelForCausalLM.from_pretrained(
+                    name,
+                    revision=revision,
+                    config=config,
+                    device_map=device,
+                    trust_remote_code=trust_remote_code,
+                    **{DTYPE_ARGUMENT: torch_dtype},
+                )
+        except ValueError as error:
+            raise ModelError(f"{name}: not a causal language model ({_first_line(error)})") from None
+        except OSError as error:
+            raise _hub_error(name, revision, error) from None
+        weights_sha256 = local_checksum.result() if local_checksum is not None else weights_checksum(model)
     model.eval()
     tokenizer = load_tokenizer(name, revision, trust_remote_code)
     model.trusttrace_source = ModelSource(
         model=name,
         revision=revision,
         commit=getattr(config, "_commit_hash", None),
-        weights_sha256=weights_checksum(model),
+        weights_sha256=weights_sha256,
         dtype=str(torch_dtype).removeprefix("torch."),
         tokenizer=getattr(tokenizer, "name_or_path", name) or name,
         tokenizer_sha256=vocabulary_checksum(tokenizer),
@@ -187,12 +193,17 @@ def weights_checksum(model: PreTrainedModel) -> str | None:
     identical for identical weights, which is how duplicate revisions are found.
     """
     folder = _weights_folder(model)
-    if folder is None:
-        return None
+    return None if folder is None else folder_checksum(folder)
+
+
+def folder_checksum(folder: Path) -> str | None:
+    """The weights checksum of the weight files in `folder` (None when it holds none), files hashed in parallel."""
     files = sorted(p for p in folder.iterdir() if p.name.endswith(WEIGHT_SUFFIXES))
     if not files:
         return None
-    lines = [f"{path.name}:{file_sha256(path)}" for path in files]
+    with ThreadPoolExecutor(max_workers=min(len(files), os.cpu_count() or 1)) as pool:
+        digests = list(pool.map(file_sha256, files))
+    lines = [f"{path.name}:{digest}" for path, digest in zip(files, digests)]
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
