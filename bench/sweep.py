@@ -39,6 +39,7 @@ from trusttrace.sweep import Sweep  # noqa: E402
 from trusttrace.tiny import train_tokenizer  # noqa: E402
 
 DATASETS = ("truthfulqa", "toxigen", "confaide", "stereoset", "sst2")
+PYTHIA_VOCAB = 50304
 
 
 def write_subsets(data_dir: str, rows: int, folder: Path) -> list[Path]:
@@ -53,11 +54,11 @@ def write_subsets(data_dir: str, rows: int, folder: Path) -> list[Path]:
 
 
 def make_suite(folder: Path, tokenizer, count: int) -> list[Path]:
-    """`count` Pythia-70m-shaped checkpoints with different random weights."""
+    """`count` Pythia-70m-shaped checkpoints (vocabulary 50304) with different random weights."""
     paths = []
     for index in range(count):
         torch.manual_seed(index)
-        model = AutoModelForCausalLM.from_config(model_config("pythia-70m", len(tokenizer)))
+        model = AutoModelForCausalLM.from_config(model_config("pythia-70m", PYTHIA_VOCAB))
         path = folder / f"step_{index * 1000}"
         model.save_pretrained(path)
         tokenizer.save_pretrained(path)
@@ -80,11 +81,20 @@ def reference_checkpoint(path: Path, datasets) -> float:
     return time.perf_counter() - start
 
 
-def sweep_config(workspace: Path, suite: Path, datasets: list[Path], prefetch: bool, dtype: str = "float32") -> SweepConfig:
+def sweep_config(
+    workspace: Path, suite: Path, datasets: list[Path], prefetch: bool, dtype: str = "float32", checkpoints="all"
+) -> SweepConfig:
     return SweepConfig(
         workspace=workspace, suite=f"local:{suite}", datasets=[str(p) for p in datasets], dtype=dtype,
-        device="cpu", stages=["extract", "probes", "mi"], prefetch=prefetch,
+        device="cpu", stages=["extract", "probes", "mi"], prefetch=prefetch, checkpoints=checkpoints,
     )
+
+
+def sweep_seconds(workspace: Path, suite: Path, datasets: list[Path], checkpoint: str, dtype: str) -> float:
+    """Wall time of `trusttrace run` adding one checkpoint to a workspace (earlier ones are done)."""
+    sweep = Sweep(sweep_config(workspace, suite, datasets, False, dtype, [checkpoint]), progress=False)
+    _, seconds = timed(sweep.run)
+    return seconds
 
 
 def slow_sweep(workspace: Path, suite: Path, datasets: list[Path], delay: float, prefetch: bool) -> float:
@@ -120,12 +130,14 @@ def main() -> None:
         suite = root / "suite"
         checkpoints = make_suite(suite, tokenizer, args.checkpoints)
 
-        reference = [reference_checkpoint(path, datasets) for path in checkpoints]
-        _, ours_total = timed(Sweep(sweep_config(root / "ws", suite, paths, False), progress=False).run)
-        ours = ours_total / len(checkpoints)
-        _, bf16_total = timed(Sweep(sweep_config(root / "ws-bf16", suite, paths, False, "bfloat16"), progress=False).run)
-        ours_bf16 = bf16_total / len(checkpoints)
-        per_reference = float(np.mean(reference))
+        # Interleaved per checkpoint (reference, then trusttrace fp32 and bf16 resuming their
+        # workspaces), so a change in the machine's load hits all three alike.
+        reference, ours_fp32, ours_bf16 = [], [], []
+        for path in checkpoints:
+            reference.append(reference_checkpoint(path, datasets))
+            ours_fp32.append(sweep_seconds(root / "ws", suite, paths, path.name, "float32"))
+            ours_bf16.append(sweep_seconds(root / "ws-bf16", suite, paths, path.name, "bfloat16"))
+        per_reference, ours, bf16 = (float(np.mean(times)) for times in (reference, ours_fp32, ours_bf16))
 
         delay = ours
         sequential = slow_sweep(root / "ws-seq", suite, paths, delay, prefetch=False)
@@ -133,7 +145,7 @@ def main() -> None:
 
     n = sum(len(d) for d in datasets)
     lines = [
-        f"- {len(checkpoints)} Pythia-70m-shaped checkpoints (random weights), five datasets x first {args.rows} rows "
+        f"- {len(checkpoints)} Pythia-70m-shaped checkpoints (random weights, vocabulary {PYTHIA_VOCAB}), five datasets x first {args.rows} rows "
         f"= {n} statements; trusttrace: default protocol (5 grouped folds + baselines), nHSIC; reference: paper split, "
         "one LogisticRegression per layer, per-layer NumPy nHSIC",
         "",
@@ -141,7 +153,11 @@ def main() -> None:
         "|---|---|---|",
         f"| reference (1 statement/forward fp32, sklearn loop, per-layer nHSIC) | {per_reference:.1f} | 1.0x |",
         f"| trusttrace run, fp32 (extract + probes + mi) | {ours:.1f} | {per_reference / ours:.1f}x |",
-        f"| trusttrace run, bf16 extraction | {ours_bf16:.1f} | {per_reference / ours_bf16:.1f}x |",
+        f"| trusttrace run, bf16 extraction | {bf16:.1f} | {per_reference / bf16:.1f}x |",
+        "",
+        "Per checkpoint, in the order run (s): reference " + ", ".join(f"{t:.1f}" for t in reference)
+        + "; fp32 " + ", ".join(f"{t:.1f}" for t in ours_fp32) + "; bf16 " + ", ".join(f"{t:.1f}" for t in ours_bf16)
+        + ". The first checkpoint also fits each dataset's baselines and splits, which later ones reuse.",
         "",
         f"Prefetch, with each checkpoint's download simulated as a {delay:.1f} s sleep (about the compute time):",
         "",

@@ -320,8 +320,7 @@ def test_foreign_provenance_warns(models):
             pass
 
 
-def test_steering_from_file_picks_layers(tmp_path, models):
-    model = models("gpt2")
+def test_steering_from_file_picks_layers(tmp_path):
     path = save_vectors(tmp_path / "v.safetensors", {1: torch.ones(64), 2: torch.ones(64)}, {"architecture": "GPT2LMHeadModel"})
     steering = Steering.from_file(path, alpha=2.0, layers=[2])
     assert list(steering.vectors) == [2] and steering.describe() == {"layers": "2", "alpha": 2.0, "positions": "last"}
