@@ -104,7 +104,7 @@ def newton(
         if not bool(active.any()):
             break
         # Converged problems are left out of the (costly) Hessians.
-        rows = active.nonzero().squeeze(-1)
+        rows = slice(None) if bool(active.all()) else active.nonzero().squeeze(-1)
         direction = torch.zeros_like(grad)
         direction[rows] = -_newton_direction(features[rows], features32[rows], (mask * p * (1 - p))[rows], penalty, grad[rows])
         z_direction = _times(features, direction)
