@@ -280,6 +280,19 @@ def test_chosen_layers_are_drawn(workspace, tmp_path):
     assert "for layers 1, 2;" in page
 
 
+def test_rewriting_removes_the_earlier_reports_stale_figures_only(workspace, tmp_path):
+    first = write_report(workspace, out_dir=tmp_path).parent
+    listed = json.loads((first / "figures.json").read_text())
+    assert sorted(p.name for p in first.glob("*.png")) == sorted(n for n in listed if n.endswith(".png"))
+    (first / "gone-dataset-heatmap.png").write_bytes(b"stale")
+    (first / "figures.json").write_text(json.dumps(listed + ["gone-dataset-heatmap.png"]))
+    (first / "my-own-plot.png").write_bytes(b"mine")
+    write_report(workspace, out_dir=tmp_path)
+    assert not (first / "gone-dataset-heatmap.png").exists()
+    assert (first / "my-own-plot.png").read_bytes() == b"mine"
+    assert all((first / name).exists() for name in listed)
+
+
 def test_default_curve_layers_are_spread_plus_the_best():
     assert curve_layers(list(range(32)), 17, None) == [0, 10, 17, 21, 31]
     assert curve_layers([0, 1, 2], 1, [2, 5]) == [2]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from trusttrace.errors import LayerError, StoreError
@@ -12,6 +13,7 @@ from trusttrace.report.inputs import Workspace, read_workspace
 from trusttrace.store import atomic_write_bytes
 
 REPORT_FILE = "report.html"
+FIGURE_LIST = "figures.json"
 
 
 def write_report(
@@ -45,7 +47,20 @@ def write_report(
     heading = title or f"trusttrace report: {ws.root.resolve().name}"
     path = folder / REPORT_FILE
     atomic_write_bytes(path, page(heading, f"Made {made} from {ws.root.resolve()}", parts).encode("utf-8"))
+    remove_stale_figures(folder, writer.files())
     return path
+
+
+def remove_stale_figures(folder: Path, written: set[str]) -> None:
+    """Delete the figures an earlier report wrote in `folder` that this one did not, then list this one's.
+
+    Only files named in the earlier list go, so other files in a user's folder are never touched.
+    """
+    listing = folder / FIGURE_LIST
+    earlier = set(json.loads(listing.read_text())) if listing.exists() else set()
+    for name in sorted(earlier - written):
+        (folder / Path(name).name).unlink(missing_ok=True)
+    atomic_write_bytes(listing, json.dumps(sorted(written), indent=1).encode("utf-8"))
 
 
 def check_layers(ws: Workspace, layers: list[int] | None) -> None:

@@ -48,6 +48,10 @@ class FigureWriter:
         self.used.add(name)
         return figures.save_figure(fig, self.folder, name)
 
+    def files(self) -> set[str]:
+        """The names of the PNG and SVG files written so far."""
+        return {f"{name}.{kind}" for name in self.used for kind in ("png", "svg")}
+
 
 # ----- 1. overview -------------------------------------------------------------------
 
