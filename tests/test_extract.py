@@ -80,6 +80,16 @@ def test_tuple_block_outputs_read_like_bare_tensors(arch_name, model_factory, to
     torch.testing.assert_close(plain, as_tuples)
 
 
+def test_a_feed_forward_network_shared_by_blocks_runs_everywhere(model_factory, tokenizer, statements):
+    """Only the deepest block's own network may be cut to the read positions, never a shared one."""
+    model = model_factory("llama")
+    blocks = decoder_layers(model)
+    for block in blocks[1:]:
+        block.mlp = blocks[0].mlp
+    acts = extract_activations(model, tokenizer, statements, layers=[0, 1], batch_size=4)
+    torch.testing.assert_close(acts, one_at_a_time(model, tokenizer, statements)[:2], rtol=1e-4, atol=1e-5)
+
+
 def test_layer_subset_and_order(model_factory, tokenizer, statements):
     model = model_factory("llama")
     every = extract_activations(model, tokenizer, statements)

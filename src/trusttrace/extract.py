@@ -224,7 +224,8 @@ def iter_activations(
 
     handles = [blocks[layer].register_forward_hook(make_hook(layer)) for layer in chosen]
     read: list[torch.Tensor] = []
-    if position != "mean":
+    shared_mlp = sum(getattr(block, "mlp", None) is getattr(blocks[deepest], "mlp", None) for block in blocks) > 1
+    if position != "mean" and not shared_mlp:
         handles += feed_forward_at(blocks[deepest], read)
     try:
         bar = tqdm(total=len(statements), desc="extract", unit="stmt", disable=not progress)
