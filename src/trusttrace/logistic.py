@@ -106,7 +106,8 @@ def newton(
         # Converged problems are left out of the (costly) Hessians.
         rows = slice(None) if bool(active.all()) else active.nonzero().squeeze(-1)
         direction = torch.zeros_like(grad)
-        direction[rows] = -_newton_direction(features[rows], features32[rows], (mask * p * (1 - p))[rows], penalty, grad[rows])
+        curvature = (mask * p * (1 - p))[rows]
+        direction[rows] = -_newton_direction(features[rows], features32[rows], curvature, penalty, grad[rows])
         z_direction = _times(features, direction)
         size = _backtrack(y, mask, theta, z, direction, z_direction, value, (grad * direction).sum(-1), active, C)
         if not bool((size > 0).any()):
