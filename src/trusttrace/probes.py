@@ -167,27 +167,44 @@ def _fit_folds(
     With the torch solver, folds are fitted together in one padded batch (each fold's rows
     masked) while it stays under FOLD_BATCH_BYTES, so k folds cost about one solve, not k.
     """
-    together = method == "logreg" and backend != "sklearn"
-    per_fold = states.shape[0] * max(len(train) for train, _ in splits) * states.shape[2] * 8
-    size = max(1, FOLD_BATCH_BYTES // per_fold) if together else 1
+    folds = [(train, scaling) for (train, _), scaling in zip(splits, scalings)]
+    if method != "logreg" or backend == "sklearn":
+        return [
+            _fit(_scaled(states, train, scaling), _targets(y[train], states), method=method, C=C, backend=backend)
+            for train, scaling in folds
+        ]
+    per_fold = states.shape[0] * max(len(train) for train, _ in folds) * states.shape[2] * 8
+    size = max(1, FOLD_BATCH_BYTES // per_fold)
     fits: list[tuple[torch.Tensor, torch.Tensor]] = []
-    for start in range(0, len(splits), size):
-        group = list(zip(splits[start : start + size], scalings[start : start + size]))
-        xs, ys, masks = [], [], []
-        width = max(len(train) for (train, _), _ in group)
-        for (train, _), (mean, std) in group:
-            x = states[:, _index(train, states)].double().sub_(mean).div_(std)
-            padding = width - len(train)
-            xs.append(torch.nn.functional.pad(x, (0, 0, 0, padding)))
-            targets = torch.as_tensor(y[train], device=states.device, dtype=torch.float64)
-            ys.append(torch.nn.functional.pad(targets, (0, padding)).expand(len(x), -1))
-            masks.append(torch.nn.functional.pad(torch.ones_like(targets), (0, padding)).expand(len(x), -1))
-        if not together:
-            fits.append(_fit(xs[0], ys[0][0], method=method, C=C, backend=backend))
-            continue
-        weights, bias = fit_logistic(torch.cat(xs), torch.cat(ys), mask=torch.cat(masks), C=C)
-        fits += list(zip(weights.split(states.shape[0]), bias.split(states.shape[0])))
+    for start in range(0, len(folds), size):
+        fits += _fit_together(states, y, folds[start : start + size], C)
     return fits
+
+
+def _fit_together(
+    states: torch.Tensor, y: np.ndarray, folds: list[tuple[np.ndarray, tuple[torch.Tensor, torch.Tensor]]], C: float
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Logistic probes of several folds in one batch: training rows padded to one length and masked."""
+    width = max(len(train) for train, _ in folds)
+    xs, targets, masks = [], [], []
+    for train, scaling in folds:
+        padding = width - len(train)
+        xs.append(torch.nn.functional.pad(_scaled(states, train, scaling), (0, 0, 0, padding)))
+        fold_targets = _targets(y[train], states)
+        targets.append(torch.nn.functional.pad(fold_targets, (0, padding)).expand(len(states), -1))
+        masks.append(torch.nn.functional.pad(torch.ones_like(fold_targets), (0, padding)).expand(len(states), -1))
+    weights, bias = fit_logistic(torch.cat(xs), torch.cat(targets), mask=torch.cat(masks), C=C)
+    return list(zip(weights.split(len(states)), bias.split(len(states))))
+
+
+def _scaled(states: torch.Tensor, rows: np.ndarray, scaling: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """The chosen rows of every layer in float64, z-scored with the fold's (mean, std)."""
+    mean, std = scaling
+    return states[:, _index(rows, states)].double().sub_(mean).div_(std)
+
+
+def _targets(labels: np.ndarray, states: torch.Tensor) -> torch.Tensor:
+    return torch.as_tensor(labels, device=states.device, dtype=torch.float64)
 
 
 def _fit(
