@@ -53,6 +53,16 @@ class FigureWriter:
         return {f"{name}.{kind}" for name in self.used for kind in ("png", "svg")}
 
 
+def table_problem(frame: pd.DataFrame, file: str, what: str, required: tuple[str, ...], remedy: str) -> str | None:
+    """The line a section shows instead of its figures when its table is absent or lacks columns, else None."""
+    if frame.empty:
+        return missing(f"No {what} ({file} is absent)", remedy)
+    lacking = missing_columns(frame, required)
+    if lacking:
+        return missing(f"{file} lacks column(s) {', '.join(lacking)}", f"re-create it: {remedy}")
+    return None
+
+
 # ----- 1. overview -------------------------------------------------------------------
 
 
@@ -104,12 +114,9 @@ def _checkpoint_span(group: pd.DataFrame) -> str:
 def probe_section(ws: Workspace, writer: FigureWriter, layers: list[int] | None) -> Section:
     """Per model and dataset: the layer × checkpoint accuracy heatmap and accuracy curves."""
     section = Section("probes", "Probe accuracy")
-    if ws.probes.empty:
-        section.add(missing(f"No probe results ({PROBES_FILE} is absent)", PROBE_REMEDY))
-        return section
-    lacking = missing_columns(ws.probes, ("dataset", "layer", "accuracy"))
-    if lacking:
-        section.add(missing(f"{PROBES_FILE} lacks column(s) {', '.join(lacking)}", f"re-create it: {PROBE_REMEDY}"))
+    problem = table_problem(ws.probes, PROBES_FILE, "probe results", ("dataset", "layer", "accuracy"), PROBE_REMEDY)
+    if problem:
+        section.add(problem)
         return section
     if ws.baselines.empty:
         section.add(missing(f"No baselines ({BASELINES_FILE} is absent)", "rerun `trusttrace probe` to make them"))
@@ -220,12 +227,10 @@ def _baseline_values(baselines: pd.DataFrame, dataset: str, model: str, chosen: 
 def mi_section(ws: Workspace, writer: FigureWriter, layers: list[int] | None) -> Section:
     """Per model, dataset and estimator: MI curves, the information plane and turning points."""
     section = Section("mutual-information", "Mutual information")
-    if ws.mi.empty:
-        section.add(missing(f"No mutual-information estimates ({MI_FILE} is absent)", MI_REMEDY))
-        return section
-    lacking = missing_columns(ws.mi, ("dataset", "layer", "estimator", "i_xt", "i_ty"))
-    if lacking:
-        section.add(missing(f"{MI_FILE} lacks column(s) {', '.join(lacking)}", f"re-create it: {MI_REMEDY}"))
+    required = ("dataset", "layer", "estimator", "i_xt", "i_ty")
+    problem = table_problem(ws.mi, MI_FILE, "mutual-information estimates", required, MI_REMEDY)
+    if problem:
+        section.add(problem)
         return section
     section.add(f'<div class="caveat"><strong>Caveat.</strong> {esc(ESTIMATOR_CAVEAT)}</div>')
     mi = with_checkpoint(ws.mi)
@@ -290,12 +295,9 @@ def _turning_table(turning: pd.DataFrame, axis: figures.TimeAxis, data: pd.DataF
 def steering_section(ws: Workspace, writer: FigureWriter) -> Section:
     """Per steering grid: the metric and side effects against α per layer, the best setting starred."""
     section = Section("steering", "Steering")
-    if ws.steering.empty:
-        section.add(missing(f"No steering results ({STEERING_FILE} is absent)", STEERING_REMEDY))
-        return section
-    lacking = missing_columns(ws.steering, ("layer", "alpha", "value"))
-    if lacking:
-        section.add(missing(f"{STEERING_FILE} lacks column(s) {', '.join(lacking)}", f"re-create it: {STEERING_REMEDY}"))
+    problem = table_problem(ws.steering, STEERING_FILE, "steering results", ("layer", "alpha", "value"), STEERING_REMEDY)
+    if problem:
+        section.add(problem)
         return section
     keys = [c for c in STEERING_GROUPS if c in ws.steering.columns]
     groups = ws.steering.groupby(keys, sort=True, dropna=False) if keys else [((), ws.steering)]
