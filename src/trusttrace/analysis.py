@@ -64,9 +64,7 @@ def probe_record(
     """
     dataset = dataset if dataset is not None else store.load_dataset(record)
     dataset_columns = {key: record.provenance.get(key) for key in ("dataset", "dataset_hash")}
-    kind = resolve_split(split, dataset.groups)
-    folds_used = 1 if kind == "paper" else folds
-    baseline_setting = dataset_columns | {"split": kind, "seed": seed, "folds": folds_used, "test_size": test_size}
+    baseline_setting = dataset_columns | split_setting(resolve_split(split, dataset.groups), folds, test_size, seed)
     baselines_done = _has_rows(read_table(store.root / BASELINES_TABLE), None, baseline_setting)
     results = fit_probes(
         store.load(record), dataset.labels, split=split, groups=dataset.groups, folds=folds, test_size=test_size,
@@ -133,8 +131,7 @@ def run_probes(
     resolve_split(split, None)
 
     def setting(kind: str) -> dict[str, Any]:
-        folds_used = 1 if kind == "paper" else folds
-        return {"method": method, "split": kind, "seed": seed, "folds": folds_used, "test_size": test_size, "C": C}
+        return {"method": method, "C": C} | split_setting(kind, folds, test_size, seed)
 
     def compute(record: ActivationRecord, dataset: TrustDataset) -> None:
         probe_record(
@@ -195,6 +192,11 @@ def _run_all(
         except (StoreError, LayerError) as error:
             problems.append(f"activation set {record.key} ({_describe(record)}): {error}")
     return read_table(path), problems
+
+
+def split_setting(kind: str, folds: int, test_size: float, seed: int) -> dict[str, Any]:
+    """The split columns a probe or baseline row is keyed by (`paper` is one fold whatever `folds` says)."""
+    return {"split": kind, "seed": seed, "folds": 1 if kind == "paper" else folds, "test_size": test_size}
 
 
 def _has_rows(table: pd.DataFrame, key: str | None, setting: dict[str, Any]) -> bool:
