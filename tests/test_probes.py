@@ -49,17 +49,33 @@ def test_folds_fitted_together_equal_folds_fitted_one_by_one(monkeypatch):
     torch.testing.assert_close(together.directions, one_by_one.directions, rtol=1e-5, atol=1e-6)
 
 
+def ill_conditioned(n_layers=2, n=400, hidden=256, seed=0):
+    """Low-rank, correlated states like a model's, on which lbfgs stops at 100 iterations."""
+    rng = np.random.default_rng(seed)
+    labels = (rng.random(n) < 0.5).astype(int)
+    basis = rng.normal(size=(16, hidden))
+    acts = np.empty((n_layers, n, hidden), np.float32)
+    for layer in range(n_layers):
+        latent = rng.normal(size=(n, 16)) * np.linspace(5, 0.2, 16)
+        acts[layer] = latent @ basis + 0.5 * rng.normal(size=(n, hidden)) + 0.4 * np.outer(labels - 0.5, basis[0] + basis[5])
+    return torch.from_numpy(acts), labels
+
+
 def test_paper_protocol_matches_the_reference_pipeline():
-    """First 80 % train, z-scored with all rows' mean and (n-1) std, sklearn defaults."""
-    acts, y = separable(n_layers=3, n=250)
-    result = fit_probes(acts, y, split="paper", backend="sklearn")
-    n_train = int(250 * 0.8)
-    for layer in range(3):
-        x = acts[layer]
+    """First 80 % train, z-scored with all rows' mean and (n-1) std, LogisticRegression() stopped
+    where the reference's stops (100 lbfgs iterations), not at the optimum."""
+    acts, y = ill_conditioned()
+    result = fit_probes(acts, y, split="paper")
+    n_train = int(len(y) * 0.8)
+    for layer in range(len(acts)):
+        x = acts[layer].double()
         x = ((x - x.mean(0)) / x.std(0)).numpy()
         model = LogisticRegression().fit(x[:n_train], y[:n_train])
+        assert model.n_iter_[0] == 100  # stopped short: only the same stopped fit reproduces it
         expected = (model.predict(x[n_train:]) == y[n_train:]).mean()
         assert result.table["accuracy"][layer] == pytest.approx(expected)
+        direction = torch.as_tensor(model.coef_[0]) / acts[layer].double().std(0)
+        torch.testing.assert_close(result.directions[layer].double(), direction, rtol=1e-4, atol=1e-6)
     assert (result.table["n_train"] == n_train).all() and (result.table["folds"] == 1).all()
 
 
@@ -67,7 +83,7 @@ def test_paper_scaling_uses_all_rows_and_directions_undo_it():
     """With test rows on another scale, all-row statistics give different weights than train-only ones."""
     acts, y = separable(n_layers=2, n=250)
     acts[:, 200:] *= 3.0
-    result = fit_probes(acts, y, split="paper")
+    result = fit_probes(acts, y, split="paper", backend="torch")  # the optimum, to compare with a converged fit
     for layer in range(2):
         x = acts[layer].double()
         mean, std = x.mean(0), x.std(0)  # all rows, n-1: the reference's z-scoring
@@ -130,28 +146,38 @@ def test_grouped_without_groups_is_reported_as_random():
     assert set(table["split"]) == {"random"}
 
 
-def test_intervals_bootstrap_for_one_split_and_t_interval_for_folds():
-    acts, y = separable(n_layers=5)
+def test_one_split_interval_is_the_wilson_interval_and_never_collapses():
+    acts, y = separable(n_layers=6)
     one = fit_probes(acts, y, split="random", folds=1, seed=4)
-    again = fit_probes(acts, y, split="random", folds=1, seed=4)
-    assert one.table.equals(again.table)
-    assert (one.table["acc_low"] <= one.table["accuracy"]).all() and (one.table["accuracy"] <= one.table["acc_high"]).all()
-    assert (one.table["acc_high"] - one.table["acc_low"] > 0).any()
+    assert one.table.equals(fit_probes(acts, y, split="random", folds=1, seed=4).table)
+    for row in one.table.itertuples():
+        correct = round(row.accuracy * row.n_test)
+        expected = stats.binomtest(correct, row.n_test).proportion_ci(method="wilson")
+        assert (row.acc_low, row.acc_high) == pytest.approx((expected.low, expected.high))
+    perfect = one.table[one.table["accuracy"] == 1.0]
+    assert len(perfect) and (perfect["acc_low"] < 0.95).all()  # 60 of 60 right is not certainty
 
+
+def test_fold_interval_is_the_wider_of_wilson_and_a_corrected_t_interval():
+    acts, y = separable(n_layers=5)
     k = fit_probes(acts, y, split="random", folds=4, seed=4)
     layer = 2
-    per_fold = []
+    per_fold, correct, tested = [], 0, 0
     for train, test in k.splits:
         x = acts[layer]
         mean, std = x[train].mean(0), x[train].std(0, unbiased=False)
         model = LogisticRegression(C=1.0, tol=1e-12, max_iter=10_000).fit(((x[train] - mean) / std).numpy(), y[train])
-        per_fold.append((model.predict(((x[test] - mean) / std).numpy()) == y[test]).mean())
+        right = model.predict(((x[test] - mean) / std).numpy()) == y[test]
+        per_fold.append(right.mean())
+        correct, tested = correct + right.sum(), tested + len(test)
     per_fold = np.array(per_fold)
-    half = stats.t.ppf(0.975, 3) * per_fold.std(ddof=1) / 2
+    n_train, n_test = np.mean([len(a) for a, _ in k.splits]), np.mean([len(b) for _, b in k.splits])
+    half = stats.t.ppf(0.975, 3) * per_fold.std(ddof=1) * np.sqrt(1 / 4 + n_test / n_train)
+    wilson = stats.binomtest(int(correct), tested).proportion_ci(method="wilson")
     row = k.table.iloc[layer]
     assert row["accuracy"] == pytest.approx(per_fold.mean())
-    assert row["acc_low"] == pytest.approx(max(0, per_fold.mean() - half))
-    assert row["acc_high"] == pytest.approx(min(1, per_fold.mean() + half))
+    assert row["acc_low"] == pytest.approx(min(wilson.low, max(0, per_fold.mean() - half)))
+    assert row["acc_high"] == pytest.approx(max(wilson.high, min(1, per_fold.mean() + half)))
 
 
 def test_roc_auc_matches_sklearn_with_ties():

@@ -4,10 +4,13 @@
 interval, AUROC and the baselines. The default `logreg` probe is scikit-learn's
 `LogisticRegression(C=C)` objective (sum of log-losses + ||w||² / (2C), intercept not
 penalised) solved to its optimum in float64 for all layers and folds together by
-`trusttrace.logistic` (Newton on the CPU, L-BFGS on a GPU), so it agrees tightly with
-scikit-learn; `backend="sklearn"` fits one scikit-learn model per layer and fold instead, with
-its defaults, as the reference study did. `mass_mean` is the difference of the
-class means, thresholded at the midpoint of the two projected class means.
+`trusttrace.logistic` (Newton on the CPU, L-BFGS on a GPU), so it agrees tightly with a
+converged scikit-learn fit; `backend="sklearn"` fits one scikit-learn model per layer and fold
+instead, with its defaults, as the reference study did. On the `paper` split `auto` means
+`sklearn`: the reference's lbfgs stops at 100 iterations, short of the optimum on real states,
+and only the same stopped fit reproduces its accuracies (`torch` asks for the optimum there).
+`mass_mean` is the difference of the class means, thresholded at the midpoint of the two
+projected class means.
 
 Features are z-scored with the training rows' mean and standard deviation, except for the
 `paper` split, which, like the reference, uses the mean and (n-1) standard deviation of all
@@ -24,6 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 from scipy import stats
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 
 from trusttrace.baselines import bag_of_words_scores, majority_scores
@@ -33,7 +37,6 @@ from trusttrace.splits import Split, check_labels, make_splits, resolve_split
 
 METHODS = ("logreg", "mass_mean")
 BACKENDS = ("auto", "torch", "sklearn")
-BOOTSTRAP_SAMPLES = 1000
 FOLD_BATCH_BYTES = 256 * 2**20
 TABLE_COLUMNS = [
     "layer", "method", "split", "seed", "folds", "accuracy", "acc_low", "acc_high", "auroc", "n_train", "n_test",
@@ -92,6 +95,8 @@ def fit_probes(
     check_finite(states, layer_ids)
 
     paper = kind == "paper"
+    if paper and backend == "auto":
+        backend = "sklearn"
     scalings = [_scaling(states if paper else states[:, _index(train, states)], paper=paper) for train, _ in splits]
     fits = _fit_folds(states, y, splits, scalings, method=method, C=C, backend=backend)
     fold_scores, fold_labels = [], []
@@ -105,7 +110,7 @@ def fit_probes(
     intercepts = (bias - (mean.squeeze(1) * weights / std.squeeze(1)).sum(-1)).float().cpu()
     n_train = [len(train) for train, _ in splits]
 
-    summary = summarise(fold_scores, fold_labels, n_train, seed)
+    summary = summarise(fold_scores, fold_labels, n_train)
     setting = {"method": method, "split": kind, "seed": seed, "folds": len(splits)}
     table = pd.DataFrame({"layer": layer_ids, **setting, **summary})
     baselines = _baselines(y, splits, statements, kind, seed)
@@ -227,11 +232,17 @@ def mass_mean(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
 
 
 def logreg_sklearn(x: torch.Tensor, y: torch.Tensor, *, C: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """One scikit-learn `LogisticRegression(C=C)` (its defaults otherwise) per layer: the reference."""
+    """One scikit-learn `LogisticRegression(C=C)` (its defaults otherwise) per layer: the reference.
+
+    Like the reference, it stops at lbfgs's 100 iterations whether or not it has converged;
+    scikit-learn's ConvergenceWarning about that is silenced, since it is the behaviour asked for.
+    """
     targets = y.cpu().numpy().astype(np.int64)
     weights, biases = [], []
     for layer in x.cpu().double().numpy():
-        model = LogisticRegression(C=C).fit(layer, targets)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            model = LogisticRegression(C=C).fit(layer, targets)
         weights.append(model.coef_[0])
         biases.append(model.intercept_[0])
     return (torch.as_tensor(np.stack(weights), dtype=x.dtype, device=x.device),
@@ -239,27 +250,28 @@ def logreg_sklearn(x: torch.Tensor, y: torch.Tensor, *, C: float = 1.0) -> tuple
 
 
 def summarise(
-    fold_scores: list[np.ndarray], fold_labels: list[np.ndarray], n_train: list[int], seed: int
+    fold_scores: list[np.ndarray], fold_labels: list[np.ndarray], n_train: list[int]
 ) -> dict[str, np.ndarray]:
     """Accuracy, its 95 % interval, AUROC and sizes per row of the [rows, n_test] fold scores.
 
-    One split: accuracy on the test rows, a seeded percentile bootstrap over test rows.
-    k folds: the mean of the fold accuracies and a t-interval over folds (clipped to [0, 1]).
+    Accuracy is the mean over folds. The interval is the Wilson score interval of all test
+    predictions (correct ones out of all tested), which is never narrower than the test rows
+    allow, not even at 0 or 100 %. With k folds it is widened, where they vary more than that,
+    to a t-interval over the fold accuracies whose variance is corrected for the training rows
+    the folds share (Nadeau & Bengio 2003: 1/k + n_test/n_train in place of 1/k).
     n_train and n_test are per-fold means, rounded.
     """
     correct = [(scores > 0) == labels.astype(bool) for scores, labels in zip(fold_scores, fold_labels)]
     aurocs = np.stack([roc_auc(labels, scores) for scores, labels in zip(fold_scores, fold_labels)])
-    if len(correct) == 1:
-        accuracy = correct[0].mean(axis=-1)
-        rng = np.random.default_rng(seed)
-        n_test = correct[0].shape[-1]
-        resampled = correct[0][:, rng.integers(0, n_test, size=(BOOTSTRAP_SAMPLES, n_test))].mean(axis=-1)
-        low, high = np.percentile(resampled, [2.5, 97.5], axis=-1)
-    else:
-        per_fold = np.stack([c.mean(axis=-1) for c in correct])
-        accuracy = per_fold.mean(axis=0)
-        half = stats.t.ppf(0.975, len(correct) - 1) * per_fold.std(axis=0, ddof=1) / np.sqrt(len(correct))
-        low, high = np.clip(accuracy - half, 0, 1), np.clip(accuracy + half, 0, 1)
+    per_fold = np.stack([c.mean(axis=-1) for c in correct])
+    accuracy = per_fold.mean(axis=0)
+    low, high = wilson_interval(sum(c.sum(axis=-1) for c in correct), sum(c.shape[-1] for c in correct))
+    k = len(correct)
+    if k > 1:
+        n_test = np.mean([len(labels) for labels in fold_labels])
+        spread = per_fold.std(axis=0, ddof=1) * np.sqrt(1 / k + n_test / np.mean(n_train))
+        half = stats.t.ppf(0.975, k - 1) * spread
+        low, high = np.minimum(low, np.clip(accuracy - half, 0, 1)), np.maximum(high, np.clip(accuracy + half, 0, 1))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all folds single-class: AUROC undefined
         auroc = np.nanmean(aurocs, axis=0)
@@ -267,6 +279,12 @@ def summarise(
         "accuracy": accuracy, "acc_low": low, "acc_high": high, "auroc": auroc,
         "n_train": int(round(np.mean(n_train))), "n_test": int(round(np.mean([len(lab) for lab in fold_labels]))),
     }
+
+
+def wilson_interval(successes: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The 95 % Wilson score interval of each count of `successes` out of `n`."""
+    bounds = [stats.binomtest(int(k), n).proportion_ci(confidence_level=0.95, method="wilson") for k in successes]
+    return np.array([b.low for b in bounds]), np.array([b.high for b in bounds])
 
 
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
@@ -293,6 +311,6 @@ def _baselines(
         if statements is not None:
             rows.append(bag_of_words_scores([statements[i] for i in train], y[train], [statements[i] for i in test]))
         fold_scores.append(np.stack(rows))
-    summary = summarise(fold_scores, [y[test] for _, test in splits], [len(train) for train, _ in splits], seed)
+    summary = summarise(fold_scores, [y[test] for _, test in splits], [len(train) for train, _ in splits])
     frame = pd.DataFrame({"baseline": names, "split": kind, "seed": seed, "folds": len(splits), **summary})
     return frame[BASELINE_COLUMNS]

@@ -20,7 +20,7 @@ def probe(
     split: str = typer.Option("grouped", help="grouped (random when a dataset has no groups), random or paper."),
     method: str = typer.Option("logreg", help="logreg (L2 logistic regression, C=1) or mass_mean."),
     folds: int = typer.Option(5, help="Cross-validation folds (paper: always one 80/20 split)."),
-    seed: int = typer.Option(0, help="Seed of the split and of the bootstrap intervals."),
+    seed: int = typer.Option(0, help="Seed of the split."),
     backend: str = typer.Option("auto", help="auto or torch (all layers at once), sklearn (one model per layer)."),
     device: Optional[str] = DeviceOption,
 ) -> None:
