@@ -60,7 +60,7 @@ def test_run_probes_writes_a_tidy_table_and_a_rerun_adds_nothing(workspace, monk
     best = table.set_index(["step", "layer"])["accuracy"]
     assert best[(300, 4)] > 0.9 and best[(100, 0)] < 0.8
     baselines = read_table(workspace.root / BASELINES_TABLE)
-    assert sorted(baselines["baseline"]) == ["bag_of_words", "majority"]  # one dataset, so once
+    assert sorted(baselines["baseline"]) == ["bag_of_words", "first_word", "majority"]  # one dataset, so once
 
     stamp = (workspace.root / PROBES_TABLE).stat().st_mtime_ns
     again, problems = run_probes(workspace, folds=3, progress=False)

@@ -204,6 +204,22 @@ def test_signal_shows_in_the_table_and_baselines():
     assert base.loc["majority", "auroc"] == 0.5
 
 
+def test_text_baselines_see_case_and_the_first_word():
+    """sst2's label is random upper-casing: a case-blind bag of words would call it chance."""
+    acts, y = separable(n_layers=1, n=200)
+    words = ["river", "stone", "cloud", "field", "light", "north"]
+    rng = np.random.default_rng(0)
+    plain = [" ".join(rng.choice(words, 4)) for _ in y]
+    cased = [s.upper() if label else s for s, label in zip(plain, y)]
+    base = fit_probes(acts, y, split="random", folds=2, statements=cased).baselines.set_index("baseline")
+    assert base.loc["bag_of_words", "accuracy"] == 1.0 and base.loc["first_word", "accuracy"] == 1.0
+    first = [("Report" if label else "Share") + " " + s for s, label in zip(plain, y)]
+    base = fit_probes(acts, y, split="random", folds=2, statements=first).baselines.set_index("baseline")
+    assert base.loc["first_word", "accuracy"] == 1.0
+    base = fit_probes(acts, y, split="random", folds=2, statements=plain).baselines.set_index("baseline")
+    assert base.loc["first_word", "accuracy"] < 0.65 and base.loc["bag_of_words", "accuracy"] < 0.65
+
+
 def test_layer_labels_are_reported():
     acts, y = separable(n_layers=3)
     assert list(fit_probes(acts, y, folds=2, layers=[4, 8, 12]).table["layer"]) == [4, 8, 12]

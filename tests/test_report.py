@@ -24,7 +24,7 @@ from trusttrace.errors import LayerError, StoreError
 from trusttrace.info import ESTIMATOR_CAVEAT
 from trusttrace.report import write_report
 from trusttrace.report.figures import time_axis
-from trusttrace.report.sections import curve_layers, pick_configuration
+from trusttrace.report.sections import PROBE_CONFIGURATION, baseline_values, curve_layers, pick_configuration
 from trusttrace.store import ActivationStore, write_table
 
 STEPS = [0, 10, 100, 1000, 10000]
@@ -304,6 +304,22 @@ def test_one_configuration_is_plotted_and_the_rest_named():
     assert chosen == {"method": "logreg", "seed": 0}
     assert kept["accuracy"].tolist() == [0.3]
     assert others == "method mass_mean; seed 1"
+
+
+def test_probe_figures_keep_one_folds_and_C_setting_and_its_own_baselines():
+    """Rows of another folds or C setting are named, not averaged into the figures."""
+    frame = pd.DataFrame({
+        "method": "logreg", "split": "grouped", "seed": 0, "layer": 0,
+        "folds": [5, 1, 5], "test_size": 0.2, "C": [1.0, 1.0, 0.1], "accuracy": [0.7, 0.9, 0.8],
+    })
+    kept, chosen, others = pick_configuration(frame, PROBE_CONFIGURATION)
+    assert kept["accuracy"].tolist() == [0.7]
+    assert others == "folds 1; C 0.1"
+    baselines = pd.DataFrame({
+        "dataset": "d", "dataset_hash": ["h", "h", "old"], "baseline": "majority", "split": "grouped", "seed": 0,
+        "folds": [5, 1, 5], "test_size": 0.2, "accuracy": [0.5, 0.6, 0.55],
+    })
+    assert baseline_values(baselines, "d", "m", chosen, {"h"}) == {"majority": 0.5}
 
 
 def test_time_axis_is_log_when_steps_span_orders_of_magnitude():

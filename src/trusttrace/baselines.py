@@ -1,8 +1,9 @@
-"""Baselines a probe must beat on the same split: the majority class and a bag of words.
+"""Baselines a probe must beat on the same split: the majority class, a bag of words, the first word.
 
 Each baseline returns decision scores for the test rows (higher means label 1, threshold 0), so
-they are summarised exactly like the probes. A probe that barely beats the bag of words reads
-the statement's surface, not the model's representation of it.
+they are summarised exactly like the probes. A probe that barely beats the text baselines reads
+the statement's surface, not the model's representation of it. The text baselines keep case:
+on some datasets case is the surface (sst2's label 1 is random upper-casing).
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import numpy as np
 from sklearn.feature_extraction.text import CountVectorizer
 from sklearn.linear_model import LogisticRegression
 
-BASELINES = ("majority", "bag_of_words")
+from trusttrace.data.shortcuts import first_word
+
+BASELINES = ("majority", "bag_of_words", "first_word")
 
 
 def majority_scores(train_labels: np.ndarray, n_test: int) -> np.ndarray:
@@ -25,11 +28,24 @@ def majority_scores(train_labels: np.ndarray, n_test: int) -> np.ndarray:
 def bag_of_words_scores(
     train_statements: Sequence[str], train_labels: np.ndarray, test_statements: Sequence[str]
 ) -> np.ndarray:
-    """Decision scores of a word-count logistic regression (scikit-learn defaults, C=1).
+    """Decision scores of a logistic regression (C=1) on case-sensitive word counts."""
+    return _text_scores(CountVectorizer(lowercase=False), train_statements, train_labels, test_statements)
 
-    Training statements without a single word leave only the majority class to predict.
+
+def first_word_scores(
+    train_statements: Sequence[str], train_labels: np.ndarray, test_statements: Sequence[str]
+) -> np.ndarray:
+    """Decision scores of a logistic regression (C=1) on the first word alone (confaide's shortcut)."""
+    return _text_scores(CountVectorizer(analyzer=first_word), train_statements, train_labels, test_statements)
+
+
+def _text_scores(
+    vectorizer: CountVectorizer, train_statements: Sequence[str], train_labels: np.ndarray, test_statements: Sequence[str]
+) -> np.ndarray:
+    """Fit a logistic regression on the vectorizer's counts of the training statements; score the test ones.
+
+    Training statements without a single token leave only the majority class to predict.
     """
-    vectorizer = CountVectorizer()
     try:
         features = vectorizer.fit_transform(list(train_statements))
     except ValueError:  # empty vocabulary

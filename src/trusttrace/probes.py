@@ -30,7 +30,7 @@ from scipy import stats
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 
-from trusttrace.baselines import bag_of_words_scores, majority_scores
+from trusttrace.baselines import bag_of_words_scores, first_word_scores, majority_scores
 from trusttrace.errors import LayerError, ProbeError
 from trusttrace.logistic import fit_logistic
 from trusttrace.splits import Split, check_labels, make_splits, resolve_split
@@ -303,13 +303,15 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
 def _baselines(
     y: np.ndarray, splits: list[Split], statements: Sequence[str] | None, kind: str, seed: int
 ) -> pd.DataFrame:
-    """The majority class and, with statements, the bag of words, on the probes' splits."""
-    names = ["majority"] + (["bag_of_words"] if statements is not None else [])
+    """The majority class and, with statements, the bag of words and the first word, on the probes' splits."""
+    text_baselines = {"bag_of_words": bag_of_words_scores, "first_word": first_word_scores} if statements is not None else {}
+    names = ["majority", *text_baselines]
     fold_scores = []
     for train, test in splits:
         rows = [majority_scores(y[train], len(test))]
-        if statements is not None:
-            rows.append(bag_of_words_scores([statements[i] for i in train], y[train], [statements[i] for i in test]))
+        if text_baselines:
+            train_text, test_text = [statements[i] for i in train], [statements[i] for i in test]
+            rows += [scores(train_text, y[train], test_text) for scores in text_baselines.values()]
         fold_scores.append(np.stack(rows))
     summary = summarise(fold_scores, [y[test] for _, test in splits], [len(train) for train, _ in splits])
     frame = pd.DataFrame({"baseline": names, "split": kind, "seed": seed, "folds": len(splits), **summary})

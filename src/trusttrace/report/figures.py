@@ -35,7 +35,9 @@ OKABE_ITO = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "
 # Many layers: viridis without its palest yellow (perceptually uniform and colour-blind safe).
 LAYER_CMAP = ListedColormap(matplotlib.colormaps["viridis"](np.linspace(0.0, 0.88, 256)), name="layers")
 HEATMAP_CMAP = matplotlib.colormaps["cividis"].with_extremes(bad="#e4e4e4")
-BASELINE_STYLES = {"majority": ("#444444", (0, (5, 3))), "bag_of_words": ("#999999", (0, (2, 2)))}
+BASELINE_STYLES = {
+    "majority": ("#444444", (0, (5, 3))), "bag_of_words": ("#999999", (0, (2, 2))), "first_word": ("#b07aa1", (0, (1, 2))),
+}
 MAX_LEGEND_LAYERS = len(OKABE_ITO)
 MAX_ANNOTATED_CELLS = 160
 MAX_TICKS = 12
@@ -249,7 +251,7 @@ def accuracy_curves(
     """Accuracy against training time for a few layers, with 95 % interval bands and baselines.
 
     `curves` has columns x, layer, accuracy and optionally acc_low, acc_high; `baselines` maps a
-    baseline name (majority, bag_of_words) to its accuracy, drawn as a dashed line.
+    baseline name (majority, bag_of_words, first_word) to its accuracy, drawn as a dashed line.
     """
     fig = Figure(figsize=(WIDTH, 3.4), layout="constrained")
     ax = fig.add_subplot()

@@ -28,6 +28,9 @@ PROBE_REMEDY = "run `trusttrace probe WORKSPACE` (or the whole sweep with `trust
 MI_REMEDY = "run `trusttrace mi WORKSPACE` (or the whole sweep with `trusttrace run`)"
 STEERING_REMEDY = "run `trusttrace run` with the steering and evaluation stages"
 DEFAULT_CURVE_LAYERS = 4
+# The probe configuration the figures show where probes.parquet holds several: preferred values
+# first (the defaults), else the smallest; the caption names what was left out.
+PROBE_CONFIGURATION = (("method", "logreg"), ("split", "grouped"), ("folds", 5), ("test_size", 0.2), ("C", 1.0), ("seed", None))
 # Columns that name one steering grid (everything but layer and alpha), when present.
 STEERING_GROUPS = ("source_model", "source_checkpoint", "source", "dataset", "target_model", "target", "task", "metric")
 
@@ -130,7 +133,7 @@ def probe_section(ws: Workspace, writer: FigureWriter, layers: list[int] | None)
 def _probe_figures(
     group: pd.DataFrame, baselines: pd.DataFrame, writer: FigureWriter, layers: list[int] | None, *, model: str, dataset: str
 ) -> list[str]:
-    data, chosen, others = pick_configuration(group, (("method", "logreg"), ("split", "grouped"), ("seed", None)))
+    data, chosen, others = pick_configuration(group, PROBE_CONFIGURATION)
     axis, data = figures.time_axis(data)
     order = checkpoint_order(data)
     grid = data.pivot_table(index="layer", columns="checkpoint", values="accuracy", aggfunc="mean").reindex(columns=order).sort_index()
@@ -138,7 +141,7 @@ def _probe_figures(
     ticks = order if axis.column == "order" else [figures.format_count(position[c]) for c in order]
     xlabel = axis.label if axis.column == "order" else f"checkpoint, by {axis.label} (one column each)"
     title = f"{dataset} · {model}"
-    setting = _describe_configuration(chosen, data)
+    setting = _describe_configuration(chosen)
     parts = [figure(
         writer.save(figures.accuracy_heatmap(grid, ticks, name=f"Probe accuracy by layer and checkpoint: {title}", xlabel=xlabel), "probe-heatmap", model, dataset),
         f"Probe accuracy of every layer (rows) at every checkpoint (columns, in training order) on {dataset}, {model}; "
@@ -148,7 +151,7 @@ def _probe_figures(
     means = data.groupby("layer")["accuracy"].mean()
     best = int(means.idxmax()) if means.notna().any() else None
     shown = curve_layers(sorted(int(v) for v in means.index), best, layers)
-    lines = _baseline_values(baselines, dataset, model, chosen)
+    lines = baseline_values(baselines, dataset, model, chosen, set(data.get("dataset_hash", pd.Series(dtype=str)).dropna()))
     curves = data[data["layer"].isin(shown)]
     caption = (
         f"Probe accuracy against {axis.label} on {dataset}, {model}, for layers {', '.join(map(str, shown))}"
@@ -189,11 +192,13 @@ def pick_configuration(
     return frame, chosen, "; ".join(others)
 
 
-def _describe_configuration(chosen: dict[str, Any], data: pd.DataFrame) -> str:
-    parts = [f"{key} {value}" for key, value in chosen.items()]
-    if "folds" in data and data["folds"].notna().any():
-        folds = int(data["folds"].max())
-        parts.append(f"{folds} folds" if folds > 1 else "one train/test split")
+def _describe_configuration(chosen: dict[str, Any]) -> str:
+    """The chosen probe configuration in words: "method logreg, split grouped, 5 folds, C 1.0"."""
+    parts = [f"{key} {value}" for key, value in chosen.items() if key not in ("folds", "test_size")]
+    folds = chosen.get("folds")
+    if folds is not None:
+        test_share = f" (test share {chosen['test_size']})" if "test_size" in chosen and chosen.get("split") != "paper" else ""
+        parts.append(f"{int(folds)} folds" if int(folds) > 1 else f"one train/test split{test_share}")
     return ", ".join(parts) or "the probe table's only configuration"
 
 
@@ -207,14 +212,19 @@ def curve_layers(available: list[int], best: int | None, requested: list[int] | 
     return sorted(chosen)
 
 
-def _baseline_values(baselines: pd.DataFrame, dataset: str, model: str, chosen: dict[str, Any]) -> dict[str, float]:
-    """Mean accuracy of each baseline on the dataset, for the split and seed the probes used."""
+def baseline_values(
+    baselines: pd.DataFrame, dataset: str, model: str, chosen: dict[str, Any], hashes: set[str]
+) -> dict[str, float]:
+    """Mean accuracy of each baseline on the dataset (the versions in `hashes`, when known), for
+    the split, seed, folds and test share the probes used."""
     if baselines.empty or missing_columns(baselines, ("dataset", "baseline", "accuracy")):
         return {}
     rows = baselines[baselines["dataset"].astype(str) == dataset]
     if "model" in rows and rows["model"].notna().any():
         rows = rows[rows["model"].astype(str) == model]
-    for column in ("split", "seed"):
+    if hashes and "dataset_hash" in rows:
+        rows = rows[rows["dataset_hash"].isin(hashes)]
+    for column in ("split", "seed", "folds", "test_size"):
         if column in chosen and column in rows:
             rows = rows[rows[column] == chosen[column]]
     means = rows.groupby("baseline")["accuracy"].mean()
