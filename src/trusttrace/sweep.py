@@ -15,6 +15,7 @@ import gc
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -142,7 +143,7 @@ class Sweep:
             status="loaded", commit=source.commit, weights_sha256=source.weights_sha256,
         )
         for dataset in pending:
-            self.run_unit(checkpoint.name, dataset.name, "extract", lambda d=dataset: self._extract(model, tokenizer, checkpoint, d))
+            self.run_unit(checkpoint.name, dataset.name, "extract", partial(self._extract, model, tokenizer, checkpoint, dataset))
         del model
         gc.collect()
         self._release(checkpoint, folder)
