@@ -92,6 +92,23 @@ def test_local_suite_end_to_end_and_second_run_skips(setup):
     assert Manifest(config.workspace / "manifest.sqlite").units()[0].status == "done"
 
 
+def test_a_changed_setting_or_dataset_reruns_what_depends_on_it(setup):
+    root, suite, dataset = setup
+    run_sweep(load_config(write_config(root, suite, dataset)), progress=False)
+    changed = load_config(write_config(root, suite, dataset, probes={"folds": 3, "seed": 0}))
+    summary = run_sweep(changed, progress=False)
+    assert summary.ran == 3 and summary.skipped == 6  # probes only: extraction and MI do not depend on folds
+    probes = pd.read_parquet(changed.workspace / "probes.parquet")
+    assert sorted(probes["folds"].unique()) == [2, 3] and len(probes) == 2 * 3 * 4
+
+    frame = pd.read_csv(dataset)
+    frame["label"] = 1 - frame["label"]
+    frame.to_csv(dataset, index=False)  # same file name, other content
+    summary = run_sweep(changed, progress=False)
+    assert summary.ran == 9 and summary.skipped == 0
+    assert pd.read_parquet(changed.workspace / "mi.parquet")["dataset_hash"].nunique() == 2
+
+
 def test_kill_and_resume_gives_the_same_tables(setup):
     root, suite, dataset = setup
     clean = load_config(write_config(root, suite, dataset, workspace=str(root / "clean")))

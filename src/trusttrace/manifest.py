@@ -1,16 +1,19 @@
 """The sweep's manifest: one SQLite file recording every unit of work and every checkpoint.
 
-A unit is (checkpoint × dataset × stage). Each status change is its own transaction, so a
+A unit is (checkpoint × dataset × stage × the settings its result depends on). Each status change is its own transaction, so a
 process killed at any moment (SIGKILL included) leaves the manifest consistent; a unit that
 was "running" when killed is simply redone.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sqlite3
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from trusttrace.provenance import now_utc
 
@@ -42,9 +45,12 @@ class UnitRow:
     checksum: str | None
 
 
-def unit_id(suite: str, checkpoint: str, dataset: str, stage: str) -> str:
-    """The name of a unit; the suite is part of it, since suites share checkpoint names (step1000)."""
-    return f"{suite}:{checkpoint}/{dataset}/{stage}"
+def unit_id(suite: str, checkpoint: str, dataset: str, stage: str, settings: dict[str, Any]) -> str:
+    """The name of a unit: suite, checkpoint, dataset and stage, then a digest of the settings
+    its result depends on, so that a changed setting (or dataset content) is a new unit, not one
+    already done. The suite is part of it, since suites share checkpoint names (step1000)."""
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return f"{suite}:{checkpoint}/{dataset}/{stage}#{digest}"
 
 
 class Manifest:

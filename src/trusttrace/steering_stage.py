@@ -60,19 +60,28 @@ def run_steering_stages(sweep: "Sweep") -> None:
 
     if "steering" in config.stages:
         names = config.steering.datasets or [d.name for d in sweep.datasets]
+        target_source = resolve_target(sweep, target_name)
         for dataset in (d for d in sweep.datasets if d.name in names):
-            if sweep.stage_done(config.steering.source, dataset.name, "steering"):
+            settings = sweep.settings("extract", dataset) | {
+                "steering": config.steering.model_dump(), "target": target_source, "protocol": config.protocol,
+                "seed": config.probes.seed,
+            }
+            if sweep.stage_done(config.steering.source, dataset.name, "steering", settings):
                 sweep.summary.skipped += 1
                 continue
-            sweep.run_unit(config.steering.source, dataset.name, "steering",
-                            lambda d=dataset: steer_dataset(sweep, d, target(target_name), target_name))
+            sweep.run_unit(config.steering.source, dataset.name, "steering", settings,
+                           lambda d=dataset: steer_dataset(sweep, d, target(target_name), target_name))
     if "evaluate" in config.stages:
+        settings = {
+            "evaluate": config.evaluate.model_dump(), "target": resolve_target(sweep, config.evaluate.model),
+            "protocol": config.protocol, "seed": config.probes.seed, "data_dir": config.data_dir,
+        }
         for task in config.evaluate.tasks:
-            if sweep.stage_done(config.evaluate.model, task, "evaluate"):
+            if sweep.stage_done(config.evaluate.model, task, "evaluate", settings):
                 sweep.summary.skipped += 1
                 continue
-            sweep.run_unit(config.evaluate.model, task, "evaluate",
-                            lambda t=task: evaluate_task(sweep, t, target(config.evaluate.model), config.evaluate.model))
+            sweep.run_unit(config.evaluate.model, task, "evaluate", settings,
+                           lambda t=task: evaluate_task(sweep, t, target(config.evaluate.model), config.evaluate.model))
 
 
 def steer_dataset(sweep: "Sweep", dataset, model_and_tokenizer, target_name: str) -> tuple[str, None]:

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -68,9 +69,26 @@ class Sweep:
 
     # ----- units ---------------------------------------------------------------------
 
-    def run_unit(self, checkpoint: str, dataset: str, stage: str, work: Callable[[], tuple[str | None, str | None]]) -> bool:
+    def settings(self, stage: str, dataset: TrustDataset) -> dict[str, Any]:
+        """What a unit of `stage` on `dataset` depends on besides its checkpoint; part of its name."""
+        config = self.config
+        extract = {"dataset_hash": dataset.content_hash, "position": config.position, "layers": config.layers, "dtype": config.dtype}
+        if stage == "extract":
+            return extract
+        if stage == "probes":
+            return extract | {"split": config.probe_split(), **config.probes.model_dump()}
+        if stage == "mi":
+            return extract | config.mi.model_dump()
+        raise ValueError(f"no settings for stage {stage!r}")
+
+    def unit(self, checkpoint: str, dataset: str, stage: str, settings: dict[str, Any]) -> str:
+        return unit_id(self.suite.name, checkpoint, dataset, stage, settings)
+
+    def run_unit(
+        self, checkpoint: str, dataset: str, stage: str, settings: dict[str, Any], work: Callable[[], tuple[str | None, str | None]]
+    ) -> bool:
         """Run one unit under the manifest: running → done (artefact, checksum) or failed (error)."""
-        unit = unit_id(self.suite.name, checkpoint, dataset, stage)
+        unit = self.unit(checkpoint, dataset, stage, settings)
         self.manifest.start(unit, checkpoint, dataset, stage)
         start = time.perf_counter()
         try:
@@ -89,7 +107,7 @@ class Sweep:
 
         Checksums are read once per sweep: a set verified (or written) in this run is trusted.
         """
-        row = self.manifest.unit(unit_id(self.suite.name, checkpoint.name, dataset.name, "extract"))
+        row = self.manifest.unit(self.unit(checkpoint.name, dataset.name, "extract", self.settings("extract", dataset)))
         if row is None or row.status != "done" or row.artefact is None:
             return None
         record = self.store.get(row.artefact)
@@ -101,9 +119,9 @@ class Sweep:
             self._verified.add(record.key)
         return record
 
-    def stage_done(self, checkpoint: str, dataset: str, stage: str) -> bool:
-        """Whether the manifest records this unit as done."""
-        row = self.manifest.unit(unit_id(self.suite.name, checkpoint, dataset, stage))
+    def stage_done(self, checkpoint: str, dataset: str, stage: str, settings: dict[str, Any]) -> bool:
+        """Whether the manifest records this unit, with these settings, as done."""
+        row = self.manifest.unit(self.unit(checkpoint, dataset, stage, settings))
         return row is not None and row.status == "done"
 
     # ----- checkpoints ---------------------------------------------------------------
@@ -132,7 +150,7 @@ class Sweep:
                 status="failed", error=message,
             )
             for dataset in pending:
-                unit = unit_id(self.suite.name, checkpoint.name, dataset.name, "extract")
+                unit = self.unit(checkpoint.name, dataset.name, "extract", self.settings("extract", dataset))
                 self.manifest.start(unit, checkpoint.name, dataset.name, "extract")
                 self.manifest.fail(unit, f"checkpoint unavailable: {message}")
                 self.summary.failed.append((unit, message))
@@ -143,7 +161,10 @@ class Sweep:
             status="loaded", commit=source.commit, weights_sha256=source.weights_sha256,
         )
         for dataset in pending:
-            self.run_unit(checkpoint.name, dataset.name, "extract", partial(self._extract, model, tokenizer, checkpoint, dataset))
+            self.run_unit(
+                checkpoint.name, dataset.name, "extract", self.settings("extract", dataset),
+                partial(self._extract, model, tokenizer, checkpoint, dataset),
+            )
         del model
         gc.collect()
         self._release(checkpoint, folder)
@@ -188,11 +209,12 @@ class Sweep:
             for stage in (s for s in RECORD_STAGES if s in self.config.stages):
                 if record is None:
                     continue
-                if self.stage_done(checkpoint.name, dataset.name, stage):
+                settings = self.settings(stage, dataset)
+                if self.stage_done(checkpoint.name, dataset.name, stage, settings):
                     self.summary.skipped += 1
                     continue
-                work = (lambda r=record: self._probe(r)) if stage == "probes" else (lambda r=record: self._mi(r))
-                self.run_unit(checkpoint.name, dataset.name, stage, work)
+                work = partial(self._probe if stage == "probes" else self._mi, record)
+                self.run_unit(checkpoint.name, dataset.name, stage, settings, work)
 
     def _probe(self, record: ActivationRecord) -> tuple[str, None]:
         options = self.config.probes
