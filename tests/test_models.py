@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 
 import pytest
 import torch
 
-from trusttrace.errors import LayerError, ModelError, OfflineError
+from trusttrace.errors import CheckpointError, LayerError, ModelError, OfflineError
 from trusttrace.models import check_layers, decoder_layers, folder_checksum, load_model
 
 
@@ -59,6 +60,42 @@ def test_folder_that_is_not_a_causal_lm(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "vit", "hidden_size": 8}))
     with pytest.raises(ModelError, match="not a causal language model"):
         load_model(tmp_path, device="cpu")
+
+
+def test_an_encoder_with_a_causal_lm_class_is_refused(tmp_path, tokenizer):
+    from transformers import BertConfig, BertModel
+
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32)
+    BertModel(config).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    with pytest.raises(ModelError, match="an encoder \\(BertConfig"):
+        load_model(tmp_path, device="cpu")
+
+
+def test_a_checkpoint_missing_weights_is_refused_not_filled_at_random(saved_model, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "damaged"
+    shutil.copytree(saved_model("llama"), folder)
+    weights = load_file(folder / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if ".layers.1." not in k}, folder / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ModelError, match="lacks .* weight\\(s\\) the model needs: model.layers.1"):
+        load_model(folder, device="cpu")
+
+
+def test_a_local_folder_has_no_revisions_and_a_missing_folder_is_named(saved_model, tmp_path):
+    with pytest.raises(CheckpointError, match="a local folder has no revisions"):
+        load_model(saved_model("gpt2"), revision="step1000", device="cpu")
+    for missing in (tmp_path / "nowhere", "./nowhere"):
+        with pytest.raises(ModelError, match="no such model folder"):
+            load_model(missing, device="cpu")
+
+
+def test_a_relative_path_is_recorded_as_the_absolute_folder(saved_model, monkeypatch):
+    folder = saved_model("gpt2")
+    monkeypatch.chdir(folder.parent)
+    model, _ = load_model(folder.name, device="cpu")
+    assert model.trusttrace_source.model == str(folder.resolve())
 
 
 def test_folder_without_a_model(tmp_path):

@@ -84,7 +84,7 @@ def test_local_suite_end_to_end_and_second_run_skips(setup):
     probes = pd.read_parquet(config.workspace / "probes.parquet")
     assert sorted(probes["checkpoint"].unique()) == ["step_0", "step_10", "step_20"]
     assert set(probes["layer"]) == {0, 1, 2, 3}
-    assert probes["step"].notna().all()
+    assert probes["step"].notna().all() and probes["tokens"].notna().all()  # step_0 saw 0 tokens, a known count
     mi = pd.read_parquet(config.workspace / "mi.parquet")
     assert len(mi) == 12
     again = run_sweep(config, progress=False)

@@ -251,7 +251,7 @@ def local_tokens(folder: Path) -> int | None:
             value = json.loads(path.read_text(encoding="utf-8")).get(key)
         except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as error:
             raise CheckpointError(f"{path}: not a JSON object ({error})") from error
-        if isinstance(value, int) and value > 0:
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
             return value
     return None
 

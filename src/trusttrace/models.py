@@ -22,7 +22,9 @@ import transformers
 from packaging.version import Version
 from torch import nn
 from transformers.utils import logging as hf_logging
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase,
+)
 
 from trusttrace.errors import CheckpointError, LayerError, ModelError, OfflineError
 
@@ -100,28 +102,29 @@ def load_model(
     """
     device = device or default_device()
     torch_dtype = resolve_dtype(dtype, device)
-    name = str(model_id)
+    local = _local_folder(model_id, revision)
+    name = str(local) if local is not None else str(model_id)
     config = _load_config(name, revision, trust_remote_code)
-    if not trust_remote_code and type(config) not in AutoModelForCausalLM._model_mapping:
-        raise ModelError(f"{name}: not a causal language model (its config is {type(config).__name__})")
-    local = Path(name) if Path(name).is_dir() else None
+    check_causal(name, config, trust_remote_code)
     with ThreadPoolExecutor(max_workers=1) as pool:
         # A local folder's weight files are hashed while they load: each takes about as long.
         local_checksum = pool.submit(folder_checksum, local) if local is not None else None
         try:
             with quiet_transformers():
-                model = AutoModelForCausalLM.from_pretrained(
+                model, loading = AutoModelForCausalLM.from_pretrained(
                     name,
                     revision=revision,
                     config=config,
                     device_map=device,
                     trust_remote_code=trust_remote_code,
+                    output_loading_info=True,
                     **{DTYPE_ARGUMENT: torch_dtype},
                 )
         except ValueError as error:
             raise ModelError(f"{name}: not a causal language model ({_first_line(error)})") from None
         except OSError as error:
             raise _hub_error(name, revision, error) from None
+        check_loaded_weights(name, loading)
         weights_sha256 = local_checksum.result() if local_checksum is not None else weights_checksum(model)
     model.eval()
     tokenizer = load_tokenizer(name, revision, trust_remote_code)
@@ -136,6 +139,52 @@ def load_model(
         architecture=type(model).__name__,
     )
     return model, tokenizer
+
+
+def _local_folder(model_id: str | os.PathLike, revision: str | None) -> Path | None:
+    """The absolute folder of a local model, or None for a Hub id.
+
+    A local folder has no revisions, and a path that names no folder is reported as such rather
+    than sent to the Hub as a malformed id.
+    """
+    path = Path(model_id).expanduser()
+    if path.is_dir():
+        if revision is not None:
+            raise CheckpointError(f"{model_id}: a local folder has no revisions (got {revision!r}); pass the checkpoint's own folder")
+        return path.resolve()
+    text = str(model_id)
+    if path.is_absolute() or text.startswith((".", "~")) or text.count("/") > 1 or os.sep != "/" and os.sep in text:
+        raise ModelError(f"{model_id}: no such model folder (and not a Hub id of the form org/name)")
+    return None
+
+
+def check_causal(name: str, config, trust_remote_code: bool) -> None:
+    """A ModelError unless `config` describes a decoder-only causal LM.
+
+    Encoders such as BERT have a causal-LM class in transformers, which only makes sense when
+    their config says `is_decoder`; an encoder checkpoint loaded through it would give states
+    of a model that never read text left to right.
+    """
+    kind = type(config).__name__
+    if not trust_remote_code and type(config) not in AutoModelForCausalLM._model_mapping:
+        raise ModelError(f"{name}: not a causal language model (its config is {kind})")
+    if getattr(config, "is_encoder_decoder", False):
+        raise ModelError(f"{name}: an encoder-decoder model ({kind}), not a decoder-only causal language model")
+    if type(config) in AutoModelForMaskedLM._model_mapping and not getattr(config, "is_decoder", False):
+        raise ModelError(f"{name}: an encoder ({kind}, is_decoder false), not a causal language model")
+
+
+def check_loaded_weights(name: str, loading: dict[str, Any]) -> None:
+    """A ModelError when the checkpoint lacks weights the model needs or holds some of the wrong shape.
+
+    transformers would otherwise initialise them at random and go on, and every state read from
+    the model would be noise. Unexpected extra weights (old buffers) are harmless and ignored.
+    """
+    for kind, what in (("missing_keys", "lacks"), ("mismatched_keys", "has weights of the wrong shape for")):
+        keys = sorted(str(key if isinstance(key, str) else key[0]) for key in loading.get(kind) or [])
+        if keys:
+            shown = ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+            raise ModelError(f"{name}: the checkpoint {what} {len(keys)} weight(s) the model needs: {shown}")
 
 
 def load_tokenizer(name: str, revision: str | None = None, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
