@@ -20,13 +20,16 @@ def one_at_a_time(model, tokenizer, statements, position="last"):
             block.register_forward_hook(lambda _m, _i, o, j=j: captured.__setitem__(j, block_hidden(o)))
             for j, block in enumerate(blocks)
         ]
+        inputs = tokenizer(text, return_tensors="pt")
         with torch.no_grad():
-            model(**tokenizer(text, return_tensors="pt"))
+            model(**inputs)
         for handle in handles:
             handle.remove()
+        ids = inputs["input_ids"][0]
+        own = 1 if len(ids) > 1 and ids[0] == tokenizer.bos_token_id else 0  # the statement's own tokens
         for j in range(len(blocks)):
             states = captured[j][0]
-            out[j, i] = {"last": states[-1], "first": states[0], "mean": states.mean(0)}[position]
+            out[j, i] = {"last": states[-1], "first": states[own], "mean": states[own:].mean(0)}[position]
     return out
 
 
@@ -42,6 +45,16 @@ def test_batched_equals_one_at_a_time(arch, side, position, model_factory, token
     reference = one_at_a_time(model, tokenizer, statements, position)
     assert batched.shape == reference.shape
     torch.testing.assert_close(batched, reference, rtol=1e-4, atol=1e-5)
+
+
+def test_first_and_mean_read_the_statement_not_its_bos(model_factory, tokenizer, statements):
+    assert tokenizer(statements[0])["input_ids"][0] == tokenizer.bos_token_id
+    model = model_factory("llama")
+    for position in ("first", "mean"):
+        acts = extract_activations(model, tokenizer, statements[:6], position=position, batch_size=3)
+        assert acts.std(dim=1).amax() > 1e-3  # a BOS state would be the same for every statement
+    with pytest.raises(TrustTraceError, match="list of strings"):
+        extract_activations(model, tokenizer, "one statement")
 
 
 def test_layer_i_is_output_of_block_i_not_final_norm(arch, model_factory, tokenizer, statements):

@@ -135,6 +135,22 @@ def reduce_positions(hidden: torch.Tensor, mask: torch.Tensor, position: str) ->
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), position_index(mask, position)]
 
 
+def statement_mask(ids: torch.Tensor, mask: torch.Tensor, bos_id: int | None) -> torch.Tensor:
+    """The attention mask without a leading BOS token, where a row has more than that token.
+
+    BOS is the same input in every statement, so (under causal attention) its state is too:
+    "first" must read the statement's first own token, and "mean" average over its own tokens.
+    """
+    if bos_id is None:
+        return mask
+    rows = torch.arange(mask.shape[0], device=mask.device)
+    first = position_index(mask, "first")
+    leading_bos = (ids[rows, first] == bos_id) & (mask.sum(dim=1) > 1)
+    reading = mask.clone()
+    reading[rows[leading_bos], first[leading_bos]] = 0
+    return reading
+
+
 def position_index(mask: torch.Tensor, position: str) -> torch.Tensor:
     """The column of each row's last (or first) real token, from an attention mask [batch, seq]."""
     columns = torch.arange(mask.shape[1], device=mask.device)
@@ -201,6 +217,8 @@ def iter_activations(
 ) -> Iterator[ActivationBatch]:
     """Yield the chosen blocks' states batch by batch (rows in length order, not input order)."""
     check_position(position)
+    if isinstance(statements, str):
+        raise TrustTraceError("statements must be a list of strings, not one string")
     blocks = decoder_layers(model)
     chosen = check_layers(layers, len(blocks))
     encoded = tokenize_statements(tokenizer, statements, context_length(model, tokenizer))
@@ -232,8 +250,9 @@ def iter_activations(
         with torch.inference_mode(), bar:
             for rows in batches:
                 ids, mask, positions = pad_batch([encoded[r] for r in rows], pad_id, side, device)
-                current_mask[:] = [mask]
-                read[:] = [position_index(mask, position)] if position != "mean" else []
+                reading = statement_mask(ids, mask, tokenizer.bos_token_id)
+                current_mask[:] = [reading]
+                read[:] = [position_index(reading, position)] if position != "mean" else []
                 captured.clear()
                 kwargs = {"position_ids": positions} if pass_positions else {}
                 try:
@@ -262,7 +281,8 @@ def extract_activations(
     """Hidden states of the chosen decoder blocks, `[n_layers, n_statements, hidden]`, float32 on the CPU.
 
     Layer j of the result is the output of block `layers[j]` (all blocks by default) at the
-    chosen position of each statement, in the statements' order.
+    chosen position of each statement, in the statements' order: its last token, its first
+    token after the BOS the tokenizer adds (if any), or the mean over its tokens after that BOS.
     """
     if len(statements) == 0:
         raise TrustTraceError("no statements to extract")
