@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -133,3 +136,45 @@ def test_append_table_replaces_rows_with_same_key(tmp_path):
     table = append_table(path, pd.DataFrame({"k": [2, 3], "v": [0.5, 0.3]}), ["k"])
     assert table.sort_values("k")["v"].tolist() == [0.1, 0.5, 0.3]
     assert len(read_table(path)) == 3
+
+
+def test_one_writer_at_a_time_and_leftovers_cleared_by_the_next(tmp_path):
+    store = ActivationStore(tmp_path)
+    staging = store.activations_dir / ".tmp-abc-123"
+    staging.mkdir(parents=True)
+    (tmp_path / ".probes.parquet.x1.tmp").write_bytes(b"half")
+    other = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from trusttrace.store import ActivationStore\n"
+         "with ActivationStore(sys.argv[1]).locked():\n    print('held', flush=True); time.sleep(30)", str(tmp_path)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert other.stdout.readline().strip() == "held"
+        with pytest.raises(StoreError, match="another trusttrace process is writing"):
+            with store.locked():
+                pass
+    finally:
+        other.kill()
+        other.wait()
+    with store.locked():
+        with store.locked():  # re-entrant in one store object
+            assert not staging.exists() and not (tmp_path / ".probes.parquet.x1.tmp").exists()
+
+
+def test_damaged_table_page_is_detected(tmp_path):
+    path = tmp_path / "t.parquet"
+    append_table(path, pd.DataFrame({"layer": range(50), "accuracy": np.linspace(0.5, 0.9, 50)}), ["layer"])
+    data = bytearray(path.read_bytes())
+    data[data.find(np.float64(0.9).tobytes()) + 2] ^= 0x55  # one value changed, the file still parses
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptArtefactError, match="t.parquet"):
+        read_table(path)
+
+
+def test_half_written_dataset_snapshot_is_rewritten(tmp_path, statements):
+    store = ActivationStore(tmp_path)
+    dataset = toy_dataset(statements)
+    path = store.save_dataset(dataset)
+    path.with_suffix(".json").unlink()  # killed between the two files
+    store.save_dataset(dataset)
+    assert path.with_suffix(".json").exists()

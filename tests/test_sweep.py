@@ -109,6 +109,22 @@ def test_a_changed_setting_or_dataset_reruns_what_depends_on_it(setup):
     assert pd.read_parquet(changed.workspace / "mi.parquet")["dataset_hash"].nunique() == 2
 
 
+def test_a_damaged_or_deleted_table_is_rebuilt_and_named(setup):
+    root, suite, dataset = setup
+    config = load_config(write_config(root, suite, dataset))
+    run_sweep(config, progress=False)
+    before = tables(config.workspace)
+    (config.workspace / "mi.parquet").write_bytes(b"")
+    (config.workspace / "probes.parquet").unlink()
+    summary = run_sweep(config, progress=False)
+    assert summary.ran == 6 and summary.ok  # probes and MI of 3 checkpoints; no extraction
+    assert any("mi.parquet is damaged" in line for line in summary.repaired)
+    assert any("probes.parquet is gone" in line for line in summary.repaired)
+    assert list(config.workspace.glob("mi.parquet.damaged-*"))
+    for name, frame in tables(config.workspace).items():
+        pd.testing.assert_frame_equal(frame, before[name])
+
+
 def test_kill_and_resume_gives_the_same_tables(setup):
     root, suite, dataset = setup
     clean = load_config(write_config(root, suite, dataset, workspace=str(root / "clean")))

@@ -12,8 +12,9 @@ atomic.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import wraps
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pandas as pd
 import torch
@@ -25,6 +26,8 @@ from trusttrace.info import ESTIMATORS, information_plane
 from trusttrace.probes import check_options, fit_probes
 from trusttrace.splits import make_splits, resolve_split
 from trusttrace.store import ActivationRecord, ActivationStore, append_table, read_table
+
+T = TypeVar("T")
 
 PROBES_TABLE = "probes.parquet"
 BASELINES_TABLE = "probe_baselines.parquet"
@@ -40,6 +43,18 @@ BASELINE_KEYS = ["dataset", "dataset_hash", "baseline", "split", "seed", "folds"
 MI_KEYS = SET_KEYS + ["layer", "estimator", "x_layer", "split", "seed"]
 
 
+def holding_lock(function: Callable[..., T]) -> Callable[..., T]:
+    """Run a function whose first argument is a store while holding that workspace's write lock."""
+
+    @wraps(function)
+    def locked(store: ActivationStore, *args: Any, **kwargs: Any) -> T:
+        with store.locked():
+            return function(store, *args, **kwargs)
+
+    return locked
+
+
+@holding_lock
 def probe_record(
     store: ActivationStore,
     record: ActivationRecord,
@@ -79,6 +94,7 @@ def probe_record(
     return rows
 
 
+@holding_lock
 def mi_record(
     store: ActivationStore,
     record: ActivationRecord,

@@ -107,6 +107,13 @@ class Manifest:
             (error, seconds, now_utc(), unit),
         )
 
+    def mark_stale(self, stage: str) -> int:
+        """Mark every done unit of `stage` stale (its table was lost), so the sweep redoes it; returns how many."""
+        with closing(self._connect()) as db:
+            count = db.execute("SELECT COUNT(*) FROM units WHERE stage=? AND status='done'", (stage,)).fetchone()[0]
+        self._write("UPDATE units SET status='stale' WHERE stage=? AND status='done'", (stage,))
+        return count
+
     def record_checkpoint(
         self, name: str, model: str, revision: str | None, step: int | None, tokens: int | None,
         *, status: str, commit: str | None = None, weights_sha256: str | None = None, error: str | None = None,

@@ -3,6 +3,7 @@
 Layout of a workspace folder:
 
     trusttrace-workspace.json           format version (an incompatible workspace is refused)
+    .lock                               held by the one process writing (see `ActivationStore.locked`)
     activations/<key>/meta.json         provenance, shard checksums, layers, row count
     activations/<key>/shard-00000.safetensors   tensors "rows" and "layer.<i>" ([rows, hidden])
     datasets/<content hash>.parquet     the statements, labels and groups of each dataset used
@@ -24,7 +25,8 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -39,8 +41,14 @@ from trusttrace.errors import CorruptArtefactError, StoreError
 from trusttrace.extract import ActivationBatch
 from trusttrace.provenance import identity, trusttrace_version
 
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; one writer at a time is then up to the user
+    fcntl = None
+
 WORKSPACE_FORMAT = 1
 WORKSPACE_FILE = "trusttrace-workspace.json"
+LOCK_FILE = ".lock"
 
 # A shard is flushed to disk once it holds this many bytes, which bounds the memory used when
 # an activation set is streamed in (see `ActivationStore.save_batches`).
@@ -58,19 +66,20 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def write_table(path: str | os.PathLike, frame: pd.DataFrame) -> None:
-    """Write a DataFrame as Parquet, atomically."""
+    """Write a DataFrame as Parquet with page checksums, atomically."""
     buffer = io.BytesIO()
-    frame.to_parquet(buffer, index=False)
+    frame.to_parquet(buffer, index=False, write_page_checksum=True)
     atomic_write_bytes(path, buffer.getvalue())
 
 
 def read_table(path: str | os.PathLike) -> pd.DataFrame:
-    """Read a Parquet table; a missing file is an empty table, an unreadable one a StoreError."""
+    """Read a Parquet table, verifying its page checksums; a missing file is an empty table, an
+    unreadable or damaged one a CorruptArtefactError."""
     path = Path(path)
     if not path.exists():
         return pd.DataFrame()
     try:
-        return pd.read_parquet(path)
+        return pd.read_parquet(path, page_checksum_verification=True)
     except Exception as error:  # pyarrow raises several unrelated types for a damaged file
         raise CorruptArtefactError(f"{path}: unreadable Parquet table ({error})") from None
 
@@ -133,6 +142,46 @@ class ActivationStore:
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
         self._check_workspace()
+        self._lock_depth = 0
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the workspace's write lock: one writing process at a time, or a StoreError at once.
+
+        Two processes appending to one table would each rewrite it from what they read and lose
+        the other's rows. Re-entrant within this store object. On taking the lock, staging files
+        a killed process left behind are removed, since no writer can be using them.
+        """
+        if self._lock_depth:
+            self._lock_depth += 1
+            try:
+                yield
+            finally:
+                self._lock_depth -= 1
+            return
+        with open(self.root / LOCK_FILE, "a+") as handle:
+            if fcntl is not None:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    raise StoreError(f"{self.root}: another trusttrace process is writing to this workspace; wait for it to end") from None
+            self._lock_depth = 1
+            try:
+                self._remove_leftovers()
+                yield
+            finally:
+                self._lock_depth = 0
+
+    def _remove_leftovers(self) -> None:
+        """Delete the staging folders and temporary files of writes that never finished."""
+        for folder in (self.root, self.activations_dir, self.datasets_dir, self.root / "steering"):
+            if not folder.is_dir():
+                continue
+            for path in folder.iterdir():
+                if path.name.startswith((".tmp-", ".old-")) and path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                elif path.name.startswith(".") and path.name.endswith(".tmp") and path.is_file():
+                    path.unlink(missing_ok=True)
 
     @property
     def activations_dir(self) -> Path:
@@ -349,9 +398,10 @@ class ActivationStore:
     def save_dataset(self, dataset) -> Path:
         """Keep a copy of the dataset's rows and card, keyed by its content hash."""
         path = self.datasets_dir / f"{dataset.content_hash}.parquet"
-        if not path.exists():
-            write_table(path, dataset.to_frame())
+        if not (path.exists() and path.with_suffix(".json").exists()):
+            # The card first: the table's presence is what says the snapshot is complete.
             write_json(path.with_suffix(".json"), {"name": dataset.name, "source": dataset.source, "card": asdict(dataset.card)})
+            write_table(path, dataset.to_frame())
         return path
 
     def load_dataset(self, record: ActivationRecord):
@@ -369,7 +419,7 @@ class ActivationStore:
         card = DatasetCard(**{k: tuple(v) if isinstance(v, list) else v for k, v in card.items()})
         groups = frame["group"].to_numpy() if "group" in frame and frame["group"].notna().all() else None
         dataset = TrustDataset(
-            name=info["name"],
+            name=record.provenance.get("dataset") or info["name"],  # one snapshot can serve files of other names
             statements=frame["statement"].tolist(),
             labels=frame["label"].to_numpy(dtype=np.int64),
             groups=groups,

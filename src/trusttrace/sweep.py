@@ -12,6 +12,7 @@ the sweep goes on.
 from __future__ import annotations
 
 import gc
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -22,18 +23,23 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from trusttrace.analysis import mi_record, probe_record
+from trusttrace.analysis import BASELINES_TABLE, MI_TABLE, PROBES_TABLE, mi_record, probe_record
 from trusttrace.checkpoints import Checkpoint, CheckpointSuite, checkpoint_suite
 from trusttrace.config import SweepConfig
 from trusttrace.data import TrustDataset, load_dataset
-from trusttrace.errors import TrustTraceError
+from trusttrace.errors import CorruptArtefactError, TrustTraceError
 from trusttrace.manifest import Manifest, unit_id
 from trusttrace.models import load_model
 from trusttrace.prefetch import Fetcher, Prefetcher, delete_fetched, hub_fetch
-from trusttrace.store import ActivationRecord, ActivationStore
+from trusttrace.steering_stage import EVALUATE_TABLE, STEERING_TABLE
+from trusttrace.store import ActivationRecord, ActivationStore, read_table
 from trusttrace.units import extract_to_store
 
 RECORD_STAGES = ("probes", "mi")
+# The stage whose units write each result table (the baselines are written with the probes).
+TABLE_STAGES = {
+    PROBES_TABLE: "probes", BASELINES_TABLE: "probes", MI_TABLE: "mi", STEERING_TABLE: "steering", EVALUATE_TABLE: "evaluate",
+}
 
 
 @dataclass
@@ -43,6 +49,7 @@ class SweepSummary:
     ran: int = 0
     skipped: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
+    repaired: list[str] = field(default_factory=list)
     duplicates: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -115,6 +122,7 @@ class Sweep:
             return None
         if record.key not in self._verified:
             if not self.store.verify(record):
+                self.summary.repaired.append(f"{record.path}: a shard is missing or fails its checksum; extracting it again")
                 return None
             self._verified.add(record.key)
         return record
@@ -197,7 +205,7 @@ class Sweep:
         record = extract_to_store(
             model, tokenizer, dataset, self.store, layers=self.config.layers, position=self.config.position,
             batch_size=self.config.batch_size, model_name=self.suite.model_id, checkpoint=checkpoint.name, step=checkpoint.step,
-            tokens=checkpoint.tokens, overwrite=True,
+            tokens=checkpoint.tokens,
         )
         self._verified.add(record.key)
         return record.key, record.provenance.get("weights_sha256")
@@ -230,9 +238,35 @@ class Sweep:
 
     # ----- the whole sweep -----------------------------------------------------------
 
+    def check_tables(self) -> None:
+        """Redo the units whose result table is unreadable, damaged or gone.
+
+        A damaged table is moved aside (kept for inspection, never read again) and the stage's
+        done units are marked stale, so this run rebuilds it; each repair is named in the summary.
+        """
+        for name, stage in TABLE_STAGES.items():
+            path = self.store.root / name
+            try:
+                read_table(path)
+                problem = None if path.exists() else "is gone"
+            except CorruptArtefactError as error:
+                aside = path.with_name(f"{path.name}.damaged-{int(time.time())}")
+                os.replace(path, aside)
+                problem = f"is damaged ({error}); moved to {aside.name}"
+            if problem and self.manifest.mark_stale(stage):
+                self.summary.repaired.append(f"{path} {problem}; its {stage} units are redone")
+
     def run(self) -> SweepSummary:
-        """Run every pending unit; returns the summary (failures included, never raised)."""
+        """Run every pending unit; returns the summary (failures included, never raised).
+
+        Raises StoreError at once when another process is writing to the workspace.
+        """
+        with self.store.locked():
+            return self._run()
+
+    def _run(self) -> SweepSummary:
         start = time.perf_counter()
+        self.check_tables()
         prefetcher = Prefetcher(self.fetcher, retries=self.config.retries)
         bar = tqdm(self.checkpoints, desc="checkpoints", unit="ckpt", disable=not self.progress)
         try:

@@ -45,11 +45,12 @@ def extract_to_store(
         model, tokenizer, dataset=dataset.name, dataset_hash=dataset.content_hash, n=len(dataset),
         position=position, layers=chosen, model_name=model_name, checkpoint=checkpoint, step=step, tokens=tokens,
     )
-    existing = store.find(provenance)
-    if existing is not None and not overwrite and store.verify(existing):
-        return existing
-    batches = iter_activations(
-        model, tokenizer, dataset.statements, layers=chosen, position=position,
-        batch_size=batch_size, progress=progress,
-    )
-    return store.save_batches(batches, dataset, provenance, shard_bytes=memory_budget)
+    with store.locked():
+        existing = store.find(provenance)
+        if existing is not None and not overwrite and store.verify(existing):
+            return existing
+        batches = iter_activations(
+            model, tokenizer, dataset.statements, layers=chosen, position=position,
+            batch_size=batch_size, progress=progress,
+        )
+        return store.save_batches(batches, dataset, provenance, shard_bytes=memory_budget)
