@@ -57,6 +57,11 @@ def test_run_probes_writes_a_tidy_table_and_a_rerun_adds_nothing(workspace, monk
     assert len(table) == 2 * len(LAYERS)
     assert set(table["checkpoint"]) == {"step100", "step300"} and set(table["layer"]) == set(LAYERS)
     assert set(table["split"]) == {"grouped"} and (table["folds"] == 3).all()
+    record = workspace.records()[0]
+    row = table[table["activation_key"] == record.key].iloc[0]
+    for column in ("model", "revision", "commit", "weights_sha256", "dataset_hash", "position", "dtype", "tokenizer"):
+        assert row[column] == record.provenance[column], column  # provenance travels with every row
+    assert row["trusttrace_version"]
     best = table.set_index(["step", "layer"])["accuracy"]
     assert best[(300, 4)] > 0.9 and best[(100, 0)] < 0.8
     baselines = read_table(workspace.root / BASELINES_TABLE)

@@ -24,6 +24,7 @@ from trusttrace.data import TrustDataset
 from trusttrace.errors import LayerError, ProbeError, StoreError
 from trusttrace.info import ESTIMATORS, information_plane
 from trusttrace.probes import check_options, fit_probes
+from trusttrace.provenance import trusttrace_version
 from trusttrace.splits import make_splits, resolve_split
 from trusttrace.store import ActivationRecord, ActivationStore, append_table, read_table
 
@@ -35,7 +36,8 @@ MI_TABLE = "mi.parquet"
 
 # Provenance copied onto every row, so a table can be read without the workspace.
 PROVENANCE_COLUMNS = [
-    "model", "revision", "commit", "checkpoint", "step", "tokens", "dataset", "dataset_hash", "position", "dtype",
+    "model", "revision", "commit", "weights_sha256", "checkpoint", "step", "tokens", "dataset", "dataset_hash",
+    "position", "dtype", "tokenizer", "template",
 ]
 SET_KEYS = ["activation_key", "model", "revision", "checkpoint", "step", "tokens", "dataset", "dataset_hash"]
 PROBE_KEYS = SET_KEYS + ["layer", "method", "split", "seed", "folds", "test_size", "C"]
@@ -228,7 +230,11 @@ def _has_rows(table: pd.DataFrame, key: str | None, setting: dict[str, Any]) -> 
 
 
 def _with_provenance(frame: pd.DataFrame, record: ActivationRecord) -> pd.DataFrame:
-    meta = {"activation_key": record.key} | {column: record.provenance.get(column) for column in PROVENANCE_COLUMNS}
+    meta = (
+        {"activation_key": record.key}
+        | {column: record.provenance.get(column) for column in PROVENANCE_COLUMNS}
+        | {"trusttrace_version": trusttrace_version()}  # the version that computed these rows
+    )
     columns = pd.DataFrame({column: [value] * len(frame) for column, value in meta.items()}, index=frame.index)
     return pd.concat([columns, frame], axis=1)
 
