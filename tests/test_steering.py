@@ -102,6 +102,19 @@ def test_steering_vector_bad_inputs():
         steering_vector(acts, [0, 1] * 3, scaling="norm")
 
 
+def test_steering_vector_refuses_non_finite_activations():
+    """One NaN or inf used to give a NaN vector (or [-0., nan, ...] with scaling="unit")."""
+    acts = torch.randn(6, 4)
+    acts[4, 0] = float("inf")
+    acts[3, 2] = float("nan")
+    with pytest.raises(SteeringError, match="nan at row 3, column 2"):
+        steering_vector(acts, [0, 1] * 3)
+    acts[3, 2] = 0.0
+    for scaling in ("std", "unit", "raw"):
+        with pytest.raises(SteeringError, match="inf at row 4, column 0"):
+            steering_vector(acts, [0, 1] * 3, scaling=scaling, rows=[0, 1, 2, 3])  # even in a row not used
+
+
 def test_development_rows_default_keeps_groups_together_and_paper_is_file_order():
     data = toy_dataset(40)
     dev, held_out = development_rows(data)

@@ -12,7 +12,8 @@ rows share one padded batch. Two exact solvers of the same objective:
   The default on the CPU, where L-BFGS's many small steps cost more than a few dense solves.
 - `lbfgs`: a batched L-BFGS, light on memory (no Hessian); the default on a GPU.
 
-Both work in float64 and stop a problem when its largest gradient entry falls below `tol` times
+Both compute in the dtype of x (the probes pass float64; Newton factorises its Hessians in
+float32 where it can) and stop a problem when its largest gradient entry falls below `tol` times
 the one at w = 0.
 """
 
@@ -41,10 +42,11 @@ def fit_logistic(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Weights [P, d] and intercepts [P] for x [P, n, d] and 0/1 targets y ([n] or [P, n]).
 
-    `mask` [P, n] (or [n]) marks the rows each problem uses (default: all). `solver="auto"` is
-    Newton on the CPU and L-BFGS on a GPU. On the CPU the problems are solved in groups of
-    about CPU_CHUNK_BYTES, which keeps each group's data in cache (measured on 2 cores: 32 x
-    1561 x 512 float64 in one batch ran 10x slower than in such groups).
+    Computes in x's dtype (the probes pass float64). `mask` [P, n] (or [n]) marks the rows each
+    problem uses (default: all). `solver="auto"` is Newton on the CPU and L-BFGS on a GPU. On
+    the CPU the problems are solved in groups of about CPU_CHUNK_BYTES, which keeps each group's
+    data in cache (measured on 2 cores: 32 x 1561 x 512 float64 in one batch ran 10x slower than
+    in such groups).
     """
     if solver not in SOLVERS:
         raise ProbeError(f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}")
@@ -77,9 +79,9 @@ def newton(
     """Damped Newton for every problem at once (see the module docstring).
 
     Each Hessian is factorised in float32, where it is about twice as fast on a CPU: a Newton
-    direction need not be exact, since the float64 gradient decides convergence and a
-    backtracking line search decides the step. A factorisation that fails in float32 is
-    redone in float64.
+    direction need not be exact, since the gradient in x's dtype (float64 from the probes)
+    decides convergence and a backtracking line search decides the step. A factorisation that
+    fails in float32 is redone in x's dtype.
     """
     n_problems, n, d = x.shape
     reflectors = None

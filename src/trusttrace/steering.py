@@ -70,7 +70,8 @@ def steering_vector(
     projections of `scale_rows` (default: `rows`) onto it, so alpha counts standard
     deviations; "unit" returns the unit direction, "raw" the plain difference. The reference
     code took the std over all rows, test rows included: pass `scale_rows=range(n)` (or use
-    `build_vectors(..., protocol="paper")`) to reproduce that.
+    `build_vectors(..., protocol="paper")`) to reproduce that. Activations holding NaN or inf
+    (in any row, used or not: they mean the extraction went wrong) raise a SteeringError.
     """
     if scaling not in SCALINGS:
         raise SteeringError(f"unknown scaling {scaling!r}; expected one of {', '.join(SCALINGS)}")
@@ -78,6 +79,7 @@ def steering_vector(
     labels = np.asarray(labels)
     if acts.dim() != 2 or acts.shape[0] != len(labels):
         raise SteeringError(f"activations of shape {tuple(acts.shape)} do not match {len(labels)} labels; expected [n, hidden]")
+    check_finite_rows(acts)
     chosen = np.arange(len(labels)) if rows is None else np.asarray(rows, dtype=np.int64)
     data = acts.double()
     positive = torch.from_numpy(chosen[labels[chosen] == 1])
@@ -95,6 +97,17 @@ def steering_vector(
         return direction.float()
     spread = chosen if scale_rows is None else np.asarray(scale_rows, dtype=np.int64)
     return (direction * (data[torch.from_numpy(spread)] @ direction).std()).float()
+
+
+def check_finite_rows(acts: torch.Tensor) -> None:
+    """A SteeringError naming the first row and column of `acts` [n, hidden] that holds NaN or inf."""
+    bad = torch.nonzero(~torch.isfinite(acts))
+    if len(bad):
+        row, column = (int(i) for i in bad[0])
+        raise SteeringError(
+            f"activations hold {acts[row, column].item()} at row {row}, column {column}; "
+            "steering vectors need finite activations (re-extract them, e.g. in float32)"
+        )
 
 
 def development_rows(dataset, protocol: str = "default", seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
