@@ -112,5 +112,6 @@ def test_hub_model_offline_is_a_clear_error(monkeypatch):
 def test_check_layers():
     assert check_layers("all", 3) == [0, 1, 2]
     assert check_layers([-1, 0], 3) == [2, 0]
+    assert check_layers([2, 1, 2], 3) == [2, 1]
     with pytest.raises(LayerError, match="layer 3 is out of range"):
         check_layers([3], 3)

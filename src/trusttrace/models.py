@@ -326,7 +326,8 @@ def _get_path(module: nn.Module, path: str) -> Any:
 
 
 def check_layers(layers: "str | int | list[int] | tuple[int, ...]", count: int) -> list[int]:
-    """Normalise a layer selection ("all", an int, a list; negatives count from the end)."""
+    """Normalise a layer selection ("all", an int, a list; negatives count from the end) to
+    distinct indices in the order given."""
     if layers == "all":
         return list(range(count))
     chosen = [layers] if isinstance(layers, int) else list(layers)
@@ -337,7 +338,7 @@ def check_layers(layers: "str | int | list[int] | tuple[int, ...]", count: int) 
         result.append(layer % count)
     if not result:
         raise LayerError("no layers chosen")
-    return result
+    return list(dict.fromkeys(result))
 
 
 def block_hidden(output: Any) -> torch.Tensor:

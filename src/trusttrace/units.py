@@ -40,7 +40,7 @@ def extract_to_store(
     recomputed, never used.
     """
     check_position(position)
-    chosen = check_layers(layers, len(decoder_layers(model)))
+    chosen = sorted(check_layers(layers, len(decoder_layers(model))))  # one selection, however written, is one set
     provenance = activation_provenance(
         model, tokenizer, dataset=dataset.name, dataset_hash=dataset.content_hash, n=len(dataset),
         position=position, layers=chosen, model_name=model_name, checkpoint=checkpoint, step=step, tokens=tokens,
