@@ -1,12 +1,17 @@
-"""The shipped experiment configs stay valid."""
+"""The shipped experiment configs stay valid, and a bad config is refused before any work, in one line."""
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
+from unittest import mock
 
 import pytest
+import yaml
 
-from trusttrace.config import check_names, load_config
+from trusttrace.config import check_names, load_config, parse_config
+from trusttrace.errors import ConfigError
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 
@@ -34,3 +39,167 @@ def test_the_example_in_run_help_is_a_valid_config():
 
     config = parse_config(yaml.safe_load(EXAMPLE))
     assert config.datasets == ["truthfulqa", "toxigen", "confaide", "stereoset", "sst2"]
+
+
+# ----- a config is refused at load/--check time, in one line naming the key, exit code 2 -----
+
+
+@pytest.fixture()
+def project(tmp_path):
+    """A config folder with a local suite of two 4-block checkpoints (their config.json is all
+    validation reads) and toy datasets toy.csv, a/toy.csv and b/toy.csv; returns a writer of
+    tmp_path/config.yaml from keys (over a valid base) or raw text."""
+    for step in (0, 10):
+        folder = tmp_path / "suite" / f"step_{step}"
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text(json.dumps({"model_type": "llama", "num_hidden_layers": 4}))
+    for folder in (tmp_path, tmp_path / "a", tmp_path / "b"):
+        folder.mkdir(exist_ok=True)
+        (folder / "toy.csv").write_text("statement,label\n" + "".join(f"row {i},{i % 2}\n" for i in range(8)))
+
+    def write(changes: dict | str = "") -> Path:
+        base = {"workspace": "ws", "suite": "local:suite", "datasets": [str(tmp_path / "toy.csv")], "device": "cpu"}
+        text = changes if isinstance(changes, str) else yaml.safe_dump({**base, **changes}, sort_keys=False)
+        path = tmp_path / "config.yaml"
+        path.write_text(text)
+        return path
+
+    return write
+
+
+def run_check(path: Path, capsys) -> tuple[int, str]:
+    """`trusttrace run PATH --check`: its exit code and what it printed to stderr."""
+    from trusttrace.cli import main as cli_main
+
+    with mock.patch.object(sys, "argv", ["trusttrace", "run", str(path), "--check"]), pytest.raises(SystemExit) as exit_info:
+        cli_main()
+    return exit_info.value.code, capsys.readouterr().err
+
+
+def assert_refused(path: Path, capsys, *fragments: str) -> None:
+    """Exit code 2, one line holding every fragment, and no workspace made."""
+    code, err = run_check(path, capsys)
+    assert code == 2, err
+    assert err.count("\n") == 1, err
+    for fragment in fragments:
+        assert fragment in err
+    assert not (path.parent / "ws").exists(), "nothing may be written on a bad config"
+
+
+STEERING = {"source": "step_10", "layers": [1]}
+
+
+@pytest.mark.parametrize(
+    ("changes", "fragments"),
+    [
+        pytest.param({"layers": [0, 99]}, ["key 'layers'", "layer 99 is out of range", "4 decoder blocks"], id="layer-out-of-range"),
+        pytest.param({"layers": [0, -5]}, ["key 'layers'", "layer -5 is out of range"], id="negative-layer-out-of-range"),
+        pytest.param({"layers": []}, ["key 'layers'", "no layers chosen"], id="no-layers"),
+        pytest.param({"layers": [1, 2]}, ["key 'mi.x_layer'", "layer 0 is not among the extracted layers (1, 2)", "x_layer: 1"],
+                     id="default-x-layer-not-extracted"),
+        pytest.param({"layers": [1, 2], "mi": {"x_layer": 7}}, ["key 'mi.x_layer'", "layer 7", "x_layer: 1"], id="x-layer-not-extracted"),
+        pytest.param({"mi": {"x_layer": 4}}, ["key 'mi.x_layer'", "layer 4", "(0..3)"], id="x-layer-beyond-the-blocks"),
+        pytest.param({"stages": ["extract", "steering"], "steering": {"source": "step_10", "layers": [4]}},
+                     ["key 'steering.layers'", "[4]"], id="steering-layer-beyond-the-blocks"),
+        pytest.param({"layers": [0, 1], "stages": ["extract", "steering"], "steering": {"source": "step_10", "layers": [2]}},
+                     ["key 'steering.layers'", "[2]", "(0, 1)"], id="steering-layer-not-extracted"),
+        pytest.param({"stages": ["extract", "evaluate"], "evaluate": {"tasks": ["nosuchtask"]}},
+                     ["key 'evaluate.tasks'", "unknown task 'nosuchtask'"], id="unknown-task"),
+        pytest.param({"stages": ["extract", "evaluate"], "evaluate": {"tasks": ["binary"]}},
+                     ["key 'evaluate.tasks'", "task 'binary' needs a dataset"], id="task-without-its-dataset"),
+        pytest.param({"stages": ["extract", "steering"], "steering": {**STEERING, "datasets": ["nosuch"]}},
+                     ["key 'steering.datasets'", "'nosuch' is not one of the sweep's datasets (toy)"],
+                     id="unknown-steering-dataset"),
+        pytest.param({"stages": ["extract", "steering"], "steering": {**STEERING, "datasets": ["toy.csv"]}},
+                     ["key 'steering.datasets'", "'toy.csv'"], id="steering-dataset-by-file-name"),
+        pytest.param({"stages": ["probes", "mi"]}, ["key 'stages'", "add extract to stages"], id="no-extract-no-activations"),
+        pytest.param({"steering": STEERING}, ["key 'steering'", "not in stages", "add it to stages"], id="steering-without-its-stage"),
+        pytest.param({"evaluate": {"tasks": ["privacy"]}}, ["key 'evaluate'", "not in stages"], id="evaluate-without-its-stage"),
+        pytest.param({"device": "tpu9"}, ["key 'device'", "'tpu9'", "cuda:N"], id="unknown-device"),
+        pytest.param({"checkpoints": 5}, ["key 'checkpoints':", "(got 5)", "every:K"], id="checkpoints-not-a-selection"),
+        pytest.param({"batch_size": True}, ["key 'batch_size'", "valid integer", "(got True)"], id="boolean-as-integer"),
+        pytest.param({"probes": {"C": True}}, ["key 'probes.C'", "not true/false"], id="boolean-as-number"),
+    ],
+)
+def test_config_is_refused_up_front(project, capsys, changes, fragments):
+    assert_refused(project(changes), capsys, *fragments)
+
+
+def test_two_datasets_with_one_name_are_refused(project, tmp_path, capsys):
+    first, second = str(tmp_path / "a" / "toy.csv"), str(tmp_path / "b" / "toy.csv")
+    assert_refused(project({"datasets": [first, second]}), capsys,
+                   f"key 'datasets': {first} and {second} have the same name 'toy'")
+    assert_refused(project({"datasets": [first, first]}), capsys, f"key 'datasets': {first!r} is listed twice")
+
+
+def test_checkpoints_error_names_no_union_member(project, capsys):
+    _, err = run_check(project({"checkpoints": 5}), capsys)
+    assert "checkpoints.str" not in err
+
+
+def test_duplicate_yaml_keys_are_refused_with_their_lines(project, tmp_path, capsys):
+    text = f"workspace: ws\nsuite: local:suite\ndatasets: [{tmp_path / 'toy.csv'}]\nbatch_size: 8\nprobes:\n  folds: 2\n  folds: 3\n"
+    assert_refused(project(text), capsys, "key 'folds' is given twice (lines 6 and 7)")
+    assert_refused(project(text.replace("probes:\n  folds: 2\n", "batch_size: 16\nprobes:\n")), capsys,
+                   "key 'batch_size' is given twice (lines 4 and 5)")
+
+
+def test_yaml_merge_keys_are_not_duplicates(project, tmp_path, capsys):
+    text = f"workspace: ws\nsuite: local:suite\ndatasets: [{tmp_path / 'toy.csv'}]\nprobes:\n  <<: {{folds: 2, seed: 1}}\n  folds: 3\n"
+    code, err = run_check(project(text), capsys)
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("layers", [[0, 3], [-1, -4], "all"])
+def test_layers_within_the_blocks_pass(project, capsys, layers):
+    code, err = run_check(project({"layers": layers, "mi": {"x_layer": 0}}), capsys)
+    assert code == 0, err
+
+
+def test_x_layer_conflict_matters_only_with_the_mi_stage(project, capsys):
+    code, err = run_check(project({"layers": [1, 2], "stages": ["extract", "probes"]}), capsys)
+    assert code == 0, err
+
+
+def test_stages_without_extract_pass_over_stored_activations(project, tmp_path, capsys):
+    (tmp_path / "ws" / "activations" / "some-set").mkdir(parents=True)
+    code, err = run_check(project({"stages": ["probes", "mi"]}), capsys)
+    assert code == 0, err
+
+
+def test_device_auto_means_the_default(project):
+    assert load_config(project({"device": "auto"})).device is None
+    assert load_config(project({"device": "cuda:1"})).device == "cuda:1"
+
+
+def test_layers_of_a_hub_suite_are_checked_only_from_the_cache(tmp_path, monkeypatch):
+    """The block count of a Hub checkpoint comes from a config.json already cached, never a download."""
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    config = parse_config({"workspace": str(tmp_path / "ws"), "suite": "pythia-70m", "checkpoints": "step1000",
+                           "datasets": ["truthfulqa"], "layers": [0, 9]})
+    check_names(config)  # nothing cached: the check is left to run time
+    repo = tmp_path / "hub" / "models--EleutherAI--pythia-70m"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "step1000").write_text("0" * 40)
+    (repo / "snapshots" / ("0" * 40)).mkdir(parents=True)
+    (repo / "snapshots" / ("0" * 40) / "config.json").write_text(json.dumps({"num_hidden_layers": 6}))
+    with pytest.raises(ConfigError, match="key 'layers': layer 9 is out of range: the model has 6 decoder blocks"):
+        check_names(config)
+
+
+def test_text_config_gives_the_block_count(project, tmp_path, capsys):
+    for folder in (tmp_path / "suite").iterdir():
+        (folder / "config.json").write_text(json.dumps({"model_type": "x", "text_config": {"num_hidden_layers": 8}}))
+    code, err = run_check(project({"layers": [5], "mi": {"x_layer": 5}}), capsys)
+    assert code == 0, err
+    assert_refused(project({"layers": [8], "mi": {"x_layer": 8}}), capsys, "layer 8 is out of range")
+
+
+def test_dataset_files_are_relative_to_the_config(project, monkeypatch, tmp_path_factory, capsys):
+    path = project({"datasets": ["toy.csv", "truthfulqa"]})
+    monkeypatch.chdir(tmp_path_factory.mktemp("elsewhere"))
+    assert load_config(path).datasets == [str(path.parent / "toy.csv"), "truthfulqa"]
+    code, err = run_check(path, capsys)
+    assert code == 0, err

@@ -1,30 +1,44 @@
 """The experiment configuration of `trusttrace run`: one YAML file, validated up front.
 
-Every key is checked before any work starts (unknown keys, wrong types, unknown suites,
-datasets and stages, an unwritable workspace); a problem is one ConfigError naming the file
-and the key.
+Every key is checked before any work starts, and nothing is written or downloaded meanwhile:
+unknown or repeated keys, wrong types (true/false is not a number), sections and stages that do
+not go together, layers that will not be extracted, unknown suites, checkpoints, datasets, tasks
+and devices, stages with no activations to read, an unwritable workspace. A problem is one
+ConfigError naming the file and the key. Relative paths in the file (workspace, data_dir,
+local: suites, dataset files) are relative to the file's folder.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import tempfile
 from pathlib import Path
-from typing import Literal, Optional, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from trusttrace.errors import ConfigError
 
+if TYPE_CHECKING:
+    from trusttrace.checkpoints import Checkpoint, CheckpointSuite
+
 Stage = Literal["extract", "probes", "mi", "steering", "evaluate"]
 STAGES: tuple[str, ...] = ("extract", "probes", "mi", "steering", "evaluate")
+SECTION_STAGES = ("steering", "evaluate")  # stages configured by a section of their own name
+READS_ACTIVATIONS = ("probes", "mi", "steering")  # stages that read what extract stored
+ACTIVATIONS_DIR = "activations"  # the workspace folder of activation sets (trusttrace.store's layout)
+DEVICE = re.compile(r"cpu|mps|cuda(:\d+)?")
+MERGE_TAG = "tag:yaml.org,2002:merge"
 
 EXAMPLE = """\
 workspace: runs/pythia-160m     # activations, tables, manifest, report
 suite: pythia-160m              # amber, pythia-SIZE, olmo-7b, local:DIR
 checkpoints: "log:12"           # names, all, every:K, log:N, first:N
-datasets: [truthfulqa, toxigen, confaide, stereoset, sst2]
+datasets: [truthfulqa, toxigen, confaide, stereoset, sst2]   # or files, relative to this one
 data_dir: shared/datasets       # or $TRUSTTRACE_DATA
 layers: all
 position: last
@@ -38,6 +52,33 @@ keep_weights: false             # delete a checkpoint's files when done
 """
 
 
+def _not_bool(value: Any) -> Any:
+    """Refuse true/false where a number is expected: pydantic's lax mode would read them as 1.0 and 0.0."""
+    if isinstance(value, bool):
+        raise PydanticCustomError("float_type", "Input should be a valid number, not true/false")
+    return value
+
+
+Number = Annotated[float, BeforeValidator(_not_bool)]
+# A layer number as extraction stores it: counted from block 0, so a negative one never matches.
+StoredLayer = Annotated[StrictInt, Field(ge=0)]
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (PyYAML would keep the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        lines: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == MERGE_TAG:
+                continue
+            key, line = self.construct_object(key_node, deep=deep), key_node.start_mark.line + 1
+            if key in lines:
+                raise ConfigError(f"key {key!r} is given twice (lines {lines[key]} and {line})")
+            lines[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 class Strict(BaseModel):
     """A config section: unknown keys are errors, not silently ignored."""
 
@@ -49,33 +90,33 @@ class ProbeOptions(Strict):
         None, description="default: paper under protocol paper, else grouped where groups exist"
     )
     method: Literal["logreg", "mass_mean"] = "logreg"
-    folds: int = Field(5, ge=1)
-    test_size: float = Field(0.2, gt=0, lt=1)
-    seed: int = 0
-    C: float = Field(1.0, gt=0)
+    folds: StrictInt = Field(5, ge=1)
+    test_size: Number = Field(0.2, gt=0, lt=1)
+    seed: StrictInt = 0
+    C: Number = Field(1.0, gt=0)
 
 
 class MIOptions(Strict):
     estimator: Literal["nhsic", "hsic", "gaussian", "ksg"] = "nhsic"
-    x_layer: int = 0
+    x_layer: StoredLayer = Field(0, description="the layer whose states stand for the input X: one of the extracted layers")
 
 
 class SteeringOptions(Strict):
     source: str = Field(..., description="checkpoint whose activations give the vectors")
     target: str = Field("final", description="'final' (last selected checkpoint), a suite target key, or a model id/path")
-    datasets: Optional[list[str]] = None
-    layers: list[int] = Field(..., min_length=1)
-    alphas: list[float] = Field(default_factory=lambda: [-4.0, -2.0, 0.0, 2.0, 4.0], min_length=1)
+    datasets: Optional[list[str]] = Field(None, min_length=1, description="names of the sweep's datasets (default: all)")
+    layers: list[StoredLayer] = Field(..., min_length=1)
+    alphas: list[Number] = Field(default_factory=lambda: [-4.0, -2.0, 0.0, 2.0, 4.0], min_length=1)
     scaling: Literal["std", "unit", "raw"] = "std"
     positions: Literal["last", "all", "prompt", "generated"] = "last"
-    max_perplexity: Optional[float] = Field(6.0, gt=0)
-    max_rows: Optional[int] = Field(None, ge=1, description="evaluate on at most this many held-out rows")
+    max_perplexity: Optional[Number] = Field(6.0, gt=0)
+    max_rows: Optional[StrictInt] = Field(None, ge=1, description="evaluate on at most this many held-out rows")
 
 
 class EvaluateOptions(Strict):
     tasks: list[str] = Field(..., min_length=1)
     model: str = Field("final", description="'final', a suite target key, or a model id/path")
-    max_rows: Optional[int] = Field(None, ge=1)
+    max_rows: Optional[StrictInt] = Field(None, ge=1)
 
 
 class SweepConfig(Strict):
@@ -87,8 +128,8 @@ class SweepConfig(Strict):
     layers: Union[Literal["all"], list[int]] = "all"
     position: Literal["last", "first", "mean"] = "last"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    device: Optional[str] = None
-    batch_size: Optional[int] = Field(None, ge=1)
+    device: Optional[str] = Field(None, description="cpu, cuda, cuda:N or mps; auto or unset: CUDA when available, else the CPU")
+    batch_size: Optional[StrictInt] = Field(None, ge=1)
     protocol: Literal["default", "paper"] = "default"
     stages: list[Stage] = Field(default_factory=lambda: ["extract", "probes", "mi"], min_length=1)
     probes: ProbeOptions = Field(default_factory=ProbeOptions)
@@ -97,14 +138,52 @@ class SweepConfig(Strict):
     evaluate: Optional[EvaluateOptions] = None
     prefetch: bool = True
     keep_weights: bool = True
-    disk_budget: Optional[int] = Field(None, ge=1, description="most checkpoints kept on disk at once")
-    retries: int = Field(2, ge=0)
+    disk_budget: Optional[StrictInt] = Field(None, ge=1, description="most checkpoints kept on disk at once")
+    retries: StrictInt = Field(2, ge=0)
     trust_remote_code: bool = False
 
     @field_validator("stages")
     @classmethod
     def _unique_stages(cls, stages: list[str]) -> list[str]:
         return [stage for stage in STAGES if stage in stages]
+
+    @field_validator("checkpoints", mode="before")
+    @classmethod
+    def _selection(cls, value: Any) -> Any:
+        """A selection or a list of names; anything else is reported under `checkpoints`, not a union member's name."""
+        if isinstance(value, str) or (isinstance(value, list) and all(isinstance(name, str) for name in value)):
+            return value
+        raise PydanticCustomError(
+            "selection", "expected 'all', 'every:K', 'log:N', 'first:N', checkpoint names separated by commas, or a list of names"
+        )
+
+    @field_validator("layers", mode="before")
+    @classmethod
+    def _layer_choice(cls, value: Any) -> Any:
+        """'all' or a non-empty list of whole layer numbers, reported under `layers` when not."""
+        if value == []:
+            raise PydanticCustomError("no_layers", "no layers chosen: give 'all' or a list of layer numbers")
+        if value == "all" or (isinstance(value, list) and all(_is_int(layer) for layer in value)):
+            return value
+        raise PydanticCustomError("layers", "expected 'all' or a list of layer numbers (negative ones count from the last block)")
+
+    @field_validator("device", mode="before")
+    @classmethod
+    def _device(cls, value: Any) -> Any:
+        """cpu, cuda, cuda:N or mps; 'auto' (as for dtype) and unset both leave the choice to trusttrace."""
+        if value is None or value == "auto":
+            return None
+        if isinstance(value, str) and DEVICE.fullmatch(value):
+            return value
+        raise PydanticCustomError("device", "expected cpu, cuda, cuda:N, mps or auto (CUDA when available, else the CPU)")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "SweepConfig":
+        """Refuse keys that contradict each other, as a ConfigError naming the key."""
+        problem = _section_problem(self) or _dataset_name_problem(self) or _layer_use_problem(self, _listed_layers(self.layers))
+        if problem:
+            raise ConfigError(problem)
+        return self
 
     def probe_split(self) -> str:
         """The probe split: the config's, else the protocol's (paper, or grouped where groups exist)."""
@@ -113,21 +192,109 @@ class SweepConfig(Strict):
         return "paper" if self.protocol == "paper" else "grouped"
 
 
+def _is_int(value: Any) -> bool:
+    """Whether `value` is a whole number and not true/false (which Python counts as ints)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _section_problem(config: SweepConfig) -> str | None:
+    """A steering/evaluate section without its stage (it would be ignored), or the stage without its section."""
+    for stage in SECTION_STAGES:
+        given = getattr(config, stage) is not None
+        if given and stage not in config.stages:
+            return (f"key '{stage}': the section is set but '{stage}' is not in stages {config.stages}: "
+                    "add it to stages, or remove the section")
+        if stage in config.stages and not given:
+            return f"key '{stage}': the {stage} stage needs a '{stage}' section"
+    return None
+
+
+def _dataset_name(entry: str) -> str:
+    """The name a `datasets` entry gets in the sweep, as load_dataset gives it: a built-in's own, a file's stem."""
+    from trusttrace.data.cards import CARDS
+
+    return entry if entry in CARDS else Path(entry).stem
+
+
+def _is_dataset_file(entry: str) -> bool:
+    """Whether a `datasets` entry is a file path (a data file suffix, or a folder in it), not a built-in name."""
+    from trusttrace.data.cards import CARDS
+    from trusttrace.data.files import SUFFIXES
+
+    if entry in CARDS:
+        return False
+    return Path(entry).suffix.lower() in SUFFIXES or "/" in entry or os.sep in entry
+
+
+def _dataset_name_problem(config: SweepConfig) -> str | None:
+    """Two datasets with one name (their units and tables would collide), or steering datasets the sweep lacks."""
+    entries: dict[str, str] = {}
+    for entry in config.datasets:
+        name = _dataset_name(entry)
+        if name in entries and entries[name] == entry:
+            return f"key 'datasets': {entry!r} is listed twice"
+        if name in entries:
+            return (f"key 'datasets': {entries[name]} and {entry} have the same name {name!r} (a file's name is its stem); "
+                    "their units and tables would collide: rename one")
+        entries[name] = entry
+    wanted = config.steering.datasets if config.steering is not None else None
+    unknown = [name for name in wanted or [] if name not in entries]
+    if unknown:
+        return (f"key 'steering.datasets': {unknown[0]!r} is not one of the sweep's datasets ({', '.join(entries)}); "
+                "name them as the sweep does: a built-in's name, a file's stem")
+    return None
+
+
+def _listed_layers(layers: str | list[int]) -> list[int] | None:
+    """The layer numbers extraction will store when the config alone tells; None when that takes the block count."""
+    if layers == "all" or any(layer < 0 for layer in layers):
+        return None
+    return list(layers)
+
+
+def _layer_use_problem(config: SweepConfig, stored: list[int] | None) -> str | None:
+    """The mi x_layer or steering layers that extraction will not store (those units would all fail); None if unknown."""
+    if stored is None:
+        return None
+    if "mi" in config.stages and config.mi.x_layer not in stored:
+        return (f"key 'mi.x_layer': layer {config.mi.x_layer} is not among the extracted layers ({_span(stored)}): "
+                f"set mi: {{x_layer: {min(stored)}}}, the lowest of them (the study's X is block 0)")
+    if "steering" in config.stages:
+        missing = [layer for layer in config.steering.layers if layer not in stored]
+        if missing:
+            return (f"key 'steering.layers': layers {missing} are not among the extracted layers ({_span(stored)}): "
+                    "steer on extracted layers")
+    return None
+
+
+def _span(layers: list[int]) -> str:
+    """Layer numbers for a message: 'a..b' for a run of more than three, else the numbers."""
+    ordered = sorted(set(layers))
+    if len(ordered) > 3 and ordered == list(range(ordered[0], ordered[-1] + 1)):
+        return f"{ordered[0]}..{ordered[-1]}"
+    return ", ".join(map(str, ordered))
+
+
 def load_config(path: str | os.PathLike, overrides: dict | None = None) -> SweepConfig:
-    """Read and validate a YAML config; relative paths in it are relative to the file's folder."""
+    """Read and validate a YAML config; relative paths in it are relative to the file's folder.
+
+    Those are the workspace, data_dir, a local: suite and dataset files (built-in names stay names).
+    """
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
     except OSError as error:
         raise ConfigError(f"{path}: cannot read the config ({error.strerror or error})") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the config must be a mapping of keys to values")
     raw.update(overrides or {})
     config = parse_config(raw, where=str(path))
     base = path.resolve().parent
-    updates = {"workspace": base / config.workspace}
+    updates = {"workspace": base / config.workspace, "datasets": [_from_folder(entry, base) for entry in config.datasets]}
     if config.data_dir is not None:
         updates["data_dir"] = base / config.data_dir
     if config.suite.startswith("local:") and not Path(config.suite[6:]).expanduser().is_absolute():
@@ -135,10 +302,20 @@ def load_config(path: str | os.PathLike, overrides: dict | None = None) -> Sweep
     return config.model_copy(update=updates)
 
 
+def _from_folder(entry: str, base: Path) -> str:
+    """A relative dataset file path as a path under `base`; built-in names and absolute paths unchanged."""
+    if not _is_dataset_file(entry):
+        return entry
+    path = Path(entry).expanduser()
+    return str(path if path.is_absolute() else base / path)
+
+
 def parse_config(raw: dict, where: str = "config") -> SweepConfig:
     """Validate a config mapping, turning the first problem into a ConfigError naming the key."""
     try:
         return SweepConfig.model_validate(raw)
+    except ConfigError as error:
+        raise ConfigError(f"{where}: {error}") from None
     except ValidationError as error:
         first = error.errors()[0]
         key = ".".join(str(part) for part in first["loc"]) or "(top level)"
@@ -148,31 +325,143 @@ def parse_config(raw: dict, where: str = "config") -> SweepConfig:
 
 
 def check_names(config: SweepConfig, where: str = "config") -> None:
-    """Check that the suite, the datasets and the workspace exist or can be made; nothing is started."""
+    """Check what the config names against what exists, reading only what is on disk already.
+
+    The suite and its checkpoints, the datasets, the steering source, the evaluation tasks, the
+    layers against the model's block count (when its config.json is local or in the Hub cache),
+    stored activations for stages that read them, a writable workspace. Nothing is downloaded,
+    written or started.
+    """
     from trusttrace.checkpoints import checkpoint_suite
-    from trusttrace.data import builtin_cards
     from trusttrace.errors import TrustTraceError
 
     try:
         suite = checkpoint_suite(config.suite)
-        suite.select(config.checkpoints)
+        checkpoints = suite.select(config.checkpoints)
     except TrustTraceError as error:
         raise ConfigError(f"{where}: key 'suite'/'checkpoints': {error}") from None
+    problem = (
+        _dataset_problem(config)
+        or _source_problem(config, suite)
+        or _task_problem(config)
+        or _block_count_problem(config, checkpoints[0])
+        or _activations_problem(config)
+        or _workspace_problem(config)
+    )
+    if problem:
+        raise ConfigError(f"{where}: {problem}")
+
+
+def _dataset_problem(config: SweepConfig) -> str | None:
+    """A dataset that is neither a built-in name nor an existing file."""
+    from trusttrace.data import builtin_cards
+
     known = builtin_cards()
     for name in config.datasets:
-        if name not in known and not Path(name).expanduser().exists():
-            raise ConfigError(f"{where}: key 'datasets': unknown dataset {name!r}; known: {', '.join(known)}, or a file path")
-    if "steering" in config.stages:
-        if config.steering is None:
-            raise ConfigError(f"{where}: key 'steering': the steering stage needs a 'steering' section")
+        if name in known or Path(name).expanduser().exists():
+            continue
+        if _is_dataset_file(name):
+            return f"key 'datasets': no such file {name}"
+        return f"key 'datasets': unknown dataset {name!r}; known: {', '.join(known)}, or a file path"
+    return None
+
+
+def _source_problem(config: SweepConfig, suite: "CheckpointSuite") -> str | None:
+    """A steering source that is not a checkpoint of the suite."""
+    from trusttrace.errors import TrustTraceError
+
+    if "steering" not in config.stages:
+        return None
+    try:
+        suite.get(config.steering.source)
+    except TrustTraceError as error:
+        return f"key 'steering.source': {error}"
+    return None
+
+
+def _task_problem(config: SweepConfig) -> str | None:
+    """An evaluation task the registry lacks, or one that needs a dataset the evaluate stage does not give."""
+    if config.evaluate is None:
+        return None
+    from trusttrace.errors import EvaluationError
+    from trusttrace.evaluate import get_task
+
+    for name in config.evaluate.tasks:
         try:
-            suite.get(config.steering.source)
-        except TrustTraceError as error:
-            raise ConfigError(f"{where}: key 'steering.source': {error}") from None
-    if "evaluate" in config.stages and config.evaluate is None:
-        raise ConfigError(f"{where}: key 'evaluate': the evaluate stage needs an 'evaluate' section")
-    if not _writable(config.workspace):
-        raise ConfigError(f"{where}: key 'workspace': {config.workspace} is not a writable folder")
+            task = get_task(name)
+        except EvaluationError as error:
+            return f"key 'evaluate.tasks': {error}"
+        if task.takes_dataset and task.dataset is None:
+            return (f"key 'evaluate.tasks': task {name!r} needs a dataset, and the evaluate stage runs each task on its own; "
+                    "the steering stage evaluates the sweep's datasets (its unsteered baseline included)")
+    return None
+
+
+def _block_count_problem(config: SweepConfig, checkpoint: "Checkpoint") -> str | None:
+    """Layers outside the model's blocks, or mi/steering layers not extracted, when the block count is on disk."""
+    found = _block_count(checkpoint)
+    if found is None:
+        return None
+    count, source = found
+    if config.layers == "all":
+        return _layer_use_problem(config, list(range(count)))
+    from trusttrace.errors import LayerError
+    from trusttrace.models import check_layers
+
+    try:
+        stored = check_layers(config.layers, count)
+    except LayerError as error:
+        return f"key 'layers': {error} ({source})"
+    return _layer_use_problem(config, stored)
+
+
+def _block_count(checkpoint: "Checkpoint") -> tuple[int, Path] | None:
+    """A checkpoint's decoder-block count and the config.json that says so, when that file is on disk.
+
+    A local checkpoint's folder, or a Hub checkpoint already in the Hub cache; None otherwise
+    (validation never downloads) or when the file does not say (the load at run time will).
+    """
+    path = _config_on_disk(checkpoint)
+    if path is None:
+        return None
+    try:
+        settings = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(settings, dict):
+        return None
+    text = settings.get("text_config")
+    count = (text if isinstance(text, dict) and "num_hidden_layers" in text else settings).get("num_hidden_layers")
+    return (count, path) if _is_int(count) and count > 0 else None
+
+
+def _config_on_disk(checkpoint: "Checkpoint") -> Path | None:
+    """The checkpoint's config.json in its local folder or in the Hub cache, without asking the Hub."""
+    if checkpoint.revision is None:
+        path = Path(checkpoint.model_id) / "config.json"
+        return path if path.is_file() else None
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(checkpoint.model_id, "config.json", revision=checkpoint.revision)
+    return Path(cached) if isinstance(cached, str) else None
+
+
+def _activations_problem(config: SweepConfig) -> str | None:
+    """Stages that read stored activations, without extract, over a workspace that has none."""
+    readers = [stage for stage in config.stages if stage in READS_ACTIVATIONS]
+    if "extract" in config.stages or not readers:
+        return None
+    folder = config.workspace / ACTIVATIONS_DIR
+    if folder.is_dir() and any(folder.iterdir()):
+        return None
+    return f"key 'stages': {', '.join(readers)} read stored activations and {config.workspace} has none: add extract to stages"
+
+
+def _workspace_problem(config: SweepConfig) -> str | None:
+    """A workspace that is not, and cannot be made, a writable folder."""
+    if _writable(config.workspace):
+        return None
+    return f"key 'workspace': {config.workspace} is not a writable folder"
 
 
 def _writable(folder: Path) -> bool:
