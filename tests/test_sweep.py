@@ -225,7 +225,7 @@ def test_steering_stage_builds_vectors_and_a_grid(setup):
     assert len(grid) == 1 + 2 * 2  # the unsteered baseline, then layers x alphas
     assert set(grid["source_checkpoint"]) == {"step_10"} and set(grid["target_model"]) == {"final"}
     assert grid["kl"].iloc[1:].gt(0).all()
-    assert (config.workspace / "steering" / "step_10-toy.safetensors").exists()
+    assert len(list((config.workspace / "steering").glob("*-step_10-toy-*.safetensors"))) == 1
     assert run_sweep(config, progress=False).ran == 0
 
 

@@ -1,33 +1,61 @@
 """The steering and evaluate stages of a sweep: vectors from one checkpoint, evaluated on a target.
 
 Steering, per dataset: build vectors from the source checkpoint's stored activations (its
-development rows only), save them with provenance under `steering/`, and evaluate the target
-model over layers × α on the held-out rows; the grid goes to `steering.parquet`. Evaluate:
-run each configured task on the target model, to `evaluate.parquet`. Each is a manifest unit,
-skipped when done.
+development rows only), evaluate the target model over layers × α on the held-out rows (the
+grid goes to `steering.parquet`), and save the vectors with their provenance under `steering/`,
+in a file named by suite, checkpoint, dataset and dataset content so that suites sharing a
+workspace keep their own. Evaluate: run each configured task on the target model, to
+`evaluate.parquet`. Each is a manifest unit, skipped when done.
+
+Every row carries its provenance: the target's label ("final") and the model it resolved to
+(id, revision, commit, weights checksum, dtype, tokenizer), for steering the source activation
+set's (model, revision, commit, weights checksum, position, dtype, dataset hash), the task's
+template when it has one, the protocol, seed and trusttrace version.
 """
 
 from __future__ import annotations
 
+import hashlib
+import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from trusttrace.errors import ConfigError, StoreError
 from trusttrace.evaluate import TASKS, steering_grid
 from trusttrace.evaluate import evaluate as run_task
-from trusttrace.models import load_model
+from trusttrace.models import describe_source, load_model
+from trusttrace.provenance import now_utc, trusttrace_version
 from trusttrace.steering import build_vectors, save_vectors
 from trusttrace.store import append_table
 
 if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+    from trusttrace.config import SweepConfig
     from trusttrace.sweep import Sweep
 
 STEERING_TABLE = "steering.parquet"
 EVALUATE_TABLE = "evaluate.parquet"
-STEERING_KEYS = ["source_checkpoint", "target_model", "dataset", "task", "layer", "alpha", "metric"]
-EVALUATE_KEYS = ["target_model", "task", "metric"]
+
+# Fields of the target's ModelSource copied as `target_<field>` columns (its id as `target_model_id`,
+# since `target_model` is the configured label), and of the source activation set as `source_<field>`.
+TARGET_FIELDS = ("revision", "commit", "weights_sha256", "dtype", "tokenizer", "tokenizer_sha256", "architecture")
+SOURCE_FIELDS = ("model", "revision", "commit", "weights_sha256", "position", "dtype")
+
+# Row keys: rows of another target model, source model, dataset version or setting are kept apart.
+TARGET_KEYS = ["target_model", "target_model_id", "target_revision"]
+STEERING_KEYS = [
+    "source_model", "source_checkpoint", *TARGET_KEYS, "dataset", "dataset_hash", "task", "protocol", "seed",
+    "scaling", "positions", "layer", "alpha", "metric",
+]
+EVALUATE_KEYS = [*TARGET_KEYS, "task", "dataset_hash", "protocol", "seed", "metric"]
+
+# A name longer than this keeps its end in a vector file name (its digest tells it apart).
+FILE_PART_LENGTH = 40
+DATASET_HASH_LENGTH = 12
 
 
 def resolve_target(sweep: "Sweep", name: str) -> tuple[str, str | None]:
@@ -43,6 +71,44 @@ def resolve_target(sweep: "Sweep", name: str) -> tuple[str, str | None]:
 def task_for(dataset_name: str) -> str:
     """The evaluation task of a dataset: its own when registered, else the generic binary task."""
     return dataset_name if dataset_name in TASKS else "binary"
+
+
+def file_part(name: str) -> str:
+    """`name` as part of a file name: itself when it is safe already, else its safe characters
+    (the end of them when long) and a digest of the whole name, so different names stay apart."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._-")
+    if safe == name and len(name) <= FILE_PART_LENGTH:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    return f"{safe[-FILE_PART_LENGTH:].lstrip('._-')}-{digest}"
+
+
+def vector_path(sweep: "Sweep", checkpoint: str, dataset) -> Path:
+    """Where the vectors of `checkpoint` on `dataset` go: named by suite, checkpoint, dataset and a
+    prefix of its content hash, since suites share checkpoint names and datasets change content."""
+    parts = (sweep.suite.name, checkpoint, dataset.name)
+    name = "-".join([*map(file_part, parts), dataset.content_hash[:DATASET_HASH_LENGTH]])
+    return sweep.store.root / "steering" / f"{name}.safetensors"
+
+
+def target_columns(label: str, model: "PreTrainedModel") -> dict[str, Any]:
+    """The target's configured label and the model it resolved to, from the loaded model's provenance."""
+    source = describe_source(model)
+    return {"target_model": label, "target_model_id": source["model"]} | {f"target_{f}": source[f] for f in TARGET_FIELDS}
+
+
+def source_columns(provenance: Mapping[str, Any]) -> dict[str, Any]:
+    """The source activation set's provenance as `source_*` columns, with its dataset content hash."""
+    return {f"source_{f}": provenance.get(f) for f in SOURCE_FIELDS} | {"dataset_hash": provenance.get("dataset_hash")}
+
+
+def run_columns(config: "SweepConfig", template: str | None) -> dict[str, Any]:
+    """How a result was computed: the task's prompt template (None for a task without one), the
+    protocol, seed, trusttrace version and time."""
+    return {
+        "template": template, "protocol": config.protocol, "seed": config.probes.seed,
+        "trusttrace_version": trusttrace_version(), "created": now_utc(),
+    }
 
 
 def run_steering_stages(sweep: "Sweep") -> None:
@@ -85,7 +151,11 @@ def run_steering_stages(sweep: "Sweep") -> None:
 
 
 def steer_dataset(sweep: "Sweep", dataset, model_and_tokenizer, target_name: str) -> tuple[str, None]:
-    """Vectors from the source checkpoint's activations of `dataset`, and their layers × α grid."""
+    """Vectors from the source checkpoint's activations of `dataset`, and their layers × α grid.
+
+    The vectors are saved after the grid ran, so their provenance names the template the grid
+    evaluated with.
+    """
     config, options = sweep.config, sweep.config.steering
     source = sweep.suite.get(options.source)
     record = sweep.extract_record(source, dataset)
@@ -98,8 +168,6 @@ def steer_dataset(sweep: "Sweep", dataset, model_and_tokenizer, target_name: str
         sweep.store.load(record, layers=options.layers), dataset, options.layers, acts_layers=options.layers,
         protocol=config.protocol, scaling=options.scaling, seed=config.probes.seed, source=record.provenance,
     )
-    path = sweep.store.root / "steering" / f"{source.name}-{dataset.name}.safetensors"
-    save_vectors(path, vectors, provenance)
     model, tokenizer = model_and_tokenizer
     task = task_for(dataset.name)
     grid = steering_grid(
@@ -107,12 +175,18 @@ def steer_dataset(sweep: "Sweep", dataset, model_and_tokenizer, target_name: str
         max_perplexity=options.max_perplexity, provenance=provenance, limit=options.max_rows,
         protocol=config.protocol, seed=config.probes.seed,
     )
+    template = grid.baseline.settings.get("template")
+    path = vector_path(sweep, source.name, dataset)
+    save_vectors(path, vectors, provenance | {"template": template})
+    artefact = str(Path("steering") / path.name)
     table = grid.table.assign(
-        source_checkpoint=source.name, target_model=target_name, dataset=dataset.name, task=task,
-        best=_best_flags(grid.table, grid.best),
+        source_checkpoint=source.name, dataset=dataset.name, task=task, scaling=options.scaling,
+        positions=options.positions, best=_best_flags(grid.table, grid.best), vector_file=artefact,
+        **source_columns(record.provenance), **target_columns(target_name, model),
+        **run_columns(config, template),
     )
     append_table(sweep.store.root / STEERING_TABLE, table, STEERING_KEYS)
-    return str(Path("steering") / path.name), None
+    return artefact, None
 
 
 def _best_flags(table: pd.DataFrame, best: dict | None) -> list[bool]:
@@ -122,10 +196,14 @@ def _best_flags(table: pd.DataFrame, best: dict | None) -> list[bool]:
 
 
 def evaluate_task(sweep: "Sweep", task: str, model_and_tokenizer, target_name: str) -> tuple[str, None]:
-    """One trust task on the target model, appended to evaluate.parquet."""
+    """One trust task on the target model, appended to evaluate.parquet with its provenance."""
     config = sweep.config
     model, tokenizer = model_and_tokenizer
     result = run_task(model, tokenizer, task, data_dir=config.data_dir, limit=config.evaluate.max_rows,
                       protocol=config.protocol, seed=config.probes.seed)
-    append_table(sweep.store.root / EVALUATE_TABLE, result.table.assign(target_model=target_name), EVALUATE_KEYS)
+    table = result.table.assign(
+        dataset=result.settings.get("dataset"), dataset_hash=result.settings.get("dataset_hash"),
+        **target_columns(target_name, model), **run_columns(config, result.settings.get("template")),
+    )
+    append_table(sweep.store.root / EVALUATE_TABLE, table, EVALUATE_KEYS)
     return EVALUATE_TABLE, None

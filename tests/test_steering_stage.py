@@ -1,0 +1,116 @@
+"""The sweep's steering and evaluate stages: provenance on every row and vector file, and
+suites sharing a workspace keep their own vectors and rows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from test_sweep import make_dataset, make_suite, write_config
+from trusttrace.config import load_config
+from trusttrace.data import load_dataset
+from trusttrace.evaluate.templates import BINARY_TEMPLATES
+from trusttrace.manifest import Manifest
+from trusttrace.provenance import trusttrace_version
+from trusttrace.steering import load_vectors
+from trusttrace.steering_stage import EVALUATE_TABLE, STEERING_TABLE, file_part
+from trusttrace.sweep import run_sweep
+
+STEERING = {"source": "step_0", "layers": [1], "alphas": [2.0], "max_perplexity": None, "max_rows": 4}
+EVALUATE = {"tasks": ["sst2"], "max_rows": 4}
+TARGET_COLUMNS = ["target_model", "target_model_id", "target_revision", "target_commit", "target_weights_sha256",
+                  "target_dtype", "target_tokenizer", "target_tokenizer_sha256"]
+RUN_COLUMNS = ["dataset", "dataset_hash", "template", "protocol", "seed", "trusttrace_version"]
+SOURCE_COLUMNS = ["source_model", "source_checkpoint", "source_revision", "source_commit", "source_weights_sha256",
+                  "source_position"]
+# A local suite's checkpoints have no Hub revision or commit.
+LOCAL_NONE = ["target_revision", "target_commit", "source_revision", "source_commit"]
+
+
+@pytest.fixture()
+def setup(tmp_path, tokenizer):
+    """Two checkpoints, the 40-row toy dataset, and a data folder whose sst2.csv holds its rows."""
+    suite = make_suite(tmp_path, tokenizer, steps=(0, 10))
+    dataset = make_dataset(tmp_path)
+    data = tmp_path / "data"
+    data.mkdir()
+    pd.read_csv(dataset)[["statement", "label"]].to_csv(data / "sst2.csv", index=False)
+    return tmp_path, suite, dataset, data
+
+
+def sweep(root: Path, suite: Path, dataset: Path, data: Path):
+    """Run extract, steering and evaluate on `suite` in the shared workspace `root/ws`; its config."""
+    config = load_config(write_config(
+        root, suite, dataset, data_dir=str(data), stages=["extract", "steering", "evaluate"],
+        steering=STEERING, evaluate=EVALUATE,
+    ))
+    summary = run_sweep(config, progress=False)
+    assert summary.ok, summary.failed
+    return config
+
+
+def weights_of(workspace: Path, folder: Path) -> str:
+    """The weights checksum the sweep recorded for the checkpoint in `folder`."""
+    rows = Manifest(workspace / "manifest.sqlite").checkpoints()
+    suite = str(folder.parent.resolve())
+    return next(row["weights_sha256"] for row in rows if row["model"] == suite and row["name"] == folder.name)
+
+
+def test_steering_and_evaluate_rows_carry_the_target_and_source_provenance(setup):
+    root, suite, dataset, data = setup
+    config = sweep(root, suite, dataset, data)
+    target, source = suite / "step_10", suite / "step_0"
+    toy_hash = load_dataset(dataset).content_hash
+
+    grid = pd.read_parquet(config.workspace / STEERING_TABLE)
+    assert len(grid) == 1 + 1  # the baseline, then one layer x one alpha
+    known = [c for c in TARGET_COLUMNS + RUN_COLUMNS + SOURCE_COLUMNS if c not in LOCAL_NONE]
+    assert grid[known].notna().all().all() and grid[LOCAL_NONE].isna().all().all()
+    row = grid.iloc[0]
+    assert row["target_model"] == "final" and row["target_model_id"] == str(target.resolve())
+    assert row["target_weights_sha256"] == weights_of(config.workspace, target)
+    assert row["source_model"] == str(suite.resolve()) and row["source_checkpoint"] == "step_0"
+    assert row["source_weights_sha256"] == weights_of(config.workspace, source) != row["target_weights_sha256"]
+    assert (row["source_position"], row["target_dtype"], row["dataset_hash"]) == ("last", "float32", toy_hash)
+    assert row["template"] == BINARY_TEMPLATES["binary"].text
+    assert (row["protocol"], row["seed"], row["trusttrace_version"]) == ("default", 0, trusttrace_version())
+
+    vectors, provenance = load_vectors(config.workspace / row["vector_file"])
+    assert list(vectors) == [1]
+    assert provenance["template"] == row["template"] and provenance["dataset_hash"] == toy_hash
+    assert provenance["weights_sha256"] == row["source_weights_sha256"]
+
+    evaluated = pd.read_parquet(config.workspace / EVALUATE_TABLE)
+    assert set(evaluated["task"]) == {"sst2"} and set(evaluated["dataset"]) == {"sst2"}
+    targets = [frame[TARGET_COLUMNS].drop_duplicates().to_dict("records") for frame in (evaluated, grid)]
+    assert targets[0] == targets[1] and len(targets[0]) == 1
+    assert set(evaluated["template"]) == {BINARY_TEMPLATES["sst2"].text}
+    assert set(evaluated["dataset_hash"]) == {load_dataset("sst2", data_dir=data).content_hash}
+    assert set(evaluated["trusttrace_version"]) == {trusttrace_version()}
+
+
+def test_two_suites_in_one_workspace_keep_their_own_vectors_and_rows(setup, tokenizer):
+    root, suite, dataset, data = setup
+    other = make_suite(root / "other", tokenizer, steps=(0, 10))
+    sweep(root, suite, dataset, data)
+    config = sweep(root, other, dataset, data)
+
+    files = sorted((config.workspace / "steering").glob("*.safetensors"))
+    assert len(files) == 2 and all("step_0" in f.name for f in files)
+    assert {load_vectors(f)[1]["model"] for f in files} == {str(suite.resolve()), str(other.resolve())}
+    grid = pd.read_parquet(config.workspace / STEERING_TABLE)
+    assert len(grid) == 2 * 2 and grid.groupby("source_model")["vector_file"].nunique().eq(1).all()
+    assert set(grid["target_model_id"]) == {str(suite.resolve() / "step_10"), str(other.resolve() / "step_10")}
+    evaluated = pd.read_parquet(config.workspace / EVALUATE_TABLE)
+    assert evaluated.groupby("target_model_id")["metric"].count().tolist() == [len(evaluated) // 2] * 2
+
+
+def test_file_part_keeps_safe_names_and_tells_sanitised_ones_apart():
+    assert file_part("pythia-160m") == "pythia-160m" and file_part("step_10") == "step_10"
+    local = file_part("local:/runs/a/suite")
+    assert local.startswith("local_runs_a_suite-") and "/" not in local and ":" not in local
+    assert file_part("local:/runs/a_suite") != file_part("local:/runs/a/suite")
+    long = file_part("local:/" + "x" * 300)
+    assert len(long) < 60 and long != file_part("local:/" + "x" * 301)
