@@ -39,6 +39,8 @@ def run(
         f"done in {summary.seconds:.0f} s: {summary.ran} units run, {summary.skipped} already done, "
         f"{len(summary.failed)} failed; workspace {settings.workspace}"
     )
+    for repair in summary.repaired:
+        typer.echo(f"repaired: {repair}", err=True)
     for name, duplicate_of in summary.duplicates.items():
         typer.echo(f"note: checkpoint {name} has the same weights as {duplicate_of}")
     for unit, error in summary.failed:

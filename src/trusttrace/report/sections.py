@@ -32,7 +32,10 @@ DEFAULT_CURVE_LAYERS = 4
 # first (the defaults), else the smallest; the caption names what was left out.
 PROBE_CONFIGURATION = (("method", "logreg"), ("split", "grouped"), ("folds", 5), ("test_size", 0.2), ("C", 1.0), ("seed", None))
 # Columns that name one steering grid (everything but layer and alpha), when present.
-STEERING_GROUPS = ("source_model", "source_checkpoint", "source", "dataset", "target_model", "target", "task", "metric")
+STEERING_GROUPS = (
+    "source_model", "source_checkpoint", "source", "dataset", "target_model", "target_model_id", "target_revision", "target",
+    "task", "metric",
+)
 
 
 @dataclass
