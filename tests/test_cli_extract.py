@@ -37,7 +37,9 @@ def test_extract_writes_an_activation_set(tmp_path, saved_model, csv_dataset):
     [
         (["--layers", "0,9"], "layer 9 is out of range"),
         (["--layers", "zero"], "--layers 'zero'"),
+        (["--layers", ","], "--layers ','"),
         (["--position", "middle"], "unknown position 'middle'"),
+        (["--device", "bogus"], "--device 'bogus'"),
     ],
 )
 def test_bad_input_exits_2_and_writes_nothing(tmp_path, saved_model, csv_dataset, args, message):
@@ -46,7 +48,7 @@ def test_bad_input_exits_2_and_writes_nothing(tmp_path, saved_model, csv_dataset
                      "--out", str(workspace), *args)
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
-    assert not (workspace / "activations").exists()
+    assert not workspace.exists()  # the workspace is created only once every option has been checked
 
 
 def test_unknown_dataset_and_non_model_folder(tmp_path, csv_dataset):

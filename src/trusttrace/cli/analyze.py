@@ -8,10 +8,9 @@ from typing import Optional
 import typer
 
 from trusttrace.cli.app import app
-from trusttrace.errors import StoreError
+from trusttrace.cli.options import DeviceOption, check_device, open_workspace
 
 WorkspaceArgument = typer.Argument(..., help="Workspace folder written by `trusttrace extract` or `trusttrace run`.")
-DeviceOption = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda when available).")
 
 
 @app.command()
@@ -20,7 +19,7 @@ def probe(
     split: str = typer.Option("grouped", help="grouped (random when a dataset has no groups), random or paper."),
     method: str = typer.Option("logreg", help="logreg (L2 logistic regression, C=1) or mass_mean."),
     folds: int = typer.Option(5, help="Cross-validation folds (paper: always one 80/20 split)."),
-    seed: int = typer.Option(0, help="Seed of the split."),
+    seed: int = typer.Option(0, min=0, help="Seed of the split."),
     backend: str = typer.Option("auto", help="auto or torch (all layers at once), sklearn (one model per layer)."),
     device: Optional[str] = DeviceOption,
 ) -> None:
@@ -45,7 +44,8 @@ def probe(
     from trusttrace.analysis import PROBES_TABLE, run_probes
     from trusttrace.store import read_table
 
-    store = _open(workspace)
+    device = check_device(device)
+    store = open_workspace(workspace)
     before = len(read_table(workspace / PROBES_TABLE))
     table, problems = run_probes(
         store, split=split, method=method, seed=seed, folds=folds, backend=backend, device=device
@@ -59,7 +59,7 @@ def mi(
     estimator: str = typer.Option("nhsic", help="nhsic (the reference study's), hsic, gaussian or ksg."),
     x_layer: int = typer.Option(0, help="The layer whose states stand for the input X."),
     split: str = typer.Option("paper", help="Rows used: the training rows of this split (paper: the first 80 %)."),
-    seed: int = typer.Option(0, help="Seed of the split (random and grouped)."),
+    seed: int = typer.Option(0, min=0, help="Seed of the split (random and grouped)."),
     device: Optional[str] = DeviceOption,
 ) -> None:
     """Estimate I(X;T) and I(T;Y) for every layer of every activation set in WORKSPACE.
@@ -82,20 +82,12 @@ def mi(
     from trusttrace.info import ESTIMATOR_CAVEAT
     from trusttrace.store import read_table
 
-    store = _open(workspace)
+    device = check_device(device)
+    store = open_workspace(workspace)
     before = len(read_table(workspace / MI_TABLE))
     table, problems = run_mi(store, estimator=estimator, x_layer=x_layer, split=split, seed=seed, device=device)
     _finish(problems, f"{len(table) - before} new MI rows, {len(table)} in {workspace / MI_TABLE}")
     typer.echo(f"note: {ESTIMATOR_CAVEAT}", err=True)
-
-
-def _open(workspace: Path):
-    """The workspace's store; a missing folder is an error here, not a new empty workspace."""
-    from trusttrace.store import ActivationStore
-
-    if not workspace.is_dir():
-        raise StoreError(f"{workspace}: no such workspace folder")
-    return ActivationStore(workspace)
 
 
 def _finish(problems: list[str], summary: str) -> None:

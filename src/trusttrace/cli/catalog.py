@@ -8,7 +8,8 @@ from typing import Optional
 import typer
 
 from trusttrace.checkpoints import Checkpoint, CheckpointSuite, checkpoint_suite, list_suites
-from trusttrace.cli.app import DataDirOption, app, data_dir_path
+from trusttrace.cli.app import DataDirOption, app
+from trusttrace.cli.options import check_data_dir
 from trusttrace.data import builtin_cards
 from trusttrace.data.builtin import data_root, load_builtin
 from trusttrace.errors import CheckpointError, DatasetError
@@ -33,7 +34,7 @@ def datasets(
     cards = builtin_cards()
     if name is not None and name not in cards:
         raise DatasetError(f"unknown dataset {name!r}; known: {', '.join(cards)}")
-    root = data_root(data_dir_path(data_dir))
+    root = data_root(check_data_dir(data_dir))
     for card in cards.values():
         if name is not None and card.name != name:
             continue

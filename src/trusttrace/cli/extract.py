@@ -7,18 +7,8 @@ from typing import Optional
 
 import typer
 
-from trusttrace.cli.app import DataDirOption, app, data_dir_path
-from trusttrace.errors import LayerError
-
-
-def parse_layers(text: str) -> str | list[int]:
-    """"all" or a comma-separated list of layer indices (negatives count from the end)."""
-    if text.strip() == "all":
-        return "all"
-    try:
-        return [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise LayerError(f"--layers {text!r}: expected 'all' or comma-separated integers") from None
+from trusttrace.cli.app import DataDirOption, app
+from trusttrace.cli.options import DeviceOption, check_data_dir, check_device, check_output, parse_layers
 
 
 @app.command()
@@ -30,12 +20,14 @@ def extract(
     layers: str = typer.Option("all", help="'all' or comma-separated block indices, e.g. 0,8,16."),
     position: str = typer.Option("last", help="Token whose state is kept: last, first or mean."),
     dtype: str = typer.Option("auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16."),
-    device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda when available)."),
-    batch_size: Optional[int] = typer.Option(None, help="Statements per batch (default: automatic, by tokens)."),
+    device: Optional[str] = DeviceOption,
+    batch_size: Optional[int] = typer.Option(None, min=1, help="Statements per batch (default: automatic, by tokens)."),
     data_dir: Optional[Path] = DataDirOption,
     trust_remote_code: bool = typer.Option(False, help="Run model code from the Hub repository (off by default)."),
 ) -> None:
     """Extract each decoder block's hidden state for every statement and store it in a workspace.
+
+    Every option is checked, and the model loaded, before the workspace is created.
 
     Examples:
 
@@ -44,13 +36,19 @@ def extract(
       trusttrace extract -m ./my-model -d my_statements.csv -d sst2 --layers 0,3,5 -o ws/
     """
     from trusttrace.data import load_dataset
-    from trusttrace.models import load_model
+    from trusttrace.extract import check_position
+    from trusttrace.models import check_layers, decoder_layers, load_model
     from trusttrace.store import ActivationStore
     from trusttrace.units import extract_to_store
 
-    chosen = parse_layers(layers)
-    datasets = [load_dataset(name, data_dir=data_dir_path(data_dir)) for name in dataset]
+    check_output(out, "--out", folder=True)
+    check_position(position)
+    parsed = parse_layers(layers)
+    device = check_device(device)
+    root = check_data_dir(data_dir)
+    datasets = [load_dataset(name, data_dir=root) for name in dataset]
     loaded, tokenizer = load_model(model, revision, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    chosen = check_layers(parsed, len(decoder_layers(loaded)))
     store = ActivationStore(out)
     for data in datasets:
         record = extract_to_store(

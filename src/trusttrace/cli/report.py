@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from trusttrace.cli.app import app
+from trusttrace.cli.options import check_output
 from trusttrace.errors import LayerError
 
 
@@ -44,6 +45,7 @@ def report(
       trusttrace report workspace/ --out paper/figures --layers 0,8,16,24 --title "Pythia-410m"
     """
     chosen = parse_layer_list(layers) if layers is not None else None
+    check_output(out, "--out", folder=True)
     from trusttrace.report import write_report
 
     typer.echo(str(write_report(workspace, out_dir=out, layers=chosen, title=title)))

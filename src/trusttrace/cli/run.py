@@ -12,8 +12,9 @@ from trusttrace.config import EXAMPLE, check_names, load_config
 
 RUN_HELP = f"""Run (or resume) a sweep: checkpoints x datasets x stages, as a YAML config describes.
 
-Re-running the same command skips finished units and redoes only what is missing, failed
-or corrupt. Exits 1 when some units failed (after running all the others), 2 on a bad config.
+Re-running the same command skips finished units and redoes only what is missing, failed or corrupt, or whose settings changed.
+
+Exits 1 when some units failed (after running all the others), 2 on a bad config or when another process is writing to the workspace.
 
 Example config:
 

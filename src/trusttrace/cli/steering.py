@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 
-from trusttrace.cli.app import DataDirOption, app, data_dir_path
-from trusttrace.cli.extract import parse_layers
+from trusttrace.cli.app import DataDirOption, app
+from trusttrace.cli.options import DeviceOption, check_data_dir, check_device, check_output, open_workspace, parse_layers
 from trusttrace.errors import EvaluationError, StoreError
 
 if TYPE_CHECKING:
@@ -31,12 +31,17 @@ def steer(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Source model id, when the workspace holds several."),
     scaling: str = typer.Option("std", help="std (unit direction x std of projections; alpha in std units), unit or raw."),
     protocol: str = typer.Option("default", help="default (development half of a grouped split) or paper (reference)."),
-    seed: int = typer.Option(0, help="Seed of the development split."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Vector file (default: WORKSPACE/steering/<dataset>__<checkpoint>__<protocol>-<scaling>.safetensors)."),
+    seed: int = typer.Option(0, min=0, help="Seed of the development split."),
+    out: Optional[Path] = typer.Option(
+        None, "--out", "-o",
+        help="Vector file (default: in WORKSPACE/steering/, named after the dataset, checkpoint, protocol, scaling, layers and seed, so other layers or seeds never overwrite it; the same settings replace it).",
+    ),
     export_lm_eval_path: Optional[Path] = typer.Option(None, "--export-lm-eval", help="Also write lm-evaluation-harness's steer_path .pt file here."),
     alpha: Optional[float] = typer.Option(None, help="Steering coefficient written into the lm-eval export."),
 ) -> None:
     """Build steering vectors (mean of label 1 minus mean of label 0) from stored activations; no model needed.
+
+    The first example writes workspace/steering/stereoset__step1000__default-std__L3_4__seed0.safetensors.
 
     Examples:
 
@@ -46,22 +51,23 @@ def steer(
     """
     if export_lm_eval_path is not None and alpha is None:
         raise EvaluationError("--export-lm-eval needs --alpha, the coefficient lm-evaluation-harness applies")
+    check_output(export_lm_eval_path, "--export-lm-eval", folder=False)
     from trusttrace.steering import build_vectors, export_lm_eval, save_vectors
-    from trusttrace.store import ActivationStore
 
-    store = ActivationStore(workspace)
-    record = select_record(store.records(), checkpoint, dataset, model)
     parsed = parse_layers(layers)
+    store = open_workspace(workspace)
+    record = select_record(store.records(), checkpoint, dataset, model)
     chosen = record.layers if parsed == "all" else parsed
     missing = [layer for layer in chosen if layer not in record.layers]
     if missing:
         raise StoreError(f"activation set {record.key}: layers {missing} are not stored (stored: {record.layers})")
+    default = workspace / "steering" / vector_file_name(dataset, checkpoint, protocol, scaling, chosen, seed)
+    path = check_output(out or default, "--out", folder=False)
     acts = store.load(record, layers=chosen)
     vectors, provenance = build_vectors(
         acts, store.load_dataset(record), chosen, acts_layers=chosen, protocol=protocol, scaling=scaling, seed=seed,
         source=record.provenance,
     )
-    path = out or workspace / "steering" / f"{_slug(dataset)}__{_slug(checkpoint)}__{protocol}-{scaling}.safetensors"
     save_vectors(path, vectors, provenance)
     typer.echo(f"{len(vectors)} vector(s) for layers {','.join(map(str, vectors))} from {provenance['rows']} rows -> {path}")
     if export_lm_eval_path is not None:
@@ -86,15 +92,24 @@ def select_record(records: list[ActivationRecord], checkpoint: str, dataset: str
     return found[0]
 
 
+def vector_file_name(dataset: str, checkpoint: str, protocol: str, scaling: str, layers: list[int], seed: int) -> str:
+    """The default vector file name: every choice that changes the vectors is in it, so no run overwrites another's."""
+    return f"{_slug(dataset)}__{_slug(checkpoint)}__{protocol}-{scaling}__L{'_'.join(map(str, sorted(set(layers))))}__seed{seed}.safetensors"
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "--", text).strip("-") or "x"
 
 
 def parse_floats(text: str, option: str) -> list[float]:
+    """At least one comma-separated number, e.g. "1,2,4"."""
     try:
-        return [float(part) for part in text.split(",") if part.strip()]
+        numbers = [float(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise EvaluationError(f"{option} {text!r}: expected comma-separated numbers") from None
+        numbers = []
+    if not numbers:
+        raise EvaluationError(f"{option} {text!r}: expected comma-separated numbers")
+    return numbers
 
 
 @app.command("evaluate")
@@ -105,15 +120,15 @@ def evaluate_command(
     revision: Optional[str] = typer.Option(None, "--revision", "-r", help="Hub revision of the model."),
     data_dir: Optional[Path] = DataDirOption,
     vectors: Optional[Path] = typer.Option(None, "--vectors", help="Steering-vector file from `trusttrace steer`."),
-    layer: Optional[str] = typer.Option(None, "--layer", help="Layer(s) of the vector file to steer, e.g. 16 or 12,16 (default: all in the file)."),
-    alpha: str = typer.Option("1.0", "--alpha", help="Steering coefficient(s), e.g. 4 or 1,2,4; several layers or alphas run a grid."),
+    layer: Optional[str] = typer.Option(None, "--layer", help="Layer(s) of the vector file to steer, e.g. 16 or 12,16 (default: all in the file); needs --vectors."),
+    alpha: Optional[str] = typer.Option(None, "--alpha", help="Steering coefficient(s), e.g. 4 or 1,2,4 (default 1); several layers or alphas run a grid; needs --vectors."),
     positions: str = typer.Option("last", help="Where vectors are added: last, all, prompt, generated."),
     max_perplexity: Optional[float] = typer.Option(6.0, help="Grid: side-effect limit on perplexity (the study's 6.0; inf for none)."),
     max_kl: Optional[float] = typer.Option(None, help="Grid: side-effect limit on KL divergence."),
     protocol: str = typer.Option("default", help="default or paper (the reference's templates, parse mode, rows)."),
-    seed: int = typer.Option(0, help="Seed of the split and of parse-mode guesses."),
-    limit: Optional[int] = typer.Option(None, help="Evaluate only the first N rows/questions."),
-    batch_size: Optional[int] = typer.Option(None, help="Prompts per batch."),
+    seed: int = typer.Option(0, min=0, help="Seed of the split and of parse-mode guesses."),
+    limit: Optional[int] = typer.Option(None, min=1, help="Evaluate only the first N rows/questions."),
+    batch_size: Optional[int] = typer.Option(None, min=1, help="Prompts per batch."),
     mode: Optional[str] = typer.Option(None, help="Binary tasks: logit (default) or parse."),
     template: Optional[str] = typer.Option(None, help="Binary tasks: prompt with a {statement} placeholder."),
     max_new_tokens: Optional[int] = typer.Option(None, help="Generation length (toxigen 64, truthfulqa 50, parse 2)."),
@@ -126,8 +141,8 @@ def evaluate_command(
     judge_api: Optional[str] = typer.Option(None, help="completions (default) or chat."),
     api_key_env: Optional[str] = typer.Option(None, help="Environment variable holding the judge API key (default OPENAI_API_KEY)."),
     dtype: str = typer.Option("auto", help="auto, float32, bfloat16, float16."),
-    device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ..."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for results.csv, records.parquet, settings.json (and grid.csv)."),
+    device: Optional[str] = DeviceOption,
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for results.csv, records.parquet, settings.json (and grid.csv); existing files are replaced."),
     trust_remote_code: bool = typer.Option(False, help="Run model code from the Hub repository (off by default)."),
 ) -> None:
     """Evaluate a model on one trust task, optionally steered, with side effects beside steered results.
@@ -145,14 +160,18 @@ def evaluate_command(
     from trusttrace.evaluate import get_task
 
     get_task(task)
+    if vectors is None and (layer is not None or alpha is not None):
+        raise EvaluationError("--layer/--alpha need --vectors, a file from `trusttrace steer`; without it nothing is steered")
+    check_output(out, "--out", folder=True)
+    device = check_device(device)
     given = {
         "batch_size": batch_size, "mode": mode, "template": template, "max_new_tokens": max_new_tokens,
         "classifier": classifier, "toxic_label": toxic_label, "questions": questions, "truth_judge": truth_judge,
         "info_judge": info_judge, "judge_url": judge_url, "judge_api": judge_api, "api_key_env": api_key_env,
     }
     options: dict[str, Any] = {key: value for key, value in given.items() if value is not None}
-    common = {"protocol": protocol, "seed": seed, "limit": limit, "data_dir": data_dir_path(data_dir)}
-    alphas = parse_floats(alpha, "--alpha")
+    common = {"protocol": protocol, "seed": seed, "limit": limit, "data_dir": check_data_dir(data_dir)}
+    alphas = parse_floats("1.0" if alpha is None else alpha, "--alpha")
     import pandas as pd
 
     from trusttrace.evaluate import EvalResult, evaluate as run_evaluation, steering_grid
@@ -160,7 +179,7 @@ def evaluate_command(
     from trusttrace.steering import Steering, load_vectors
 
     stored, provenance = load_vectors(vectors) if vectors is not None else ({}, {})
-    parsed = "all" if layer is None else parse_layers(layer)
+    parsed = "all" if layer is None else parse_layers(layer, "--layer")
     chosen = list(stored) if parsed == "all" else parsed
     loaded, tokenizer = load_model(model, revision, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
     if vectors is None:

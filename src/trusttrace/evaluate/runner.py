@@ -26,6 +26,7 @@ from trusttrace.evaluate.templates import NEUTRAL_TEXTS
 from trusttrace.evaluate.toxicity import toxicity_task
 from trusttrace.evaluate.truthfulness import truthfulqa_task
 from trusttrace.models import describe_source
+from trusttrace.provenance import now_utc, trusttrace_version
 from trusttrace.steering import PROTOCOLS, Steering, development_rows
 
 SIDE_EFFECT_TEXTS = ("builtin", "dataset")
@@ -90,7 +91,7 @@ def evaluate(
 
     `dataset` is a TrustDataset, a built-in name or a file (default: the task's own);
     `rows` default to the held-out rows of the protocol's development split and `limit`
-    keeps the first of them. `steering` adds vectors while the task runs; its side effects
+    (at least 1) keeps the first of them. `steering` adds vectors while the task runs; its side effects
     are computed on `side_effect_texts` ("builtin" neutral sentences, "dataset" for the
     evaluated statements, a list of texts, or None to skip). Other `options` go to the task
     (template, mode, classifier, truth_judge, max_new_tokens, batch_size...).
@@ -98,6 +99,8 @@ def evaluate(
     spec = get_task(task)
     if protocol not in PROTOCOLS:
         raise EvaluationError(f"unknown protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}")
+    if limit is not None and limit < 1:
+        raise EvaluationError(f"limit {limit!r} must be at least 1 (or None for every row)")
     if isinstance(side_effect_texts, str) and side_effect_texts not in SIDE_EFFECT_TEXTS:
         raise EvaluationError(f"side_effect_texts {side_effect_texts!r} must be 'builtin', 'dataset', a list of texts or None")
     unknown = sorted(set(options) - set(spec.options()))
@@ -125,6 +128,7 @@ def evaluate(
         "dataset": getattr(dataset, "name", None), "dataset_hash": getattr(dataset, "content_hash", None),
         "rows": None if chosen is None else len(chosen),
         "steering": None if steering is None else {**steering.describe(), "provenance": dict(steering.provenance or {})},
+        "trusttrace_version": trusttrace_version(), "created": now_utc(),
         **result.settings,
     }
     return result

@@ -1,0 +1,96 @@
+"""Checks of command-line values that several verbs share, run before any work starts.
+
+Each raises a package error naming the option and its value, so `main` prints one line and
+exits with code 2 before a model is loaded or a workspace, vector file or table is written.
+torch is imported only inside `check_device`, so `--help` stays fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
+
+import typer
+
+from trusttrace.cli.app import data_dir_path
+from trusttrace.errors import DatasetError, LayerError, StoreError, TrustTraceError
+
+if TYPE_CHECKING:
+    from trusttrace.store import ActivationStore
+
+DeviceOption = typer.Option(None, help="cpu, cuda, cuda:1, mps ... (default: cuda when available, else cpu).")
+
+
+def check_device(device: str | None) -> str | None:
+    """`device` unchanged when torch can use it here (None: the default device), else an error.
+
+    Checked up front because torch's own errors come late, as tracebacks, or disguised as a
+    model-loading failure.
+    """
+    if device is None:
+        return None
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise TrustTraceError(f"--device {device!r}: not a device; expected cpu, cuda, cuda:N or mps") from None
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise TrustTraceError(f"--device {device!r}: CUDA is not available here (torch {torch.__version__}); use cpu")
+        if parsed.index is not None and parsed.index >= count:
+            raise TrustTraceError(f"--device {device!r}: there are only {count} CUDA device(s) (cuda:0..cuda:{count - 1})")
+    elif parsed.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise TrustTraceError(f"--device {device!r}: MPS is not available here; use cpu")
+    elif parsed.type != "cpu":
+        raise TrustTraceError(f"--device {device!r}: unsupported device type {parsed.type!r}; expected cpu, cuda, cuda:N or mps")
+    return device
+
+
+def check_output(path: Optional[Path], option: str, *, folder: bool) -> Optional[Path]:
+    """`path` unchanged when the output can go there (a folder when `folder`, else a file), else an error.
+
+    Checked before the work, so a long run does not end in a traceback about its output path.
+    """
+    if path is None:
+        return None
+    if folder and path.exists() and not path.is_dir():
+        raise TrustTraceError(f"{option} {path}: exists and is not a folder")
+    if not folder and path.is_dir():
+        raise TrustTraceError(f"{option} {path}: is a folder; name the file to write")
+    blocking = next((parent for parent in path.parents if parent.exists() and not parent.is_dir()), None)
+    if blocking is not None:
+        raise TrustTraceError(f"{option} {path}: {blocking} is a file, not a folder")
+    return path
+
+
+def check_data_dir(value: Optional[Path]) -> Optional[Path]:
+    """The --data-dir option normalised; a folder that does not exist is an error, not an empty catalogue."""
+    path = data_dir_path(value)
+    if path is not None and not path.is_dir():
+        raise DatasetError(f"--data-dir {path} (or $TRUSTTRACE_DATA): no such folder")
+    return path
+
+
+def open_workspace(workspace: Path) -> ActivationStore:
+    """The workspace's store; a missing folder is an error here, not a new empty workspace."""
+    from trusttrace.store import ActivationStore
+
+    if not workspace.is_dir():
+        raise StoreError(f"{workspace}: no such workspace folder")
+    return ActivationStore(workspace)
+
+
+def parse_layers(text: str, option: str = "--layers") -> str | list[int]:
+    """"all" or a comma-separated list of at least one layer index (negatives count from the end)."""
+    if text.strip() == "all":
+        return "all"
+    try:
+        layers = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise LayerError(f"{option} {text!r}: expected 'all' or comma-separated integers") from None
+    if not layers:
+        raise LayerError(f"{option} {text!r}: name at least one layer, or 'all'")
+    return layers
