@@ -24,7 +24,7 @@ from trusttrace.errors import LayerError, StoreError
 from trusttrace.info import ESTIMATOR_CAVEAT
 from trusttrace.report import write_report
 from trusttrace.report.figures import time_axis
-from trusttrace.report.sections import PROBE_CONFIGURATION, baseline_values, curve_layers, pick_configuration
+from trusttrace.report.sections import PROBE_CONFIGURATION, baseline_values, curve_layers, dataset_version, pick_configuration
 from trusttrace.store import ActivationStore, write_table
 
 STEPS = [0, 10, 100, 1000, 10000]
@@ -315,6 +315,9 @@ def test_probe_figures_keep_one_folds_and_C_setting_and_its_own_baselines():
     kept, chosen, others = pick_configuration(frame, PROBE_CONFIGURATION)
     assert kept["accuracy"].tolist() == [0.7]
     assert others == "folds 1; C 0.1"
+    versions = pd.concat([frame.assign(dataset_hash="new"), frame.iloc[:1].assign(dataset_hash="old", accuracy=0.1)])
+    kept, _, others = pick_configuration(versions, (dataset_version(versions), *PROBE_CONFIGURATION))
+    assert kept["accuracy"].tolist() == [0.7] and others.startswith("dataset_hash old")
     baselines = pd.DataFrame({
         "dataset": "d", "dataset_hash": ["h", "h", "old"], "baseline": "majority", "split": "grouped", "seed": 0,
         "folds": [5, 1, 5], "test_size": 0.2, "accuracy": [0.5, 0.6, 0.55],

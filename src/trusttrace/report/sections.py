@@ -136,7 +136,7 @@ def probe_section(ws: Workspace, writer: FigureWriter, layers: list[int] | None)
 def _probe_figures(
     group: pd.DataFrame, baselines: pd.DataFrame, writer: FigureWriter, layers: list[int] | None, *, model: str, dataset: str
 ) -> list[str]:
-    data, chosen, others = pick_configuration(group, PROBE_CONFIGURATION)
+    data, chosen, others = pick_configuration(group, (dataset_version(group), *PROBE_CONFIGURATION))
     axis, data = figures.time_axis(data)
     order = checkpoint_order(data)
     grid = data.pivot_table(index="layer", columns="checkpoint", values="accuracy", aggfunc="mean").reindex(columns=order).sort_index()
@@ -195,9 +195,17 @@ def pick_configuration(
     return frame, chosen, "; ".join(others)
 
 
+def dataset_version(group: pd.DataFrame) -> tuple[str, Any]:
+    """The configuration choice of a dataset's content: the version with the most rows, when the
+    table holds several (a file changed under the same name); its rows are never averaged with another's."""
+    if "dataset_hash" not in group or group["dataset_hash"].isna().all():
+        return ("dataset_hash", None)
+    return ("dataset_hash", group["dataset_hash"].value_counts().idxmax())
+
+
 def _describe_configuration(chosen: dict[str, Any]) -> str:
     """The chosen probe configuration in words: "method logreg, split grouped, 5 folds, C 1.0"."""
-    parts = [f"{key} {value}" for key, value in chosen.items() if key not in ("folds", "test_size")]
+    parts = [f"{key} {value}" for key, value in chosen.items() if key not in ("folds", "test_size", "dataset_hash")]
     folds = chosen.get("folds")
     if folds is not None:
         test_share = f" (test share {chosen['test_size']})" if "test_size" in chosen and chosen.get("split") != "paper" else ""
@@ -256,7 +264,8 @@ def mi_section(ws: Workspace, writer: FigureWriter, layers: list[int] | None) ->
 def _mi_figures(
     group: pd.DataFrame, writer: FigureWriter, layers: list[int] | None, *, model: str, dataset: str, estimator: str
 ) -> list[str]:
-    data, chosen, others = pick_configuration(group, (("x_layer", None), ("split", None), ("seed", None)))
+    data, chosen, others = pick_configuration(group, (dataset_version(group), ("x_layer", None), ("split", None), ("seed", None)))
+    chosen.pop("dataset_hash", None)
     if layers is not None:
         data = data[data["layer"].isin(layers)]
     if data.empty:
