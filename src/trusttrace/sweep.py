@@ -84,8 +84,8 @@ class Sweep:
             return extract
         if stage == "probes":
             return extract | {"split": config.probe_split(), **config.probes.model_dump()}
-        if stage == "mi":
-            return extract | config.mi.model_dump()
+        if stage == "mi":  # on the training rows of the probes' split
+            return extract | config.mi.model_dump() | {"split": config.probe_split(), "seed": config.probes.seed}
         raise ValueError(f"no settings for stage {stage!r}")
 
     def unit(self, checkpoint: str, dataset: str, stage: str, settings: dict[str, Any]) -> str:
@@ -233,7 +233,10 @@ class Sweep:
         return "probes.parquet", None
 
     def _mi(self, record: ActivationRecord) -> tuple[str, None]:
-        mi_record(self.store, record, estimator=self.config.mi.estimator, x_layer=self.config.mi.x_layer, device=self.config.device)
+        mi_record(
+            self.store, record, estimator=self.config.mi.estimator, x_layer=self.config.mi.x_layer,
+            split=self.config.probe_split(), seed=self.config.probes.seed, device=self.config.device,
+        )
         return "mi.parquet", None
 
     # ----- the whole sweep -----------------------------------------------------------
