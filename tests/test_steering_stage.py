@@ -40,11 +40,11 @@ def setup(tmp_path, tokenizer):
     return tmp_path, suite, dataset, data
 
 
-def sweep(root: Path, suite: Path, dataset: Path, data: Path):
+def sweep(root: Path, suite: Path, dataset: Path, data: Path, steering: dict = STEERING):
     """Run extract, steering and evaluate on `suite` in the shared workspace `root/ws`; its config."""
     config = load_config(write_config(
         root, suite, dataset, data_dir=str(data), stages=["extract", "steering", "evaluate"],
-        steering=STEERING, evaluate=EVALUATE,
+        steering=steering, evaluate=EVALUATE,
     ))
     summary = run_sweep(config, progress=False)
     assert summary.ok, summary.failed
@@ -105,6 +105,16 @@ def test_two_suites_in_one_workspace_keep_their_own_vectors_and_rows(setup, toke
     assert set(grid["target_model_id"]) == {str(suite.resolve() / "step_10"), str(other.resolve() / "step_10")}
     evaluated = pd.read_parquet(config.workspace / EVALUATE_TABLE)
     assert evaluated.groupby("target_model_id")["metric"].count().tolist() == [len(evaluated) // 2] * 2
+
+
+def test_another_scaling_writes_other_vectors_and_keeps_the_first(setup):
+    root, suite, dataset, data = setup
+    config = sweep(root, suite, dataset, data)
+    first = sorted((config.workspace / "steering").glob("*.safetensors"))
+    sweep(root, suite, dataset, data, steering=STEERING | {"scaling": "unit"})
+    files = sorted((config.workspace / "steering").glob("*.safetensors"))
+    assert len(first) == 1 and len(files) == 2 and first[0] in files
+    assert set(pd.read_parquet(config.workspace / STEERING_TABLE)["scaling"]) == {"std", "unit"}
 
 
 def test_file_part_keeps_safe_names_and_tells_sanitised_ones_apart():

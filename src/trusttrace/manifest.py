@@ -49,8 +49,12 @@ def unit_id(suite: str, checkpoint: str, dataset: str, stage: str, settings: dic
     """The name of a unit: suite, checkpoint, dataset and stage, then a digest of the settings
     its result depends on, so that a changed setting (or dataset content) is a new unit, not one
     already done. The suite is part of it, since suites share checkpoint names (step1000)."""
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
-    return f"{suite}:{checkpoint}/{dataset}/{stage}#{digest}"
+    return f"{suite}:{checkpoint}/{dataset}/{stage}#{settings_digest(settings)}"
+
+
+def settings_digest(settings: dict[str, Any]) -> str:
+    """A short hash of a unit's settings, the same for the same settings in any order."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 class Manifest:

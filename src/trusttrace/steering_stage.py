@@ -26,6 +26,7 @@ import pandas as pd
 from trusttrace.errors import ConfigError, StoreError
 from trusttrace.evaluate import TASKS, steering_grid
 from trusttrace.evaluate import evaluate as run_task
+from trusttrace.manifest import settings_digest
 from trusttrace.models import describe_source, load_model
 from trusttrace.provenance import now_utc, trusttrace_version
 from trusttrace.steering import build_vectors, save_vectors
@@ -55,7 +56,6 @@ EVALUATE_KEYS = [*TARGET_KEYS, "task", "dataset_hash", "protocol", "seed", "metr
 
 # A name longer than this keeps its end in a vector file name (its digest tells it apart).
 FILE_PART_LENGTH = 40
-DATASET_HASH_LENGTH = 12
 
 
 def resolve_target(sweep: "Sweep", name: str) -> tuple[str, str | None]:
@@ -83,11 +83,12 @@ def file_part(name: str) -> str:
     return f"{safe[-FILE_PART_LENGTH:].lstrip('._-')}-{digest}"
 
 
-def vector_path(sweep: "Sweep", checkpoint: str, dataset) -> Path:
-    """Where the vectors of `checkpoint` on `dataset` go: named by suite, checkpoint, dataset and a
-    prefix of its content hash, since suites share checkpoint names and datasets change content."""
+def vector_path(sweep: "Sweep", checkpoint: str, dataset, settings: dict[str, Any]) -> Path:
+    """Where the vectors of `checkpoint` on `dataset` go: named by suite, checkpoint, dataset and the
+    digest of the unit's settings (dataset content, layers, scaling, protocol, seed, target), since
+    suites share checkpoint names, datasets change content and another setting makes other vectors."""
     parts = (sweep.suite.name, checkpoint, dataset.name)
-    name = "-".join([*map(file_part, parts), dataset.content_hash[:DATASET_HASH_LENGTH]])
+    name = "-".join([*map(file_part, parts), settings_digest(settings)])
     return sweep.store.root / "steering" / f"{name}.safetensors"
 
 
@@ -136,7 +137,7 @@ def run_steering_stages(sweep: "Sweep") -> None:
                 sweep.summary.skipped += 1
                 continue
             sweep.run_unit(config.steering.source, dataset.name, "steering", settings,
-                           lambda d=dataset: steer_dataset(sweep, d, target(target_name), target_name))
+                           lambda d=dataset, s=settings: steer_dataset(sweep, d, target(target_name), target_name, s))
     if "evaluate" in config.stages:
         settings = {
             "evaluate": config.evaluate.model_dump(), "target": resolve_target(sweep, config.evaluate.model),
@@ -150,7 +151,9 @@ def run_steering_stages(sweep: "Sweep") -> None:
                            lambda t=task: evaluate_task(sweep, t, target(config.evaluate.model), config.evaluate.model))
 
 
-def steer_dataset(sweep: "Sweep", dataset, model_and_tokenizer, target_name: str) -> tuple[str, None]:
+def steer_dataset(
+    sweep: "Sweep", dataset, model_and_tokenizer, target_name: str, settings: dict[str, Any]
+) -> tuple[str, None]:
     """Vectors from the source checkpoint's activations of `dataset`, and their layers × α grid.
 
     The vectors are saved after the grid ran, so their provenance names the template the grid
@@ -176,7 +179,7 @@ def steer_dataset(sweep: "Sweep", dataset, model_and_tokenizer, target_name: str
         protocol=config.protocol, seed=config.probes.seed,
     )
     template = grid.baseline.settings.get("template")
-    path = vector_path(sweep, source.name, dataset)
+    path = vector_path(sweep, source.name, dataset, settings)
     save_vectors(path, vectors, provenance | {"template": template})
     artefact = str(Path("steering") / path.name)
     table = grid.table.assign(
