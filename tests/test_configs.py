@@ -10,7 +10,8 @@ from unittest import mock
 import pytest
 import yaml
 
-from trusttrace.config import check_names, load_config, parse_config
+from trusttrace.config import load_config, parse_config
+from trusttrace.config_checks import check_names
 from trusttrace.errors import ConfigError
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))

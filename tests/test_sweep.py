@@ -15,7 +15,8 @@ import pytest
 import yaml
 
 from trusttrace.cli import main as cli_main
-from trusttrace.config import load_config, parse_config, check_names
+from trusttrace.config import load_config, parse_config
+from trusttrace.config_checks import check_names
 from trusttrace.errors import ConfigError
 from trusttrace.manifest import Manifest
 from trusttrace.sweep import run_sweep

@@ -1,21 +1,19 @@
 """The experiment configuration of `trusttrace run`: one YAML file, validated up front.
 
-Every key is checked before any work starts, and nothing is written or downloaded meanwhile:
-unknown or repeated keys, wrong types (true/false is not a number), sections and stages that do
-not go together, layers that will not be extracted, unknown suites, checkpoints, datasets, tasks
-and devices, stages with no activations to read, an unwritable workspace. A problem is one
+Every key is checked before any work starts, and nothing is written or downloaded meanwhile.
+Here, what the file alone can tell: unknown or repeated keys, wrong types (true/false is not a
+number), sections and stages that do not go together, layers that will not be extracted, bad
+devices; `trusttrace.config_checks` checks the names against what exists. A problem is one
 ConfigError naming the file and the key. Relative paths in the file (workspace, data_dir,
 local: suites, dataset files) are relative to the file's folder.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
@@ -23,14 +21,9 @@ from pydantic_core import PydanticCustomError
 
 from trusttrace.errors import ConfigError
 
-if TYPE_CHECKING:
-    from trusttrace.checkpoints import Checkpoint, CheckpointSuite
-
 Stage = Literal["extract", "probes", "mi", "steering", "evaluate"]
 STAGES: tuple[str, ...] = ("extract", "probes", "mi", "steering", "evaluate")
 SECTION_STAGES = ("steering", "evaluate")  # stages configured by a section of their own name
-READS_ACTIVATIONS = ("probes", "mi", "steering")  # stages that read what extract stored
-ACTIVATIONS_DIR = "activations"  # the workspace folder of activation sets (trusttrace.store's layout)
 DEVICE = re.compile(r"cpu|mps|cuda(:\d+)?")
 MERGE_TAG = "tag:yaml.org,2002:merge"
 
@@ -163,7 +156,7 @@ class SweepConfig(Strict):
         """'all' or a non-empty list of whole layer numbers, reported under `layers` when not."""
         if value == []:
             raise PydanticCustomError("no_layers", "no layers chosen: give 'all' or a list of layer numbers")
-        if value == "all" or (isinstance(value, list) and all(_is_int(layer) for layer in value)):
+        if value == "all" or (isinstance(value, list) and all(is_int(layer) for layer in value)):
             return value
         raise PydanticCustomError("layers", "expected 'all' or a list of layer numbers (negative ones count from the last block)")
 
@@ -180,7 +173,7 @@ class SweepConfig(Strict):
     @model_validator(mode="after")
     def _consistent(self) -> "SweepConfig":
         """Refuse keys that contradict each other, as a ConfigError naming the key."""
-        problem = _section_problem(self) or _dataset_name_problem(self) or _layer_use_problem(self, _listed_layers(self.layers))
+        problem = _section_problem(self) or _dataset_name_problem(self) or layer_use_problem(self, _listed_layers(self.layers))
         if problem:
             raise ConfigError(problem)
         return self
@@ -192,7 +185,7 @@ class SweepConfig(Strict):
         return "paper" if self.protocol == "paper" else "grouped"
 
 
-def _is_int(value: Any) -> bool:
+def is_int(value: Any) -> bool:
     """Whether `value` is a whole number and not true/false (which Python counts as ints)."""
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -216,7 +209,7 @@ def _dataset_name(entry: str) -> str:
     return entry if entry in CARDS else Path(entry).stem
 
 
-def _is_dataset_file(entry: str) -> bool:
+def is_dataset_file(entry: str) -> bool:
     """Whether a `datasets` entry is a file path (a data file suffix, or a folder in it), not a built-in name."""
     from trusttrace.data.cards import CARDS
     from trusttrace.data.files import SUFFIXES
@@ -252,7 +245,7 @@ def _listed_layers(layers: str | list[int]) -> list[int] | None:
     return list(layers)
 
 
-def _layer_use_problem(config: SweepConfig, stored: list[int] | None) -> str | None:
+def layer_use_problem(config: SweepConfig, stored: list[int] | None) -> str | None:
     """The mi x_layer or steering layers that extraction will not store (those units would all fail); None if unknown."""
     if stored is None:
         return None
@@ -304,7 +297,7 @@ def load_config(path: str | os.PathLike, overrides: dict | None = None) -> Sweep
 
 def _from_folder(entry: str, base: Path) -> str:
     """A relative dataset file path as a path under `base`; built-in names and absolute paths unchanged."""
-    if not _is_dataset_file(entry):
+    if not is_dataset_file(entry):
         return entry
     path = Path(entry).expanduser()
     return str(path if path.is_absolute() else base / path)
@@ -322,155 +315,3 @@ def parse_config(raw: dict, where: str = "config") -> SweepConfig:
         message = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
         value = "" if first["type"] in ("missing", "extra_forbidden") else f" (got {first.get('input')!r})"
         raise ConfigError(f"{where}: key '{key}': {message}{value}") from None
-
-
-def check_names(config: SweepConfig, where: str = "config") -> None:
-    """Check what the config names against what exists, reading only what is on disk already.
-
-    The suite and its checkpoints, the datasets, the steering source, the evaluation tasks, the
-    layers against the model's block count (when its config.json is local or in the Hub cache),
-    stored activations for stages that read them, a writable workspace. Nothing is downloaded,
-    written or started.
-    """
-    from trusttrace.checkpoints import checkpoint_suite
-    from trusttrace.errors import TrustTraceError
-
-    try:
-        suite = checkpoint_suite(config.suite)
-        checkpoints = suite.select(config.checkpoints)
-    except TrustTraceError as error:
-        raise ConfigError(f"{where}: key 'suite'/'checkpoints': {error}") from None
-    problem = (
-        _dataset_problem(config)
-        or _source_problem(config, suite)
-        or _task_problem(config)
-        or _block_count_problem(config, checkpoints[0])
-        or _activations_problem(config)
-        or _workspace_problem(config)
-    )
-    if problem:
-        raise ConfigError(f"{where}: {problem}")
-
-
-def _dataset_problem(config: SweepConfig) -> str | None:
-    """A dataset that is neither a built-in name nor an existing file."""
-    from trusttrace.data import builtin_cards
-
-    known = builtin_cards()
-    for name in config.datasets:
-        if name in known or Path(name).expanduser().exists():
-            continue
-        if _is_dataset_file(name):
-            return f"key 'datasets': no such file {name}"
-        return f"key 'datasets': unknown dataset {name!r}; known: {', '.join(known)}, or a file path"
-    return None
-
-
-def _source_problem(config: SweepConfig, suite: "CheckpointSuite") -> str | None:
-    """A steering source that is not a checkpoint of the suite."""
-    from trusttrace.errors import TrustTraceError
-
-    if "steering" not in config.stages:
-        return None
-    try:
-        suite.get(config.steering.source)
-    except TrustTraceError as error:
-        return f"key 'steering.source': {error}"
-    return None
-
-
-def _task_problem(config: SweepConfig) -> str | None:
-    """An evaluation task the registry lacks, or one that needs a dataset the evaluate stage does not give."""
-    if config.evaluate is None:
-        return None
-    from trusttrace.errors import EvaluationError
-    from trusttrace.evaluate import get_task
-
-    for name in config.evaluate.tasks:
-        try:
-            task = get_task(name)
-        except EvaluationError as error:
-            return f"key 'evaluate.tasks': {error}"
-        if task.takes_dataset and task.dataset is None:
-            return (f"key 'evaluate.tasks': task {name!r} needs a dataset, and the evaluate stage runs each task on its own; "
-                    "the steering stage evaluates the sweep's datasets (its unsteered baseline included)")
-    return None
-
-
-def _block_count_problem(config: SweepConfig, checkpoint: "Checkpoint") -> str | None:
-    """Layers outside the model's blocks, or mi/steering layers not extracted, when the block count is on disk."""
-    found = _block_count(checkpoint)
-    if found is None:
-        return None
-    count, source = found
-    if config.layers == "all":
-        return _layer_use_problem(config, list(range(count)))
-    from trusttrace.errors import LayerError
-    from trusttrace.models import check_layers
-
-    try:
-        stored = check_layers(config.layers, count)
-    except LayerError as error:
-        return f"key 'layers': {error} ({source})"
-    return _layer_use_problem(config, stored)
-
-
-def _block_count(checkpoint: "Checkpoint") -> tuple[int, Path] | None:
-    """A checkpoint's decoder-block count and the config.json that says so, when that file is on disk.
-
-    A local checkpoint's folder, or a Hub checkpoint already in the Hub cache; None otherwise
-    (validation never downloads) or when the file does not say (the load at run time will).
-    """
-    path = _config_on_disk(checkpoint)
-    if path is None:
-        return None
-    try:
-        settings = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(settings, dict):
-        return None
-    text = settings.get("text_config")
-    count = (text if isinstance(text, dict) and "num_hidden_layers" in text else settings).get("num_hidden_layers")
-    return (count, path) if _is_int(count) and count > 0 else None
-
-
-def _config_on_disk(checkpoint: "Checkpoint") -> Path | None:
-    """The checkpoint's config.json in its local folder or in the Hub cache, without asking the Hub."""
-    if checkpoint.revision is None:
-        path = Path(checkpoint.model_id) / "config.json"
-        return path if path.is_file() else None
-    from huggingface_hub import try_to_load_from_cache
-
-    cached = try_to_load_from_cache(checkpoint.model_id, "config.json", revision=checkpoint.revision)
-    return Path(cached) if isinstance(cached, str) else None
-
-
-def _activations_problem(config: SweepConfig) -> str | None:
-    """Stages that read stored activations, without extract, over a workspace that has none."""
-    readers = [stage for stage in config.stages if stage in READS_ACTIVATIONS]
-    if "extract" in config.stages or not readers:
-        return None
-    folder = config.workspace / ACTIVATIONS_DIR
-    if folder.is_dir() and any(folder.iterdir()):
-        return None
-    return f"key 'stages': {', '.join(readers)} read stored activations and {config.workspace} has none: add extract to stages"
-
-
-def _workspace_problem(config: SweepConfig) -> str | None:
-    """A workspace that is not, and cannot be made, a writable folder."""
-    if _writable(config.workspace):
-        return None
-    return f"key 'workspace': {config.workspace} is not a writable folder"
-
-
-def _writable(folder: Path) -> bool:
-    """Whether `folder` exists as a writable folder or can be made; tries a temporary file, leaves nothing."""
-    existing = next((p for p in (folder, *folder.parents) if p.exists()), Path("/"))
-    if not existing.is_dir():
-        return False
-    try:
-        with tempfile.TemporaryFile(dir=existing):
-            return True
-    except OSError:
-        return False

@@ -8,7 +8,8 @@ import typer
 from rich.markup import escape
 
 from trusttrace.cli.app import app
-from trusttrace.config import EXAMPLE, check_names, load_config
+from trusttrace.config import EXAMPLE, load_config
+from trusttrace.config_checks import check_names
 
 RUN_HELP = f"""Run (or resume) a sweep: checkpoints x datasets x stages, as a YAML config describes.
 
