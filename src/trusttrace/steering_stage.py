@@ -3,8 +3,8 @@
 Steering, per dataset: build vectors from the source checkpoint's stored activations (its
 development rows only), evaluate the target model over layers × α on the held-out rows (the
 grid goes to `steering.parquet`), and save the vectors with their provenance under `steering/`,
-in a file named by suite, checkpoint, dataset and dataset content so that suites sharing a
-workspace keep their own. Evaluate: run each configured task on the target model, to
+in a file named by suite, checkpoint, dataset and the digest of the unit's settings, so that
+suites sharing a workspace, and other settings, keep their own. Evaluate: run each configured task on the target model, to
 `evaluate.parquet`. Each is a manifest unit, skipped when done.
 
 Every row carries its provenance: the target's label ("final") and the model it resolved to
