@@ -144,6 +144,8 @@ def test_cli_exit_codes(workspace, monkeypatch, capsys):
     assert "unknown split 'diagonal'" in capsys.readouterr().err
     assert run_cli(monkeypatch, "mi", root, "--estimator", "mine") == 2
     assert "unknown estimator 'mine'" in capsys.readouterr().err
+    assert run_cli(monkeypatch, "mi", root, "--x-layer", "99") == 2
+    assert "x_layer 99 is stored in no activation set" in capsys.readouterr().err
     assert run_cli(monkeypatch, "probe", str(workspace.root / "nowhere")) == 2
 
     broken = add_set(workspace, 900)

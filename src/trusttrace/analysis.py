@@ -172,12 +172,15 @@ def run_mi(
 ) -> tuple[pd.DataFrame, list[str]]:
     """`mi_record` on every activation set not yet in mi.parquet; returns (table, problems).
 
-    A set that does not store `x_layer` is reported as a problem and skipped. The options are
-    checked before any set is touched.
+    A set that does not store `x_layer` is reported as a problem and skipped; an `x_layer` that no
+    set stores is a LayerError. The options are checked before any set is touched.
     """
     if estimator not in ESTIMATORS:
         raise ProbeError(f"unknown estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}")
     resolve_split(split, None)
+    stored = sorted({layer for record in store.records() for layer in record.layers})
+    if stored and x_layer not in stored:
+        raise LayerError(f"x_layer {x_layer} is stored in no activation set (stored layers: {stored})")
 
     def setting(kind: str) -> dict[str, Any]:
         return {"estimator": estimator, "x_layer": x_layer, "split": kind, "seed": seed}
