@@ -12,6 +12,7 @@ from trusttrace import probes
 from trusttrace.analysis import BASELINES_TABLE, MI_TABLE, PROBES_TABLE, mi_record, probe_record, run_mi, run_probes
 from trusttrace.cli import main
 from trusttrace.data import DatasetCard, TrustDataset
+from trusttrace.errors import LayerError
 from trusttrace.store import ActivationStore, read_table
 
 CARD = DatasetCard(name="toy", dimension="user", label_1="yes", label_0="no", source="test", licence="none")
@@ -102,8 +103,8 @@ def test_run_mi_and_ungrouped_datasets(tmp_path):
     assert again.equals(table)
     gaussian, _ = run_mi(store, estimator="gaussian", split="grouped", progress=False)
     assert set(gaussian.loc[gaussian["estimator"] == "gaussian", "split"]) == {"random"}  # no groups
-    skipped, problems = run_mi(store, x_layer=1, progress=False)
-    assert len(problems) == 1 and "x_layer 1 is not stored" in problems[0]
+    with pytest.raises(LayerError, match="x_layer 1 is stored in no activation set"):
+        run_mi(store, x_layer=1, progress=False)
     probes, _ = run_probes(store, folds=2, progress=False)
     assert set(probes["split"]) == {"random"}
 
