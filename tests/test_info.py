@@ -239,6 +239,9 @@ def test_mutual_information_bad_input():
         mutual_information(np.ones((5, 2)), np.ones(5), estimator="gaussian", ridge=1e-5)
     with pytest.raises(ProbeError, match="b contains NaN"):
         mutual_information(np.ones((5, 2)), np.array([1, 2, np.nan, 3, 4]))
+    for estimator, option in (("gaussian", "components"), ("ksg", "components"), ("ksg", "k")):
+        with pytest.raises(ProbeError, match=f"option {option} .* must be a positive integer, got 0"):
+            mutual_information(np.random.rand(9, 2), np.random.rand(9), estimator=estimator, **{option: 0})
 
 
 def test_turning_points():

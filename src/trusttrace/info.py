@@ -85,6 +85,9 @@ def mutual_information(a, b, *, estimator: str = "nhsic", **opts) -> float:
     unknown = set(opts) - OPTIONS[estimator]
     if unknown:
         raise ProbeError(f"unknown option(s) {', '.join(sorted(unknown))} for estimator {estimator!r}")
+    for name in ("components", "k"):
+        if name in opts and not (isinstance(opts[name], int) and opts[name] >= 1):
+            raise ProbeError(f"option {name} of estimator {estimator!r} must be a positive integer, got {opts[name]!r}")
     if estimator == "gaussian":
         return gaussian_mi(x, y, **opts)
     if estimator == "ksg":
