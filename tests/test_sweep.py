@@ -102,12 +102,22 @@ def test_a_changed_setting_or_dataset_reruns_what_depends_on_it(setup):
     probes = pd.read_parquet(changed.workspace / "probes.parquet")
     assert sorted(probes["folds"].unique()) == [2, 3] and len(probes) == 2 * 3 * 4
 
+    paper = load_config(write_config(root, suite, dataset, protocol="paper", probes={"folds": 3, "seed": 0}))
+    summary = run_sweep(paper, progress=False)
+    assert summary.ran == 6  # the paper split: probes and MI again, extraction kept
+    assert "paper" in set(pd.read_parquet(paper.workspace / "probes.parquet")["split"])
+
     frame = pd.read_csv(dataset)
     frame["label"] = 1 - frame["label"]
     frame.to_csv(dataset, index=False)  # same file name, other content
     summary = run_sweep(changed, progress=False)
     assert summary.ran == 9 and summary.skipped == 0
     assert pd.read_parquet(changed.workspace / "mi.parquet")["dataset_hash"].nunique() == 2
+
+    position = load_config(write_config(root, suite, dataset, position="mean", stages=["probes", "mi"]))
+    summary = run_sweep(position, progress=False)  # activations of these settings were never extracted
+    assert summary.ran == 0 and len(summary.failed) == 6
+    assert all("add extract to stages" in error for _, error in summary.failed)
 
 
 def test_a_damaged_or_deleted_table_is_rebuilt_and_named(setup):

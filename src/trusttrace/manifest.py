@@ -114,9 +114,7 @@ class Manifest:
     def mark_stale(self, stage: str) -> int:
         """Mark every done unit of `stage` stale (its table was lost), so the sweep redoes it; returns how many."""
         with closing(self._connect()) as db:
-            count = db.execute("SELECT COUNT(*) FROM units WHERE stage=? AND status='done'", (stage,)).fetchone()[0]
-        self._write("UPDATE units SET status='stale' WHERE stage=? AND status='done'", (stage,))
-        return count
+            return db.execute("UPDATE units SET status='stale' WHERE stage=? AND status='done'", (stage,)).rowcount
 
     def record_checkpoint(
         self, name: str, model: str, revision: str | None, step: int | None, tokens: int | None,

@@ -23,9 +23,10 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from trusttrace.errors import ConfigError, StoreError
-from trusttrace.evaluate import TASKS, steering_grid
+from trusttrace.errors import ConfigError, StoreError, TrustTraceError
+from trusttrace.evaluate import TASKS, get_task, steering_grid
 from trusttrace.evaluate import evaluate as run_task
+from trusttrace.evaluate.runner import resolve_dataset
 from trusttrace.manifest import settings_digest
 from trusttrace.models import describe_source, load_model
 from trusttrace.provenance import now_utc, trusttrace_version
@@ -71,6 +72,17 @@ def resolve_target(sweep: "Sweep", name: str) -> tuple[str, str | None]:
 def task_for(dataset_name: str) -> str:
     """The evaluation task of a dataset: its own when registered, else the generic binary task."""
     return dataset_name if dataset_name in TASKS else "binary"
+
+
+def task_dataset_hash(task: str, data_dir: Path | None) -> str | None:
+    """The content hash of the dataset a task runs on by default, so that an edited file reruns it;
+    None for a task without one (TruthfulQA) or one that cannot be read (its unit then fails, saying why)."""
+    spec = get_task(task)
+    try:
+        dataset = resolve_dataset(spec, None, data_dir)
+    except TrustTraceError:
+        return None
+    return None if dataset is None else dataset.content_hash
 
 
 def file_part(name: str) -> str:
@@ -130,8 +142,8 @@ def run_steering_stages(sweep: "Sweep") -> None:
         target_source = resolve_target(sweep, target_name)
         for dataset in (d for d in sweep.datasets if d.name in names):
             settings = sweep.settings("extract", dataset) | {
-                "steering": config.steering.model_dump(), "target": target_source, "protocol": config.protocol,
-                "seed": config.probes.seed,
+                "steering": config.steering.model_dump(exclude={"datasets", "source"}), "target": target_source,
+                "protocol": config.protocol, "seed": config.probes.seed,
             }
             if sweep.stage_done(config.steering.source, dataset.name, "steering", settings):
                 sweep.summary.skipped += 1
@@ -139,11 +151,12 @@ def run_steering_stages(sweep: "Sweep") -> None:
             sweep.run_unit(config.steering.source, dataset.name, "steering", settings,
                            lambda d=dataset, s=settings: steer_dataset(sweep, d, target(target_name), target_name, s))
     if "evaluate" in config.stages:
-        settings = {
-            "evaluate": config.evaluate.model_dump(), "target": resolve_target(sweep, config.evaluate.model),
-            "protocol": config.protocol, "seed": config.probes.seed, "data_dir": config.data_dir,
+        common = {
+            "evaluate": config.evaluate.model_dump(exclude={"tasks"}), "target": resolve_target(sweep, config.evaluate.model),
+            "protocol": config.protocol, "seed": config.probes.seed,
         }
         for task in config.evaluate.tasks:
+            settings = common | {"dataset_hash": task_dataset_hash(task, config.data_dir)}
             if sweep.stage_done(config.evaluate.model, task, "evaluate", settings):
                 sweep.summary.skipped += 1
                 continue

@@ -27,9 +27,9 @@ from trusttrace.analysis import BASELINES_TABLE, MI_TABLE, PROBES_TABLE, mi_reco
 from trusttrace.checkpoints import Checkpoint, CheckpointSuite, checkpoint_suite
 from trusttrace.config import SweepConfig
 from trusttrace.data import TrustDataset, load_dataset
-from trusttrace.errors import CorruptArtefactError, TrustTraceError
+from trusttrace.errors import CorruptArtefactError, StoreError, TrustTraceError
 from trusttrace.manifest import Manifest, unit_id
-from trusttrace.models import load_model
+from trusttrace.models import check_device, load_model
 from trusttrace.prefetch import Fetcher, Prefetcher, delete_fetched, hub_fetch
 from trusttrace.steering_stage import EVALUATE_TABLE, STEERING_TABLE
 from trusttrace.store import ActivationRecord, ActivationStore, read_table
@@ -62,6 +62,7 @@ class Sweep:
     """One configured sweep over a workspace (see the module docstring)."""
 
     def __init__(self, config: SweepConfig, *, fetcher: Fetcher = hub_fetch, progress: bool = True):
+        check_device(config.device, "key 'device':")  # here, not at --check: a GPU config can be checked anywhere
         self.config = config
         self.suite: CheckpointSuite = checkpoint_suite(config.suite)
         self.checkpoints: list[Checkpoint] = self.suite.select(config.checkpoints)
@@ -79,11 +80,12 @@ class Sweep:
     def settings(self, stage: str, dataset: TrustDataset) -> dict[str, Any]:
         """What a unit of `stage` on `dataset` depends on besides its checkpoint; part of its name."""
         config = self.config
-        extract = {"dataset_hash": dataset.content_hash, "position": config.position, "layers": config.layers, "dtype": config.dtype}
+        layers = config.layers if config.layers == "all" else sorted(set(config.layers))
+        extract = {"dataset_hash": dataset.content_hash, "position": config.position, "layers": layers, "dtype": config.dtype}
         if stage == "extract":
             return extract
         if stage == "probes":
-            return extract | {"split": config.probe_split(), **config.probes.model_dump()}
+            return extract | config.probes.model_dump() | {"split": config.probe_split()}
         if stage == "mi":  # on the training rows of the probes' split
             return extract | config.mi.model_dump() | {"split": config.probe_split(), "seed": config.probes.seed}
         raise ValueError(f"no settings for stage {stage!r}")
@@ -215,14 +217,23 @@ class Sweep:
         for dataset in self.datasets:
             record = self.extract_record(checkpoint, dataset)
             for stage in (s for s in RECORD_STAGES if s in self.config.stages):
-                if record is None:
-                    continue
                 settings = self.settings(stage, dataset)
                 if self.stage_done(checkpoint.name, dataset.name, stage, settings):
                     self.summary.skipped += 1
                     continue
-                work = partial(self._probe if stage == "probes" else self._mi, record)
+                if record is not None:
+                    work = partial(self._probe if stage == "probes" else self._mi, record)
+                elif "extract" not in self.config.stages:  # with extract, its own failure is recorded
+                    work = partial(self._no_activations, checkpoint, dataset)
+                else:
+                    continue
                 self.run_unit(checkpoint.name, dataset.name, stage, settings, work)
+
+    def _no_activations(self, checkpoint: Checkpoint, dataset: TrustDataset) -> tuple[str, None]:
+        raise StoreError(
+            f"no activation set of {dataset.name} at {checkpoint.name} with these extract settings "
+            f"(position {self.config.position}, layers {self.config.layers}, dtype {self.config.dtype}); add extract to stages"
+        )
 
     def _probe(self, record: ActivationRecord) -> tuple[str, None]:
         options = self.config.probes
@@ -244,10 +255,13 @@ class Sweep:
     def check_tables(self) -> None:
         """Redo the units whose result table is unreadable, damaged or gone.
 
-        A damaged table is moved aside (kept for inspection, never read again) and the stage's
-        done units are marked stale, so this run rebuilds it; each repair is named in the summary.
+        Only the tables of this run's stages: a damaged one is moved aside (kept for inspection,
+        never read again) and the stage's done units are marked stale, so this run rebuilds it;
+        each repair is named in the summary.
         """
         for name, stage in TABLE_STAGES.items():
+            if stage not in self.config.stages:
+                continue
             path = self.store.root / name
             try:
                 read_table(path)
