@@ -46,7 +46,9 @@ try:
 except ImportError:  # Windows: no advisory locks; one writer at a time is then up to the user
     fcntl = None
 
-WORKSPACE_FORMAT = 1
+# 2: "first"/"mean" read the statement's own tokens (not BOS), units are named by their settings,
+# tables carry page checksums and more baselines; a format-1 workspace would be reused as if current.
+WORKSPACE_FORMAT = 2
 WORKSPACE_FILE = "trusttrace-workspace.json"
 LOCK_FILE = ".lock"
 
@@ -167,7 +169,8 @@ class ActivationStore:
                     raise StoreError(f"{self.root}: another trusttrace process is writing to this workspace; wait for it to end") from None
             self._lock_depth = 1
             try:
-                self._remove_leftovers()
+                if fcntl is not None:  # without a lock, a leftover may be another writer's work in progress
+                    self._remove_leftovers()
                 yield
             finally:
                 self._lock_depth = 0
