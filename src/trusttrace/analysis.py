@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from trusttrace.baselines import BASELINES
 from trusttrace.data import TrustDataset
 from trusttrace.errors import LayerError, ProbeError, StoreError
 from trusttrace.info import ESTIMATORS, information_plane
@@ -82,7 +83,7 @@ def probe_record(
     dataset = dataset if dataset is not None else store.load_dataset(record)
     dataset_columns = {key: record.provenance.get(key) for key in ("dataset", "dataset_hash")}
     baseline_setting = dataset_columns | split_setting(resolve_split(split, dataset.groups), folds, test_size, seed)
-    baselines_done = _has_rows(read_table(store.root / BASELINES_TABLE), None, baseline_setting)
+    baselines_done = _has_baselines(read_table(store.root / BASELINES_TABLE), baseline_setting)
     results = fit_probes(
         store.load(record), dataset.labels, split=split, groups=dataset.groups, folds=folds, test_size=test_size,
         seed=seed, method=method, C=C, backend=backend, device=_device(device),
@@ -91,7 +92,7 @@ def probe_record(
     rows = _with_provenance(results.table.assign(test_size=test_size, C=C), record)
     append_table(store.root / PROBES_TABLE, rows, PROBE_KEYS)
     if not baselines_done:
-        baselines = results.baselines.assign(test_size=test_size, **dataset_columns)
+        baselines = results.baselines.assign(test_size=test_size, **dataset_columns, trusttrace_version=trusttrace_version())
         append_table(store.root / BASELINES_TABLE, baselines, BASELINE_KEYS)
     return rows
 
@@ -157,7 +158,8 @@ def run_probes(
             backend=backend, device=device, dataset=dataset,
         )
 
-    return _run_all(store, store.root / PROBES_TABLE, split, setting, compute, progress, "probe")
+    with store.locked():  # once for the whole workspace: a busy one is one error, not one per set
+        return _run_all(store, store.root / PROBES_TABLE, split, setting, compute, progress, "probe")
 
 
 def run_mi(
@@ -190,7 +192,8 @@ def run_mi(
             store, record, estimator=estimator, x_layer=x_layer, split=split, seed=seed, device=device, dataset=dataset
         )
 
-    return _run_all(store, store.root / MI_TABLE, split, setting, compute, progress, "mi")
+    with store.locked():  # once for the whole workspace: a busy one is one error, not one per set
+        return _run_all(store, store.root / MI_TABLE, split, setting, compute, progress, "mi")
 
 
 def _run_all(
@@ -222,14 +225,25 @@ def split_setting(kind: str, folds: int, test_size: float, seed: int) -> dict[st
 
 def _has_rows(table: pd.DataFrame, key: str | None, setting: dict[str, Any]) -> bool:
     """Whether `table` has rows of this activation set (any set when `key` is None) and setting."""
-    if table.empty:
-        return False
-    if any(column not in table for column in setting):
-        return False
+    mask = _matching(table, key, setting)
+    return mask is not None and bool(mask.any())
+
+
+def _matching(table: pd.DataFrame, key: str | None, setting: dict[str, Any]) -> pd.Series | None:
+    """The rows of this activation set (any when `key` is None) and setting; None when the table
+    is empty or lacks a column of the setting."""
+    if table.empty or any(column not in table for column in setting):
+        return None
     mask = pd.Series(True, index=table.index) if key is None else table["activation_key"] == key
     for column, value in setting.items():
         mask &= table[column] == value
-    return bool(mask.any())
+    return mask
+
+
+def _has_baselines(table: pd.DataFrame, setting: dict[str, Any]) -> bool:
+    """Whether `table` holds every baseline of `BASELINES` for this dataset and split setting."""
+    mask = _matching(table, None, setting)
+    return mask is not None and set(BASELINES) <= set(table.loc[mask, "baseline"])
 
 
 def _with_provenance(frame: pd.DataFrame, record: ActivationRecord) -> pd.DataFrame:
