@@ -23,6 +23,7 @@ from trusttrace.report.inputs import (
     BASELINES_FILE, MANIFEST_FILE, MI_FILE, PROBES_FILE, STEERING_FILE, Workspace, checkpoint_order,
     missing_columns, short, with_checkpoint,
 )
+from trusttrace.steering_stage import STEERING_KEYS
 
 PROBE_REMEDY = "run `trusttrace probe WORKSPACE` (or the whole sweep with `trusttrace run`)"
 MI_REMEDY = "run `trusttrace mi WORKSPACE` (or the whole sweep with `trusttrace run`)"
@@ -31,11 +32,9 @@ DEFAULT_CURVE_LAYERS = 4
 # The probe configuration the figures show where probes.parquet holds several: preferred values
 # first (the defaults), else the smallest; the caption names what was left out.
 PROBE_CONFIGURATION = (("method", "logreg"), ("split", "grouped"), ("folds", 5), ("test_size", 0.2), ("C", 1.0), ("seed", None))
-# Columns that name one steering grid (everything but layer and alpha), when present.
-STEERING_GROUPS = (
-    "source_model", "source_checkpoint", "source", "dataset", "target_model", "target_model_id", "target_revision", "target",
-    "task", "metric",
-)
+# Columns that name one steering grid, when present: the steering table's keys but layer and α
+# (so rows the table keeps apart are never drawn as one grid), and the demo's source and target.
+STEERING_GROUPS = (*(key for key in STEERING_KEYS if key not in ("layer", "alpha")), "source", "target")
 
 
 @dataclass
