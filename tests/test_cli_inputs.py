@@ -212,9 +212,9 @@ def test_steer_default_names_keep_layers_and_seeds_apart(workspace, monkeypatch,
         code, _, err = run_cli(monkeypatch, capsys, *steer, *extra)
         assert code == 0, err
     names = {path.name for path in (workspace / "steering").iterdir()}
+    key = ActivationStore(workspace).records()[0].key[:8]
     assert names == {
-        "toy__step7__default-std__L1__seed0.safetensors", "toy__step7__default-std__L1_2__seed0.safetensors",
-        "toy__step7__default-std__L2__seed0.safetensors", "toy__step7__default-std__L2__seed1.safetensors",
+        f"toy__step7__default-std__{choice}__{key}.safetensors" for choice in ("L1__seed0", "L1_2__seed0", "L2__seed0", "L2__seed1")
     }
 
 

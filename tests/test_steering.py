@@ -392,7 +392,7 @@ def test_cli_steer_builds_vectors_from_stored_activations(tmp_path, models, tok)
         "--protocol", "paper", "--export-lm-eval", str(tmp_path / "x.pt"), "--alpha", "2",
     ])
     assert result.exit_code == 0, result.output
-    vectors, provenance = load_vectors(tmp_path / "ws" / "steering" / "toy__step7__paper-std__L2__seed0.safetensors")
+    vectors, provenance = load_vectors(tmp_path / "ws" / "steering" / f"toy__step7__paper-std__L2__seed0__{record.key[:8]}.safetensors")
     acts = store.load(record, layers=[2])[0]
     torch.testing.assert_close(vectors[2], steering_vector(acts, data.labels, rows=np.arange(12), scale_rows=np.arange(24)))
     assert provenance["checkpoint"] == "step7" and provenance["architecture"] == "GPT2LMHeadModel" and provenance["protocol"] == "paper"

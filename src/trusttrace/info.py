@@ -25,6 +25,7 @@ Whether a layer "compresses" depends on the estimator: read `ESTIMATOR_CAVEAT`.
 
 from __future__ import annotations
 
+import numbers
 import warnings
 from collections.abc import Sequence
 
@@ -86,7 +87,7 @@ def mutual_information(a, b, *, estimator: str = "nhsic", **opts) -> float:
     if unknown:
         raise ProbeError(f"unknown option(s) {', '.join(sorted(unknown))} for estimator {estimator!r}")
     for name in ("components", "k"):
-        if name in opts and not (isinstance(opts[name], int) and opts[name] >= 1):
+        if name in opts and not (isinstance(opts[name], numbers.Integral) and not isinstance(opts[name], bool) and opts[name] >= 1):
             raise ProbeError(f"option {name} of estimator {estimator!r} must be a positive integer, got {opts[name]!r}")
     if estimator == "gaussian":
         return gaussian_mi(x, y, **opts)

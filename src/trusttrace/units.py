@@ -30,7 +30,6 @@ def extract_to_store(
     step: int | None = None,
     tokens: int | None = None,
     memory_budget: int = DEFAULT_SHARD_BYTES,
-    overwrite: bool = False,
     progress: bool = False,
 ) -> ActivationRecord:
     """Extract `dataset`'s activations into the store, or return the stored set when present.
@@ -47,7 +46,7 @@ def extract_to_store(
     )
     with store.locked():
         existing = store.find(provenance)
-        if existing is not None and not overwrite and store.verify(existing):
+        if existing is not None and store.verify(existing):
             return existing
         batches = iter_activations(
             model, tokenizer, dataset.statements, layers=chosen, position=position,

@@ -2,7 +2,7 @@
 
 Each raises a package error naming the option and its value, so `main` prints one line and
 exits with code 2 before a model is loaded or a workspace, vector file or table is written.
-torch is imported only inside `check_device`, so `--help` stays fast.
+torch is imported only when a device is checked, so `--help` stays fast.
 """
 
 from __future__ import annotations
@@ -22,31 +22,10 @@ DeviceOption = typer.Option(None, help="cpu, cuda, cuda:1, mps ... (default: cud
 
 
 def check_device(device: str | None) -> str | None:
-    """`device` unchanged when torch can use it here (None: the default device), else an error.
+    """`--device` unchanged when torch can use it here (None: the default device), else an error."""
+    from trusttrace.models import check_device as check
 
-    Checked up front because torch's own errors come late, as tracebacks, or disguised as a
-    model-loading failure.
-    """
-    if device is None:
-        return None
-    import torch
-
-    try:
-        parsed = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise TrustTraceError(f"--device {device!r}: not a device; expected cpu, cuda, cuda:N or mps") from None
-    if parsed.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise TrustTraceError(f"--device {device!r}: CUDA is not available here (torch {torch.__version__}); use cpu")
-        if parsed.index is not None and parsed.index >= count:
-            raise TrustTraceError(f"--device {device!r}: there are only {count} CUDA device(s) (cuda:0..cuda:{count - 1})")
-    elif parsed.type == "mps":
-        if not torch.backends.mps.is_available():
-            raise TrustTraceError(f"--device {device!r}: MPS is not available here; use cpu")
-    elif parsed.type != "cpu":
-        raise TrustTraceError(f"--device {device!r}: unsupported device type {parsed.type!r}; expected cpu, cuda, cuda:N or mps")
-    return device
+    return check(device, "--device")
 
 
 def check_output(path: Optional[Path], option: str, *, folder: bool) -> Optional[Path]:

@@ -61,7 +61,7 @@ def steer(
     missing = [layer for layer in chosen if layer not in record.layers]
     if missing:
         raise StoreError(f"activation set {record.key}: layers {missing} are not stored (stored: {record.layers})")
-    default = workspace / "steering" / vector_file_name(dataset, checkpoint, protocol, scaling, chosen, seed)
+    default = workspace / "steering" / vector_file_name(record.key, dataset, checkpoint, protocol, scaling, chosen, seed)
     path = check_output(out or default, "--out", folder=False)
     acts = store.load(record, layers=chosen)
     vectors, provenance = build_vectors(
@@ -92,9 +92,14 @@ def select_record(records: list[ActivationRecord], checkpoint: str, dataset: str
     return found[0]
 
 
-def vector_file_name(dataset: str, checkpoint: str, protocol: str, scaling: str, layers: list[int], seed: int) -> str:
-    """The default vector file name: every choice that changes the vectors is in it, so no run overwrites another's."""
-    return f"{_slug(dataset)}__{_slug(checkpoint)}__{protocol}-{scaling}__L{'_'.join(map(str, sorted(set(layers))))}__seed{seed}.safetensors"
+def vector_file_name(
+    activations: str, dataset: str, checkpoint: str, protocol: str, scaling: str, layers: list[int], seed: int
+) -> str:
+    """The default vector file name: every choice that changes the vectors is in it (the activation
+    set's key stands for the model, its weights, the dataset content, position and dtype), so no
+    run overwrites another's."""
+    chosen = "_".join(map(str, sorted(set(layers))))
+    return f"{_slug(dataset)}__{_slug(checkpoint)}__{protocol}-{scaling}__L{chosen}__seed{seed}__{activations[:8]}.safetensors"
 
 
 def _slug(text: str) -> str:
