@@ -12,12 +12,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 from trusttrace.cli import main as cli_main
 from trusttrace.config import load_config, parse_config
 from trusttrace.config_checks import check_names
-from trusttrace.errors import ConfigError
+from trusttrace.errors import ConfigError, ModelError
 from trusttrace.manifest import Manifest
 from trusttrace.sweep import run_sweep
 from trusttrace.tiny import tiny_model
@@ -272,3 +273,13 @@ def test_two_suites_with_the_same_checkpoint_names_share_a_workspace(setup, toke
     assert first.ran == 3 and second.ran == 3 and second.skipped == 0
     models = {row["model"] for row in Manifest(root / "ws" / "manifest.sqlite").checkpoints()}
     assert models == {str(suite), str(other)}
+
+
+def test_a_device_this_machine_lacks_stops_the_sweep_before_any_work(setup):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    root, suite, dataset = setup
+    config = load_config(write_config(root, suite, dataset, device="cuda"))
+    with pytest.raises(ModelError, match="key 'device': 'cuda': CUDA is not available"):
+        run_sweep(config, progress=False)
+    assert not (root / "ws").exists()
