@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
 from trusttrace.checkpoints import checkpoint_suite
 from trusttrace.demo import build_world, run_demo
+from trusttrace.demo.run import set_aside_if_incompatible
 from trusttrace.evaluate.scoring import choice_logprobs
 from trusttrace.models import load_model
-from trusttrace.store import read_table
+from trusttrace.store import WORKSPACE_FILE, ActivationStore, read_table
 
 
 @pytest.fixture(scope="module")
@@ -53,3 +56,13 @@ def test_report_and_steering_table_are_written(demo):
     assert demo.report.exists() and "Steering" in demo.report.read_text()
     steering = read_table(demo.workspace / "steering.parquet")
     assert set(steering["task"]) == {"claim_endorsement"} and steering["kl"].notna().all()
+
+
+def test_a_demo_workspace_of_an_older_format_is_set_aside_not_refused(tmp_path):
+    workspace = tmp_path / "workspace"
+    workspace.mkdir()
+    (workspace / WORKSPACE_FILE).write_text(json.dumps({"format": 1}))
+    aside = set_aside_if_incompatible(workspace)
+    assert aside is not None and aside.name.startswith("workspace.format-1-") and not workspace.exists()
+    ActivationStore(workspace)  # a current one is left alone
+    assert set_aside_if_incompatible(workspace) is None and workspace.exists()

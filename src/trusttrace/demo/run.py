@@ -37,7 +37,7 @@ from trusttrace.models import load_model
 from trusttrace.report import write_report
 from trusttrace.steering import Steering, build_vectors, development_rows, save_vectors
 from trusttrace.steering_stage import STEERING_KEYS, STEERING_TABLE
-from trusttrace.store import append_table, read_table, write_json
+from trusttrace.store import WORKSPACE_FILE, WORKSPACE_FORMAT, append_table, read_table, write_json
 from trusttrace.sweep import Sweep
 
 DEMO_ALPHAS = (-4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0)
@@ -95,6 +95,21 @@ def ensure_checkpoints(world: World, folder: Path, training: dict, seed: int, pr
     checkpoints = pretrain(world, folder, seed=seed, progress=progress, **training)
     write_json(record, settings)
     return checkpoints
+
+
+def set_aside_if_incompatible(workspace: Path) -> Path | None:
+    """Rename a demo workspace that an incompatible trusttrace version made, so the demo starts it
+    afresh (a user's own workspace is refused instead); returns where it went."""
+    marker = workspace / WORKSPACE_FILE
+    try:
+        found = json.loads(marker.read_text()).get("format")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if found == WORKSPACE_FORMAT:
+        return None
+    aside = workspace.with_name(f"{workspace.name}.format-{found}-{int(time.time())}")
+    workspace.rename(aside)
+    return aside
 
 
 def demo_config(out: Path, checkpoints: list[Path], dataset: Path, seed: int) -> SweepConfig:
@@ -179,7 +194,9 @@ def run_demo(out: str | Path = "trusttrace-demo", *, seed: int = 0, quick: bool 
     training = QUICK_TRAINING if quick else FULL_TRAINING
     folder = out / ("checkpoints-quick" if quick else "checkpoints")
     checkpoints = ensure_checkpoints(world, folder, training, seed, progress)
-    sweep = Sweep(demo_config(out, checkpoints, dataset, seed), progress=progress)
+    config = demo_config(out, checkpoints, dataset, seed)
+    set_aside_if_incompatible(config.workspace)
+    sweep = Sweep(config, progress=progress)
     summary = sweep.run()
     if not summary.ok:
         failures = "; ".join(f"{unit}: {error}" for unit, error in summary.failed)
