@@ -8,19 +8,8 @@ from typing import Optional
 import typer
 
 from trusttrace.cli.app import app
-from trusttrace.cli.options import check_output
+from trusttrace.cli.options import check_output, parse_layers
 from trusttrace.errors import LayerError
-
-
-def parse_layer_list(text: str) -> list[int]:
-    """Comma-separated layer indices, e.g. "0,3,5"."""
-    try:
-        layers = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise LayerError(f"--layers {text!r}: expected comma-separated integers, e.g. 0,3,5") from None
-    if not layers:
-        raise LayerError(f"--layers {text!r}: name at least one layer")
-    return layers
 
 
 @app.command()
@@ -44,7 +33,9 @@ def report(
 
       trusttrace report workspace/ --out paper/figures --layers 0,8,16,24 --title "Pythia-410m"
     """
-    chosen = parse_layer_list(layers) if layers is not None else None
+    chosen = parse_layers(layers) if layers is not None else None
+    if chosen == "all":
+        raise LayerError("--layers 'all': name the layers to draw as curves, e.g. 0,3,5 (without --layers: a few and the best)")
     check_output(out, "--out", folder=True)
     from trusttrace.report import write_report
 
