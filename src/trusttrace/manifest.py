@@ -1,8 +1,8 @@
 """The sweep's manifest: one SQLite file recording every unit of work and every checkpoint.
 
-A unit is (checkpoint × dataset × stage × the settings its result depends on). Each status change is its own transaction, so a
-process killed at any moment (SIGKILL included) leaves the manifest consistent; a unit that
-was "running" when killed is simply redone.
+A unit is (checkpoint × dataset × stage × the settings its result depends on). Each status
+change is its own transaction, so a process killed at any moment (SIGKILL included) leaves the
+manifest consistent; a unit that was "running" when killed is simply redone.
 """
 
 from __future__ import annotations

@@ -34,14 +34,15 @@ def steer(
     seed: int = typer.Option(0, min=0, help="Seed of the development split."),
     out: Optional[Path] = typer.Option(
         None, "--out", "-o",
-        help="Vector file (default: in WORKSPACE/steering/, named after the dataset, checkpoint, protocol, scaling, layers and seed, so other layers or seeds never overwrite it; the same settings replace it).",
+        help="Vector file (default: in WORKSPACE/steering/, named after the dataset, checkpoint, protocol, scaling, layers, seed and activation set, so other choices never overwrite it; the same ones replace it).",
     ),
     export_lm_eval_path: Optional[Path] = typer.Option(None, "--export-lm-eval", help="Also write lm-evaluation-harness's steer_path .pt file here."),
     alpha: Optional[float] = typer.Option(None, help="Steering coefficient written into the lm-eval export."),
 ) -> None:
     """Build steering vectors (mean of label 1 minus mean of label 0) from stored activations; no model needed.
 
-    The first example writes workspace/steering/stereoset__step1000__default-std__L3_4__seed0.safetensors.
+    The first example writes workspace/steering/stereoset__step1000__default-std__L3_4__seed0__<key>.safetensors,
+    <key> being the first 8 characters of the activation set's key.
 
     Examples:
 
