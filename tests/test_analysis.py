@@ -13,7 +13,7 @@ from trusttrace.analysis import BASELINES_TABLE, MI_TABLE, PROBES_TABLE, mi_reco
 from trusttrace.cli import main
 from trusttrace.data import DatasetCard, TrustDataset
 from trusttrace.errors import LayerError
-from trusttrace.store import ActivationStore, read_table
+from trusttrace.store import ActivationStore, read_table, write_table
 
 CARD = DatasetCard(name="toy", dimension="user", label_1="yes", label_0="no", source="test", licence="none")
 N, LAYERS, HIDDEN = 60, [0, 2, 4], 6
@@ -67,6 +67,12 @@ def test_run_probes_writes_a_tidy_table_and_a_rerun_adds_nothing(workspace, monk
     assert best[(300, 4)] > 0.9 and best[(100, 0)] < 0.8
     baselines = read_table(workspace.root / BASELINES_TABLE)
     assert sorted(baselines["baseline"]) == ["bag_of_words", "first_word", "majority"]  # one dataset, so once
+
+    partial = baselines[baselines["baseline"] != "first_word"]
+    write_table(workspace.root / BASELINES_TABLE, partial)  # as a version with fewer baselines left it
+    probe_record(workspace, workspace.records()[0], folds=3)
+    assert sorted(read_table(workspace.root / BASELINES_TABLE)["baseline"]) == sorted(baselines["baseline"])
+    table = read_table(workspace.root / PROBES_TABLE)  # that set's rows were rewritten, the same values
 
     stamp = (workspace.root / PROBES_TABLE).stat().st_mtime_ns
     again, problems = run_probes(workspace, folds=3, progress=False)

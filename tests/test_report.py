@@ -199,6 +199,16 @@ def test_provenance_flags_duplicates_and_failures(page):
     assert "0abcdef01234" in provenance and "0abcdef012345" not in provenance  # commits cut to 12 characters
 
 
+def test_two_steering_settings_are_two_grids_not_one(tmp_path):
+    """Rows the steering table keeps apart (here two scalings) must not be drawn as one grid."""
+    rows = steering_rows()
+    write_table(tmp_path / "steering.parquet", pd.concat([rows.assign(scaling="std"), rows.assign(scaling="unit")]))
+    report = write_report(tmp_path)
+    assert len(list(report.parent.glob("*.png"))) == 2
+    steering = report.read_text().split('id="steering"')[1]
+    assert "scaling std" in steering and "scaling unit" in steering
+
+
 def test_steering_marks_the_best_setting(page):
     steering = page.split('id="steering"')[1].split('id="datasets"')[0]
     assert "Best setting (star): layer 2, α = 1" in steering

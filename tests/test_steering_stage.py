@@ -91,6 +91,26 @@ def test_steering_and_evaluate_rows_carry_the_target_and_source_provenance(setup
     assert set(evaluated["trusttrace_version"]) == {trusttrace_version()}
 
 
+def test_evaluate_units_follow_their_task_and_its_data_not_the_task_list(setup):
+    root, suite, dataset, data = setup
+    pd.read_csv(data / "sst2.csv").to_csv(data / "confaide.csv", index=False)
+
+    def evaluate(tasks: list[str]):
+        config = load_config(write_config(
+            root, suite, dataset, data_dir=str(data), stages=["evaluate"], evaluate={"tasks": tasks, "max_rows": 4},
+        ))
+        return run_sweep(config, progress=False)
+
+    assert evaluate(["sst2"]).ran == 1
+    added = evaluate(["sst2", "confaide"])
+    assert added.ok, added.failed
+    assert (added.ran, added.skipped) == (1, 1)  # adding a task runs that task only
+    frame = pd.read_csv(data / "sst2.csv")
+    frame.assign(label=1 - frame["label"]).to_csv(data / "sst2.csv", index=False)
+    edited = evaluate(["sst2", "confaide"])
+    assert (edited.ran, edited.skipped) == (1, 1)  # the edited file reruns its task
+
+
 def test_two_suites_in_one_workspace_keep_their_own_vectors_and_rows(setup, tokenizer):
     root, suite, dataset, data = setup
     other = make_suite(root / "other", tokenizer, steps=(0, 10))
