@@ -56,3 +56,12 @@ def test_unknown_dataset_and_non_model_folder(tmp_path, csv_dataset):
     assert result.returncode == 2 and "unknown dataset 'nonsense'" in result.stderr
     result = run_cli("extract", "--model", str(tmp_path), "--dataset", str(csv_dataset), "--out", str(tmp_path / "ws"))
     assert result.returncode == 2 and str(tmp_path) in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_busy_workspace_is_refused_before_the_model_loads(tmp_path, csv_dataset):
+    workspace = tmp_path / "ws"
+    with ActivationStore(workspace).locked():
+        result = run_cli("extract", "--model", str(tmp_path / "no-such-model"), "--dataset", str(csv_dataset),
+                         "--out", str(workspace))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "another trusttrace process is writing" in result.stderr  # not the missing model: the lock came first

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Optional
 
@@ -27,7 +28,8 @@ def extract(
 ) -> None:
     """Extract each decoder block's hidden state for every statement and store it in a workspace.
 
-    Every option is checked, and the model loaded, before the workspace is created.
+    Every option is checked, and the model loaded, before a new workspace is created; an
+    existing workspace is locked before the load, so a busy one is refused at once.
 
     Examples:
 
@@ -47,12 +49,18 @@ def extract(
     device = check_device(device)
     root = check_data_dir(data_dir)
     datasets = [load_dataset(name, data_dir=root) for name in dataset]
-    loaded, tokenizer = load_model(model, revision, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
-    chosen = check_layers(parsed, len(decoder_layers(loaded)))
-    store = ActivationStore(out)
-    for data in datasets:
-        record = extract_to_store(
-            loaded, tokenizer, data, store, layers=chosen, position=position,
-            batch_size=batch_size, checkpoint=revision, progress=True,
-        )
-        typer.echo(f"{data.name}: {record.n} statements x {len(record.layers)} layers -> {record.path}")
+    with ExitStack() as held:
+        store = ActivationStore(out) if out.exists() else None
+        if store is not None:
+            held.enter_context(store.locked())
+        loaded, tokenizer = load_model(model, revision, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+        chosen = check_layers(parsed, len(decoder_layers(loaded)))
+        if store is None:
+            store = ActivationStore(out)
+            held.enter_context(store.locked())
+        for data in datasets:
+            record = extract_to_store(
+                loaded, tokenizer, data, store, layers=chosen, position=position,
+                batch_size=batch_size, checkpoint=revision, progress=True,
+            )
+            typer.echo(f"{data.name}: {record.n} statements x {len(record.layers)} layers -> {record.path}")
