@@ -151,10 +151,20 @@ def test_seeds_must_not_be_negative(verb, tmp_path, workspace, saved_model, csv_
 # ----- evaluate's steering options -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("option", [["--layer", "2"], ["--alpha", "4"], ["--layer", "2", "--alpha", "1,2"]])
-def test_evaluate_steering_options_need_vectors(option, tmp_path, csv_dataset, monkeypatch, capsys):
+@pytest.mark.parametrize(
+    ("option", "named"),
+    [
+        (["--layer", "2"], "--layer"),
+        (["--alpha", "4"], "--alpha"),
+        (["--layer", "2", "--alpha", "1,2"], "--layer, --alpha"),
+        (["--positions", "all"], "--positions"),
+        (["--max-perplexity", "8"], "--max-perplexity"),
+        (["--max-kl", "0.5"], "--max-kl"),
+    ],
+)
+def test_evaluate_steering_options_need_vectors(option, named, tmp_path, csv_dataset, monkeypatch, capsys):
     args = ["evaluate", "-m", tmp_path / "never-loaded", "-t", "binary", "-d", csv_dataset, "-o", tmp_path / "out", *option]
-    assert_one_line(run_cli(monkeypatch, capsys, *args), "--layer/--alpha need --vectors")
+    assert_one_line(run_cli(monkeypatch, capsys, *args), f"{named} steer(s) nothing without --vectors")
     assert not (tmp_path / "out").exists()
 
 

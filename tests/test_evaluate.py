@@ -348,7 +348,10 @@ def test_cli_evaluate_writes_tables_steered_and_grid(tmp_path, models, tok):
     result = CliRunner().invoke(app, [*base, "--vectors", str(tmp_path / "v.safetensors"), "--alpha", "1,2", "--max-perplexity", "inf", "-o", str(tmp_path / "grid")])
     assert result.exit_code == 0, result.output
     grid = pd.read_csv(tmp_path / "grid" / "grid.csv")
-    assert len(grid) == 5 and "best within the limit" in result.output
+    assert len(grid) == 5 and "best within the limit" in result.output and grid["within_limit"].all()
+    result = CliRunner().invoke(app, [*base, "--vectors", str(tmp_path / "v.safetensors"), "--alpha", "1,2", "-o", str(tmp_path / "study")])
+    grid = pd.read_csv(tmp_path / "study" / "grid.csv")  # the study's perplexity limit of 6 by default
+    assert result.exit_code == 0 and (grid["within_limit"] == (grid["perplexity"] <= 6.0)).all()
 
 
 def test_cli_evaluate_unknown_task_exits_2_before_loading_the_model(tmp_path, monkeypatch, capsys):

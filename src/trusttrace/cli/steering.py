@@ -128,9 +128,9 @@ def evaluate_command(
     vectors: Optional[Path] = typer.Option(None, "--vectors", help="Steering-vector file from `trusttrace steer`."),
     layer: Optional[str] = typer.Option(None, "--layer", help="Layer(s) of the vector file to steer, e.g. 16 or 12,16 (default: all in the file); needs --vectors."),
     alpha: Optional[str] = typer.Option(None, "--alpha", help="Steering coefficient(s), e.g. 4 or 1,2,4 (default 1); several layers or alphas run a grid; needs --vectors."),
-    positions: str = typer.Option("last", help="Where vectors are added: last, all, prompt, generated."),
-    max_perplexity: Optional[float] = typer.Option(6.0, help="Grid: side-effect limit on perplexity (the study's 6.0; inf for none)."),
-    max_kl: Optional[float] = typer.Option(None, help="Grid: side-effect limit on KL divergence."),
+    positions: Optional[str] = typer.Option(None, help="Where vectors are added: last (default), all, prompt, generated; needs --vectors."),
+    max_perplexity: Optional[float] = typer.Option(None, help="Grid: side-effect limit on perplexity (default the study's 6.0; inf for none); needs --vectors."),
+    max_kl: Optional[float] = typer.Option(None, help="Grid: side-effect limit on KL divergence (default none); needs --vectors."),
     protocol: str = typer.Option("default", help="default or paper (the reference's templates, parse mode, rows)."),
     seed: int = typer.Option(0, min=0, help="Seed of the split and of parse-mode guesses."),
     limit: Optional[int] = typer.Option(None, min=1, help="Evaluate only the first N rows/questions."),
@@ -166,8 +166,13 @@ def evaluate_command(
     from trusttrace.evaluate import get_task
 
     get_task(task)
-    if vectors is None and (layer is not None or alpha is not None):
-        raise EvaluationError("--layer/--alpha need --vectors, a file from `trusttrace steer`; without it nothing is steered")
+    steering_options = {"--layer": layer, "--alpha": alpha, "--positions": positions,
+                        "--max-perplexity": max_perplexity, "--max-kl": max_kl}
+    given_steering = [name for name, value in steering_options.items() if value is not None]
+    if vectors is None and given_steering:
+        raise EvaluationError(
+            f"{', '.join(given_steering)} steer(s) nothing without --vectors, a file from `trusttrace steer`"
+        )
     check_output(out, "--out", folder=True)
     device = check_device(device)
     given = {
@@ -181,6 +186,7 @@ def evaluate_command(
     import pandas as pd
 
     from trusttrace.evaluate import EvalResult, evaluate as run_evaluation, steering_grid
+    from trusttrace.evaluate.grid import STUDY_MAX_PERPLEXITY
     from trusttrace.models import load_model
     from trusttrace.steering import Steering, load_vectors
 
@@ -191,13 +197,14 @@ def evaluate_command(
     if vectors is None:
         _write(run_evaluation(loaded, tokenizer, task, dataset, **common, **options), out)
         return
+    positions = positions or "last"
     steering = Steering.from_file(vectors, alphas[0], positions, chosen)
     if len(chosen) == 1 and len(alphas) == 1:
         _write(run_evaluation(loaded, tokenizer, task, dataset, steering=steering, **common, **options), out)
         return
     grid = steering_grid(
         loaded, tokenizer, steering.vectors, alphas, task=task, dataset=dataset, positions=positions,
-        max_perplexity=max_perplexity, max_kl=max_kl, provenance=provenance, **common, **options,
+        max_perplexity=STUDY_MAX_PERPLEXITY if max_perplexity is None else max_perplexity, max_kl=max_kl, provenance=provenance, **common, **options,
     )
     records = pd.concat(
         [grid.baseline.records.assign(layer=None, alpha=0.0)]
