@@ -128,6 +128,14 @@ def test_one_record_at_a_time_replaces_its_rows(workspace):
     assert problems == [] and len(table) == 2 * len(LAYERS)  # only the first set was missing
 
 
+
+def test_an_mps_device_runs_the_float64_analysis_on_the_cpu(workspace):
+    first, _ = workspace.records()
+    on_mps = probe_record(workspace, first, split="paper", device="mps")
+    on_cpu = probe_record(workspace, first, split="paper", device="cpu")
+    assert on_mps["accuracy"].tolist() == on_cpu["accuracy"].tolist()
+    assert len(mi_record(workspace, first, estimator="gaussian", device="mps")) == len(LAYERS)
+
 def run_cli(monkeypatch, *args) -> int:
     monkeypatch.setattr(sys, "argv", ["trusttrace", *args])
     with pytest.raises(SystemExit) as exit_info:
