@@ -162,6 +162,21 @@ def test_cli_exit_codes(workspace, monkeypatch, capsys):
     assert run_cli(monkeypatch, "mi", root, "--x-layer", "99") == 2
     assert "x_layer 99 is stored in no activation set" in capsys.readouterr().err
     assert run_cli(monkeypatch, "probe", str(workspace.root / "nowhere")) == 2
+    assert run_cli(monkeypatch, "probe", root, "--folds", "1", "--test-size", "1.5") == 2
+    assert "test_size must be between 0 and 1, got 1.5" in capsys.readouterr().err
+    assert run_cli(monkeypatch, "mi", root, "--test-size", "0") == 2
+    assert "test_size must be between 0 and 1, got 0.0" in capsys.readouterr().err
+
+
+def test_cli_probe_and_mi_take_c_and_the_held_out_share(workspace, monkeypatch, capsys):
+    root = str(workspace.root)
+    assert run_cli(monkeypatch, "probe", root, "--split", "random", "--folds", "1", "--test-size", "0.5", "--C", "0.25") == 0
+    probes = read_table(workspace.root / PROBES_TABLE)
+    assert set(probes["C"]) == {0.25} and set(probes["test_size"]) == {0.5} and set(probes["n_test"]) == {N // 2}
+    assert run_cli(monkeypatch, "mi", root, "--split", "random", "--test-size", "0.5", "--estimator", "gaussian") == 0
+    mi = read_table(workspace.root / MI_TABLE)
+    assert set(mi["n"]) == {N // 2} and set(mi["test_size"]) == {0.5}
+    capsys.readouterr()
 
     broken = add_set(workspace, 900)
     next(broken.path.glob("shard-*.safetensors")).unlink()

@@ -103,6 +103,13 @@ def test_a_changed_setting_or_dataset_reruns_what_depends_on_it(setup):
     probes = pd.read_parquet(changed.workspace / "probes.parquet")
     assert sorted(probes["folds"].unique()) == [2, 3] and len(probes) == 2 * 3 * 4
 
+    held_out = load_config(write_config(root, suite, dataset, probes={"folds": 3, "seed": 0, "test_size": 0.5}))
+    summary = run_sweep(held_out, progress=False)
+    assert summary.ran == 6  # probes and MI: MI reads the training side of the probes' held-out share
+    mi = pd.read_parquet(held_out.workspace / "mi.parquet")
+    n_by_share = mi.groupby("test_size")["n"].max()
+    assert list(n_by_share.index) == [0.2, 0.5] and n_by_share[0.5] < n_by_share[0.2]
+
     paper = load_config(write_config(root, suite, dataset, protocol="paper", probes={"folds": 3, "seed": 0}))
     summary = run_sweep(paper, progress=False)
     assert summary.ran == 6  # the paper split: probes and MI again, extraction kept

@@ -26,7 +26,7 @@ from trusttrace.errors import LayerError, ProbeError, StoreError
 from trusttrace.info import ESTIMATORS, information_plane
 from trusttrace.probes import check_options, fit_probes
 from trusttrace.provenance import trusttrace_version
-from trusttrace.splits import make_splits, resolve_split
+from trusttrace.splits import check_split_options, make_splits, resolve_split
 from trusttrace.store import ActivationRecord, ActivationStore, append_table, read_table
 
 T = TypeVar("T")
@@ -43,7 +43,7 @@ PROVENANCE_COLUMNS = [
 SET_KEYS = ["activation_key", "model", "revision", "checkpoint", "step", "tokens", "dataset", "dataset_hash"]
 PROBE_KEYS = SET_KEYS + ["layer", "method", "split", "seed", "folds", "test_size", "C"]
 BASELINE_KEYS = ["dataset", "dataset_hash", "baseline", "split", "seed", "folds", "test_size"]
-MI_KEYS = SET_KEYS + ["layer", "estimator", "x_layer", "split", "seed"]
+MI_KEYS = SET_KEYS + ["layer", "estimator", "x_layer", "split", "seed", "test_size"]
 
 
 def holding_lock(function: Callable[..., T]) -> Callable[..., T]:
@@ -106,6 +106,7 @@ def mi_record(
     x_layer: int = 0,
     split: str = "paper",
     seed: int = 0,
+    test_size: float = 0.2,
     device: str | None = None,
     dataset: TrustDataset | None = None,
 ) -> pd.DataFrame:
@@ -113,18 +114,19 @@ def mi_record(
 
     I(X;T) and I(T;Y) are computed on the training rows of the first split of `split`
     (`paper`: the first 80 % of rows, as the reference did; otherwise a single seeded split
-    holding out 20 %). A set that does not store `x_layer` raises LayerError.
+    holding out `test_size`, the probes' first fold). A set that does not store `x_layer`
+    raises LayerError.
     """
     if x_layer not in record.layers:
         raise LayerError(f"x_layer {x_layer} is not stored (stored layers: {record.layers})")
     dataset = dataset if dataset is not None else store.load_dataset(record)
     kind = resolve_split(split, dataset.groups)
-    train = make_splits(dataset.labels, split=kind, groups=dataset.groups, folds=1, seed=seed)[0][0]
+    train = make_splits(dataset.labels, split=kind, groups=dataset.groups, folds=1, test_size=test_size, seed=seed)[0][0]
     plane = information_plane(
         store.load(record), dataset.labels, estimator=estimator, x_layer=x_layer, rows=train,
         layers=record.layers, device=_device(device),
     )
-    rows = _with_provenance(plane.assign(x_layer=x_layer, split=kind, seed=seed), record)
+    rows = _with_provenance(plane.assign(x_layer=x_layer, split=kind, seed=seed, test_size=test_size), record)
     append_table(store.root / MI_TABLE, rows, MI_KEYS)
     return rows
 
@@ -147,6 +149,7 @@ def run_probes(
     The options are checked before any set is touched, so bad input fails at once.
     """
     check_options(method, backend, C)
+    check_split_options(folds, test_size)
     resolve_split(split, None)
 
     def setting(kind: str) -> dict[str, Any]:
@@ -169,6 +172,7 @@ def run_mi(
     x_layer: int = 0,
     split: str = "paper",
     seed: int = 0,
+    test_size: float = 0.2,
     device: str | None = None,
     progress: bool = True,
 ) -> tuple[pd.DataFrame, list[str]]:
@@ -179,17 +183,19 @@ def run_mi(
     """
     if estimator not in ESTIMATORS:
         raise ProbeError(f"unknown estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}")
+    check_split_options(1, test_size)
     resolve_split(split, None)
     stored = sorted({layer for record in store.records() for layer in record.layers})
     if stored and x_layer not in stored:
         raise LayerError(f"x_layer {x_layer} is stored in no activation set (stored layers: {stored})")
 
     def setting(kind: str) -> dict[str, Any]:
-        return {"estimator": estimator, "x_layer": x_layer, "split": kind, "seed": seed}
+        return {"estimator": estimator, "x_layer": x_layer, "split": kind, "seed": seed, "test_size": test_size}
 
     def compute(record: ActivationRecord, dataset: TrustDataset) -> None:
         mi_record(
-            store, record, estimator=estimator, x_layer=x_layer, split=split, seed=seed, device=device, dataset=dataset
+            store, record, estimator=estimator, x_layer=x_layer, split=split, seed=seed, test_size=test_size,
+            device=device, dataset=dataset,
         )
 
     with store.locked():  # once for the whole workspace: a busy one is one error, not one per set

@@ -52,6 +52,14 @@ def paper_split(n: int) -> Split:
     return np.arange(n_train), np.arange(n_train, n)
 
 
+def check_split_options(folds: int, test_size: float) -> None:
+    """A ProbeError for fewer than one fold or a test share outside (0, 1)."""
+    if folds < 1:
+        raise ProbeError(f"folds must be at least 1, got {folds}")
+    if not 0 < test_size < 1:
+        raise ProbeError(f"test_size must be between 0 and 1, got {test_size}")
+
+
 def make_splits(
     labels: Sequence,
     *,
@@ -68,10 +76,7 @@ def make_splits(
     """
     y = check_labels(labels)
     kind = resolve_split(split, groups)
-    if folds < 1:
-        raise ProbeError(f"folds must be at least 1, got {folds}")
-    if not 0 < test_size < 1:
-        raise ProbeError(f"test_size must be between 0 and 1, got {test_size}")
+    check_split_options(folds, test_size)
     if kind == "paper":
         splits = [paper_split(len(y))]
     elif kind == "random":

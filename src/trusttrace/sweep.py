@@ -87,7 +87,9 @@ class Sweep:
         if stage == "probes":
             return extract | config.probes.model_dump() | {"split": config.probe_split()}
         if stage == "mi":  # on the training rows of the probes' split
-            return extract | config.mi.model_dump() | {"split": config.probe_split(), "seed": config.probes.seed}
+            return extract | config.mi.model_dump() | {
+                "split": config.probe_split(), "seed": config.probes.seed, "test_size": config.probes.test_size,
+            }
         raise ValueError(f"no settings for stage {stage!r}")
 
     def unit(self, checkpoint: str, dataset: str, stage: str, settings: dict[str, Any]) -> str:
@@ -246,7 +248,8 @@ class Sweep:
     def _mi(self, record: ActivationRecord) -> tuple[str, None]:
         mi_record(
             self.store, record, estimator=self.config.mi.estimator, x_layer=self.config.mi.x_layer,
-            split=self.config.probe_split(), seed=self.config.probes.seed, device=self.config.device,
+            split=self.config.probe_split(), seed=self.config.probes.seed, test_size=self.config.probes.test_size,
+            device=self.config.device,
         )
         return "mi.parquet", None
 

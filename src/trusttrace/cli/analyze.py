@@ -19,6 +19,8 @@ def probe(
     split: str = typer.Option("grouped", help="grouped (random when a dataset has no groups), random or paper."),
     method: str = typer.Option("logreg", help="logreg (L2 logistic regression, C=1) or mass_mean."),
     folds: int = typer.Option(5, help="Cross-validation folds (paper: always one 80/20 split)."),
+    test_size: float = typer.Option(0.2, help="Share of rows held out when --folds is 1 (random and grouped splits)."),
+    C: float = typer.Option(1.0, "--C", help="Inverse strength of the L2 penalty of logreg (scikit-learn's C)."),
     seed: int = typer.Option(0, min=0, help="Seed of the split."),
     backend: str = typer.Option("auto", help="auto or torch (all layers at once), sklearn (one model per layer)."),
     device: Optional[str] = DeviceOption,
@@ -48,7 +50,7 @@ def probe(
     store = open_workspace(workspace)
     before = len(read_table(workspace / PROBES_TABLE))
     table, problems = run_probes(
-        store, split=split, method=method, seed=seed, folds=folds, backend=backend, device=device
+        store, split=split, method=method, seed=seed, folds=folds, test_size=test_size, C=C, backend=backend, device=device
     )
     _finish(problems, f"{len(table) - before} new probe rows, {len(table)} in {workspace / PROBES_TABLE}")
 
@@ -60,6 +62,7 @@ def mi(
     x_layer: int = typer.Option(0, help="The layer whose states stand for the input X."),
     split: str = typer.Option("paper", help="Rows used: the training rows of this split (paper: the first 80 %)."),
     seed: int = typer.Option(0, min=0, help="Seed of the split (random and grouped)."),
+    test_size: float = typer.Option(0.2, help="Share of rows held out by the random and grouped splits (use the probes' value)."),
     device: Optional[str] = DeviceOption,
 ) -> None:
     """Estimate I(X;T) and I(T;Y) for every layer of every activation set in WORKSPACE.
@@ -85,7 +88,9 @@ def mi(
     device = check_device(device)
     store = open_workspace(workspace)
     before = len(read_table(workspace / MI_TABLE))
-    table, problems = run_mi(store, estimator=estimator, x_layer=x_layer, split=split, seed=seed, device=device)
+    table, problems = run_mi(
+        store, estimator=estimator, x_layer=x_layer, split=split, seed=seed, test_size=test_size, device=device
+    )
     _finish(problems, f"{len(table) - before} new MI rows, {len(table)} in {workspace / MI_TABLE}")
     typer.echo(f"note: {ESTIMATOR_CAVEAT}", err=True)
 
