@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -93,9 +94,11 @@ def test_tuple_block_outputs_read_like_bare_tensors(arch_name, model_factory, to
     torch.testing.assert_close(plain, as_tuples)
 
 
-def test_a_feed_forward_network_shared_by_blocks_runs_everywhere(model_factory, tokenizer, statements):
+def test_a_feed_forward_network_shared_by_blocks_runs_everywhere(tokenizer, statements):
     """Only the deepest block's own network may be cut to the read positions, never a shared one."""
-    model = model_factory("llama")
+    from trusttrace.tiny import tiny_model
+
+    model = tiny_model("llama", len(tokenizer), seed=0)  # its own copy: the blocks are rewired below
     blocks = decoder_layers(model)
     for block in blocks[1:]:
         block.mlp = blocks[0].mlp
@@ -134,6 +137,23 @@ def test_long_statement_truncated_from_left_with_one_warning(tokenizer):
         out = model(input_ids=torch.tensor([truncated]), output_hidden_states=True).hidden_states
     torch.testing.assert_close(acts[0, 0], out[1][0, -1], rtol=1e-4, atol=1e-5)
 
+
+
+def test_the_sidecar_counts_truncated_statements(tokenizer, tmp_path):
+    from trusttrace.data import DatasetCard, TrustDataset
+    from trusttrace.store import ActivationStore
+    from trusttrace.tiny import tiny_model
+    from trusttrace.units import extract_to_store
+
+    model = tiny_model("llama", len(tokenizer), context=8)
+    long_text = " ".join(["the red cat sees the house"] * 4)
+    card = DatasetCard(name="lengths", dimension="user", label_1="long", label_0="short", source="test", licence="none")
+    statements = [long_text, "the cat", long_text + " again", "a dog"]
+    data = TrustDataset(name="lengths", statements=statements, labels=np.array([1, 0, 1, 0]), groups=None, card=card, source="test")
+    with pytest.warns(UserWarning, match="2 statement"):
+        record = extract_to_store(model, tokenizer, data, ActivationStore(tmp_path), batch_size=1)
+    assert record.provenance["truncated"] == 2
+    assert ActivationStore(tmp_path).records()[0].provenance["truncated"] == 2
 
 def test_batches_by_token_budget_cover_every_row_once():
     lengths = [5, 1, 9, 3, 3, 7, 2]
