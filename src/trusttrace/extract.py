@@ -35,10 +35,14 @@ LENGTH_SPREAD = 0.2
 
 @dataclass(frozen=True)
 class ActivationBatch:
-    """The states of one batch: `states[j, k]` is layer `layers[j]` of statement `rows[k]`."""
+    """The states of one batch: `states[j, k]` is layer `layers[j]` of statement `rows[k]`.
+
+    `truncated` counts the batch's statements that were cut to fit the model's context.
+    """
 
     rows: np.ndarray
     states: torch.Tensor
+    truncated: int = 0
 
 
 class _StopForward(Exception):
@@ -47,27 +51,28 @@ class _StopForward(Exception):
 
 def tokenize_statements(
     tokenizer: PreTrainedTokenizerBase, statements: Sequence[str], max_length: int
-) -> list[list[int]]:
-    """Token ids of each statement with the tokenizer's defaults (BOS where it adds one).
+) -> tuple[list[list[int]], np.ndarray]:
+    """Token ids of each statement with the tokenizer's defaults (BOS where it adds one), and
+    which statements were cut.
 
     Statements longer than `max_length` lose tokens from the left, keeping a leading BOS, so
     the last token survives; a single warning says how many were cut.
     """
     encoded = tokenizer(list(statements), add_special_tokens=True)["input_ids"]
     bos = tokenizer.bos_token_id
-    cut = 0
+    cut = np.zeros(len(encoded), dtype=bool)
     for i, ids in enumerate(encoded):
         if len(ids) > max_length:
-            cut += 1
+            cut[i] = True
             keep_bos = bos is not None and ids[0] == bos
             encoded[i] = ([bos] if keep_bos else []) + ids[len(ids) - max_length + keep_bos :]
-    if cut:
+    if cut.any():
         warnings.warn(
-            f"{cut} statement(s) are longer than the model's context of {max_length} tokens and were "
+            f"{int(cut.sum())} statement(s) are longer than the model's context of {max_length} tokens and were "
             "truncated from the left (the last token is kept)",
             stacklevel=3,
         )
-    return encoded
+    return encoded, cut
 
 
 def plan_batches(
@@ -221,7 +226,7 @@ def iter_activations(
         raise TrustTraceError("statements must be a list of strings, not one string")
     blocks = decoder_layers(model)
     chosen = check_layers(layers, len(blocks))
-    encoded = tokenize_statements(tokenizer, statements, context_length(model, tokenizer))
+    encoded, cut = tokenize_statements(tokenizer, statements, context_length(model, tokenizer))
     batches = plan_batches([len(ids) for ids in encoded], batch_size, batch_tokens or auto_batch_tokens(model))
     device = next(model.parameters()).device
     base = model.base_model
@@ -260,7 +265,7 @@ def iter_activations(
                 except _StopForward:
                     pass
                 states = torch.stack([captured[layer] for layer in chosen]).float().cpu()
-                yield ActivationBatch(rows=np.asarray(rows), states=states)
+                yield ActivationBatch(rows=np.asarray(rows), states=states, truncated=int(cut[rows].sum()))
                 bar.update(len(rows))
     finally:
         for handle in handles:

@@ -285,10 +285,10 @@ class ActivationStore:
         staging = self.activations_dir / f".tmp-{key}-{uuid.uuid4().hex[:8]}"
         staging.mkdir(parents=True)
         try:
-            files, seen = self._write_shards(batches, staging, provenance["layers"], shard_bytes)
+            files, seen, truncated = self._write_shards(batches, staging, provenance["layers"], shard_bytes)
             if seen != provenance["n"]:
                 raise StoreError(f"activation set {key}: {seen} rows written, provenance says {provenance['n']}")
-            meta = {"provenance": provenance, "files": files, "format": WORKSPACE_FORMAT}
+            meta = {"provenance": provenance | {"truncated": truncated}, "files": files, "format": WORKSPACE_FORMAT}
             write_json(staging / "meta.json", meta)
             self._publish(staging, self.activations_dir / key)
         except BaseException:
@@ -298,10 +298,11 @@ class ActivationStore:
 
     def _write_shards(
         self, batches: Iterable[ActivationBatch], folder: Path, layers: list[int], shard_bytes: int
-    ) -> tuple[dict[str, str], int]:
+    ) -> tuple[dict[str, str], int, int]:
+        """Write the batches as shards; (file checksums, rows seen, truncated statements)."""
         files: dict[str, str] = {}
         pending: list[ActivationBatch] = []
-        pending_bytes = seen = 0
+        pending_bytes = seen = truncated = 0
 
         def flush() -> None:
             nonlocal pending_bytes
@@ -324,10 +325,11 @@ class ActivationStore:
             pending.append(batch)
             pending_bytes += batch.states.numel() * batch.states.element_size()
             seen += len(batch.rows)
+            truncated += batch.truncated
             if pending_bytes >= shard_bytes:
                 flush()
         flush()
-        return files, seen
+        return files, seen, truncated
 
     @staticmethod
     def _publish(staging: Path, final: Path) -> None:

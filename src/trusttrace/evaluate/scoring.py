@@ -61,7 +61,7 @@ def choice_logprobs(
         return [np.zeros(0) for _ in prompts]
     continuations = _continuations(tokenizer, prompts, choices, pairs)
     longest = max(len(c) for c in continuations)
-    fitted = tokenize_statements(tokenizer, prompts, context_length(model, tokenizer) - longest)
+    fitted, _ = tokenize_statements(tokenizer, prompts, context_length(model, tokenizer) - longest)
     scores = [np.zeros(len(options)) for options in choices]
     if longest == 1:
         wanted = [[] for _ in prompts]
@@ -191,7 +191,7 @@ def generate_texts(
     """
     if max_new_tokens < 1:
         raise EvaluationError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-    encoded = tokenize_statements(tokenizer, prompts, context_length(model, tokenizer) - max_new_tokens)
+    encoded, _ = tokenize_statements(tokenizer, prompts, context_length(model, tokenizer) - max_new_tokens)
     device = next(model.parameters()).device
     pad = pad_token_id(tokenizer)
     config = greedy_config(model, max_new_tokens, pad)

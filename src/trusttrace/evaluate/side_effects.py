@@ -35,7 +35,7 @@ def side_effects(
     batch_size: int = 16,
 ):
     """Table rows kl, perplexity (steered) and perplexity_unsteered over the tokens of `texts`."""
-    encoded = tokenize_statements(tokenizer, list(texts), context_length(model, tokenizer))
+    encoded, _ = tokenize_statements(tokenizer, list(texts), context_length(model, tokenizer))
     device = next(model.parameters()).device
     pass_positions = _accepts_position_ids(model)
     kl_sum = nll_steered = nll_plain = 0.0
