@@ -27,7 +27,7 @@ needs_upstream = pytest.mark.skipif(not UPSTREAM.is_dir(), reason=f"upstream fil
 # name -> (rows, label 1, label 0, groups, full content hash pinned on the study files)
 EXPECTED = {
     "truthfulqa": (2263, 1118, 1145, 410, "e50e00da14c4"),
-    "toxigen": (6514, 3633, 2881, 6438, "6f6c7270e07e"),
+    "toxigen": (6514, 3633, 2881, 6408, "32353fa2c1c7"),
     "confaide": (2346, 1173, 1173, 2269, "49d4f67643bc"),
     "stereoset": (1952, 976, 976, 970, "56ccbae582c3"),
     "sst2": (3642, 1821, 1821, 1821, "1d438c44be50"),
@@ -138,6 +138,9 @@ def test_toxigen_card_numbers(study):
     assert frame[["statement", "label"]].duplicated().sum() == 70
     assert frame.groupby("statement").label.nunique().gt(1).sum() == 6
     assert reference_split_leaks(data.statements) == (17, 1303)
+    spaced = frame.assign(text=frame.statement.str.split().str.join(" "))
+    assert spaced[["text", "label"]].duplicated().sum() == 99 and spaced.groupby("text").label.nunique().gt(1).sum() == 7
+    assert spaced.groupby("text").group.nunique().eq(1).all()  # copies but for leading or trailing spaces share a group
 
 
 @needs_data

@@ -43,12 +43,13 @@ TOXIGEN = DatasetCard(
         "34 rows hold 76 literal '_x000D_' (an Excel escape for a carriage return where the text had "
         "a line break); kept as is, as the reference protocol used them",
         "158 statements start with a space (kept)",
-        "70 rows repeat an earlier row exactly and 6 statements appear with both labels; "
+        "70 rows repeat an earlier row exactly and 6 statements appear with both labels; 30 more "
+        "rows repeat one but for leading or trailing spaces (7 statements then have both labels); "
         "17 of the 1303 rows in the reference test split repeat a train row",
         "a subset of the human-annotated ToxiGen data (HF toxigen/toxigen-data, config 'annotated'); "
         "SafeNLP's selection rule is not documented",
     ),
-    grouping="identical statements share a group (6438 groups), so duplicates never straddle a split",
+    grouping="statements identical but for whitespace share a group (6408 groups), so duplicates never straddle a split",
     citation="Hartvigsen et al. ToxiGen: A Large-Scale Machine-Generated Dataset for Adversarial and "
     "Implicit Hate Speech Detection. ACL 2022",
     url="https://github.com/microsoft/TOXIGEN",
