@@ -183,6 +183,13 @@ def test_local_suite_orders_folders_by_step_and_reads_tokens(tmp_path):
     assert [c.name for c in suite.select("log:3")] == ["ckpt_005", "step_100", "checkpoint-2000"]
 
 
+
+def test_a_trainer_that_did_not_count_tokens_leaves_them_unknown(tmp_path):
+    make_checkpoint(tmp_path, "checkpoint-0", trainer_state={"global_step": 0, "num_input_tokens_seen": 0})
+    make_checkpoint(tmp_path, "checkpoint-500", trainer_state={"global_step": 500, "num_input_tokens_seen": 0})
+    suite = checkpoint_suite(f"local:{tmp_path}")
+    assert [c.tokens for c in suite.checkpoints] == [0, None]
+
 @pytest.mark.parametrize(
     ("folders", "message"),
     [

@@ -322,6 +322,7 @@ def test_user_csv_jsonl_and_parquet_load_with_their_stem_as_name(tmp_path):
         ("list.jsonl", "[1, 2]\n", "list.jsonl: line 1 is not a JSON object"),
         ("int.jsonl", '{"statement": "a", "label": 3}\n{"statement": "b", "label": 0}\n', "int.jsonl: line 1: label 3 is not 0 or 1"),
         ("null.jsonl", '{"statement": null, "label": 1}\n', "null.jsonl: line 1: missing statement"),
+        ("glist.jsonl", '{"statement": "a", "label": 1, "group": [1, 2]}\n', "glist.jsonl: line 1: group [1, 2] is not one text or number"),
         ("notes.txt", "statement,label\n", "notes.txt: unsupported file type '.txt'"),
         ("broken.parquet", "not parquet", "broken.parquet: cannot read the file"),
         ("multi.csv", 'statement,label\n"two\nlines",1\nb,7\n', "multi.csv: data row 2 (line 4): label '7' is not 0 or 1"),
@@ -334,6 +335,23 @@ def test_bad_files_name_the_file_and_the_row(tmp_path, name, content, message):
     with pytest.raises(DatasetError, match=re.escape(message)):
         load_dataset(path)
 
+
+
+@pytest.mark.parametrize(
+    ("column", "values", "message"),
+    [
+        ("group", pd.array([1, None], dtype="Int64"), "data row 2: missing group"),
+        ("group", pd.array(["g1", None], dtype="string"), "data row 2: missing group"),
+        ("label", pd.array([1, None], dtype="Int64"), "data row 2: missing label"),
+        ("statement", pd.array(["a", None], dtype="string"), "data row 2: missing statement"),
+    ],
+)
+def test_missing_values_in_nullable_parquet_columns_are_named(tmp_path, column, values, message):
+    frame = pd.DataFrame({"statement": ["a", "b"], "label": [1, 0], "group": ["g1", "g2"]})
+    frame[column] = values
+    frame.to_parquet(tmp_path / "nullable.parquet")
+    with pytest.raises(DatasetError, match=re.escape(f"nullable.parquet: {message}")):
+        load_dataset(tmp_path / "nullable.parquet")
 
 def test_undecodable_file_is_a_dataset_error(tmp_path):
     path = tmp_path / "latin.csv"

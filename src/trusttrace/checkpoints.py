@@ -242,18 +242,28 @@ def local_step(folder_name: str) -> int | None:
 
 
 def local_tokens(folder: Path) -> int | None:
-    """Tokens seen, from trusttrace.json ('tokens') or a Trainer's trainer_state.json ('num_input_tokens_seen')."""
+    """Tokens seen, from trusttrace.json ('tokens') or a Trainer's trainer_state.json ('num_input_tokens_seen').
+
+    A Trainer writes 0 tokens at every step unless asked to count them, so 0 after step 0 is unknown.
+    """
     for file_name, key in (("trusttrace.json", "tokens"), ("trainer_state.json", "num_input_tokens_seen")):
         path = folder / file_name
         if not path.is_file():
             continue
         try:
-            value = json.loads(path.read_text(encoding="utf-8")).get(key)
+            state = json.loads(path.read_text(encoding="utf-8"))
+            value = state.get(key)
         except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as error:
             raise CheckpointError(f"{path}: not a JSON object ({error})") from error
-        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        uncounted = value == 0 and file_name == "trainer_state.json" and _whole(state.get("global_step")) > 0
+        if _whole(value) >= 0 and not uncounted:
             return value
     return None
+
+
+def _whole(value: object) -> int:
+    """`value` when it is a JSON whole number (not a boolean), else -1."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else -1
 
 
 def local_suite(directory: Path) -> CheckpointSuite:

@@ -152,11 +152,16 @@ def _label(value: object, path: Path | str, where: str) -> int:
 def _group(value: object, path: Path | str, where: str) -> object:
     if _missing(value) or (isinstance(value, str) and not value.strip()):
         raise DatasetError(f"{path}: {where}: missing group")
+    if not isinstance(value, (str, int, float, np.generic)):
+        raise DatasetError(f"{path}: {where}: group {value!r} is not one text or number")
     return value.item() if isinstance(value, np.generic) else value
 
 
 def _missing(value: object) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
+    """None, NaN, or pandas' missing markers (pd.NA in nullable columns, NaT)."""
+    if value is None or value is pd.NA or value is pd.NaT:
+        return True
+    return isinstance(value, (float, np.floating)) and math.isnan(value)
 
 
 def load_file(path: Path) -> TrustDataset:
