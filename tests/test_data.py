@@ -419,16 +419,38 @@ def fake_download(monkeypatch, files: list[Path]) -> None:
     monkeypatch.setattr(hub, "download", lambda repo_id, patterns, context: files)
 
 
-def test_hub_truthfulqa_rows_group_by_question(monkeypatch, tmp_path):
-    path = tmp_path / "validation-00000-of-00001.parquet"
-    pd.DataFrame(
-        {"question": ["Q1?", "Q2?"], "correct_answers": [["yes", "sure"], ["no"]], "incorrect_answers": [["nope"], ["maybe"]]}
-    ).to_parquet(path)
-    fake_download(monkeypatch, [path])
+def mc2_parquet(path: Path, records: list[dict]) -> Path:
+    """TruthfulQA records in the layout of HF truthful_qa's multiple_choice config."""
+    pd.DataFrame({
+        "question": [r["question"] for r in records],
+        "mc1_targets": [{"choices": list(r["mc1_targets"]), "labels": list(r["mc1_targets"].values())} for r in records],
+        "mc2_targets": [{"choices": list(r["mc2_targets"]), "labels": list(r["mc2_targets"].values())} for r in records],
+    }).to_parquet(path)
+    return path
+
+
+def test_hub_truthfulqa_rows_are_mc2_answers_grouped_by_question(monkeypatch, tmp_path):
+    records = [
+        {"question": "Q1?", "mc1_targets": {"Yes.": 1, "Nope.": 0}, "mc2_targets": {"Yes.": 1, "Sure.": 1, "Nope.": 0}},
+        {"question": "Q2?", "mc1_targets": {"No.": 1, "Maybe.": 0}, "mc2_targets": {"No.": 1, "Maybe.": 0}},
+    ]
+    fake_download(monkeypatch, [mc2_parquet(tmp_path / "validation-00000-of-00001.parquet", records)])
     data = load_dataset("truthfulqa", source="hub")
-    assert data.statements[:3] == ["Q: Q1?\tA: yes", "Q: Q1?\tA: sure", "Q: Q1?\tA: nope"]
+    assert data.statements[:3] == ["Q: Q1?\tA: Yes.", "Q: Q1?\tA: Sure.", "Q: Q1?\tA: Nope."]
     assert data.labels.tolist() == [1, 1, 0, 1, 0] and data.groups.tolist() == [0, 0, 0, 1, 1]
-    assert data.source == "truthfulqa/truthful_qa" and "v0 answers" in data.card.quirks[0]
+    assert data.source == "truthfulqa/truthful_qa" and "v0" in data.card.quirks[0]
+
+
+@needs_data
+@needs_upstream
+def test_hub_truthfulqa_recipe_on_v0_holds_the_study_rows_it_can(study, monkeypatch, tmp_path):
+    """The Hub's config is v0 (mc_task_v0.json); the study's rows are v1 MC2 answers to 410 questions."""
+    records = json.loads((UPSTREAM / "truthfulqa" / "mc_task_v0.json").read_text(encoding="utf-8"))
+    fake_download(monkeypatch, [mc2_parquet(tmp_path / "validation-00000-of-00001.parquet", records)])
+    built = load_dataset("truthfulqa", source="hub")
+    rows = set(zip(built.statements, built.labels.tolist()))
+    study_rows = list(zip(study["truthfulqa"].statements, study["truthfulqa"].labels.tolist()))
+    assert len(built) == 5882 and sum(row in rows for row in study_rows) == 2224
 
 
 def test_hub_stereoset_keeps_race_anti_stereotype_and_unrelated(monkeypatch, tmp_path):

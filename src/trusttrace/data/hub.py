@@ -127,11 +127,16 @@ def read_frames(files: list[Path]) -> pd.DataFrame:
 
 
 def truthfulqa_rows(files: list[Path]) -> pd.DataFrame:
-    """One row per answer: 'Q: <question>' TAB 'A: <answer>', 1 for correct answers, 0 for incorrect ones."""
+    """One row per MC2 answer: 'Q: <question>' TAB 'A: <answer>', 1 for a true answer, 0 for a false one.
+
+    The study's rows are MC2 answers too (of TruthfulQA v1's mc_task.json), with their final
+    period, which the generation config's answers lack: the last token, the one probed, differs.
+    """
     rows = []
     for record in read_frames(files).itertuples():
-        for answers, label in ((record.correct_answers, 1), (record.incorrect_answers, 0)):
-            rows += [(f"Q: {record.question}\tA: {answer}", label, record.question) for answer in answers]
+        targets = record.mc2_targets
+        for answer, label in zip(targets["choices"], targets["labels"]):
+            rows.append((f"Q: {record.question}\tA: {answer}", int(label), record.question))
     return pd.DataFrame(rows, columns=["statement", "label", "group"])
 
 
@@ -188,13 +193,13 @@ def sst2_sentiment_rows(files: list[Path]) -> pd.DataFrame:
 HUB_SOURCES: dict[str, HubSource] = {
     "truthfulqa": HubSource(
         "truthfulqa/truthful_qa",
-        ("generation/validation-*.parquet",),
+        ("multiple_choice/validation-*.parquet",),
         truthfulqa_rows,
         "by question",
         (
-            "built from HF truthfulqa/truthful_qa (config generation): TruthfulQA v0 answers for all 817 "
-            "questions, so it differs from the study's file (v1 answers, 410 questions; the other 407 are "
-            "its test questions)",
+            "built from HF truthfulqa/truthful_qa (config multiple_choice, the MC2 answers): TruthfulQA v0 "
+            "answers for all 817 questions, so it differs from the study's file (v1 MC2 answers, 410 "
+            "questions, 2224 of its 2263 rows also v0's; the other 407 questions are its test questions)",
             f"for the exact study file get truthfulqa_train.csv from {STUDY_FILES_URL}",
             "each statement is 'Q: <question>' + a TAB + 'A: <answer>'",
         ),
