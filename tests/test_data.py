@@ -326,6 +326,7 @@ def test_user_csv_jsonl_and_parquet_load_with_their_stem_as_name(tmp_path):
         ("notes.txt", "statement,label\n", "notes.txt: unsupported file type '.txt'"),
         ("broken.parquet", "not parquet", "broken.parquet: cannot read the file"),
         ("multi.csv", 'statement,label\n"two\nlines",1\nb,7\n', "multi.csv: data row 2 (line 4): label '7' is not 0 or 1"),
+        ("multi2.csv", 'statement,label\n\n"two\nlines",x\n', "multi2.csv: data row 1 (lines 3-4): label 'x' is not 0 or 1"),
         ("twice.csv", "statement,statement,label\na,b,1\n", "twice.csv: repeated column names"),
         ("blank.csv", "", "blank.csv: empty file, no header row"),
     ],

@@ -72,10 +72,13 @@ def _read_csv(path: Path) -> Table:
         if len(set(header)) != len(header):
             raise DatasetError(f"{path}: repeated column names in the header {header}")
         rows, places = [], []
+        end = reader.line_num
         for row in reader:
+            start, end = end + 1, reader.line_num  # a quoted field may span several lines
             if not row:
                 continue
-            place = f"data row {len(rows) + 1} (line {reader.line_num})"
+            lines = f"line {start}" if start == end else f"lines {start}-{end}"
+            place = f"data row {len(rows) + 1} ({lines})"
             if len(row) != len(header):
                 raise DatasetError(f"{path}: {place} has {len(row)} fields, the header has {len(header)}")
             rows.append(row)
