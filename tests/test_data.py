@@ -6,6 +6,7 @@ import hashlib
 import json
 import re
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -353,6 +354,17 @@ def test_missing_values_in_nullable_parquet_columns_are_named(tmp_path, column, 
     frame.to_parquet(tmp_path / "nullable.parquet")
     with pytest.raises(DatasetError, match=re.escape(f"nullable.parquet: {message}")):
         load_dataset(tmp_path / "nullable.parquet")
+
+
+def test_repeated_statements_without_groups_are_reported_once(tmp_path):
+    path = write(tmp_path / "repeats.csv", "statement,label\na,1\nb,0\na,0\na,1\n")
+    with pytest.warns(UserWarning, match="repeats.csv: 2 row\\(s\\) repeat an earlier statement") as caught:
+        load_dataset(path)
+    assert len(caught) == 1
+    grouped = write(tmp_path / "grouped.csv", "statement,label,group\na,1,a\nb,0,b\na,0,a\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_dataset(grouped)
 
 def test_undecodable_file_is_a_dataset_error(tmp_path):
     path = tmp_path / "latin.csv"

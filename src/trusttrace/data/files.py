@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -168,8 +169,19 @@ def _missing(value: object) -> bool:
 
 
 def load_file(path: Path) -> TrustDataset:
-    """A user's `statement,label[,group]` file as a TrustDataset named after the file stem."""
+    """A user's `statement,label[,group]` file as a TrustDataset named after the file stem.
+
+    Without a group column, repeated statements are reported once: a random split can put
+    their copies on both sides, so a probe would be tested on rows it trained on.
+    """
     columns = validate(read_table(path), path)
+    repeats = len(columns.statements) - len(set(columns.statements))
+    if columns.groups is None and repeats:
+        warnings.warn(
+            f"{path}: {repeats} row(s) repeat an earlier statement and the file has no group column; "
+            "add one (e.g. the statement itself) so copies stay on one side of a split",
+            stacklevel=3,
+        )
     card = DatasetCard(
         name=path.stem,
         dimension="user",
