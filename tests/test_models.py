@@ -83,6 +83,21 @@ def test_a_checkpoint_missing_weights_is_refused_not_filled_at_random(saved_mode
         load_model(folder, device="cpu")
 
 
+
+def test_a_cut_weights_file_and_a_folder_without_tokenizer_are_named(saved_model, tmp_path):
+    cut = tmp_path / "cut"
+    shutil.copytree(saved_model("llama"), cut)
+    weights = cut / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # an interrupted copy
+    with pytest.raises(ModelError, match="cut: a weights file is damaged or incomplete"):
+        load_model(cut, device="cpu")
+    bare = tmp_path / "bare"
+    shutil.copytree(saved_model("llama"), bare)
+    for path in bare.glob("tokenizer*"):
+        path.unlink()
+    with pytest.raises(ModelError, match="bare: cannot load its tokenizer"):
+        load_model(bare, device="cpu")
+
 def test_a_local_folder_has_no_revisions_and_a_missing_folder_is_named(saved_model, tmp_path):
     with pytest.raises(CheckpointError, match="a local folder has no revisions"):
         load_model(saved_model("gpt2"), revision="step1000", device="cpu")

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 import transformers
 from packaging.version import Version
+from safetensors import SafetensorError
 from torch import nn
 from transformers.utils import logging as hf_logging
 from transformers import (
@@ -133,6 +134,7 @@ def load_model(
     name = str(local) if local is not None else str(model_id)
     config = _load_config(name, revision, trust_remote_code)
     check_causal(name, config, trust_remote_code)
+    tokenizer = load_tokenizer(name, revision, trust_remote_code)  # before the weights: a missing one fails fast
     with ThreadPoolExecutor(max_workers=1) as pool:
         # A local folder's weight files are hashed while they load: each takes about as long.
         local_checksum = pool.submit(folder_checksum, local) if local is not None else None
@@ -149,12 +151,13 @@ def load_model(
                 )
         except ValueError as error:
             raise ModelError(f"{name}: not a causal language model ({_first_line(error)})") from None
+        except SafetensorError as error:
+            raise ModelError(f"{name}: a weights file is damaged or incomplete ({_first_line(error)})") from None
         except OSError as error:
             raise _hub_error(name, revision, error) from None
         check_loaded_weights(name, loading)
         weights_sha256 = local_checksum.result() if local_checksum is not None else weights_checksum(model)
     model.eval()
-    tokenizer = load_tokenizer(name, revision, trust_remote_code)
     model.trusttrace_source = ModelSource(
         model=name,
         revision=revision,
@@ -220,6 +223,11 @@ def load_tokenizer(name: str, revision: str | None = None, trust_remote_code: bo
         tokenizer = AutoTokenizer.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)
     except OSError as error:
         raise _hub_error(name, revision, error) from None
+    except ValueError as error:
+        raise ModelError(
+            f"{name}: cannot load its tokenizer; a model folder needs its tokenizer files, e.g. tokenizer.json "
+            f"({_first_line(error)})"
+        ) from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
