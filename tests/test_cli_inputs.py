@@ -213,6 +213,16 @@ def test_steer_refuses_a_missing_workspace_without_creating_it(tmp_path, monkeyp
     assert not missing.exists()
 
 
+
+@pytest.mark.parametrize("verb", [["probe"], ["mi"], ["steer", "-c", "step7", "-d", "toy", "--layers", "1"]])
+def test_a_folder_that_is_not_a_workspace_or_is_empty_is_refused_and_left_alone(verb, tmp_path, monkeypatch, capsys):
+    runs = tmp_path / "runs"
+    (runs / "one").mkdir(parents=True)
+    assert_one_line(run_cli(monkeypatch, capsys, verb[0], runs, *verb[1:]), f"{runs}: not a trusttrace workspace")
+    assert sorted(path.name for path in runs.iterdir()) == ["one"]
+    ActivationStore(tmp_path / "empty")
+    assert_one_line(run_cli(monkeypatch, capsys, verb[0], tmp_path / "empty", *verb[1:]), "no activation sets yet")
+
 # ----- steer's default file names --------------------------------------------------------------------
 
 

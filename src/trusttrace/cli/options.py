@@ -54,12 +54,18 @@ def check_data_dir(value: Optional[Path]) -> Optional[Path]:
 
 
 def open_workspace(workspace: Path) -> ActivationStore:
-    """The workspace's store; a missing folder is an error here, not a new empty workspace."""
-    from trusttrace.store import ActivationStore
+    """The store of an existing workspace with activation sets; anything else is an error here
+    (a mistyped path must neither become a new empty workspace nor report "0 new rows")."""
+    from trusttrace.store import WORKSPACE_FILE, ActivationStore
 
     if not workspace.is_dir():
         raise StoreError(f"{workspace}: no such workspace folder")
-    return ActivationStore(workspace)
+    if not (workspace / WORKSPACE_FILE).is_file():
+        raise StoreError(f"{workspace}: not a trusttrace workspace (no {WORKSPACE_FILE}); give the folder `extract` or `run` wrote")
+    store = ActivationStore(workspace)
+    if not store.records() and not store.broken():
+        raise StoreError(f"{workspace}: no activation sets yet; run `trusttrace extract` or `trusttrace run` first")
+    return store
 
 
 def parse_layers(text: str, option: str = "--layers") -> str | list[int]:
