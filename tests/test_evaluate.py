@@ -363,3 +363,16 @@ def test_cli_evaluate_unknown_task_exits_2_before_loading_the_model(tmp_path, mo
     assert exited.value.code == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "unknown task 'honesty'" in error
+
+
+def test_a_mean_interval_is_a_t_interval_kept_within_the_metric_bounds():
+    from scipy import stats
+
+    from trusttrace.evaluate.results import mean_row
+
+    values = np.array([0.9, 0.8, 0.95, 0.6, 0.99])  # five questions: 1.96 would understate the spread
+    row = mean_row("truthfulqa", "mc2", values)
+    half = stats.t.ppf(0.975, 4) * values.std(ddof=1) / math.sqrt(5)
+    assert row["low"] == pytest.approx(values.mean() - half) and row["high"] == 1.0
+    assert mean_row("truthfulqa", "mc2", [0.01, 0.02, 0.9])["low"] == 0.0
+    assert math.isnan(mean_row("truthfulqa", "mc2", [0.5])["low"])
