@@ -321,9 +321,12 @@ def test_grid_picks_the_best_setting_within_the_kl_limit(models, tok):
     assert table.loc[table["alpha"] == -30.0, "value"].item() == 0.0
     kl = table.set_index("alpha")["kl"]
     assert kl[-0.5] < min(kl[30.0], kl[-30.0])
-    limited = steering_grid(model, tok, {last: answer_direction(model, tok)}, [-30.0, -0.5, 30.0], max_kl=(kl[-0.5] + min(kl[30.0], kl[-30.0])) / 2, **options)
+    assert list(table["improves"]) == [False, False, table.loc[2, "value"] > table.loc[0, "value"], True]
+    limit = (kl[-0.5] + min(kl[30.0], kl[-30.0])) / 2
+    with pytest.warns(UserWarning, match="no steering setting within the limit improves on the unsteered accuracy"):
+        limited = steering_grid(model, tok, {last: answer_direction(model, tok)}, [-30.0, -0.5, 30.0], max_kl=limit, **options)
     assert list(limited.table["within_limit"]) == [True, False, True, False]
-    assert limited.best["alpha"] == -0.5 and limited.best["value"] == limited.table.loc[2, "value"]
+    assert limited.best is None  # the one setting within the limit is no better than not steering
     assert set(limited.results) == {(last, -30.0), (last, -0.5), (last, 30.0)}
 
 

@@ -53,9 +53,10 @@ def steering_grid(
     """Evaluate `task` steered by each layer's vector at each alpha, one layer at a time.
 
     A setting is within the limit when its steered perplexity is at most `max_perplexity`
-    and its KL at most `max_kl` (a None limit is not checked). The best setting has the
-    best primary metric (e.g. highest accuracy, lowest toxic ratio) among those, ties going
-    to the smaller |alpha| and then the lower layer.
+    and its KL at most `max_kl` (a None limit is not checked), and `improves` when its primary
+    metric is better than the unsteered model's. The best setting has the best primary metric
+    (e.g. highest accuracy, lowest toxic ratio) among those that do both, ties going to the
+    smaller |alpha| and then the lower layer; there is none when no setting does both.
     """
     spec = get_task(task)
     dataset = resolve_dataset(spec, dataset, data_dir)
@@ -76,9 +77,15 @@ def steering_grid(
         (max_perplexity is None or row.perplexity <= max_perplexity) and (max_kl is None or row.kl <= max_kl)
         for row in table.itertuples()
     ]
+    unsteered_value = table.loc[0, "value"]
+    sign = 1 if spec.higher_is_better else -1
+    table["improves"] = [bool(sign * (value - unsteered_value) > 0) for value in table["value"]]
     best = _best(table.iloc[1:], spec.higher_is_better)
     if best is None and len(table) > 1:
+        within = table.iloc[1:]["within_limit"].any()
         warnings.warn(
+            f"no steering setting within the limit improves on the unsteered {metric} of {unsteered_value:.3g}"
+            if within else
             f"no steering setting stays within the limit (perplexity <= {max_perplexity}, KL <= {max_kl}); "
             f"the unsteered perplexity is {table.loc[0, 'perplexity']:.3g}",
             stacklevel=2,
@@ -94,7 +101,7 @@ def _grid_row(layer: int | None, alpha: float, metric: str, result: EvalResult) 
 
 
 def _best(table: pd.DataFrame, higher_is_better: bool) -> dict[str, Any] | None:
-    allowed = table[table["within_limit"] & table["value"].notna()]
+    allowed = table[table["within_limit"] & table["improves"] & table["value"].notna()]
     if allowed.empty:
         return None
     ranked = allowed.assign(score=-allowed["value"] if higher_is_better else allowed["value"], size=allowed["alpha"].abs())

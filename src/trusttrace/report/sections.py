@@ -349,7 +349,7 @@ def _steering_figure(group: pd.DataFrame, writer: FigureWriter, named: dict[str,
     if "best" not in steered:
         verdict = f"{STEERING_FILE} has no best flag, so no setting is marked."
     elif best.empty:
-        verdict = "No setting is marked best (none stayed within the side-effect limit)."
+        verdict = "No setting is marked best (none both stayed within the side-effect limit and improved on the unsteered model)."
     else:
         row = best.iloc[0]
         verdict = f"Best setting (star): layer {int(row['layer'])}, α = {row['alpha']:g}, {metric} {row['value']:.3f}" + "".join(
