@@ -12,7 +12,19 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from trusttrace.tiny import train_tokenizer, tiny_model  # noqa: E402
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+
+
+def shared_datasets() -> Path:
+    """The folder holding the study's tracingllm/ and upstream/: $TRUSTTRACE_DATA (that folder
+    or its tracingllm/ child, as the CLI accepts) or else ../shared/datasets beside the repository."""
+    given = os.environ.get("TRUSTTRACE_DATA")
+    if not given:
+        return Path(__file__).resolve().parents[2] / "shared" / "datasets"
+    path = Path(given).resolve()
+    return path.parent if path.name == "tracingllm" else path
+
+
+SHARED_DATA = shared_datasets()
 
 CORPUS = [
     f"the {a} {n} {v} the {b} {m} near the {p}"

@@ -14,12 +14,13 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from conftest import SHARED_DATA
 from trusttrace.cli.app import app
 from trusttrace.data import DatasetCard, TrustDataset, builtin_cards, first_word_baseline, load_dataset
 from trusttrace.data import hub
 from trusttrace.errors import DatasetError, OfflineError
 
-SHARED = Path(__file__).parents[2] / "shared" / "datasets"
+SHARED = SHARED_DATA
 STUDY = SHARED / "tracingllm"
 UPSTREAM = SHARED / "upstream"
 needs_data = pytest.mark.skipif(not STUDY.is_dir(), reason=f"study CSVs not found at {STUDY}")
