@@ -8,6 +8,7 @@ from pathlib import Path
 from unittest import mock
 
 import pytest
+import torch
 import yaml
 
 from trusttrace.config import load_config, parse_config
@@ -180,7 +181,8 @@ def test_layers_of_a_hub_suite_are_checked_only_from_the_cache(tmp_path, monkeyp
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     config = parse_config({"workspace": str(tmp_path / "ws"), "suite": "pythia-70m", "checkpoints": "step1000",
                            "datasets": ["truthfulqa"], "layers": [0, 9]})
-    check_names(config)  # nothing cached: the check is left to run time
+    unchecked = check_names(config)  # nothing cached: the check is left to run time, and said so
+    assert any(note.startswith("the layers against the model (no config.json of step1000") for note in unchecked)
     repo = tmp_path / "hub" / "models--EleutherAI--pythia-70m"
     (repo / "refs").mkdir(parents=True)
     (repo / "refs" / "step1000").write_text("0" * 40)
@@ -189,6 +191,23 @@ def test_layers_of_a_hub_suite_are_checked_only_from_the_cache(tmp_path, monkeyp
     with pytest.raises(ConfigError, match="key 'layers': layer 9 is out of range: the model has 6 decoder blocks"):
         check_names(config)
 
+
+
+def test_check_names_the_device_it_could_not_check_and_run_refuses_it_with_the_file(project, monkeypatch, capsys):
+    from trusttrace.cli import main as cli_main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    path = project({"device": "cuda"})
+    with mock.patch.object(sys, "argv", ["trusttrace", "run", str(path), "--check"]), pytest.raises(SystemExit) as exit_info:
+        cli_main()
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 0 and "config.yaml: valid" in out
+    assert "not checked here: the device: key 'device': 'cuda': CUDA is not available here" in out
+    with mock.patch.object(sys, "argv", ["trusttrace", "run", str(path)]), pytest.raises(SystemExit) as exit_info:
+        cli_main()
+    assert exit_info.value.code == 2
+    assert f"{path}: key 'device': 'cuda': CUDA is not available here" in capsys.readouterr().err
+    assert not (path.parent / "ws").exists()
 
 def test_text_config_gives_the_block_count(project, tmp_path, capsys):
     for folder in (tmp_path / "suite").iterdir():

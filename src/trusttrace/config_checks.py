@@ -3,7 +3,8 @@
 The suite and its checkpoints, the datasets, the steering source, the evaluation tasks, the
 layers against the model's block count (from a local or Hub-cached config.json), stored
 activations for the stages that read them, a writable workspace. Each helper returns one
-problem line or None; `check_names` raises the first as a ConfigError.
+problem line or None; `check_names` raises the first as a ConfigError and returns what it
+could not check here, so "valid" never claims more than was checked.
 """
 
 from __future__ import annotations
@@ -23,13 +24,14 @@ READS_ACTIVATIONS = ("probes", "mi", "steering")  # stages that read what extrac
 ACTIVATIONS_DIR = "activations"  # the workspace folder of activation sets (trusttrace.store's layout)
 
 
-def check_names(config: SweepConfig, where: str = "config") -> None:
+def check_names(config: SweepConfig, where: str = "config") -> list[str]:
     """Check what the config names against what exists, reading only what is on disk already.
 
     The suite and its checkpoints, the datasets, the steering source, the evaluation tasks, the
     layers against the model's block count (when its config.json is local or in the Hub cache),
     stored activations for stages that read them, a writable workspace. Nothing is downloaded,
-    written or started.
+    written or started. Returns the checks left to run time (layers whose model config is not
+    on disk, a device this machine lacks), one line each.
     """
     from trusttrace.checkpoints import checkpoint_suite
     from trusttrace.errors import TrustTraceError
@@ -49,6 +51,22 @@ def check_names(config: SweepConfig, where: str = "config") -> None:
     )
     if problem:
         raise ConfigError(f"{where}: {problem}")
+    return _unchecked(config, checkpoints[0])
+
+
+def _unchecked(config: SweepConfig, checkpoint: "Checkpoint") -> list[str]:
+    """What this machine cannot check: the layer range without a config.json on disk, the device."""
+    from trusttrace.errors import TrustTraceError
+    from trusttrace.models import check_device
+
+    notes = []
+    if _block_count(checkpoint) is None:
+        notes.append(f"the layers against the model (no config.json of {checkpoint.name} on disk yet; checked when it loads)")
+    try:
+        check_device(config.device, "key 'device':")
+    except TrustTraceError as error:
+        notes.append(f"the device: {error} (a run here would stop; a machine that has it can run this config)")
+    return notes
 
 
 def _dataset_problem(config: SweepConfig) -> str | None:

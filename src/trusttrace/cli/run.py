@@ -30,11 +30,16 @@ def run(
     check: bool = typer.Option(False, "--check", help="Validate the config and exit without running."),
 ) -> None:
     settings = load_config(config)
-    check_names(settings, where=str(config))
+    unchecked = check_names(settings, where=str(config))
     if check:
         typer.echo(f"{config}: valid")
+        for note in unchecked:
+            typer.echo(f"  not checked here: {note}")
         return
+    from trusttrace.models import check_device
     from trusttrace.sweep import run_sweep
+
+    check_device(settings.device, f"{config}: key 'device':")
 
     summary = run_sweep(settings)
     typer.echo(
