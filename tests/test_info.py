@@ -255,6 +255,8 @@ def test_turning_points():
     assert points.loc[1, "peak_step"] == 30 and not points.loc[1, "interior"]
     assert points.loc[2, "peak_step"] == 0 and not points.loc[2, "interior"]  # tie: earliest step
     assert points.loc[0, "peak_i_xt"] == 3
+    unbounded = pd.concat([table, pd.DataFrame({"step": [0, 10], "layer": [3, 3], "i_xt": [np.inf, np.inf]})])
+    assert 3 not in set(turning_points(unbounded)["layer"])  # I(X;X) = inf has no peak
     with pytest.raises(ProbeError, match="lacks column\\(s\\) step"):
         turning_points(table.drop(columns="step"))
 

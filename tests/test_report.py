@@ -270,6 +270,9 @@ def test_report_reads_the_tables_the_analysis_writes(tmp_path):
     assert "majority baseline" in page and "bag of words baseline" in page
     assert len(list(report.parent.glob("*.png"))) == 4
     assert "pairs · toy · estimator nhsic" in page
+    assert run_mi(store, estimator="gaussian", progress=False)[1] == []
+    page = write_report(tmp_path).read_text()
+    assert "Layer(s) 0 left out: I(X;T) is infinite there (T is X itself)" in page and ">inf<" not in page
 
 
 def test_empty_workspace_is_refused(tmp_path):

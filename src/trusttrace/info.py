@@ -520,12 +520,14 @@ def _sample_plane(
 
 def turning_points(mi_table: pd.DataFrame) -> pd.DataFrame:
     """Per layer, the training step where I(X;T) peaks; `interior` is False when the peak is at
-    the first or last step (no rise-then-fall seen). Ties go to the earliest step."""
+    the first or last step (no rise-then-fall seen). Ties go to the earliest step. Infinite
+    values (I(X;X) of the layer that stands for X, under some estimators) have no peak: skipped."""
     missing = {"step", "layer", "i_xt"} - set(mi_table.columns)
     if missing:
         raise ProbeError(f"MI table lacks column(s) {', '.join(sorted(missing))}")
+    finite = mi_table[np.isfinite(mi_table["i_xt"].astype(float))]
     rows = []
-    for layer, group in mi_table.dropna(subset=["step", "i_xt"]).sort_values("step", kind="stable").groupby("layer"):
+    for layer, group in finite.dropna(subset=["step"]).sort_values("step", kind="stable").groupby("layer"):
         peak = group.loc[group["i_xt"].idxmax()]
         steps = group["step"]
         interior = bool(steps.min() < peak["step"] < steps.max())

@@ -267,6 +267,9 @@ def _mi_figures(
     chosen.pop("dataset_hash", None)
     if layers is not None:
         data = data[data["layer"].isin(layers)]
+    finite = data.groupby("layer")["i_xt"].transform(lambda values: np.isfinite(values.astype(float)).any())
+    unbounded = sorted(int(layer) for layer in data.loc[~finite, "layer"].unique())
+    data = data[finite]
     if data.empty:
         return [missing(f"None of the requested layers {layers} is in the MI table for {dataset}, {model}", "choose others with --layers")]
     axis, data = figures.time_axis(data)
@@ -274,6 +277,8 @@ def _mi_figures(
     title = f"{dataset} · {model}"
     setting = ", ".join(f"{k} {v}" for k, v in chosen.items())
     note = f"Estimator: {estimator}" + (f" ({setting})" if setting else "") + "; its reading of fitting and compression depends on the estimator (see the caveat above)."
+    if unbounded:
+        note += f" Layer(s) {', '.join(map(str, unbounded))} left out: I(X;T) is infinite there (T is X itself)."
     parts = [
         figure(
             writer.save(figures.mi_curves(data, turning, axis, name=f"Mutual information during training: {title}", estimator=estimator), "mi-curves", model, dataset, estimator),
