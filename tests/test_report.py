@@ -32,7 +32,7 @@ LAYERS = [0, 1, 2, 3]
 EVIL = "<script>alert('x')</script> $5"
 DATASETS = ["truth", f"toxic{EVIL}"]
 MODEL = "toy/model-7m"
-SECTIONS = ["Overview", "Probe accuracy", "Mutual information", "Steering", "Dataset cards", "Provenance and failures"]
+SECTIONS = ["Overview", "Probe accuracy", "Mutual information", "Steering", "Trust evaluations", "Dataset cards", "Provenance and failures"]
 
 
 def checkpoint(step: int) -> str:
@@ -389,3 +389,17 @@ def test_page_renders_in_a_browser(report, tmp_path):
     pixels = matplotlib.image.imread(screenshot)[..., :3]
     assert pixels.std() > 0.05
     assert (pixels < 0.5).mean() > 0.01  # text and figures, not a white page
+
+
+def test_figure_names_stay_short_and_distinct_for_long_model_paths(tmp_path):
+    from matplotlib.figure import Figure
+
+    from trusttrace.report.sections import MAX_FIGURE_NAME, FigureWriter
+
+    writer = FigureWriter(tmp_path)
+    long_path = "/very/long/" + "checkpoints/" * 30
+    first = writer.save(Figure(), "steering", long_path + "step_0", "final")
+    second = writer.save(Figure(), "steering", long_path + "step_1", "final")
+    names = sorted(path.name for path in tmp_path.iterdir())
+    assert len(names) == 4 and all(len(name) <= MAX_FIGURE_NAME + 4 for name in names)
+    assert first != second

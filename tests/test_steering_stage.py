@@ -90,6 +90,12 @@ def test_steering_and_evaluate_rows_carry_the_target_and_source_provenance(setup
     assert set(evaluated["dataset_hash"]) == {load_dataset("sst2", data_dir=data).content_hash}
     assert set(evaluated["trusttrace_version"]) == {trusttrace_version()}
 
+    from trusttrace.report import write_report
+
+    page = write_report(config.workspace).read_text()  # the evaluations reach the report
+    evaluations = page.split("<h2>Trust evaluations</h2>")[1].split("<h2>")[0]
+    assert "target model final" in evaluations and "predicted_1_rate" in evaluations and "No trust evaluations" not in evaluations
+
 
 def test_evaluate_units_follow_their_task_and_its_data_not_the_task_list(setup):
     root, suite, dataset, data = setup

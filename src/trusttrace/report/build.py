@@ -41,6 +41,7 @@ def write_report(
         sections.probe_section(ws, writer, layers),
         sections.mi_section(ws, writer, layers),
         sections.steering_section(ws, writer),
+        sections.evaluation_section(ws),
         sections.cards_section(ws),
         sections.provenance_section(ws),
     ]

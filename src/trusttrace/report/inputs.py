@@ -24,6 +24,7 @@ PROBES_FILE = "probes.parquet"
 BASELINES_FILE = "probe_baselines.parquet"
 MI_FILE = "mi.parquet"
 STEERING_FILE = "steering.parquet"
+EVALUATE_FILE = "evaluate.parquet"
 MANIFEST_FILE = "manifest.sqlite"
 
 
@@ -36,6 +37,7 @@ class Workspace:
     baselines: pd.DataFrame
     mi: pd.DataFrame
     steering: pd.DataFrame
+    evaluations: pd.DataFrame
     units: pd.DataFrame
     checkpoints: pd.DataFrame
     datasets: list[dict[str, Any]] = field(default_factory=list)
@@ -44,7 +46,7 @@ class Workspace:
     @property
     def empty(self) -> bool:
         """True when there is nothing to report: no results, no manifest, no activations."""
-        frames = (self.probes, self.mi, self.steering, self.units, self.checkpoints)
+        frames = (self.probes, self.mi, self.steering, self.evaluations, self.units, self.checkpoints)
         return all(frame.empty for frame in frames) and not self.provenance
 
     def models(self) -> list[str]:
@@ -70,6 +72,7 @@ def read_workspace(root: str | Path) -> Workspace:
         baselines=read_table(root / BASELINES_FILE),
         mi=read_table(root / MI_FILE),
         steering=read_table(root / STEERING_FILE),
+        evaluations=read_table(root / EVALUATE_FILE),
         units=units,
         checkpoints=checkpoints,
         datasets=read_dataset_files(root / "datasets"),

@@ -6,6 +6,7 @@ Figures are written through a `FigureWriter`, which gives each a unique file nam
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ from trusttrace.report.html import (
     Section, bullet_list, definition_list, esc, figure, heading, link, missing, paragraph, span, table,
 )
 from trusttrace.report.inputs import (
-    BASELINES_FILE, MANIFEST_FILE, MI_FILE, PROBES_FILE, STEERING_FILE, Workspace, checkpoint_order,
+    BASELINES_FILE, EVALUATE_FILE, MANIFEST_FILE, MI_FILE, PROBES_FILE, STEERING_FILE, Workspace, checkpoint_order,
     missing_columns, short, with_checkpoint,
 )
 from trusttrace.steering_stage import STEERING_KEYS
@@ -28,7 +29,11 @@ from trusttrace.steering_stage import STEERING_KEYS
 PROBE_REMEDY = "run `trusttrace probe WORKSPACE` (or the whole sweep with `trusttrace run`)"
 MI_REMEDY = "run `trusttrace mi WORKSPACE` (or the whole sweep with `trusttrace run`)"
 STEERING_REMEDY = "run `trusttrace run` with the steering and evaluation stages"
+EVALUATE_REMEDY = "add evaluate to the stages of `trusttrace run` (or see `trusttrace evaluate -o`)"
+# What an evaluation table shows of evaluate.parquet, in this order, where present.
+EVALUATION_COLUMNS = ("task", "metric", "value", "low", "high", "n", "dataset", "protocol", "seed", "target_revision")
 DEFAULT_CURVE_LAYERS = 4
+MAX_FIGURE_NAME = 100  # characters of a figure's file name before its suffix
 # The probe configuration the figures show where probes.parquet holds several: preferred values
 # first (the defaults), else the smallest; the caption names what was left out.
 PROBE_CONFIGURATION = (("method", "logreg"), ("split", "grouped"), ("folds", 5), ("test_size", 0.2), ("C", 1.0), ("seed", None))
@@ -46,6 +51,8 @@ class FigureWriter:
 
     def save(self, fig, *parts: Any) -> figures.SavedFigure:
         base = re.sub(r"[^a-z0-9]+", "-", "-".join(str(p) for p in parts).lower()).strip("-") or "figure"
+        if len(base) > MAX_FIGURE_NAME:  # parts may hold whole model paths: keep names within file-system limits
+            base = f"{base[:MAX_FIGURE_NAME - 13].rstrip('-')}-{hashlib.sha256(base.encode()).hexdigest()[:12]}"
         name, n = base, 1
         while name in self.used:
             n += 1
@@ -75,7 +82,8 @@ def overview(ws: Workspace, *, version: str, made: str) -> Section:
     """Workspace, models, checkpoints, datasets, which tables exist, versions and time."""
     section = Section("overview", "Overview")
     points = all_checkpoints(ws)
-    present = [name for name in (PROBES_FILE, BASELINES_FILE, MI_FILE, STEERING_FILE, MANIFEST_FILE) if (ws.root / name).exists()]
+    tables = (PROBES_FILE, BASELINES_FILE, MI_FILE, STEERING_FILE, EVALUATE_FILE, MANIFEST_FILE)
+    present = [name for name in tables if (ws.root / name).exists()]
     made_by = sorted({str(p.get("trusttrace_version")) for p in ws.provenance if p.get("trusttrace_version")})
     per_model = [
         f"{model}: {len(group)} ({_checkpoint_span(group)})" for model, group in points.groupby("model", sort=True)
@@ -367,7 +375,30 @@ def _steering_figure(group: pd.DataFrame, writer: FigureWriter, named: dict[str,
     return figure(saved, caption, alt=f"steering curves for {title}"), best.to_dict("records")
 
 
-# ----- 5. dataset cards --------------------------------------------------------------
+# ----- 5. trust evaluations of target models ---------------------------------------------
+
+
+def evaluation_section(ws: Workspace) -> Section:
+    """Per target model: each trust task's metrics with their 95 % intervals, unsteered."""
+    section = Section("evaluations", "Trust evaluations")
+    problem = table_problem(ws.evaluations, EVALUATE_FILE, "trust evaluations", ("task", "metric", "value"), EVALUATE_REMEDY)
+    if problem:
+        section.add(problem)
+        return section
+    frame = ws.evaluations
+    models = frame.groupby("target_model", sort=True, dropna=False) if "target_model" in frame else [(None, frame)]
+    for model, group in models:
+        columns = [c for c in EVALUATION_COLUMNS if c in group]
+        rows = group[columns].sort_values([c for c in ("task", "metric") if c in columns], kind="stable")
+        section.add(heading(f"target model {model}" if model is not None else "evaluations"), table(rows.reset_index(drop=True)))
+    section.add(paragraph(
+        "The unsteered target model on each task of the sweep (95 % intervals: Wilson for rates, Student t for means); "
+        "steered results are in the steering section."
+    ))
+    return section
+
+
+# ----- 6. dataset cards --------------------------------------------------------------
 
 
 def cards_section(ws: Workspace) -> Section:
@@ -398,7 +429,7 @@ def cards_section(ws: Workspace) -> Section:
     return section
 
 
-# ----- 6. provenance and failures ----------------------------------------------------
+# ----- 7. provenance and failures ----------------------------------------------------
 
 
 def provenance_section(ws: Workspace) -> Section:
