@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from trusttrace.checkpoints import checkpoint_suite
@@ -66,3 +67,13 @@ def test_a_demo_workspace_of_an_older_format_is_set_aside_not_refused(tmp_path):
     assert aside is not None and aside.name.startswith("workspace.format-1-") and not workspace.exists()
     ActivationStore(workspace)  # a current one is left alone
     assert set_aside_if_incompatible(workspace) is None and workspace.exists()
+
+
+def test_the_steering_source_is_an_earlier_checkpoint_never_the_final_one():
+    from trusttrace.demo.run import emerged_checkpoint
+
+    index = pd.MultiIndex.from_tuples([(0, "step_0"), (10, "step_10"), (100, "step_100"), (1000, "step_1000")], names=["step", "checkpoint"])
+    rising = pd.DataFrame({0: [0.5, 0.6, 0.72, 0.9], 1: [0.5, 0.65, 0.8, 0.95]}, index=index)
+    assert emerged_checkpoint(rising) == ("step_100", 1)
+    late = pd.DataFrame({0: [0.5, 0.55, 0.62, 0.75], 1: [0.5, 0.58, 0.6, 0.8]}, index=index)
+    assert emerged_checkpoint(late) == ("step_100", 0)  # only the final one reaches 0.7: the best earlier one

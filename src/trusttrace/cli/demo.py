@@ -19,7 +19,8 @@ def demo(
     """Train a tiny LM offline on a synthetic world of facts and trace how it comes to encode truth.
 
     The trace covers extraction, probes and the information plane over its checkpoints, a
-    steering vector from a middle checkpoint applied to the final model, and the HTML report.
+    steering vector from the first earlier checkpoint where truth is decodable, applied to the final
+    model, and the HTML report.
 
     Runs offline on a CPU. Running it again reuses what is already done.
 

@@ -5,8 +5,8 @@
    saved as ordinary Hugging Face folders (pretrain.py) — a `local:` suite;
 3. the sweep over those checkpoints: extraction, grouped (entity-disjoint) probes and the
    information plane;
-4. the truth direction of the first checkpoint where truth became decodable (from development
-   rows only) added to the final model: how often the model then calls held-out claims true
+4. the truth direction of the first earlier checkpoint where truth became decodable (from
+   development rows only) added to the final model: how often the model then calls held-out claims true
    (answers "yes" rather than "no" after them) at each α — a causal test of the direction;
 5. the HTML report.
 
@@ -136,13 +136,16 @@ def probe_table(workspace: Path, model: str, dataset_hash: str) -> pd.DataFrame:
 
 
 def emerged_checkpoint(accuracy: pd.DataFrame) -> tuple[str, int]:
-    """The first checkpoint where truth is linearly decodable (best layer ≥ 0.7), and that layer.
+    """The first checkpoint before the final one where truth is linearly decodable (best layer
+    ≥ 0.7), and that layer.
 
-    Falls back to the middle checkpoint when no checkpoint gets there.
+    The final checkpoint is the model steered, so it is never its own source. When no earlier
+    checkpoint gets there (as in a short run), the earlier one with the best accuracy is used.
     """
-    best = accuracy.max(axis=1)
+    earlier = accuracy.iloc[:-1] if len(accuracy) > 1 else accuracy
+    best = earlier.max(axis=1)
     reached = best[best >= EMERGED_ACCURACY]
-    step, name = reached.index[0] if len(reached) else accuracy.index[len(accuracy) // 2]
+    step, name = reached.index[0] if len(reached) else best.idxmax()
     return name, int(accuracy.loc[(step, name)].idxmax())
 
 
