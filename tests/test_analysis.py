@@ -167,19 +167,30 @@ def test_cli_exit_codes(workspace, monkeypatch, capsys):
     assert run_cli(monkeypatch, "mi", root, "--test-size", "0") == 2
     assert "test_size must be between 0 and 1, got 0.0" in capsys.readouterr().err
 
+    broken = add_set(workspace, 900)
+    next(broken.path.glob("shard-*.safetensors")).unlink()
+    assert run_cli(monkeypatch, "probe", root, "--folds", "2") == 1
+    captured = capsys.readouterr()
+    assert "warning:" in captured.err and "shard is missing" in captured.err and "1 set(s) skipped" in captured.out
+
 
 def test_cli_probe_and_mi_take_c_and_the_held_out_share(workspace, monkeypatch, capsys):
     root = str(workspace.root)
     assert run_cli(monkeypatch, "probe", root, "--split", "random", "--folds", "1", "--test-size", "0.5", "--C", "0.25") == 0
     probes = read_table(workspace.root / PROBES_TABLE)
     assert set(probes["C"]) == {0.25} and set(probes["test_size"]) == {0.5} and set(probes["n_test"]) == {N // 2}
-    assert run_cli(monkeypatch, "mi", root, "--split", "random", "--test-size", "0.5", "--estimator", "gaussian") == 0
+    assert run_cli(monkeypatch, "mi", root, "--split", "random", "--folds", "1", "--test-size", "0.5", "--estimator", "gaussian") == 0
     mi = read_table(workspace.root / MI_TABLE)
-    assert set(mi["n"]) == {N // 2} and set(mi["test_size"]) == {0.5}
+    assert set(mi["n"]) == {N // 2} and set(mi["test_size"]) == {0.5}  # the probes' training rows
+    assert run_cli(monkeypatch, "mi", root, "--split", "random", "--folds", "3", "--estimator", "gaussian") == 0
+    mi = read_table(workspace.root / MI_TABLE)
+    assert set(mi.loc[mi["folds"] == 3, "n"]) == {N - N // 3}  # the first of three folds trains on two thirds
     capsys.readouterr()
 
-    broken = add_set(workspace, 900)
-    next(broken.path.glob("shard-*.safetensors")).unlink()
-    assert run_cli(monkeypatch, "probe", root, "--folds", "2") == 1
-    captured = capsys.readouterr()
-    assert "warning:" in captured.err and "shard is missing" in captured.err and "1 set(s) skipped" in captured.out
+
+def test_mi_rows_of_an_older_table_are_recognised_not_recomputed(workspace):
+    run_mi(workspace, estimator="gaussian", progress=False)
+    path = workspace.root / MI_TABLE
+    write_table(path, read_table(path).drop(columns=["folds", "test_size"]))  # as 0.2.0 wrote them
+    table, problems = run_mi(workspace, estimator="gaussian", progress=False)
+    assert problems == [] and len(table) == 2 * len(LAYERS) and set(table["folds"]) == {1}

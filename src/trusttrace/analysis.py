@@ -27,7 +27,7 @@ from trusttrace.info import ESTIMATORS, information_plane
 from trusttrace.probes import check_options, fit_probes
 from trusttrace.provenance import trusttrace_version
 from trusttrace.splits import check_split_options, make_splits, resolve_split
-from trusttrace.store import ActivationRecord, ActivationStore, append_table, read_table
+from trusttrace.store import ActivationRecord, ActivationStore, append_table, read_table, write_table
 
 T = TypeVar("T")
 
@@ -43,7 +43,9 @@ PROVENANCE_COLUMNS = [
 SET_KEYS = ["activation_key", "model", "revision", "checkpoint", "step", "tokens", "dataset", "dataset_hash"]
 PROBE_KEYS = SET_KEYS + ["layer", "method", "split", "seed", "folds", "test_size", "C"]
 BASELINE_KEYS = ["dataset", "dataset_hash", "baseline", "split", "seed", "folds", "test_size"]
-MI_KEYS = SET_KEYS + ["layer", "estimator", "x_layer", "split", "seed", "test_size"]
+MI_KEYS = SET_KEYS + ["layer", "estimator", "x_layer", "split", "seed", "folds", "test_size"]
+# What MI rows written by 0.2.0 (before MI followed the probes' first fold) were computed with.
+MI_LEGACY_SPLIT = {"folds": 1, "test_size": 0.2}
 
 
 def holding_lock(function: Callable[..., T]) -> Callable[..., T]:
@@ -105,30 +107,39 @@ def mi_record(
     estimator: str = "nhsic",
     x_layer: int = 0,
     split: str = "paper",
-    seed: int = 0,
+    folds: int = 5,
     test_size: float = 0.2,
+    seed: int = 0,
     device: str | None = None,
     dataset: TrustDataset | None = None,
 ) -> pd.DataFrame:
     """The information plane of one activation set, written to mi.parquet; returns its rows.
 
-    I(X;T) and I(T;Y) are computed on the training rows of the first split of `split`
-    (`paper`: the first 80 % of rows, as the reference did; otherwise a single seeded split
-    holding out `test_size`, the probes' first fold). A set that does not store `x_layer`
-    raises LayerError.
+    I(X;T) and I(T;Y) are computed on the training rows of the first fold of the probes'
+    split with these `folds`, `test_size` and `seed` (`paper`: the first 80 % of rows, as the
+    reference did). A set that does not store `x_layer` raises LayerError.
     """
     if x_layer not in record.layers:
         raise LayerError(f"x_layer {x_layer} is not stored (stored layers: {record.layers})")
     dataset = dataset if dataset is not None else store.load_dataset(record)
     kind = resolve_split(split, dataset.groups)
-    train = make_splits(dataset.labels, split=kind, groups=dataset.groups, folds=1, test_size=test_size, seed=seed)[0][0]
+    train = make_splits(dataset.labels, split=kind, groups=dataset.groups, folds=folds, test_size=test_size, seed=seed)[0][0]
     plane = information_plane(
         store.load(record), dataset.labels, estimator=estimator, x_layer=x_layer, rows=train,
         layers=record.layers, device=_device(device),
     )
-    rows = _with_provenance(plane.assign(x_layer=x_layer, split=kind, seed=seed, test_size=test_size), record)
+    rows = _with_provenance(plane.assign(x_layer=x_layer, **split_setting(kind, folds, test_size, seed)), record)
+    upgrade_mi_table(store.root / MI_TABLE)
     append_table(store.root / MI_TABLE, rows, MI_KEYS)
     return rows
+
+
+def upgrade_mi_table(path: Path) -> None:
+    """Give MI rows written by 0.2.0 the split columns they lacked, so they are recognised as done."""
+    table = read_table(path)
+    lacking = {column: value for column, value in MI_LEGACY_SPLIT.items() if len(table) and column not in table}
+    if lacking:
+        write_table(path, table.assign(**lacking))
 
 
 def run_probes(
@@ -171,8 +182,9 @@ def run_mi(
     estimator: str = "nhsic",
     x_layer: int = 0,
     split: str = "paper",
-    seed: int = 0,
+    folds: int = 5,
     test_size: float = 0.2,
+    seed: int = 0,
     device: str | None = None,
     progress: bool = True,
 ) -> tuple[pd.DataFrame, list[str]]:
@@ -183,22 +195,23 @@ def run_mi(
     """
     if estimator not in ESTIMATORS:
         raise ProbeError(f"unknown estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}")
-    check_split_options(1, test_size)
+    check_split_options(folds, test_size)
     resolve_split(split, None)
     stored = sorted({layer for record in store.records() for layer in record.layers})
     if stored and x_layer not in stored:
         raise LayerError(f"x_layer {x_layer} is stored in no activation set (stored layers: {stored})")
 
     def setting(kind: str) -> dict[str, Any]:
-        return {"estimator": estimator, "x_layer": x_layer, "split": kind, "seed": seed, "test_size": test_size}
+        return {"estimator": estimator, "x_layer": x_layer} | split_setting(kind, folds, test_size, seed)
 
     def compute(record: ActivationRecord, dataset: TrustDataset) -> None:
         mi_record(
-            store, record, estimator=estimator, x_layer=x_layer, split=split, seed=seed, test_size=test_size,
-            device=device, dataset=dataset,
+            store, record, estimator=estimator, x_layer=x_layer, split=split, folds=folds, test_size=test_size,
+            seed=seed, device=device, dataset=dataset,
         )
 
     with store.locked():  # once for the whole workspace: a busy one is one error, not one per set
+        upgrade_mi_table(store.root / MI_TABLE)
         return _run_all(store, store.root / MI_TABLE, split, setting, compute, progress, "mi")
 
 

@@ -86,9 +86,10 @@ class Sweep:
             return extract
         if stage == "probes":
             return extract | config.probes.model_dump() | {"split": config.probe_split()}
-        if stage == "mi":  # on the training rows of the probes' split
+        if stage == "mi":  # on the training rows of the probes' first fold
+            probes = config.probes
             return extract | config.mi.model_dump() | {
-                "split": config.probe_split(), "seed": config.probes.seed, "test_size": config.probes.test_size,
+                "split": config.probe_split(), "seed": probes.seed, "folds": probes.folds, "test_size": probes.test_size,
             }
         raise ValueError(f"no settings for stage {stage!r}")
 
@@ -248,8 +249,8 @@ class Sweep:
     def _mi(self, record: ActivationRecord) -> tuple[str, None]:
         mi_record(
             self.store, record, estimator=self.config.mi.estimator, x_layer=self.config.mi.x_layer,
-            split=self.config.probe_split(), seed=self.config.probes.seed, test_size=self.config.probes.test_size,
-            device=self.config.device,
+            split=self.config.probe_split(), folds=self.config.probes.folds, test_size=self.config.probes.test_size,
+            seed=self.config.probes.seed, device=self.config.device,
         )
         return "mi.parquet", None
 

@@ -62,7 +62,8 @@ def mi(
     x_layer: int = typer.Option(0, help="The layer whose states stand for the input X."),
     split: str = typer.Option("paper", help="Rows used: the training rows of this split (paper: the first 80 %)."),
     seed: int = typer.Option(0, min=0, help="Seed of the split (random and grouped)."),
-    test_size: float = typer.Option(0.2, help="Share of rows held out by the random and grouped splits (use the probes' value)."),
+    folds: int = typer.Option(5, help="Folds of the probes' split; MI uses the training rows of its first fold (paper: the first 80 %)."),
+    test_size: float = typer.Option(0.2, help="Share of rows held out when --folds is 1 (random and grouped splits)."),
     device: Optional[str] = DeviceOption,
 ) -> None:
     """Estimate I(X;T) and I(T;Y) for every layer of every activation set in WORKSPACE.
@@ -89,7 +90,8 @@ def mi(
     store = open_workspace(workspace)
     before = len(read_table(workspace / MI_TABLE))
     table, problems = run_mi(
-        store, estimator=estimator, x_layer=x_layer, split=split, seed=seed, test_size=test_size, device=device
+        store, estimator=estimator, x_layer=x_layer, split=split, folds=folds, test_size=test_size, seed=seed,
+        device=device,
     )
     _finish(problems, f"{len(table) - before} new MI rows, {len(table)} in {workspace / MI_TABLE}")
     typer.echo(f"note: {ESTIMATOR_CAVEAT}", err=True)

@@ -271,7 +271,7 @@ def mi_section(ws: Workspace, writer: FigureWriter, layers: list[int] | None) ->
 def _mi_figures(
     group: pd.DataFrame, writer: FigureWriter, layers: list[int] | None, *, model: str, dataset: str, estimator: str
 ) -> list[str]:
-    data, chosen, others = pick_configuration(group, (dataset_version(group), ("x_layer", None), ("split", None), ("seed", None), ("test_size", 0.2)))
+    data, chosen, others = pick_configuration(group, (dataset_version(group), ("x_layer", None), ("split", None), ("seed", None), ("folds", 5), ("test_size", 0.2)))
     chosen.pop("dataset_hash", None)
     if layers is not None:
         data = data[data["layer"].isin(layers)]
