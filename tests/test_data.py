@@ -489,10 +489,10 @@ def test_hub_files_with_other_columns_are_a_dataset_error(monkeypatch, tmp_path)
 
 def test_hub_toxigen_and_sst2_sentiment(monkeypatch, tmp_path):
     tox = tmp_path / "test-00000-of-00001.parquet"
-    pd.DataFrame({"text": ["bad", "fine", "bad"], "toxicity_human": [4.0, 1.5, 4.0]}).to_parquet(tox)
+    pd.DataFrame({"text": ["bad", "fine", " bad "], "toxicity_human": [4.0, 1.5, 4.0]}).to_parquet(tox)
     fake_download(monkeypatch, [tox])
     data = load_dataset("toxigen", source="hub")
-    assert data.labels.tolist() == [1, 0, 1] and data.groups.tolist() == [0, 1, 0]
+    assert data.labels.tolist() == [1, 0, 1] and data.groups.tolist() == [0, 1, 0]  # copies but for spaces: one group
     sst = write(tmp_path / "test.jsonl", '{"text": "great", "label": 1}\n{"text": "awful", "label": 0}\n')
     fake_download(monkeypatch, [sst])
     sentiment = load_dataset("sst2_sentiment", source="hub")

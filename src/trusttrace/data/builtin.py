@@ -18,7 +18,7 @@ import pandas as pd
 
 from trusttrace.data import hub
 from trusttrace.data.cards import CARDS
-from trusttrace.data.dataset import DatasetCard, TrustDataset
+from trusttrace.data.dataset import DatasetCard, TrustDataset, text_key
 from trusttrace.data.files import Table, read_table, validate
 from trusttrace.errors import DatasetError
 
@@ -173,7 +173,7 @@ def duplicate_groups(statements: list[str], labels: np.ndarray, path: Path | str
 
     "Identical" ignores whitespace: ToxiGen holds 30 copies that differ only by leading or trailing spaces.
     """
-    return _factorize([" ".join(statement.split()) for statement in statements])
+    return _factorize([text_key(statement) for statement in statements])
 
 
 GROUPERS: dict[str, Callable[[list[str], np.ndarray, Path | str], np.ndarray]] = {

@@ -123,6 +123,11 @@ class TrustDataset:
         return pd.DataFrame({"statement": self.statements, "label": self.labels, "group": groups})
 
 
+def text_key(statement: str) -> str:
+    """The statement with its whitespace normalised: copies that differ only in spacing share a key."""
+    return " ".join(statement.split())
+
+
 def _canonical(group: Hashable) -> int | float | str | bool:
     """A JSON-stable form of one group id: numpy scalars become Python ones, other objects their str."""
     if isinstance(group, np.generic):

@@ -25,7 +25,7 @@ from huggingface_hub.utils import (
 )
 
 from trusttrace.data.cards import CARDS
-from trusttrace.data.dataset import TrustDataset
+from trusttrace.data.dataset import TrustDataset, text_key
 from trusttrace.data.files import Table, validate
 from trusttrace.errors import DatasetError, OfflineError
 
@@ -144,7 +144,7 @@ def toxigen_rows(files: list[Path]) -> pd.DataFrame:
     """ToxiGen's human-annotated rows; toxic when the mean human score is > 2 of 5, as in the study."""
     frame = read_frames(files)
     labels = (frame["toxicity_human"] > 2).astype(np.int64)
-    return pd.DataFrame({"statement": frame["text"], "label": labels, "group": frame["text"]})
+    return pd.DataFrame({"statement": frame["text"], "label": labels, "group": frame["text"].map(text_key)})
 
 
 def stereoset_rows(files: list[Path]) -> pd.DataFrame:
@@ -208,7 +208,7 @@ HUB_SOURCES: dict[str, HubSource] = {
         "toxigen/toxigen-data",
         ("annotated/*.parquet",),
         toxigen_rows,
-        "identical statements share a group",
+        "statements identical but for whitespace share a group",
         (
             "built from HF toxigen/toxigen-data (config annotated, train and test: 9900 rows) with the study's "
             "rule toxicity_human > 2; the study used SafeNLP's 6514-row subset, whose selection rule is undocumented",
