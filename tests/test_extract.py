@@ -154,6 +154,8 @@ def test_the_sidecar_counts_truncated_statements(tokenizer, tmp_path):
         record = extract_to_store(model, tokenizer, data, ActivationStore(tmp_path), batch_size=1)
     assert record.provenance["truncated"] == 2
     assert ActivationStore(tmp_path).records()[0].provenance["truncated"] == 2
+    elsewhere = ActivationStore(tmp_path / "api").save(torch.zeros(2, 4, 3), data, record.provenance | {"layers": [0, 1]})
+    assert elsewhere.provenance["truncated"] is None  # states extracted outside the store: not known
 
 def test_batches_by_token_budget_cover_every_row_once():
     lengths = [5, 1, 9, 3, 3, 7, 2]

@@ -37,12 +37,13 @@ LENGTH_SPREAD = 0.2
 class ActivationBatch:
     """The states of one batch: `states[j, k]` is layer `layers[j]` of statement `rows[k]`.
 
-    `truncated` counts the batch's statements that were cut to fit the model's context.
+    `truncated` counts the batch's statements that were cut to fit the model's context (None:
+    not known, as for states extracted elsewhere).
     """
 
     rows: np.ndarray
     states: torch.Tensor
-    truncated: int = 0
+    truncated: int | None = None
 
 
 class _StopForward(Exception):

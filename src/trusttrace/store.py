@@ -298,11 +298,13 @@ class ActivationStore:
 
     def _write_shards(
         self, batches: Iterable[ActivationBatch], folder: Path, layers: list[int], shard_bytes: int
-    ) -> tuple[dict[str, str], int, int]:
-        """Write the batches as shards; (file checksums, rows seen, truncated statements)."""
+    ) -> tuple[dict[str, str], int, int | None]:
+        """Write the batches as shards; (file checksums, rows seen, truncated statements or None
+        when a batch does not say)."""
         files: dict[str, str] = {}
         pending: list[ActivationBatch] = []
-        pending_bytes = seen = truncated = 0
+        pending_bytes = seen = 0
+        truncated: int | None = 0
 
         def flush() -> None:
             nonlocal pending_bytes
@@ -325,7 +327,7 @@ class ActivationStore:
             pending.append(batch)
             pending_bytes += batch.states.numel() * batch.states.element_size()
             seen += len(batch.rows)
-            truncated += batch.truncated
+            truncated = None if truncated is None or batch.truncated is None else truncated + batch.truncated
             if pending_bytes >= shard_bytes:
                 flush()
         flush()
