@@ -348,6 +348,10 @@ def test_cli_evaluate_writes_tables_steered_and_grid(tmp_path, models, tok):
     assert {"accuracy", "predicted_1_rate", "kl", "perplexity"} <= set(table["metric"]) and set(table["alpha"]) == {40.0}
     assert len(pd.read_parquet(tmp_path / "one" / "records.parquet")) == 6
     assert json.loads((tmp_path / "one" / "settings.json").read_text())["steering"]["layers"] == "3"
+    limited = [*base, "--vectors", str(tmp_path / "v.safetensors"), "--layer", "3", "--alpha", "40", "--max-kl", "0", "-o", str(tmp_path / "limited")]
+    result = CliRunner().invoke(app, limited)  # one setting with a limit: checked against it and the unsteered model
+    grid = pd.read_csv(tmp_path / "limited" / "grid.csv")
+    assert result.exit_code == 0 and len(grid) == 2 and not grid.loc[1, "within_limit"]
     result = CliRunner().invoke(app, [*base, "--vectors", str(tmp_path / "v.safetensors"), "--alpha", "1,2", "--max-perplexity", "inf", "-o", str(tmp_path / "grid")])
     assert result.exit_code == 0, result.output
     grid = pd.read_csv(tmp_path / "grid" / "grid.csv")

@@ -129,8 +129,8 @@ def evaluate_command(
     layer: Optional[str] = typer.Option(None, "--layer", help="Layer(s) of the vector file to steer, e.g. 16 or 12,16 (default: all in the file); needs --vectors."),
     alpha: Optional[str] = typer.Option(None, "--alpha", help="Steering coefficient(s), e.g. 4 or 1,2,4 (default 1); several layers or alphas run a grid; needs --vectors."),
     positions: Optional[str] = typer.Option(None, help="Where vectors are added: last (default), all, prompt, generated; needs --vectors."),
-    max_perplexity: Optional[float] = typer.Option(None, help="Grid: side-effect limit on perplexity (default the study's 6.0; inf for none); needs --vectors."),
-    max_kl: Optional[float] = typer.Option(None, help="Grid: side-effect limit on KL divergence (default none); needs --vectors."),
+    max_perplexity: Optional[float] = typer.Option(None, help="Side-effect limit on perplexity for a grid (default the study's 6.0; inf for none); with one setting, checks it against the limit. Needs --vectors."),
+    max_kl: Optional[float] = typer.Option(None, help="Side-effect limit on KL divergence (default none); as --max-perplexity. Needs --vectors."),
     protocol: str = typer.Option("default", help="default or paper (the reference's templates, parse mode, rows)."),
     seed: int = typer.Option(0, min=0, help="Seed of the split and of parse-mode guesses."),
     limit: Optional[int] = typer.Option(None, min=1, help="Evaluate only the first N rows/questions."),
@@ -199,9 +199,9 @@ def evaluate_command(
         return
     positions = positions or "last"
     steering = Steering.from_file(vectors, alphas[0], positions, chosen)
-    if len(chosen) == 1 and len(alphas) == 1:
+    if len(chosen) == 1 and len(alphas) == 1 and max_perplexity is None and max_kl is None:
         _write(run_evaluation(loaded, tokenizer, task, dataset, steering=steering, **common, **options), out)
-        return
+        return  # one setting with a limit runs as a grid of one: against the unsteered model and the limit
     grid = steering_grid(
         loaded, tokenizer, steering.vectors, alphas, task=task, dataset=dataset, positions=positions,
         max_perplexity=STUDY_MAX_PERPLEXITY if max_perplexity is None else max_perplexity, max_kl=max_kl, provenance=provenance, **common, **options,
