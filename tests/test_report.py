@@ -403,3 +403,19 @@ def test_figure_names_stay_short_and_distinct_for_long_model_paths(tmp_path):
     names = sorted(path.name for path in tmp_path.iterdir())
     assert len(names) == 4 and all(len(name) <= MAX_FIGURE_NAME + 4 for name in names)
     assert first != second
+
+
+def test_evaluations_show_one_dataset_version_and_name_the_rest(tmp_path):
+    from trusttrace.store import write_table
+
+    ActivationStore(tmp_path)
+    rows = [
+        {"task": "stereoset", "metric": "accuracy", "value": value, "low": 0.5, "high": 0.8, "n": 20, "dataset": "stereoset",
+         "dataset_hash": digest, "protocol": "default", "seed": 0, "target_model": "final", "target_model_id": "/m/final"}
+        for value, digest in ((0.6, "old"), (0.7, "new"), (0.71, "new"))
+    ]
+    write_table(tmp_path / "evaluate.parquet", pd.DataFrame(rows).assign(metric=["accuracy", "accuracy", "predicted_1_rate"]))
+    page = write_report(tmp_path).read_text()
+    evaluations = page.split("<h2>Trust evaluations</h2>")[1].split("<h2>")[0]
+    assert "target model final (/m/final)" in evaluations
+    assert ">0.7<" in evaluations and ">0.6<" not in evaluations and "also holds stereoset: dataset_hash old" in evaluations

@@ -32,6 +32,8 @@ STEERING_REMEDY = "run `trusttrace run` with the steering and evaluation stages"
 EVALUATE_REMEDY = "add evaluate to the stages of `trusttrace run` (or see `trusttrace evaluate -o`)"
 # What an evaluation table shows of evaluate.parquet, in this order, where present.
 EVALUATION_COLUMNS = ("task", "metric", "value", "low", "high", "n", "dataset", "protocol", "seed", "target_revision")
+# Per task, the one configuration an evaluation table shows (besides the dataset version with the most rows).
+EVALUATION_CONFIGURATION = (("target_model_id", None), ("target_revision", None), ("protocol", "default"), ("seed", None))
 DEFAULT_CURVE_LAYERS = 4
 MAX_FIGURE_NAME = 100  # characters of a figure's file name before its suffix
 # The probe configuration the figures show where probes.parquet holds several: preferred values
@@ -388,9 +390,18 @@ def evaluation_section(ws: Workspace) -> Section:
     frame = ws.evaluations
     models = frame.groupby("target_model", sort=True, dropna=False) if "target_model" in frame else [(None, frame)]
     for model, group in models:
-        columns = [c for c in EVALUATION_COLUMNS if c in group]
-        rows = group[columns].sort_values([c for c in ("task", "metric") if c in columns], kind="stable")
-        section.add(heading(f"target model {model}" if model is not None else "evaluations"), table(rows.reset_index(drop=True)))
+        shown, left_out = [], []
+        for task, rows in group.groupby("task", sort=True):
+            rows, _, others = pick_configuration(rows, (dataset_version(rows), *EVALUATION_CONFIGURATION))
+            shown.append(rows)
+            left_out += [f"{task}: {others}"] if others else []
+        rows = pd.concat(shown)
+        columns = [c for c in EVALUATION_COLUMNS if c in rows]
+        ids = sorted(rows["target_model_id"].dropna().astype(str).unique()) if "target_model_id" in rows else []
+        title = "evaluations" if model is None or pd.isna(model) else f"target model {model}"
+        section.add(heading(title + (f" ({', '.join(ids)})" if ids else "")), table(rows[columns].reset_index(drop=True)))
+        if left_out:
+            section.add(paragraph(f"{EVALUATE_FILE} also holds {'; '.join(left_out)}; the table shows the configuration above.", "missing"))
     section.add(paragraph(
         "The unsteered target model on each task of the sweep (95 % intervals: Wilson for rates, Student t for means); "
         "steered results are in the steering section."
