@@ -135,6 +135,12 @@ def test_an_mps_device_runs_the_float64_analysis_on_the_cpu(workspace):
     on_cpu = probe_record(workspace, first, split="paper", device="cpu")
     assert on_mps["accuracy"].tolist() == on_cpu["accuracy"].tolist()
     assert len(mi_record(workspace, first, estimator="gaussian", device="mps")) == len(LAYERS)
+    from trusttrace.info import information_plane
+    from trusttrace.probes import fit_probes
+
+    acts, labels = workspace.load(first), toy_dataset(True).labels  # the Python API, not only the workspace verbs
+    assert len(fit_probes(acts, labels, split="paper", device="mps").table) == len(LAYERS)
+    assert len(information_plane(acts, labels, estimator="gaussian", device="mps")) == len(LAYERS)
 
 def run_cli(monkeypatch, *args) -> int:
     monkeypatch.setattr(sys, "argv", ["trusttrace", *args])

@@ -281,11 +281,5 @@ def _describe(record: ActivationRecord) -> str:
 
 
 def _device(device: str | None) -> str:
-    """The given device, else CUDA when available, else the CPU.
-
-    Probes and MI compute in float64, which Apple's MPS lacks: on an MPS machine they run on
-    the CPU, while the model still runs on MPS.
-    """
-    if device is not None and device.startswith("mps"):
-        return "cpu"
+    """The given device, else CUDA when available, else the CPU (MPS runs as the CPU: see trusttrace.devices)."""
     return device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -35,6 +35,7 @@ import torch
 from scipy.spatial import cKDTree
 from scipy.special import digamma
 
+from trusttrace.devices import to_analysis_device
 from trusttrace.errors import LayerError, ProbeError
 from trusttrace.probes import check_finite, check_shape
 from trusttrace.splits import check_labels, paper_split
@@ -437,14 +438,14 @@ def information_plane(
     layer_ids, x_index = _check_plane_acts(acts, layers, x_layer)
     y = check_labels(labels, acts.shape[1])
     selected = _check_rows(rows, acts.shape[1])
-    states = acts.to(torch.device(device) if device is not None else acts.device)
+    states = to_analysis_device(acts, device)
     check_finite(states, layer_ids)
     states = states.to(dtype)
     if standardize:
         std = states.std(dim=1, keepdim=True)
         states = (states - states.mean(dim=1, keepdim=True)) / torch.where(std > 0, std, torch.ones_like(std))
-    states = states[:, torch.as_tensor(selected, device=device)]
-    targets = torch.as_tensor(y[selected], device=device, dtype=dtype).unsqueeze(-1)
+    states = states[:, torch.as_tensor(selected, device=states.device)]
+    targets = torch.as_tensor(y[selected], device=states.device, dtype=dtype).unsqueeze(-1)
     if estimator in ("nhsic", "hsic"):
         i_xt, i_ty = _kernel_plane(states, targets, x_index, estimator)
     else:

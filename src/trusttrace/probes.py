@@ -31,6 +31,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 
 from trusttrace.baselines import bag_of_words_scores, first_word_scores, majority_scores
+from trusttrace.devices import to_analysis_device
 from trusttrace.errors import LayerError, ProbeError
 from trusttrace.logistic import fit_logistic
 from trusttrace.splits import Split, check_labels, make_splits, resolve_split
@@ -91,7 +92,7 @@ def fit_probes(
         raise ProbeError(f"{len(statements)} statements for {len(y)} rows of activations")
     kind = resolve_split(split, groups)
     splits = make_splits(y, split=kind, groups=groups, folds=folds, test_size=test_size, seed=seed)
-    states = acts.to(torch.device(device) if device is not None else acts.device)
+    states = to_analysis_device(acts, device)
     check_finite(states, layer_ids)
 
     paper = kind == "paper"
