@@ -31,8 +31,8 @@ from common import timed, DEFAULT_DATA, machine_description, record_section  # n
 from extract import model_config  # noqa: E402
 
 from trusttrace.data import load_dataset  # noqa: E402
-from trusttrace.evaluate import evaluate  # noqa: E402
-from trusttrace.evaluate.templates import PAPER_TEMPLATES  # noqa: E402
+from trusttrace.evaluation import evaluate  # noqa: E402
+from trusttrace.evaluation.templates import PAPER_TEMPLATES  # noqa: E402
 from trusttrace.steering import development_rows  # noqa: E402
 from trusttrace.tiny import PAD_ID, train_tokenizer  # noqa: E402
 

@@ -19,7 +19,7 @@ from trusttrace.cli.app import app
 from trusttrace.cli.options import check_device, check_output
 from trusttrace.data import load_dataset
 from trusttrace.errors import EvaluationError, TrustTraceError
-from trusttrace.evaluate import evaluate
+from trusttrace.evaluation import evaluate
 from trusttrace.provenance import trusttrace_version
 from trusttrace.store import ActivationStore
 from trusttrace.units import extract_to_store
@@ -274,3 +274,13 @@ def test_a_missing_data_dir_is_an_error(tmp_path, monkeypatch, capsys):
     assert_one_line(run_cli(monkeypatch, capsys, "datasets", "stereoset", "--data-dir", missing), f"--data-dir {missing}")
     monkeypatch.setenv("TRUSTTRACE_DATA", str(missing))
     assert_one_line(run_cli(monkeypatch, capsys, "datasets"), f"--data-dir {missing} (or $TRUSTTRACE_DATA): no such folder")
+
+
+def test_the_evaluate_function_stays_the_function_whatever_is_imported_first():
+    """A sweep imports the evaluation package before anyone calls tt.evaluate: the name must not become a module."""
+    import subprocess
+
+    code = ("import inspect, trusttrace as tt, trusttrace.evaluation.grid, trusttrace.steering_stage\n"
+            "assert inspect.isfunction(tt.evaluate) and tt.evaluate.__name__ == 'evaluate', tt.evaluate")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr

@@ -11,7 +11,7 @@ import pytest
 from trusttrace.checkpoints import checkpoint_suite
 from trusttrace.demo import build_world, run_demo
 from trusttrace.demo.run import set_aside_if_incompatible
-from trusttrace.evaluate.scoring import choice_logprobs
+from trusttrace.evaluation.scoring import choice_logprobs
 from trusttrace.models import load_model
 from trusttrace.store import WORKSPACE_FILE, ActivationStore, read_table
 

@@ -17,12 +17,12 @@ from typer.testing import CliRunner
 from trusttrace.cli.app import app
 from trusttrace.data import DatasetCard, TrustDataset
 from trusttrace.errors import EvaluationError, OfflineError, TrustTraceError
-from trusttrace.evaluate import evaluate, get_task, side_effects, steering_grid
-from trusttrace.evaluate.binary import parse_answer
-from trusttrace.evaluate.scoring import choice_logprobs, generate_texts
-from trusttrace.evaluate.toxicity import load_classifier, toxicity_task
-from trusttrace.evaluate.templates import qa_prompt
-from trusttrace.evaluate.truthfulness import mc_metrics
+from trusttrace.evaluation import evaluate, get_task, side_effects, steering_grid
+from trusttrace.evaluation.binary import parse_answer
+from trusttrace.evaluation.scoring import choice_logprobs, generate_texts
+from trusttrace.evaluation.toxicity import load_classifier, toxicity_task
+from trusttrace.evaluation.templates import qa_prompt
+from trusttrace.evaluation.truthfulness import mc_metrics
 from trusttrace.models import decoder_layers
 from trusttrace.steering import Steering, development_rows, prompt_boundary, save_vectors, steer
 from trusttrace.tiny import PAD_ID, tiny_model, train_tokenizer
@@ -375,7 +375,7 @@ def test_cli_evaluate_unknown_task_exits_2_before_loading_the_model(tmp_path, mo
 def test_a_mean_interval_is_a_t_interval_kept_within_the_metric_bounds():
     from scipy import stats
 
-    from trusttrace.evaluate.results import mean_row
+    from trusttrace.evaluation.results import mean_row
 
     values = np.array([0.9, 0.8, 0.95, 0.6, 0.99])  # five questions: 1.96 would understate the spread
     row = mean_row("truthfulqa", "mc2", values)

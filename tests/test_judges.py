@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 
 from trusttrace.errors import EvaluationError
-from trusttrace.evaluate import evaluate
-from trusttrace.evaluate.judges import HTTPJudge, LocalJudge, Verdict
-from trusttrace.evaluate.scoring import choice_logprobs
+from trusttrace.evaluation import evaluate
+from trusttrace.evaluation.judges import HTTPJudge, LocalJudge, Verdict
+from trusttrace.evaluation.scoring import choice_logprobs
 from trusttrace.tiny import tiny_model, train_tokenizer
 
 KEY = "sk-test-secret-123"

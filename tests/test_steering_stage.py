@@ -11,7 +11,7 @@ import pytest
 from test_sweep import make_dataset, make_suite, write_config
 from trusttrace.config import load_config
 from trusttrace.data import load_dataset
-from trusttrace.evaluate.templates import BINARY_TEMPLATES
+from trusttrace.evaluation.templates import BINARY_TEMPLATES
 from trusttrace.manifest import Manifest
 from trusttrace.provenance import trusttrace_version
 from trusttrace.steering import load_vectors

@@ -20,7 +20,7 @@ _EXPORTS = {
     "trusttrace.config": ("SweepConfig", "load_config"),
     "trusttrace.data": ("DatasetCard", "TrustDataset", "builtin_cards", "load_dataset"),
     "trusttrace.errors": ("TrustTraceError",),
-    "trusttrace.evaluate": ("EvalResult", "GridResult", "evaluate", "steering_grid"),
+    "trusttrace.evaluation": ("EvalResult", "GridResult", "evaluate", "steering_grid"),
     "trusttrace.extract": ("extract_activations",),
     "trusttrace.info": ("ESTIMATOR_CAVEAT", "information_plane", "mutual_information", "turning_points"),
     "trusttrace.models": ("decoder_layers", "load_model"),

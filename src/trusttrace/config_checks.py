@@ -101,7 +101,7 @@ def _task_problem(config: SweepConfig) -> str | None:
     if config.evaluate is None:
         return None
     from trusttrace.errors import EvaluationError
-    from trusttrace.evaluate import get_task
+    from trusttrace.evaluation import get_task
 
     for name in config.evaluate.tasks:
         try:

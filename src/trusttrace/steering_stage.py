@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from trusttrace.errors import ConfigError, StoreError, TrustTraceError
-from trusttrace.evaluate import TASKS, get_task, steering_grid
-from trusttrace.evaluate import evaluate as run_task
-from trusttrace.evaluate.runner import resolve_dataset
+from trusttrace.evaluation import TASKS, get_task, steering_grid
+from trusttrace.evaluation import evaluate as run_task
+from trusttrace.evaluation.runner import resolve_dataset
 from trusttrace.manifest import settings_digest
 from trusttrace.models import describe_source, load_model
 from trusttrace.provenance import now_utc, trusttrace_version

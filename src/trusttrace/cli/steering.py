@@ -18,7 +18,7 @@ from trusttrace.errors import EvaluationError, StoreError
 if TYPE_CHECKING:
     import pandas as pd
 
-    from trusttrace.evaluate import EvalResult
+    from trusttrace.evaluation import EvalResult
     from trusttrace.store import ActivationRecord
 
 
@@ -163,7 +163,7 @@ def evaluate_command(
 
       trusttrace evaluate -m ./sft -t truthfulqa --truth-judge gpt-judge --info-judge gpt-info --judge-url https://api.openai.com/v1
     """
-    from trusttrace.evaluate import get_task
+    from trusttrace.evaluation import get_task
 
     get_task(task)
     steering_options = {"--layer": layer, "--alpha": alpha, "--positions": positions,
@@ -185,8 +185,8 @@ def evaluate_command(
     alphas = parse_floats("1.0" if alpha is None else alpha, "--alpha")
     import pandas as pd
 
-    from trusttrace.evaluate import EvalResult, evaluate as run_evaluation, steering_grid
-    from trusttrace.evaluate.grid import STUDY_MAX_PERPLEXITY
+    from trusttrace.evaluation import EvalResult, evaluate as run_evaluation, steering_grid
+    from trusttrace.evaluation.grid import STUDY_MAX_PERPLEXITY
     from trusttrace.models import load_model
     from trusttrace.steering import Steering, load_vectors
 

@@ -30,9 +30,9 @@ from trusttrace.config import SweepConfig
 from trusttrace.demo.pretrain import CHECKPOINT_META, checkpoint_steps, pretrain
 from trusttrace.demo.world import FALSE_VERDICT, TRUE_VERDICT, World, build_world
 from trusttrace.errors import TrustTraceError
-from trusttrace.evaluate.results import rate_row
-from trusttrace.evaluate.scoring import choice_logprobs
-from trusttrace.evaluate.side_effects import side_effects
+from trusttrace.evaluation.results import rate_row
+from trusttrace.evaluation.scoring import choice_logprobs
+from trusttrace.evaluation.side_effects import side_effects
 from trusttrace.models import load_model
 from trusttrace.report import write_report
 from trusttrace.steering import Steering, build_vectors, development_rows, save_vectors

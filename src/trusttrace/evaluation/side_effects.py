@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from trusttrace.evaluate.results import make_table, metric_row
-from trusttrace.evaluate.scoring import pad_token_id
-from trusttrace.evaluate.templates import NEUTRAL_TEXTS
+from trusttrace.evaluation.results import make_table, metric_row
+from trusttrace.evaluation.scoring import pad_token_id
+from trusttrace.evaluation.templates import NEUTRAL_TEXTS
 from trusttrace.extract import _accepts_position_ids, pad_batch, plan_batches, tokenize_statements
 from trusttrace.models import context_length
 from trusttrace.steering import Steering, prompt_boundary

@@ -17,8 +17,8 @@ import pandas as pd
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from trusttrace.evaluate.results import EvalResult
-from trusttrace.evaluate.runner import evaluate, get_task, resolve_dataset
+from trusttrace.evaluation.results import EvalResult
+from trusttrace.evaluation.runner import evaluate, get_task, resolve_dataset
 from trusttrace.steering import Steering
 
 STUDY_MAX_PERPLEXITY = 6.0

@@ -16,9 +16,9 @@ import pandas as pd
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from trusttrace.errors import EvaluationError
-from trusttrace.evaluate.results import EvalResult, make_table, rate_row
-from trusttrace.evaluate.scoring import choice_logprobs, generate_texts
-from trusttrace.evaluate.templates import binary_template
+from trusttrace.evaluation.results import EvalResult, make_table, rate_row
+from trusttrace.evaluation.scoring import choice_logprobs, generate_texts
+from trusttrace.evaluation.templates import binary_template
 
 MODES = ("logit", "parse")
 FIRST_DIGIT = re.compile(r"[01]")

@@ -19,12 +19,12 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from trusttrace.data import load_dataset
 from trusttrace.errors import EvaluationError
-from trusttrace.evaluate.binary import binary_task
-from trusttrace.evaluate.results import EvalResult
-from trusttrace.evaluate.side_effects import side_effects
-from trusttrace.evaluate.templates import NEUTRAL_TEXTS
-from trusttrace.evaluate.toxicity import toxicity_task
-from trusttrace.evaluate.truthfulness import truthfulqa_task
+from trusttrace.evaluation.binary import binary_task
+from trusttrace.evaluation.results import EvalResult
+from trusttrace.evaluation.side_effects import side_effects
+from trusttrace.evaluation.templates import NEUTRAL_TEXTS
+from trusttrace.evaluation.toxicity import toxicity_task
+from trusttrace.evaluation.truthfulness import truthfulqa_task
 from trusttrace.models import describe_source
 from trusttrace.provenance import now_utc, trusttrace_version
 from trusttrace.steering import PROTOCOLS, Steering, development_rows

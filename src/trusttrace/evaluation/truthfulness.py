@@ -26,10 +26,10 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from trusttrace.data.builtin import data_root, study_dir, upstream_dir
 from trusttrace.errors import EvaluationError
-from trusttrace.evaluate.judges import Judge, Verdict, make_judge
-from trusttrace.evaluate.results import EvalResult, make_table, mean_row, metric_row, rate_row
-from trusttrace.evaluate.scoring import choice_logprobs, generate_texts
-from trusttrace.evaluate.templates import JUDGE_PROMPTS, PAPER_QA_PROMPT, QA_PRIMER, qa_prompt
+from trusttrace.evaluation.judges import Judge, Verdict, make_judge
+from trusttrace.evaluation.results import EvalResult, make_table, mean_row, metric_row, rate_row
+from trusttrace.evaluation.scoring import choice_logprobs, generate_texts
+from trusttrace.evaluation.templates import JUDGE_PROMPTS, PAPER_QA_PROMPT, QA_PRIMER, qa_prompt
 
 MC_FILE = Path("truthfulqa") / "mc_task.json"
 HELDOUT_FILE = "truthfulqa_test.csv"

@@ -23,8 +23,8 @@ from typing import Any, Protocol
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from trusttrace.errors import EvaluationError
-from trusttrace.evaluate.scoring import choice_logprobs
-from trusttrace.evaluate.templates import JUDGE_ANSWERS
+from trusttrace.evaluation.scoring import choice_logprobs
+from trusttrace.evaluation.templates import JUDGE_ANSWERS
 from trusttrace.models import load_model
 
 APIS = ("completions", "chat")

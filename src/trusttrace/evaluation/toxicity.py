@@ -17,8 +17,8 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from trusttrace.errors import EvaluationError
-from trusttrace.evaluate.results import EvalResult, make_table, rate_row
-from trusttrace.evaluate.scoring import generate_texts, pad_token_id
+from trusttrace.evaluation.results import EvalResult, make_table, rate_row
+from trusttrace.evaluation.scoring import generate_texts, pad_token_id
 from trusttrace.models import _hub_error
 
 DEFAULT_CLASSIFIER = "tomh/toxigen_roberta"

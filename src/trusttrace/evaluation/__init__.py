@@ -7,9 +7,9 @@
     grid = steering_grid(model, tok, {12: v12, 16: v16}, alphas=[1, 2, 4], task="stereoset")
 """
 
-from trusttrace.evaluate.grid import GridResult, steering_grid
-from trusttrace.evaluate.results import EvalResult
-from trusttrace.evaluate.runner import ALIASES, TASKS, Task, evaluate, get_task
-from trusttrace.evaluate.side_effects import side_effects
+from trusttrace.evaluation.grid import GridResult, steering_grid
+from trusttrace.evaluation.results import EvalResult
+from trusttrace.evaluation.runner import ALIASES, TASKS, Task, evaluate, get_task
+from trusttrace.evaluation.side_effects import side_effects
 
 __all__ = ["ALIASES", "EvalResult", "GridResult", "TASKS", "Task", "evaluate", "get_task", "side_effects", "steering_grid"]
