@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import os
 import signal
 import subprocess
@@ -20,6 +21,7 @@ from trusttrace.config import load_config, parse_config
 from trusttrace.config_checks import check_names
 from trusttrace.errors import ConfigError, ModelError
 from trusttrace.manifest import Manifest
+from trusttrace.store import ActivationStore
 from trusttrace.sweep import run_sweep
 from trusttrace.tiny import tiny_model
 
@@ -93,6 +95,24 @@ def test_local_suite_end_to_end_and_second_run_skips(setup):
     assert again.ran == 0 and again.skipped == 9
     assert Manifest(config.workspace / "manifest.sqlite").units()[0].status == "done"
 
+
+
+def test_a_local_checkpoint_whose_weights_are_replaced_is_redone(setup):
+    root, suite, dataset = setup
+    config = load_config(write_config(root, suite, dataset))
+    run_sweep(config, progress=False)
+    before = pd.read_parquet(config.workspace / "probes.parquet").query("checkpoint == 'step_20'")
+    shutil.copy(suite / "step_0" / "model.safetensors", suite / "step_20" / "model.safetensors")  # other weights, same name
+    summary = run_sweep(config, progress=False)
+    assert summary.ran == 3 and summary.skipped == 6  # step_20's extract, probes and mi only
+    assert any("weights of step_20 changed on disk" in repair for repair in summary.repaired)
+    after = pd.read_parquet(config.workspace / "probes.parquet").query("checkpoint == 'step_20'")
+    step_0 = pd.read_parquet(config.workspace / "probes.parquet").query("checkpoint == 'step_0'")
+    assert set(after["weights_sha256"]) == set(step_0["weights_sha256"]) != set(before["weights_sha256"])
+    assert len(after) == len(before)  # the former weights' rows and activation set are gone, not kept beside
+    sets = [r for r in ActivationStore(config.workspace).records() if r.provenance["checkpoint"] == "step_20"]
+    assert [r.provenance["weights_sha256"] for r in sets] == list(set(step_0["weights_sha256"]))
+    assert run_sweep(config, progress=False).ran == 0  # recorded again: nothing more to redo
 
 def test_a_changed_setting_or_dataset_reruns_what_depends_on_it(setup):
     root, suite, dataset = setup
@@ -290,3 +310,18 @@ def test_a_device_this_machine_lacks_stops_the_sweep_before_any_work(setup):
     with pytest.raises(ModelError, match="key 'device': 'cuda': CUDA is not available"):
         run_sweep(config, progress=False)
     assert not (root / "ws").exists()
+
+
+def test_an_older_manifest_gains_the_fingerprint_column(tmp_path):
+    import sqlite3
+    from contextlib import closing
+
+    with closing(sqlite3.connect(tmp_path / "manifest.sqlite")) as db:  # the checkpoints table as 0.2.0 made it
+        db.execute("CREATE TABLE checkpoints (name TEXT, model TEXT, revision TEXT, step INTEGER, tokens INTEGER, commit_sha TEXT, "
+                   "weights_sha256 TEXT, duplicate_of TEXT, status TEXT, error TEXT, PRIMARY KEY (model, name))")
+        db.commit()
+    manifest = Manifest(tmp_path / "manifest.sqlite")
+    assert manifest.fingerprint("m", "step_1") is None
+    manifest.record_checkpoint("step_1", "m", None, 1, None, status="loaded", fingerprint="abc")
+    manifest.record_checkpoint("step_1", "m", None, 1, None, status="loaded")
+    assert manifest.fingerprint("m", "step_1") == "abc"

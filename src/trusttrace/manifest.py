@@ -24,7 +24,7 @@ CREATE TABLE IF NOT EXISTS units (
 );
 CREATE TABLE IF NOT EXISTS checkpoints (
     name TEXT, model TEXT, revision TEXT, step INTEGER, tokens INTEGER,
-    commit_sha TEXT, weights_sha256 TEXT, duplicate_of TEXT, status TEXT, error TEXT,
+    commit_sha TEXT, weights_sha256 TEXT, duplicate_of TEXT, status TEXT, error TEXT, fingerprint TEXT,
     PRIMARY KEY (model, name)
 );
 """
@@ -64,6 +64,9 @@ class Manifest:
         self.path = Path(path)
         with closing(self._connect()) as db:
             db.executescript(SCHEMA)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(checkpoints)")}
+            if "fingerprint" not in columns:  # a manifest written before weight fingerprints were kept
+                db.execute("ALTER TABLE checkpoints ADD COLUMN fingerprint TEXT")
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
@@ -119,15 +122,28 @@ class Manifest:
     def record_checkpoint(
         self, name: str, model: str, revision: str | None, step: int | None, tokens: int | None,
         *, status: str, commit: str | None = None, weights_sha256: str | None = None, error: str | None = None,
+        fingerprint: str | None = None,
     ) -> None:
-        """Record a checkpoint's state; known commit and checksum are kept when a later call lacks them."""
+        """Record a checkpoint's state; known commit, checksum and fingerprint are kept when a later call lacks them."""
         self._write(
-            "INSERT INTO checkpoints (name, model, revision, step, tokens, commit_sha, weights_sha256, status, error) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(model, name) DO UPDATE SET status=excluded.status, "
+            "INSERT INTO checkpoints (name, model, revision, step, tokens, commit_sha, weights_sha256, status, error, fingerprint) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(model, name) DO UPDATE SET status=excluded.status, "
             "error=excluded.error, commit_sha=COALESCE(excluded.commit_sha, commit_sha), "
-            "weights_sha256=COALESCE(excluded.weights_sha256, weights_sha256)",
-            (name, model, revision, step, tokens, commit, weights_sha256, status, error),
+            "weights_sha256=COALESCE(excluded.weights_sha256, weights_sha256), "
+            "fingerprint=COALESCE(excluded.fingerprint, fingerprint)",
+            (name, model, revision, step, tokens, commit, weights_sha256, status, error, fingerprint),
         )
+
+    def fingerprint(self, model: str, name: str) -> str | None:
+        """The weight-file fingerprint recorded when this checkpoint was last loaded, if any."""
+        with closing(self._connect()) as db:
+            row = db.execute("SELECT fingerprint FROM checkpoints WHERE model=? AND name=?", (model, name)).fetchone()
+        return row[0] if row else None
+
+    def mark_checkpoint_stale(self, checkpoint: str) -> int:
+        """Mark every done unit of `checkpoint` stale (its weights changed), so the sweep redoes it; returns how many."""
+        with closing(self._connect()) as db:
+            return db.execute("UPDATE units SET status='stale' WHERE checkpoint=? AND status='done'", (checkpoint,)).rowcount
 
     def mark_duplicates(self, model: str) -> dict[str, str]:
         """Flag `model`'s checkpoints whose weights equal an earlier one's; returns {name: duplicate_of}."""

@@ -291,6 +291,19 @@ def folder_checksum(folder: Path) -> str | None:
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
+def weights_fingerprint(folder: Path) -> str | None:
+    """Names, sizes and modification times of the weight files in `folder` (None when it holds none).
+
+    Not a checksum: a cheap sign, read on every sweep, that a local checkpoint's files were
+    replaced since its units ran (hashing them again would cost as much as loading them).
+    """
+    files = sorted(p for p in folder.iterdir() if p.name.endswith(WEIGHT_SUFFIXES)) if folder.is_dir() else []
+    if not files:
+        return None
+    stats = [f"{path.name}:{path.stat().st_size}:{path.stat().st_mtime_ns}" for path in files]
+    return hashlib.sha256("\n".join(stats).encode()).hexdigest()
+
+
 def _weights_folder(model: PreTrainedModel) -> Path | None:
     """The folder of the weight files: the local path, or the Hub cache snapshot."""
     name = getattr(model, "name_or_path", "") or ""

@@ -29,10 +29,10 @@ from trusttrace.config import SweepConfig
 from trusttrace.data import TrustDataset, load_dataset
 from trusttrace.errors import CorruptArtefactError, StoreError, TrustTraceError
 from trusttrace.manifest import Manifest, unit_id
-from trusttrace.models import check_device, load_model
+from trusttrace.models import check_device, load_model, weights_fingerprint
 from trusttrace.prefetch import Fetcher, Prefetcher, delete_fetched, hub_fetch
 from trusttrace.steering_stage import EVALUATE_TABLE, STEERING_TABLE
-from trusttrace.store import ActivationRecord, ActivationStore, read_table
+from trusttrace.store import ActivationRecord, ActivationStore, read_table, write_table
 from trusttrace.units import extract_to_store
 
 RECORD_STAGES = ("probes", "mi")
@@ -172,6 +172,7 @@ class Sweep:
         self.manifest.record_checkpoint(
             checkpoint.name, self.suite.model_id, checkpoint.revision, checkpoint.step, checkpoint.tokens,
             status="loaded", commit=source.commit, weights_sha256=source.weights_sha256,
+            fingerprint=weights_fingerprint(folder) if checkpoint.revision is None else None,
         )
         for dataset in pending:
             self.run_unit(
@@ -256,6 +257,40 @@ class Sweep:
 
     # ----- the whole sweep -----------------------------------------------------------
 
+    def check_local_weights(self) -> None:
+        """Redo the units of local checkpoints whose weight files changed since they were loaded.
+
+        A Hub revision is pinned by its commit; a local folder is not, so its files' names, sizes
+        and times are compared with those recorded at its last load. Steering and evaluation
+        units read checkpoints of the suite too: they are redone as well.
+        """
+        changed = [
+            checkpoint.name for checkpoint in self.checkpoints
+            if checkpoint.revision is None
+            and (before := self.manifest.fingerprint(self.suite.model_id, checkpoint.name)) is not None
+            and weights_fingerprint(Path(checkpoint.model_id)) != before
+        ]
+        if not changed:
+            return
+        redone = sum(self.manifest.mark_checkpoint_stale(name) for name in changed)
+        redone += sum(self.manifest.mark_stale(stage) for stage in ("steering", "evaluate"))
+        self._forget(changed)
+        self.summary.repaired.append(
+            f"weights of {', '.join(changed)} changed on disk since they were loaded; {redone} unit(s) redone"
+        )
+
+    def _forget(self, checkpoints: list[str]) -> None:
+        """Remove the activation sets and probe/MI rows of these checkpoints' former weights."""
+        for record in self.store.records():
+            if record.provenance.get("model") == self.suite.model_id and record.provenance.get("checkpoint") in checkpoints:
+                self.store.remove(record)
+        for table in (PROBES_TABLE, MI_TABLE):
+            frame = read_table(self.store.root / table)
+            if {"model", "checkpoint"} <= set(frame.columns):
+                former = (frame["model"] == self.suite.model_id) & frame["checkpoint"].isin(checkpoints)
+                if former.any():
+                    write_table(self.store.root / table, frame[~former])
+
     def check_tables(self) -> None:
         """Redo the units whose result table is unreadable, damaged or gone.
 
@@ -288,6 +323,7 @@ class Sweep:
     def _run(self) -> SweepSummary:
         start = time.perf_counter()
         self.check_tables()
+        self.check_local_weights()
         prefetcher = Prefetcher(self.fetcher, retries=self.config.retries)
         bar = tqdm(self.checkpoints, desc="checkpoints", unit="ckpt", disable=not self.progress)
         try:
