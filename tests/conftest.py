@@ -32,7 +32,7 @@ CORPUS = [
     for n in ("cat", "dog", "bird", "teacher", "river")
     for v in ("sees", "likes", "follows", "finds")
     for b, m, p in (("small", "house", "station"), ("quiet", "garden", "market"), ("tall", "tree", "bridge"))
-]
+] + ["answer 0 or 1 , yes or no"]  # the binary tasks' answer tokens, so their two answers differ
 
 STATEMENTS = [
     "the red cat sees the small house",

@@ -383,3 +383,12 @@ def test_a_mean_interval_is_a_t_interval_kept_within_the_metric_bounds():
     assert row["low"] == pytest.approx(values.mean() - half) and row["high"] == 1.0
     assert mean_row("truthfulqa", "mc2", [0.01, 0.02, 0.9])["low"] == 0.0
     assert math.isnan(mean_row("truthfulqa", "mc2", [0.5])["low"])
+
+
+def test_answers_the_tokenizer_cannot_tell_apart_are_an_error():
+    from trusttrace.tiny import tiny_model, train_tokenizer
+
+    words = train_tokenizer(["the cat sees the dog"] * 20, vocab_size=60)  # no digits: " 0" and " 1" are both unknown
+    model = tiny_model("gpt2", len(words))
+    with pytest.raises(EvaluationError, match="choices ' 0' and ' 1' of prompt 0 are the same tokens"):
+        choice_logprobs(model, words, ["the cat"], [[" 0", " 1"]])

@@ -100,7 +100,21 @@ def _continuations(
         if not alone:
             raise EvaluationError(f"choice {choices[i][j]!r} of prompt {i} has no tokens")
         result.append(list(alone))
+    _check_distinct(choices, pairs, result)
     return result
+
+
+def _check_distinct(choices: Sequence[Sequence[str]], pairs: list[tuple[int, int]], continuations: list[list[int]]) -> None:
+    """An EvaluationError when two choices of one prompt are the same tokens: their scores could
+    never differ, and every answer would silently be the first (e.g. both are the unknown token)."""
+    seen: dict[tuple[int, tuple[int, ...]], int] = {}
+    for (i, j), tokens in zip(pairs, continuations):
+        earlier = seen.setdefault((i, tuple(tokens)), j)
+        if earlier != j:
+            raise EvaluationError(
+                f"choices {choices[i][earlier]!r} and {choices[i][j]!r} of prompt {i} are the same tokens {tokens} for "
+                "this tokenizer, so their scores cannot differ (an unknown token?); choose answers it can tell apart"
+            )
 
 
 def _forward_batches(
