@@ -200,3 +200,5 @@ def test_mi_rows_of_an_older_table_are_recognised_not_recomputed(workspace):
     write_table(path, read_table(path).drop(columns=["folds", "test_size"]))  # as 0.2.0 wrote them
     table, problems = run_mi(workspace, estimator="gaussian", progress=False)
     assert problems == [] and len(table) == 2 * len(LAYERS) and set(table["folds"]) == {1}
+    mi_record(workspace, workspace.records()[0], estimator="gaussian", split="paper")  # one set again: its rows replaced
+    assert len(read_table(path)) == 2 * len(LAYERS) and read_table(path)["folds"].notna().all()

@@ -27,7 +27,7 @@ from trusttrace.info import ESTIMATORS, information_plane
 from trusttrace.probes import check_options, fit_probes
 from trusttrace.provenance import trusttrace_version
 from trusttrace.splits import check_split_options, make_splits, resolve_split
-from trusttrace.store import ActivationRecord, ActivationStore, append_table, read_table, write_table
+from trusttrace.store import ActivationRecord, ActivationStore, append_table, read_table
 
 T = TypeVar("T")
 
@@ -129,17 +129,8 @@ def mi_record(
         layers=record.layers, device=_device(device),
     )
     rows = _with_provenance(plane.assign(x_layer=x_layer, **split_setting(kind, folds, test_size, seed)), record)
-    upgrade_mi_table(store.root / MI_TABLE)
-    append_table(store.root / MI_TABLE, rows, MI_KEYS)
+    append_table(store.root / MI_TABLE, rows, MI_KEYS, MI_LEGACY_SPLIT)
     return rows
-
-
-def upgrade_mi_table(path: Path) -> None:
-    """Give MI rows written by 0.2.0 the split columns they lacked, so they are recognised as done."""
-    table = read_table(path)
-    lacking = {column: value for column, value in MI_LEGACY_SPLIT.items() if len(table) and column not in table}
-    if lacking:
-        write_table(path, table.assign(**lacking))
 
 
 def run_probes(
@@ -211,8 +202,7 @@ def run_mi(
         )
 
     with store.locked():  # once for the whole workspace: a busy one is one error, not one per set
-        upgrade_mi_table(store.root / MI_TABLE)
-        return _run_all(store, store.root / MI_TABLE, split, setting, compute, progress, "mi")
+        return _run_all(store, store.root / MI_TABLE, split, setting, compute, progress, "mi", MI_LEGACY_SPLIT)
 
 
 def _run_all(
@@ -223,10 +213,12 @@ def _run_all(
     compute: Callable[[ActivationRecord, TrustDataset], None],
     progress: bool,
     label: str,
+    defaults: dict[str, Any] | None = None,
 ) -> tuple[pd.DataFrame, list[str]]:
-    """`compute` each record that has no rows of its setting in the table; (table, problems)."""
+    """`compute` each record that has no rows of its setting in the table (older rows read with
+    `defaults`, see `read_table`); (table, problems)."""
     problems = [f"{folder}: unreadable activation set, skipped" for folder in store.broken()]
-    done = read_table(path)
+    done = read_table(path, defaults)
     for record in tqdm(store.records(), desc=label, unit="set", disable=not progress):
         try:
             dataset = store.load_dataset(record)
@@ -234,7 +226,7 @@ def _run_all(
                 compute(record, dataset)
         except (StoreError, LayerError) as error:
             problems.append(f"activation set {record.key} ({_describe(record)}): {error}")
-    return read_table(path), problems
+    return read_table(path, defaults), problems
 
 
 def split_setting(kind: str, folds: int, test_size: float, seed: int) -> dict[str, Any]:

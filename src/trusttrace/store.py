@@ -25,7 +25,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -74,21 +74,32 @@ def write_table(path: str | os.PathLike, frame: pd.DataFrame) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def read_table(path: str | os.PathLike) -> pd.DataFrame:
+def read_table(path: str | os.PathLike, defaults: Mapping[str, Any] | None = None) -> pd.DataFrame:
     """Read a Parquet table, verifying its page checksums; a missing file is an empty table, an
-    unreadable or damaged one a CorruptArtefactError."""
+    unreadable or damaged one a CorruptArtefactError.
+
+    `defaults` gives columns an older version did not write the value they were computed with,
+    so its rows compare equal to new ones of the same setting.
+    """
     path = Path(path)
     if not path.exists():
         return pd.DataFrame()
     try:
-        return pd.read_parquet(path, page_checksum_verification=True)
+        table = pd.read_parquet(path, page_checksum_verification=True)
     except Exception as error:  # pyarrow raises several unrelated types for a damaged file
         raise CorruptArtefactError(f"{path}: unreadable Parquet table ({error})") from None
+    lacking = {column: value for column, value in (defaults or {}).items() if column not in table}
+    return table.assign(**lacking) if lacking and len(table) else table
 
 
-def append_table(path: str | os.PathLike, rows: pd.DataFrame, key_columns: Iterable[str]) -> pd.DataFrame:
-    """Add `rows` to the table at `path`, replacing rows with the same key; returns the table."""
-    existing = read_table(path)
+def append_table(
+    path: str | os.PathLike, rows: pd.DataFrame, key_columns: Iterable[str], defaults: Mapping[str, Any] | None = None
+) -> pd.DataFrame:
+    """Add `rows` to the table at `path`, replacing rows with the same key; returns the table.
+
+    `defaults` fills key columns older rows lack (see `read_table`).
+    """
+    existing = read_table(path, defaults)
     combined = pd.concat([existing, rows], ignore_index=True) if len(existing) else rows.reset_index(drop=True)
     keys = [c for c in key_columns if c in combined.columns]
     combined = combined.drop_duplicates(subset=keys, keep="last").reset_index(drop=True)
