@@ -20,7 +20,7 @@ from trusttrace.cli import main as cli_main
 from trusttrace.config import load_config, parse_config
 from trusttrace.config_checks import check_names
 from trusttrace.errors import ConfigError, ModelError
-from trusttrace.manifest import Manifest
+from trusttrace.manifest import Manifest, unit_id
 from trusttrace.store import ActivationStore
 from trusttrace.sweep import run_sweep
 from trusttrace.tiny import tiny_model
@@ -325,3 +325,13 @@ def test_an_older_manifest_gains_the_fingerprint_column(tmp_path):
     manifest.record_checkpoint("step_1", "m", None, 1, None, status="loaded", fingerprint="abc")
     manifest.record_checkpoint("step_1", "m", None, 1, None, status="loaded")
     assert manifest.fingerprint("m", "step_1") == "abc"
+
+
+def test_a_changed_checkpoint_marks_only_its_own_suites_units(tmp_path):
+    manifest = Manifest(tmp_path / "manifest.sqlite")
+    units = [unit_id(suite, "step1000", "toy", "probes", {}) for suite in ("pythia-70m", "pythia-160m")]
+    for unit in units:
+        manifest.start(unit, "step1000", "toy", "probes")
+        manifest.finish(unit, 1.0)
+    assert manifest.mark_checkpoint_stale("pythia-70m", "step1000") == 1
+    assert [manifest.unit(unit).status for unit in units] == ["stale", "done"]

@@ -140,10 +140,14 @@ class Manifest:
             row = db.execute("SELECT fingerprint FROM checkpoints WHERE model=? AND name=?", (model, name)).fetchone()
         return row[0] if row else None
 
-    def mark_checkpoint_stale(self, checkpoint: str) -> int:
-        """Mark every done unit of `checkpoint` stale (its weights changed), so the sweep redoes it; returns how many."""
+    def mark_checkpoint_stale(self, suite: str, checkpoint: str) -> int:
+        """Mark every done unit of `suite`'s `checkpoint` stale (its weights changed), so the sweep
+        redoes it; returns how many. Other suites' checkpoints of the same name are left alone."""
+        prefix = f"{suite}:{checkpoint}/"
         with closing(self._connect()) as db:
-            return db.execute("UPDATE units SET status='stale' WHERE checkpoint=? AND status='done'", (checkpoint,)).rowcount
+            return db.execute(
+                "UPDATE units SET status='stale' WHERE substr(unit, 1, length(?)) = ? AND status='done'", (prefix, prefix)
+            ).rowcount
 
     def mark_duplicates(self, model: str) -> dict[str, str]:
         """Flag `model`'s checkpoints whose weights equal an earlier one's; returns {name: duplicate_of}."""

@@ -280,9 +280,14 @@ def weights_checksum(model: PreTrainedModel) -> str | None:
     return None if folder is None else folder_checksum(folder)
 
 
+def weight_files(folder: Path) -> list[Path]:
+    """The weight files in `folder`, sorted by name (none when it is not a folder)."""
+    return sorted(p for p in folder.iterdir() if p.name.endswith(WEIGHT_SUFFIXES)) if folder.is_dir() else []
+
+
 def folder_checksum(folder: Path) -> str | None:
     """The weights checksum of the weight files in `folder` (None when it holds none), files hashed in parallel."""
-    files = sorted(p for p in folder.iterdir() if p.name.endswith(WEIGHT_SUFFIXES))
+    files = weight_files(folder)
     if not files:
         return None
     with ThreadPoolExecutor(max_workers=min(len(files), os.cpu_count() or 1)) as pool:
@@ -297,11 +302,11 @@ def weights_fingerprint(folder: Path) -> str | None:
     Not a checksum: a cheap sign, read on every sweep, that a local checkpoint's files were
     replaced since its units ran (hashing them again would cost as much as loading them).
     """
-    files = sorted(p for p in folder.iterdir() if p.name.endswith(WEIGHT_SUFFIXES)) if folder.is_dir() else []
+    files = weight_files(folder)
     if not files:
         return None
-    stats = [f"{path.name}:{path.stat().st_size}:{path.stat().st_mtime_ns}" for path in files]
-    return hashlib.sha256("\n".join(stats).encode()).hexdigest()
+    stats = [(path.name, path.stat()) for path in files]
+    return hashlib.sha256("\n".join(f"{name}:{st.st_size}:{st.st_mtime_ns}" for name, st in stats).encode()).hexdigest()
 
 
 def _weights_folder(model: PreTrainedModel) -> Path | None:

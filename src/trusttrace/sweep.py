@@ -272,7 +272,7 @@ class Sweep:
         ]
         if not changed:
             return
-        redone = sum(self.manifest.mark_checkpoint_stale(name) for name in changed)
+        redone = sum(self.manifest.mark_checkpoint_stale(self.suite.name, name) for name in changed)
         redone += sum(self.manifest.mark_stale(stage) for stage in ("steering", "evaluate"))
         self._forget(changed)
         self.summary.repaired.append(
