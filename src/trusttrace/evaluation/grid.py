@@ -27,7 +27,7 @@ STUDY_MAX_PERPLEXITY = 6.0
 @dataclass
 class GridResult:
     """`table`: one row per setting (layer, alpha, metric, value, low, high, n, kl, perplexity,
-    within_limit), the baseline first; `best`: the chosen row as a dict, or None."""
+    within_limit, improves), the baseline first; `best`: the chosen row as a dict, or None."""
 
     table: pd.DataFrame
     best: dict[str, Any] | None
