@@ -419,3 +419,61 @@ def test_evaluations_show_one_dataset_version_and_name_the_rest(tmp_path):
     evaluations = page.split("<h2>Trust evaluations</h2>")[1].split("<h2>")[0]
     assert "target model final (/m/final)" in evaluations
     assert ">0.7<" in evaluations and ">0.6<" not in evaluations and "also holds stereoset: dataset_hash old" in evaluations
+
+
+@pytest.fixture(scope="module")
+def two_folds_workspace(tmp_path_factory) -> Path:
+    """Probes at 5 and 10 folds (10 folds more accurate by 0.1), MI and baselines at 5 folds only."""
+    root = tmp_path_factory.mktemp("folds")
+    five = probe_rows()
+    ten = five.assign(folds=10, accuracy=five["accuracy"] + 0.1)
+    write_table(root / "probes.parquet", pd.concat([five.assign(C=1.0), ten.assign(C=1.0)], ignore_index=True))
+    write_table(root / "probe_baselines.parquet", baseline_rows())
+    write_table(root / "mi.parquet", mi_rows().assign(folds=5))
+    write_manifest(root / "manifest.sqlite")
+    return root
+
+
+def test_the_default_configuration_is_shown_and_select_shows_another(two_folds_workspace, tmp_path):
+    default = write_report(two_folds_workspace, out_dir=tmp_path / "default").read_text()
+    assert "5 folds" in default and "probes.parquet also holds folds 10" in default and "--select KEY=VALUE" in default
+    chosen = write_report(two_folds_workspace, out_dir=tmp_path / "ten", select={"folds": "10", "C": "1"}).read_text()
+    assert "10 folds" in chosen and "also holds folds" not in chosen
+    assert "best layer 3 (highest mean accuracy over checkpoints, 0.850)" in chosen  # the 10-fold rows' mean
+    assert "best layer 3 (highest mean accuracy over checkpoints, 0.750)" in default
+    # MI has folds 5 only: its section says the selection left it empty, rather than "absent".
+    assert "No mutual-information estimates selected: mi.parquet has rows, but no row matches folds=10 (folds there: 5)" in chosen
+    assert "No baseline for this dataset and split" in chosen
+
+
+def test_select_refuses_an_unknown_column_or_value_before_writing(two_folds_workspace, tmp_path):
+    from trusttrace.errors import ReportError
+
+    with pytest.raises(ReportError, match="select fold=10: no result table has a column 'fold' .*folds"):
+        write_report(two_folds_workspace, out_dir=tmp_path / "a", select={"fold": "10"})
+    with pytest.raises(ReportError, match=r"select folds=7: no result row has folds 7 \(values there: 10, 5\)"):
+        write_report(two_folds_workspace, out_dir=tmp_path / "b", select={"folds": "7"})
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_select_parses_key_value_pairs():
+    from trusttrace.errors import ReportError
+    from trusttrace.report.selection import matches, parse_selection
+
+    assert parse_selection(["folds=10", " C = 0.5 "]) == {"folds": "10", "C": "0.5"}
+    for bad in (["folds"], ["=10"], ["folds="]):
+        with pytest.raises(ReportError, match="expected KEY=VALUE"):
+            parse_selection(bad)
+    with pytest.raises(ReportError, match="given twice"):
+        parse_selection(["seed=1", "seed=2"])
+    assert matches(pd.Series([1.0, 0.5]), "1").tolist() == [True, False]
+    assert matches(pd.Series(["grouped", "paper"]), "paper").tolist() == [False, True]
+
+
+def test_cli_select(two_folds_workspace, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "r"
+    assert run_cli(monkeypatch, "report", str(two_folds_workspace), "--out", str(out), "--select", "folds=10") == 0
+    assert "10 folds" in (out / "report.html").read_text()
+    capsys.readouterr()
+    assert run_cli(monkeypatch, "report", str(two_folds_workspace), "--out", str(tmp_path / "bad"), "--select", "folds") == 2
+    assert "expected KEY=VALUE" in capsys.readouterr().err and not (tmp_path / "bad").exists()

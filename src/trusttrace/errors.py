@@ -49,5 +49,9 @@ class EvaluationError(TrustTraceError):
     """An unknown task, a bad template, an unusable classifier or judge configuration."""
 
 
+class ReportError(TrustTraceError):
+    """A report request that no result in the workspace can satisfy (an unknown column or value)."""
+
+
 class ConfigError(TrustTraceError):
     """An invalid experiment configuration (unknown key, wrong type, unknown name)."""

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Mapping
 
 from trusttrace.errors import LayerError, StoreError
 from trusttrace.provenance import now_utc, trusttrace_version
 from trusttrace.report import sections
 from trusttrace.report.html import page
 from trusttrace.report.inputs import Workspace, read_workspace
+from trusttrace.report.selection import select_rows
 from trusttrace.store import atomic_write_bytes
 
 REPORT_FILE = "report.html"
@@ -22,13 +24,16 @@ def write_report(
     out_dir: Path | None = None,
     layers: list[int] | None = None,
     title: str | None = None,
+    select: Mapping[str, str] | None = None,
 ) -> Path:
     """Write WORKSPACE/report/report.html (or into `out_dir`) with its figures beside it; returns its path.
 
     `layers` picks the layers drawn as accuracy curves and in the MI figures (default: a few
-    evenly spaced layers plus the best one for accuracy, every layer for MI).
+    evenly spaced layers plus the best one for accuracy, every layer for MI). `select` keeps only
+    the result rows whose columns have these values, e.g. {"folds": "10"} (see report/selection.py);
+    without it the report shows the default configuration and names the others.
     """
-    ws = read_workspace(workspace)
+    ws = select_rows(read_workspace(workspace), select or {})
     if ws.empty:
         raise StoreError(f"nothing to report in {workspace}: run `trusttrace run` or `trusttrace extract` + `probe` first")
     check_layers(ws, layers)

@@ -42,6 +42,8 @@ class Workspace:
     checkpoints: pd.DataFrame
     datasets: list[dict[str, Any]] = field(default_factory=list)
     provenance: list[dict[str, Any]] = field(default_factory=list)
+    # Result files a `--select` left without rows, with the reason (see report/selection.py).
+    unmatched: dict[str, str] = field(default_factory=dict)
 
     @property
     def empty(self) -> bool:

@@ -35,6 +35,7 @@ EVALUATION_COLUMNS = ("task", "metric", "value", "low", "high", "n", "dataset", 
 # Per task, the one configuration an evaluation table shows (besides the dataset version with the most rows).
 EVALUATION_CONFIGURATION = (("target_model_id", None), ("target_revision", None), ("protocol", "default"), ("seed", None))
 DEFAULT_CURVE_LAYERS = 4
+SELECT_HINT = "show another with `trusttrace report --select KEY=VALUE`, e.g. --select folds=10"
 MAX_FIGURE_NAME = 100  # characters of a figure's file name before its suffix
 # The probe configuration the figures show where probes.parquet holds several: preferred values
 # first (the defaults), else the smallest; the caption names what was left out.
@@ -67,8 +68,11 @@ class FigureWriter:
         return {f"{name}.{kind}" for name in self.used for kind in ("png", "svg")}
 
 
-def table_problem(frame: pd.DataFrame, file: str, what: str, required: tuple[str, ...], remedy: str) -> str | None:
-    """The line a section shows instead of its figures when its table is absent or lacks columns, else None."""
+def table_problem(ws: Workspace, frame: pd.DataFrame, file: str, what: str, required: tuple[str, ...], remedy: str) -> str | None:
+    """The line a section shows instead of its figures when its table is absent, left empty by
+    the report's selection, or lacks columns, else None."""
+    if frame.empty and file in ws.unmatched:
+        return missing(f"No {what} selected: {file} has rows, but {ws.unmatched[file]}", "select another value, or leave --select out")
     if frame.empty:
         return missing(f"No {what} ({file} is absent)", remedy)
     lacking = missing_columns(frame, required)
@@ -129,7 +133,7 @@ def _checkpoint_span(group: pd.DataFrame) -> str:
 def probe_section(ws: Workspace, writer: FigureWriter, layers: list[int] | None) -> Section:
     """Per model and dataset: the layer × checkpoint accuracy heatmap and accuracy curves."""
     section = Section("probes", "Probe accuracy")
-    problem = table_problem(ws.probes, PROBES_FILE, "probe results", ("dataset", "layer", "accuracy"), PROBE_REMEDY)
+    problem = table_problem(ws, ws.probes, PROBES_FILE, "probe results", ("dataset", "layer", "accuracy"), PROBE_REMEDY)
     if problem:
         section.add(problem)
         return section
@@ -178,7 +182,7 @@ def _probe_figures(
     else:
         parts.append(missing(f"None of the requested layers {layers} is in the probe table for {dataset}, {model}", "choose others with --layers"))
     if others:
-        parts.append(paragraph(f"{PROBES_FILE} also holds {others}; the figures show the configuration named above.", "missing"))
+        parts.append(paragraph(f"{PROBES_FILE} also holds {others}; the figures show the configuration named above ({SELECT_HINT}).", "missing"))
     return parts
 
 
@@ -258,7 +262,7 @@ def mi_section(ws: Workspace, writer: FigureWriter, layers: list[int] | None) ->
     """Per model, dataset and estimator: MI curves, the information plane and turning points."""
     section = Section("mutual-information", "Mutual information")
     required = ("dataset", "layer", "estimator", "i_xt", "i_ty")
-    problem = table_problem(ws.mi, MI_FILE, "mutual-information estimates", required, MI_REMEDY)
+    problem = table_problem(ws, ws.mi, MI_FILE, "mutual-information estimates", required, MI_REMEDY)
     if problem:
         section.add(problem)
         return section
@@ -305,7 +309,7 @@ def _mi_figures(
         _turning_table(turning, axis, data),
     ]
     if others:
-        parts.append(paragraph(f"{MI_FILE} also holds {others}; the figures show the configuration named above.", "missing"))
+        parts.append(paragraph(f"{MI_FILE} also holds {others}; the figures show the configuration named above ({SELECT_HINT}).", "missing"))
     return parts
 
 
@@ -331,7 +335,7 @@ def _turning_table(turning: pd.DataFrame, axis: figures.TimeAxis, data: pd.DataF
 def steering_section(ws: Workspace, writer: FigureWriter) -> Section:
     """Per steering grid: the metric and side effects against α per layer, the best setting starred."""
     section = Section("steering", "Steering")
-    problem = table_problem(ws.steering, STEERING_FILE, "steering results", ("layer", "alpha", "value"), STEERING_REMEDY)
+    problem = table_problem(ws, ws.steering, STEERING_FILE, "steering results", ("layer", "alpha", "value"), STEERING_REMEDY)
     if problem:
         section.add(problem)
         return section
@@ -383,7 +387,7 @@ def _steering_figure(group: pd.DataFrame, writer: FigureWriter, named: dict[str,
 def evaluation_section(ws: Workspace) -> Section:
     """Per target model: each trust task's metrics with their 95 % intervals, unsteered."""
     section = Section("evaluations", "Trust evaluations")
-    problem = table_problem(ws.evaluations, EVALUATE_FILE, "trust evaluations", ("task", "metric", "value"), EVALUATE_REMEDY)
+    problem = table_problem(ws, ws.evaluations, EVALUATE_FILE, "trust evaluations", ("task", "metric", "value"), EVALUATE_REMEDY)
     if problem:
         section.add(problem)
         return section
@@ -401,7 +405,7 @@ def evaluation_section(ws: Workspace) -> Section:
         title = "evaluations" if model is None or pd.isna(model) else f"target model {model}"
         section.add(heading(title + (f" ({', '.join(ids)})" if ids else "")), table(rows[columns].reset_index(drop=True)))
         if left_out:
-            section.add(paragraph(f"{EVALUATE_FILE} also holds {'; '.join(left_out)}; the table shows the configuration above.", "missing"))
+            section.add(paragraph(f"{EVALUATE_FILE} also holds {'; '.join(left_out)}; the table shows the configuration above ({SELECT_HINT}).", "missing"))
     section.add(paragraph(
         "The unsteered target model on each task of the sweep (95 % intervals: Wilson for rates, Student t for means); "
         "steered results are in the steering section."
