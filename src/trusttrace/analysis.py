@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pandas as pd
-import torch
 from tqdm.auto import tqdm
 
 from trusttrace.baselines import BASELINES
 from trusttrace.data import TrustDataset
+from trusttrace.devices import default_device
 from trusttrace.errors import LayerError, ProbeError, StoreError
 from trusttrace.info import ESTIMATORS, information_plane
 from trusttrace.probes import check_options, fit_probes
@@ -273,5 +273,5 @@ def _describe(record: ActivationRecord) -> str:
 
 
 def _device(device: str | None) -> str:
-    """The given device, else CUDA when available, else the CPU (MPS runs as the CPU: see trusttrace.devices)."""
-    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+    """The given device, else the default one (MPS runs as the CPU: see trusttrace.devices)."""
+    return device or default_device()

@@ -13,16 +13,17 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union, get_args
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from trusttrace.checkpoints import LOCAL_PREFIX
 from trusttrace.errors import ConfigError
 
 Stage = Literal["extract", "probes", "mi", "steering", "evaluate"]
-STAGES: tuple[str, ...] = ("extract", "probes", "mi", "steering", "evaluate")
+STAGES: tuple[str, ...] = get_args(Stage)
 SECTION_STAGES = ("steering", "evaluate")  # stages configured by a section of their own name
 DEVICE = re.compile(r"cpu|mps|cuda(:\d+)?")
 MERGE_TAG = "tag:yaml.org,2002:merge"
@@ -268,7 +269,7 @@ def _span(layers: list[int]) -> str:
     return ", ".join(map(str, ordered))
 
 
-def load_config(path: str | os.PathLike, overrides: dict | None = None) -> SweepConfig:
+def load_config(path: str | os.PathLike) -> SweepConfig:
     """Read and validate a YAML config; relative paths in it are relative to the file's folder.
 
     Those are the workspace, data_dir, a local: suite and dataset files (built-in names stay names).
@@ -284,14 +285,13 @@ def load_config(path: str | os.PathLike, overrides: dict | None = None) -> Sweep
         raise ConfigError(f"{path}: {error}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the config must be a mapping of keys to values")
-    raw.update(overrides or {})
     config = parse_config(raw, where=str(path))
     base = path.resolve().parent
     updates = {"workspace": base / config.workspace, "datasets": [_from_folder(entry, base) for entry in config.datasets]}
     if config.data_dir is not None:
         updates["data_dir"] = base / config.data_dir
-    if config.suite.startswith("local:") and not Path(config.suite[6:]).expanduser().is_absolute():
-        updates["suite"] = "local:" + str(base / config.suite[6:])
+    if config.suite.startswith(LOCAL_PREFIX) and not Path(config.suite.removeprefix(LOCAL_PREFIX)).expanduser().is_absolute():
+        updates["suite"] = LOCAL_PREFIX + str(base / config.suite.removeprefix(LOCAL_PREFIX))
     return config.model_copy(update=updates)
 
 

@@ -1,8 +1,13 @@
-"""Where the float64 analysis (probes, mutual information) runs."""
+"""Which device work runs on: the default one, and where the float64 analysis (probes, mutual information) runs."""
 
 from __future__ import annotations
 
 import torch
+
+
+def default_device() -> str:
+    """The first CUDA device when there is one, else the CPU."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def to_analysis_device(acts: torch.Tensor, device: str | torch.device | None) -> torch.Tensor:

@@ -27,6 +27,7 @@ from transformers import (
     AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase,
 )
 
+from trusttrace.devices import default_device
 from trusttrace.errors import CheckpointError, LayerError, ModelError, OfflineError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -80,11 +81,6 @@ def resolve_dtype(dtype: str | torch.dtype, device: str) -> torch.dtype:
     if dtype not in DTYPES:
         raise ModelError(f"unknown dtype {dtype!r}; expected auto, {', '.join(DTYPES)}")
     return DTYPES[dtype]
-
-
-def default_device() -> str:
-    """The first CUDA device when there is one, else the CPU."""
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def check_device(device: str | None, option: str = "device") -> str | None:

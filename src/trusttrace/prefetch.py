@@ -71,27 +71,24 @@ def with_retries(action: Callable[[], Path], retries: int, backoff: float = 2.0)
 
 
 class Prefetcher:
-    """Fetch checkpoints in a background thread, at most `ahead` beyond the one in use."""
+    """Fetch checkpoints in a background thread, one at a time, while the caller works on another."""
 
-    def __init__(self, fetcher: Fetcher = hub_fetch, retries: int = 2, ahead: int = 1, backoff: float = 2.0):
+    def __init__(self, fetcher: Fetcher = hub_fetch, retries: int = 2):
         self._fetcher = fetcher
         self._retries = retries
-        self._backoff = backoff
-        self._ahead = ahead
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trusttrace-prefetch")
         self._futures: dict[str, Future] = {}
 
-    def schedule(self, checkpoints: list[Checkpoint]) -> None:
-        """Start fetching the first `ahead` of `checkpoints` that are not already under way."""
-        for checkpoint in checkpoints[: self._ahead]:
-            if checkpoint.name not in self._futures:
-                self._futures[checkpoint.name] = self._pool.submit(
-                    with_retries, lambda c=checkpoint: fetch(c, self._fetcher), self._retries, self._backoff
-                )
+    def schedule(self, checkpoint: Checkpoint) -> None:
+        """Start fetching `checkpoint` unless it is already under way."""
+        if checkpoint.name not in self._futures:
+            self._futures[checkpoint.name] = self._pool.submit(
+                with_retries, lambda: fetch(checkpoint, self._fetcher), self._retries
+            )
 
     def get(self, checkpoint: Checkpoint) -> Path:
         """The checkpoint's local folder, waiting for (or starting) its fetch; errors propagate."""
-        self.schedule([checkpoint])
+        self.schedule(checkpoint)
         return self._futures.pop(checkpoint.name).result()
 
     def close(self) -> None:

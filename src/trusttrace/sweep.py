@@ -31,7 +31,7 @@ from trusttrace.errors import CorruptArtefactError, StoreError, TrustTraceError
 from trusttrace.manifest import Manifest, unit_id
 from trusttrace.models import check_device, load_model, weights_fingerprint
 from trusttrace.prefetch import Fetcher, Prefetcher, delete_fetched, hub_fetch
-from trusttrace.steering_stage import EVALUATE_TABLE, STEERING_TABLE
+from trusttrace.steering_stage import EVALUATE_TABLE, STEERING_TABLE, run_steering_stages
 from trusttrace.store import ActivationRecord, ActivationStore, read_table, write_table
 from trusttrace.units import extract_to_store
 
@@ -154,7 +154,7 @@ class Sweep:
             folder = prefetcher.get(checkpoint)
             upcoming = next((c for c in later if self._pending(c)), None)
             if upcoming is not None:
-                prefetcher.schedule([upcoming])
+                prefetcher.schedule(upcoming)
             model, tokenizer = self._load(checkpoint, folder)
         except Exception as error:  # a failed download or load must not stop the sweep
             message = f"{type(error).__name__}: {error}"
@@ -337,8 +337,6 @@ class Sweep:
             bar.close()
         self.summary.duplicates = self.manifest.mark_duplicates(self.suite.model_id)
         if "steering" in self.config.stages or "evaluate" in self.config.stages:
-            from trusttrace.steering_stage import run_steering_stages
-
             run_steering_stages(self)
         self.summary.seconds = time.perf_counter() - start
         return self.summary

@@ -21,10 +21,10 @@ SPECIAL_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
 BOS_ID, EOS_ID, PAD_ID = 0, 1, 3
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int = 2000, add_bos: bool = True) -> PreTrainedTokenizerFast:
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 2000) -> PreTrainedTokenizerFast:
     """Train a lower-casing word-level BPE tokenizer on `texts` and wrap it for transformers.
 
-    With `add_bos` the tokenizer prepends `<s>` to every text, as Llama-style tokenizers do.
+    It prepends `<s>` to every text, as Llama-style tokenizers do.
     """
     tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
     tokenizer.normalizer = normalizers.Lowercase()
@@ -33,11 +33,10 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 2000, add_bos: bool 
         vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS.values()), show_progress=False
     )
     tokenizer.train_from_iterator(list(texts), trainer=trainer)
-    if add_bos:
-        bos_id = tokenizer.token_to_id("<s>")
-        tokenizer.post_processor = processors.TemplateProcessing(
-            single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos_id)]
-        )
+    bos_id = tokenizer.token_to_id("<s>")
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos_id)]
+    )
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, **SPECIAL_TOKENS)
 
 

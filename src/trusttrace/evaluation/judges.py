@@ -164,14 +164,10 @@ def make_judge(
     base_url: str | None = None,
     api: str = "completions",
     api_key_env: str | None = "OPENAI_API_KEY",
-    timeout: float = 30.0,
-    retries: int = 3,
-    backoff: float = 1.0,
-    device: str | None = None,
 ) -> Judge | None:
     """A judge from a Judge object, an endpoint model name (with `base_url`) or a Hub id/path."""
     if spec is None or not isinstance(spec, str):
         return spec
     if base_url:
-        return HTTPJudge(base_url, spec, api=api, api_key_env=api_key_env, timeout=timeout, retries=retries, backoff=backoff)
-    return LocalJudge.load(spec, device=device)
+        return HTTPJudge(base_url, spec, api=api, api_key_env=api_key_env)
+    return LocalJudge.load(spec)
