@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from trusttrace import probes
-from trusttrace.analysis import BASELINES_TABLE, MI_TABLE, PROBES_TABLE, mi_record, probe_record, run_mi, run_probes
+from trusttrace.analysis import mi_record, probe_record, run_mi, run_probes
 from trusttrace.cli import main
 from trusttrace.data import DatasetCard, TrustDataset
 from trusttrace.errors import LayerError
-from trusttrace.store import ActivationStore, read_table, write_table
+from trusttrace.store import BASELINES_TABLE, MI_TABLE, PROBES_TABLE, ActivationStore, read_table, write_table
 
 CARD = DatasetCard(name="toy", dimension="user", label_1="yes", label_0="no", source="test", licence="none")
 N, LAYERS, HIDDEN = 60, [0, 2, 4], 6

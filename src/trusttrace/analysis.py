@@ -27,13 +27,12 @@ from trusttrace.info import ESTIMATORS, information_plane
 from trusttrace.probes import check_options, fit_probes
 from trusttrace.provenance import trusttrace_version
 from trusttrace.splits import check_split_options, make_splits, resolve_split
-from trusttrace.store import ActivationRecord, ActivationStore, append_table, read_table
+from trusttrace.store import (
+    BASELINES_TABLE, MI_TABLE, PROBES_TABLE, ActivationRecord, ActivationStore, append_table, read_table,
+)
 
 T = TypeVar("T")
 
-PROBES_TABLE = "probes.parquet"
-BASELINES_TABLE = "probe_baselines.parquet"
-MI_TABLE = "mi.parquet"
 
 # Provenance copied onto every row, so a table can be read without the workspace.
 PROVENANCE_COLUMNS = [

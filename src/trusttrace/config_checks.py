@@ -21,7 +21,6 @@ if TYPE_CHECKING:
     from trusttrace.checkpoints import Checkpoint, CheckpointSuite
 
 READS_ACTIVATIONS = ("probes", "mi", "steering")  # stages that read what extract stored
-ACTIVATIONS_DIR = "activations"  # the workspace folder of activation sets (trusttrace.store's layout)
 
 
 def check_names(config: SweepConfig, where: str = "config") -> list[str]:
@@ -165,6 +164,8 @@ def _config_on_disk(checkpoint: "Checkpoint") -> Path | None:
 
 def _activations_problem(config: SweepConfig) -> str | None:
     """Stages that read stored activations, without extract, over a workspace that has none."""
+    from trusttrace.store import ACTIVATIONS_DIR
+
     readers = [stage for stage in config.stages if stage in READS_ACTIVATIONS]
     if "extract" in config.stages or not readers:
         return None

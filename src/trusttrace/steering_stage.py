@@ -31,7 +31,7 @@ from trusttrace.manifest import settings_digest
 from trusttrace.models import describe_source, load_model
 from trusttrace.provenance import now_utc, trusttrace_version
 from trusttrace.steering import build_vectors, save_vectors
-from trusttrace.store import append_table
+from trusttrace.store import EVALUATE_TABLE, STEERING_DIR, STEERING_TABLE, append_table
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -39,8 +39,6 @@ if TYPE_CHECKING:
     from trusttrace.config import SweepConfig
     from trusttrace.sweep import Sweep
 
-STEERING_TABLE = "steering.parquet"
-EVALUATE_TABLE = "evaluate.parquet"
 
 # Fields of the target's ModelSource copied as `target_<field>` columns (its id as `target_model_id`,
 # since `target_model` is the configured label), and of the source activation set as `source_<field>`.
@@ -101,7 +99,7 @@ def vector_path(sweep: "Sweep", checkpoint: str, dataset, settings: dict[str, An
     suites share checkpoint names, datasets change content and another setting makes other vectors."""
     parts = (sweep.suite.name, checkpoint, dataset.name)
     name = "-".join([*map(file_part, parts), settings_digest(settings)])
-    return sweep.store.root / "steering" / f"{name}.safetensors"
+    return sweep.store.root / STEERING_DIR / f"{name}.safetensors"
 
 
 def target_columns(label: str, model: "PreTrainedModel") -> dict[str, Any]:

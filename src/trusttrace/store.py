@@ -8,6 +8,10 @@ Layout of a workspace folder:
     activations/<key>/shard-00000.safetensors   tensors "rows" and "layer.<i>" ([rows, hidden])
     datasets/<content hash>.parquet     the statements, labels and groups of each dataset used
     datasets/<content hash>.json        its card
+    manifest.sqlite                     the sweep's units of work and checkpoints (trusttrace.manifest)
+    probes.parquet, probe_baselines.parquet, mi.parquet, steering.parquet, evaluate.parquet
+                                        result tables, one row per layer/setting (see `append_table`)
+    steering/<name>.safetensors         steering vectors with their provenance
 
 The key of an activation set is a hash of its provenance identity (model, commit, weights,
 dataset hash, position, layers, dtype, ...), so "is it done?" is one `stat`. Every write goes
@@ -51,6 +55,15 @@ except ImportError:  # Windows: no advisory locks; one writer at a time is then 
 WORKSPACE_FORMAT = 2
 WORKSPACE_FILE = "trusttrace-workspace.json"
 LOCK_FILE = ".lock"
+ACTIVATIONS_DIR = "activations"
+DATASETS_DIR = "datasets"
+STEERING_DIR = "steering"
+MANIFEST_FILE = "manifest.sqlite"
+PROBES_TABLE = "probes.parquet"
+BASELINES_TABLE = "probe_baselines.parquet"
+MI_TABLE = "mi.parquet"
+STEERING_TABLE = "steering.parquet"
+EVALUATE_TABLE = "evaluate.parquet"
 
 # A shard is flushed to disk once it holds this many bytes, which bounds the memory used when
 # an activation set is streamed in (see `ActivationStore.save_batches`).
@@ -188,7 +201,7 @@ class ActivationStore:
 
     def _remove_leftovers(self) -> None:
         """Delete the staging folders and temporary files of writes that never finished."""
-        for folder in (self.root, self.activations_dir, self.datasets_dir, self.root / "steering"):
+        for folder in (self.root, self.activations_dir, self.datasets_dir, self.root / STEERING_DIR):
             if not folder.is_dir():
                 continue
             for path in folder.iterdir():
@@ -199,11 +212,11 @@ class ActivationStore:
 
     @property
     def activations_dir(self) -> Path:
-        return self.root / "activations"
+        return self.root / ACTIVATIONS_DIR
 
     @property
     def datasets_dir(self) -> Path:
-        return self.root / "datasets"
+        return self.root / DATASETS_DIR
 
     def _check_workspace(self) -> None:
         marker = self.root / WORKSPACE_FILE

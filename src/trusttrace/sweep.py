@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from trusttrace.analysis import BASELINES_TABLE, MI_TABLE, PROBES_TABLE, mi_record, probe_record
+from trusttrace.analysis import mi_record, probe_record
 from trusttrace.checkpoints import Checkpoint, CheckpointSuite, checkpoint_suite
 from trusttrace.config import SweepConfig
 from trusttrace.data import TrustDataset, load_dataset
@@ -31,8 +31,11 @@ from trusttrace.errors import CorruptArtefactError, StoreError, TrustTraceError
 from trusttrace.manifest import Manifest, unit_id
 from trusttrace.models import check_device, load_model, weights_fingerprint
 from trusttrace.prefetch import Fetcher, Prefetcher, delete_fetched, hub_fetch
-from trusttrace.steering_stage import EVALUATE_TABLE, STEERING_TABLE, run_steering_stages
-from trusttrace.store import ActivationRecord, ActivationStore, read_table, write_table
+from trusttrace.steering_stage import run_steering_stages
+from trusttrace.store import (
+    BASELINES_TABLE, EVALUATE_TABLE, MANIFEST_FILE, MI_TABLE, PROBES_TABLE, STEERING_TABLE, ActivationRecord, ActivationStore,
+    read_table, write_table,
+)
 from trusttrace.units import extract_to_store
 
 RECORD_STAGES = ("probes", "mi")
@@ -68,7 +71,7 @@ class Sweep:
         self.checkpoints: list[Checkpoint] = self.suite.select(config.checkpoints)
         self.datasets: list[TrustDataset] = [load_dataset(name, data_dir=config.data_dir) for name in config.datasets]
         self.store = ActivationStore(config.workspace)
-        self.manifest = Manifest(config.workspace / "manifest.sqlite")
+        self.manifest = Manifest(config.workspace / MANIFEST_FILE)
         self.fetcher = fetcher
         self.progress = progress
         self.summary = SweepSummary()
@@ -245,7 +248,7 @@ class Sweep:
             self.store, record, split=self.config.probe_split(), method=options.method, folds=options.folds,
             test_size=options.test_size, seed=options.seed, C=options.C, device=self.config.device,
         )
-        return "probes.parquet", None
+        return PROBES_TABLE, None
 
     def _mi(self, record: ActivationRecord) -> tuple[str, None]:
         mi_record(
@@ -253,7 +256,7 @@ class Sweep:
             split=self.config.probe_split(), folds=self.config.probes.folds, test_size=self.config.probes.test_size,
             seed=self.config.probes.seed, device=self.config.device,
         )
-        return "mi.parquet", None
+        return MI_TABLE, None
 
     # ----- the whole sweep -----------------------------------------------------------
 

@@ -43,8 +43,8 @@ def probe(
 
       trusttrace probe workspace/ --method mass_mean --seed 1
     """
-    from trusttrace.analysis import PROBES_TABLE, run_probes
-    from trusttrace.store import read_table
+    from trusttrace.analysis import run_probes
+    from trusttrace.store import PROBES_TABLE, read_table
 
     device = check_device(device)
     store = open_workspace(workspace)
@@ -82,9 +82,9 @@ def mi(
 
       trusttrace mi workspace/ --estimator ksg --split grouped
     """
-    from trusttrace.analysis import MI_TABLE, run_mi
+    from trusttrace.analysis import run_mi
     from trusttrace.info import ESTIMATOR_CAVEAT
-    from trusttrace.store import read_table
+    from trusttrace.store import MI_TABLE, read_table
 
     device = check_device(device)
     store = open_workspace(workspace)

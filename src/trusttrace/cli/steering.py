@@ -54,6 +54,7 @@ def steer(
         raise EvaluationError("--export-lm-eval needs --alpha, the coefficient lm-evaluation-harness applies")
     check_output(export_lm_eval_path, "--export-lm-eval", folder=False)
     from trusttrace.steering import build_vectors, export_lm_eval, save_vectors
+    from trusttrace.store import STEERING_DIR
 
     parsed = parse_layers(layers)
     store = open_workspace(workspace)
@@ -62,7 +63,7 @@ def steer(
     missing = [layer for layer in chosen if layer not in record.layers]
     if missing:
         raise StoreError(f"activation set {record.key}: layers {missing} are not stored (stored: {record.layers})")
-    default = workspace / "steering" / vector_file_name(record.key, dataset, checkpoint, protocol, scaling, chosen, seed)
+    default = workspace / STEERING_DIR / vector_file_name(record.key, dataset, checkpoint, protocol, scaling, chosen, seed)
     path = check_output(out or default, "--out", folder=False)
     acts = store.load(record, layers=chosen)
     vectors, provenance = build_vectors(

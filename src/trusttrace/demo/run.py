@@ -25,7 +25,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-from trusttrace.analysis import PROBES_TABLE
 from trusttrace.config import SweepConfig
 from trusttrace.demo.pretrain import CHECKPOINT_META, checkpoint_steps, pretrain
 from trusttrace.demo.world import FALSE_VERDICT, TRUE_VERDICT, World, build_world
@@ -36,8 +35,10 @@ from trusttrace.evaluation.side_effects import side_effects
 from trusttrace.models import load_model
 from trusttrace.report import write_report
 from trusttrace.steering import Steering, build_vectors, development_rows, save_vectors
-from trusttrace.steering_stage import STEERING_KEYS, STEERING_TABLE
-from trusttrace.store import WORKSPACE_FILE, WORKSPACE_FORMAT, append_table, read_table, write_json
+from trusttrace.steering_stage import STEERING_KEYS
+from trusttrace.store import (
+    PROBES_TABLE, STEERING_DIR, STEERING_TABLE, WORKSPACE_FILE, WORKSPACE_FORMAT, append_table, read_table, write_json,
+)
 from trusttrace.sweep import Sweep
 
 DEMO_ALPHAS = (-4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0)
@@ -158,7 +159,7 @@ def truth_direction(sweep: Sweep, checkpoint_name: str, layer: int, seed: int) -
         sweep.store.load(record, layers=[layer]), dataset, [layer], acts_layers=[layer], seed=seed,
         source=record.provenance,
     )
-    save_vectors(sweep.store.root / "steering" / f"{checkpoint.name}-{dataset.name}.safetensors", vectors, provenance)
+    save_vectors(sweep.store.root / STEERING_DIR / f"{checkpoint.name}-{dataset.name}.safetensors", vectors, provenance)
     return Steering(vectors, 1.0, "last", provenance)
 
 

@@ -18,14 +18,11 @@ import numpy as np
 import pandas as pd
 
 from trusttrace.errors import CorruptArtefactError, StoreError
-from trusttrace.store import WORKSPACE_FILE, ActivationStore, read_table
+from trusttrace.store import (
+    BASELINES_TABLE, DATASETS_DIR, EVALUATE_TABLE, MANIFEST_FILE, MI_TABLE, PROBES_TABLE, STEERING_TABLE, WORKSPACE_FILE,
+    ActivationStore, read_table,
+)
 
-PROBES_FILE = "probes.parquet"
-BASELINES_FILE = "probe_baselines.parquet"
-MI_FILE = "mi.parquet"
-STEERING_FILE = "steering.parquet"
-EVALUATE_FILE = "evaluate.parquet"
-MANIFEST_FILE = "manifest.sqlite"
 
 
 @dataclass
@@ -70,14 +67,14 @@ def read_workspace(root: str | Path) -> Workspace:
     units, checkpoints = read_manifest(root / MANIFEST_FILE)
     return Workspace(
         root=root,
-        probes=read_table(root / PROBES_FILE),
-        baselines=read_table(root / BASELINES_FILE),
-        mi=read_table(root / MI_FILE),
-        steering=read_table(root / STEERING_FILE),
-        evaluations=read_table(root / EVALUATE_FILE),
+        probes=read_table(root / PROBES_TABLE),
+        baselines=read_table(root / BASELINES_TABLE),
+        mi=read_table(root / MI_TABLE),
+        steering=read_table(root / STEERING_TABLE),
+        evaluations=read_table(root / EVALUATE_TABLE),
         units=units,
         checkpoints=checkpoints,
-        datasets=read_dataset_files(root / "datasets"),
+        datasets=read_dataset_files(root / DATASETS_DIR),
         provenance=read_provenance(root),
     )
 

@@ -20,11 +20,9 @@ from trusttrace.report import figures
 from trusttrace.report.html import (
     Section, bullet_list, definition_list, esc, figure, heading, link, missing, paragraph, span, table,
 )
-from trusttrace.report.inputs import (
-    BASELINES_FILE, EVALUATE_FILE, MANIFEST_FILE, MI_FILE, PROBES_FILE, STEERING_FILE, Workspace, checkpoint_order,
-    missing_columns, short, with_checkpoint,
-)
+from trusttrace.report.inputs import Workspace, checkpoint_order, missing_columns, short, with_checkpoint
 from trusttrace.steering_stage import STEERING_KEYS
+from trusttrace.store import BASELINES_TABLE, EVALUATE_TABLE, MANIFEST_FILE, MI_TABLE, PROBES_TABLE, STEERING_TABLE
 
 PROBE_REMEDY = "run `trusttrace probe WORKSPACE` (or the whole sweep with `trusttrace run`)"
 MI_REMEDY = "run `trusttrace mi WORKSPACE` (or the whole sweep with `trusttrace run`)"
@@ -88,7 +86,7 @@ def overview(ws: Workspace, *, version: str, made: str) -> Section:
     """Workspace, models, checkpoints, datasets, which tables exist, versions and time."""
     section = Section("overview", "Overview")
     points = all_checkpoints(ws)
-    tables = (PROBES_FILE, BASELINES_FILE, MI_FILE, STEERING_FILE, EVALUATE_FILE, MANIFEST_FILE)
+    tables = (PROBES_TABLE, BASELINES_TABLE, MI_TABLE, STEERING_TABLE, EVALUATE_TABLE, MANIFEST_FILE)
     present = [name for name in tables if (ws.root / name).exists()]
     made_by = sorted({str(p.get("trusttrace_version")) for p in ws.provenance if p.get("trusttrace_version")})
     per_model = [
@@ -133,12 +131,12 @@ def _checkpoint_span(group: pd.DataFrame) -> str:
 def probe_section(ws: Workspace, writer: FigureWriter, layers: list[int] | None) -> Section:
     """Per model and dataset: the layer × checkpoint accuracy heatmap and accuracy curves."""
     section = Section("probes", "Probe accuracy")
-    problem = table_problem(ws, ws.probes, PROBES_FILE, "probe results", ("dataset", "layer", "accuracy"), PROBE_REMEDY)
+    problem = table_problem(ws, ws.probes, PROBES_TABLE, "probe results", ("dataset", "layer", "accuracy"), PROBE_REMEDY)
     if problem:
         section.add(problem)
         return section
     if ws.baselines.empty:
-        section.add(missing(f"No baselines ({BASELINES_FILE} is absent)", "rerun `trusttrace probe` to make them"))
+        section.add(missing(f"No baselines ({BASELINES_TABLE} is absent)", "rerun `trusttrace probe` to make them"))
     probes = with_checkpoint(ws.probes)
     for (model, dataset), group in probes.groupby(["model", "dataset"], sort=True):
         section.add(heading(f"{dataset} · {model}"))
@@ -182,7 +180,7 @@ def _probe_figures(
     else:
         parts.append(missing(f"None of the requested layers {layers} is in the probe table for {dataset}, {model}", "choose others with --layers"))
     if others:
-        parts.append(paragraph(f"{PROBES_FILE} also holds {others}; the figures show the configuration named above ({SELECT_HINT}).", "missing"))
+        parts.append(paragraph(f"{PROBES_TABLE} also holds {others}; the figures show the configuration named above ({SELECT_HINT}).", "missing"))
     return parts
 
 
@@ -262,7 +260,7 @@ def mi_section(ws: Workspace, writer: FigureWriter, layers: list[int] | None) ->
     """Per model, dataset and estimator: MI curves, the information plane and turning points."""
     section = Section("mutual-information", "Mutual information")
     required = ("dataset", "layer", "estimator", "i_xt", "i_ty")
-    problem = table_problem(ws, ws.mi, MI_FILE, "mutual-information estimates", required, MI_REMEDY)
+    problem = table_problem(ws, ws.mi, MI_TABLE, "mutual-information estimates", required, MI_REMEDY)
     if problem:
         section.add(problem)
         return section
@@ -309,7 +307,7 @@ def _mi_figures(
         _turning_table(turning, axis, data),
     ]
     if others:
-        parts.append(paragraph(f"{MI_FILE} also holds {others}; the figures show the configuration named above ({SELECT_HINT}).", "missing"))
+        parts.append(paragraph(f"{MI_TABLE} also holds {others}; the figures show the configuration named above ({SELECT_HINT}).", "missing"))
     return parts
 
 
@@ -335,7 +333,7 @@ def _turning_table(turning: pd.DataFrame, axis: figures.TimeAxis, data: pd.DataF
 def steering_section(ws: Workspace, writer: FigureWriter) -> Section:
     """Per steering grid: the metric and side effects against α per layer, the best setting starred."""
     section = Section("steering", "Steering")
-    problem = table_problem(ws, ws.steering, STEERING_FILE, "steering results", ("layer", "alpha", "value"), STEERING_REMEDY)
+    problem = table_problem(ws, ws.steering, STEERING_TABLE, "steering results", ("layer", "alpha", "value"), STEERING_REMEDY)
     if problem:
         section.add(problem)
         return section
@@ -360,13 +358,13 @@ def _steering_figure(group: pd.DataFrame, writer: FigureWriter, named: dict[str,
     baseline = {c: float(unsteered[c].iloc[0]) for c in ("value", "kl", "perplexity") if c in unsteered and len(unsteered)}
     metric = str(named.get("metric", "metric"))
     if steered.empty:
-        return missing(f"Only the unsteered model is in {STEERING_FILE} for {title}", STEERING_REMEDY), []
+        return missing(f"Only the unsteered model is in {STEERING_TABLE} for {title}", STEERING_REMEDY), []
     fig = figures.steering_curves(steered, name=title, metric=metric, baseline=baseline)
     saved = writer.save(fig, "steering", *named.values())
     columns = [c for c in ("layer", "alpha", "value", "low", "high", "kl", "perplexity") if c in steered]
     best = steered[steered["best"].fillna(False).astype(bool)][columns] if "best" in steered else steered.iloc[:0][columns]
     if "best" not in steered:
-        verdict = f"{STEERING_FILE} has no best flag, so no setting is marked."
+        verdict = f"{STEERING_TABLE} has no best flag, so no setting is marked."
     elif best.empty:
         verdict = "No setting is marked best (none both stayed within the side-effect limit and improved on the unsteered model)."
     else:
@@ -387,7 +385,7 @@ def _steering_figure(group: pd.DataFrame, writer: FigureWriter, named: dict[str,
 def evaluation_section(ws: Workspace) -> Section:
     """Per target model: each trust task's metrics with their 95 % intervals, unsteered."""
     section = Section("evaluations", "Trust evaluations")
-    problem = table_problem(ws, ws.evaluations, EVALUATE_FILE, "trust evaluations", ("task", "metric", "value"), EVALUATE_REMEDY)
+    problem = table_problem(ws, ws.evaluations, EVALUATE_TABLE, "trust evaluations", ("task", "metric", "value"), EVALUATE_REMEDY)
     if problem:
         section.add(problem)
         return section
@@ -405,7 +403,7 @@ def evaluation_section(ws: Workspace) -> Section:
         title = "evaluations" if model is None or pd.isna(model) else f"target model {model}"
         section.add(heading(title + (f" ({', '.join(ids)})" if ids else "")), table(rows[columns].reset_index(drop=True)))
         if left_out:
-            section.add(paragraph(f"{EVALUATE_FILE} also holds {'; '.join(left_out)}; the table shows the configuration above ({SELECT_HINT}).", "missing"))
+            section.add(paragraph(f"{EVALUATE_TABLE} also holds {'; '.join(left_out)}; the table shows the configuration above ({SELECT_HINT}).", "missing"))
     section.add(paragraph(
         "The unsteered target model on each task of the sweep (95 % intervals: Wilson for rates, Student t for means); "
         "steered results are in the steering section."
@@ -454,7 +452,7 @@ def provenance_section(ws: Workspace) -> Section:
     if checkpoints.empty:
         section.add(missing("No checkpoint provenance (no manifest.sqlite and no activation sets)", "run `trusttrace run` or `trusttrace extract`"))
     else:
-        source = "manifest.sqlite" if len(ws.checkpoints) else "the activation sets' provenance"
+        source = MANIFEST_FILE if len(ws.checkpoints) else "the activation sets' provenance"
         duplicates = int((checkpoints["duplicate"] != "").sum())
         section.add(paragraph(
             f"{len(checkpoints)} checkpoints, from {source}; {duplicates} with weights identical to an earlier checkpoint's."

@@ -14,14 +14,13 @@ import numpy as np
 import pandas as pd
 
 from trusttrace.errors import ReportError
-from trusttrace.report.inputs import (
-    BASELINES_FILE, EVALUATE_FILE, MI_FILE, PROBES_FILE, STEERING_FILE, Workspace,
-)
+from trusttrace.report.inputs import Workspace
+from trusttrace.store import BASELINES_TABLE, EVALUATE_TABLE, MI_TABLE, PROBES_TABLE, STEERING_TABLE
 
 # The result tables a selection filters: workspace attribute → file name.
 SELECTABLE = {
-    "probes": PROBES_FILE, "baselines": BASELINES_FILE, "mi": MI_FILE,
-    "steering": STEERING_FILE, "evaluations": EVALUATE_FILE,
+    "probes": PROBES_TABLE, "baselines": BASELINES_TABLE, "mi": MI_TABLE,
+    "steering": STEERING_TABLE, "evaluations": EVALUATE_TABLE,
 }
 
 
