@@ -202,6 +202,23 @@ def test_batched_plane_equals_pairwise_estimates(monkeypatch):
     pd.testing.assert_frame_equal(information_plane(acts, labels, rows=rows, x_layer=1, layers=[3, 1, 5, 7]), plane)
 
 
+def test_plane_survives_an_explicit_thread_count():
+    """torch 2.13's batched CPU inverse fails once set_num_threads(>=2) was called (MKL); the
+    operator inverts one matrix at a time there and gives the batched answer."""
+    threads = torch.get_num_threads()
+    generator = torch.Generator().manual_seed(0)
+    acts = torch.randn(3, 400, 16, generator=generator, dtype=torch.float64)
+    labels = np.arange(400) % 2
+    try:
+        torch.set_num_threads(2)
+        plane = information_plane(acts, labels, rows=np.arange(400))
+    finally:
+        torch.set_num_threads(threads)
+    assert np.isfinite(plane["i_ty"]).all()
+    one_by_one = [float(info.nhsic_operator(acts[i]).trace()) for i in range(3)]
+    assert info.nhsic_operator(acts).diagonal(dim1=-2, dim2=-1).sum(-1).tolist() == pytest.approx(one_by_one, rel=1e-12)
+
+
 def test_plane_defaults_to_the_paper_training_rows_and_finds_the_signal():
     acts, labels = plane_data(n=50)
     for estimator in ("nhsic", "hsic", "gaussian", "ksg"):

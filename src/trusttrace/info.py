@@ -135,7 +135,17 @@ def nhsic_operator(x: torch.Tensor, sigma: float = NHSIC_SIGMA, epsilon: float =
     centred = kernel - kernel.mean(dim=-1, keepdim=True)
     ridge = epsilon * m
     eye = torch.eye(m, dtype=x.dtype, device=x.device)
-    return eye - ridge * torch.linalg.inv(centred + ridge * eye)
+    return eye - ridge * inverse(centred + ridge * eye)
+
+
+def inverse(matrices: torch.Tensor) -> torch.Tensor:
+    """torch.linalg.inv of [..., m, m]; on the CPU one matrix at a time, since the batched CPU LU of
+    torch 2.13 with MKL fails ("Pivots given to lu_solve must all be greater or equal to 1") on
+    invertible matrices once torch.set_num_threads has been called with 2 or more threads."""
+    if matrices.device.type != "cpu" or matrices.ndim == 2:
+        return torch.linalg.inv(matrices)
+    flat = matrices.reshape(-1, *matrices.shape[-2:])
+    return torch.stack([torch.linalg.inv(matrix) for matrix in flat]).reshape(matrices.shape)
 
 
 def nhsic_from_operators(r_a: torch.Tensor, r_b: torch.Tensor) -> torch.Tensor:
