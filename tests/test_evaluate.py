@@ -6,6 +6,7 @@ import inspect
 import json
 import math
 import sys
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -328,6 +329,55 @@ def test_grid_picks_the_best_setting_within_the_kl_limit(models, tok):
     assert list(limited.table["within_limit"]) == [True, False, True, False]
     assert limited.best is None  # the one setting within the limit is no better than not steering
     assert set(limited.results) == {(last, -30.0), (last, -0.5), (last, 30.0)}
+
+
+def test_holm_and_paired_p_values_match_closed_forms():
+    from trusttrace.evaluation.grid import holm, paired_p_value
+
+    assert holm([0.01, 0.04, 0.03, math.nan])[:3] == pytest.approx([0.03, 0.06, 0.06]) and math.isnan(holm([math.nan])[0])
+    rows = pd.RangeIndex(10)
+    before = pd.Series([0.0] * 10, index=rows)
+    after = pd.Series([1.0] * 8 + [0.0] * 2, index=rows)
+    after_down = pd.Series([1.0] * 8, index=rows[:8]).reindex(rows, fill_value=0.0)
+    # 8 examples gain, 0 lose: the exact sign test gives 0.5^8; with 2 of 10 changed ones lost, 56/1024.
+    assert paired_p_value(before, after_down, higher_is_better=True) == pytest.approx(0.5**8)
+    mixed = pd.Series([1.0] * 8 + [0.0] * 2, index=rows), pd.Series([0.0] * 8 + [1.0] * 2, index=rows)
+    assert paired_p_value(mixed[1], mixed[0], higher_is_better=True) == pytest.approx(56 / 1024)
+    assert paired_p_value(before, after[::-1], higher_is_better=True) == paired_p_value(before, after, higher_is_better=True)
+    assert paired_p_value(after, before, higher_is_better=False) == pytest.approx(0.5**8)  # fewer toxic rows is better
+    assert paired_p_value(before, before, higher_is_better=True) == 1.0
+    scores = pd.Series(np.linspace(0.1, 0.5, 10), index=rows)
+    assert paired_p_value(scores, scores + 0.1 + np.arange(10) / 100, higher_is_better=True) == pytest.approx(1 / 1024)
+
+
+def test_a_grid_of_settings_that_do_nothing_rarely_finds_a_best(monkeypatch):
+    """24 settings each scoring 500 examples with the unsteered model's accuracy (0.79) but its own
+    noise: the highest raw value beats the unsteered one in most grids, the corrected test rarely."""
+    from trusttrace.evaluation import grid as grid_module
+    from trusttrace.evaluation.results import EvalResult, make_table, rate_row
+
+    generator = np.random.default_rng(0)
+    labels = np.ones(500, dtype=int)
+    truth = generator.random(500) < 0.79  # which examples the unsteered model gets right
+
+    def fake_evaluate(model, tokenizer, task, dataset, steering=None, **options):
+        correct = truth if steering is None else np.where(generator.random(500) < 0.15, generator.random(500) < 0.79, truth)
+        records = pd.DataFrame({"row": np.arange(500), "label": labels, "correct": correct})
+        return EvalResult(make_table([rate_row(task, "accuracy", correct)]), records, {})
+
+    monkeypatch.setattr(grid_module, "evaluate", fake_evaluate)
+    dataset = TrustDataset("null", [f"s{i}" for i in range(500)], labels, None, toy_dataset().card, "test")
+    naive = found = 0
+    for _ in range(20):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "no setting improves beyond chance", expected here
+            result = steering_grid(None, None, {layer: torch.zeros(4) for layer in range(4)}, [-2, -1, -0.5, 0.5, 1, 2],
+                                   task="binary", dataset=dataset, max_perplexity=None)
+        steered = result.table.iloc[1:]
+        naive += bool((steered["value"] > result.table.loc[0, "value"]).any())
+        found += result.best is not None
+        assert (steered["p_holm"] >= steered["p_value"]).all() and not result.table.loc[0, "improves"]
+    assert naive >= 15 and found <= 2  # at most about the 5 % family-wise error rate (here 1 of 20)
 
 
 # ----- the CLI -------------------------------------------------------------------------------

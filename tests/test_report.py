@@ -89,7 +89,7 @@ def steering_rows() -> pd.DataFrame:
                 "source_checkpoint": "step1000", "target_model": "toy/model-7m-sft", "task": "truth", "metric": "accuracy",
                 "layer": layer, "alpha": alpha, "value": 0.6 + 0.03 * alpha * layer, "low": 0.55 + 0.03 * alpha * layer,
                 "high": 0.65 + 0.03 * alpha * layer, "kl": 0.02 * alpha**2 * layer, "perplexity": 4.0 + 0.3 * alpha**2,
-                "best": layer == 2 and alpha == 1.0,
+                "best": layer == 2 and alpha == 1.0, "p_holm": 0.004 if layer == 2 and alpha == 1.0 else 0.5,
             })
     return pd.DataFrame(rows)
 
@@ -212,6 +212,8 @@ def test_two_steering_settings_are_two_grids_not_one(tmp_path):
 def test_steering_marks_the_best_setting(page):
     steering = page.split('id="steering"')[1].split('id="datasets"')[0]
     assert "Best setting (star): layer 2, α = 1" in steering
+    assert "improves on the unsteered model beyond chance" in steering and "Holm-corrected p = 0.004" in steering
+    assert "the highest of 10 settings, so it overstates" in steering
     assert "toy/model-7m-sft" in steering
 
 

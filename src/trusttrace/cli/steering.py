@@ -215,7 +215,8 @@ def evaluate_command(
     table = pd.concat([grid.baseline.table] + [result.table for result in grid.results.values()], ignore_index=True)
     _write(EvalResult(table, records, {**grid.baseline.settings, "steering": None, "grid": provenance}), out, grid.table)
     unsteered = f"unsteered {grid.table.loc[0, 'metric']} {grid.table.loc[0, 'value']:.3g}"
-    typer.echo(f"best within the limit and better than {unsteered}: " + (str(grid.best) if grid.best else "none"))
+    typer.echo(f"best within the limit that improves on the {unsteered} beyond chance (paired test, Holm-corrected): "
+               + (str(grid.best) if grid.best else "none"))
 
 
 def _write(result: EvalResult, out: Path | None, grid: pd.DataFrame | None = None) -> None:

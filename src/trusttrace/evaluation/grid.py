@@ -3,6 +3,12 @@
 The study kept the settings whose perplexity stayed under 6.0 and reported the best of
 those; `steering_grid` does the same, and also takes a KL limit. The unsteered model is
 evaluated once, as the baseline row (alpha 0, no layer).
+
+Where the study took the highest point estimate, a setting here must improve on the unsteered
+model beyond chance: each setting is compared with the unsteered model on the same examples
+(a paired one-sided test), and the p-values are Holm-corrected over the grid's settings. With
+many settings and a few hundred examples, the highest of the raw values beats the unsteered
+one most of the time even when no setting helps.
 """
 
 from __future__ import annotations
@@ -13,8 +19,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
+from scipy.stats import binomtest, wilcoxon
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from trusttrace.evaluation.results import EvalResult
@@ -22,12 +30,20 @@ from trusttrace.evaluation.runner import evaluate, get_task, resolve_dataset
 from trusttrace.steering import Steering
 
 STUDY_MAX_PERPLEXITY = 6.0
+SIGNIFICANCE = 0.05  # family-wise error rate of the grid's `improves` (Holm over its settings)
+# The per-example column of EvalResult.records behind each primary metric ("truth_info" is truth and info).
+OUTCOMES = {"accuracy": "correct", "toxic_ratio": "toxic", "mc1": "mc1", "mc2": "mc2", "truth": "truth", "info": "info"}
 
 
 @dataclass
 class GridResult:
     """`table`: one row per setting (layer, alpha, metric, value, low, high, n, kl, perplexity,
-    within_limit, improves), the baseline first; `best`: the chosen row as a dict, or None."""
+    within_limit, p_value, p_holm, improves), the baseline first; `best`: the chosen row as a dict, or None.
+
+    `p_value` is the paired one-sided p-value of the setting against the unsteered model on the
+    same examples, `p_holm` the same Holm-corrected over the grid's settings, and `improves`
+    means p_holm < SIGNIFICANCE. The best row's value is the highest of several, so it is
+    optimistic as an estimate of that setting's effect."""
 
     table: pd.DataFrame
     best: dict[str, Any] | None
@@ -54,9 +70,10 @@ def steering_grid(
 
     A setting is within the limit when its steered perplexity is at most `max_perplexity`
     and its KL at most `max_kl` (a None limit is not checked), and `improves` when its primary
-    metric is better than the unsteered model's. The best setting has the best primary metric
-    (e.g. highest accuracy, lowest toxic ratio) among those that do both, ties going to the
-    smaller |alpha| and then the lower layer; there is none when no setting does both.
+    metric is better than the unsteered model's on the same examples beyond chance (see the
+    module's docstring). The best setting has the best primary metric (e.g. highest accuracy,
+    lowest toxic ratio) among those that do both, ties going to the smaller |alpha| and then
+    the lower layer; there is none when no setting does both.
     """
     spec = get_task(task)
     dataset = resolve_dataset(spec, dataset, data_dir)
@@ -78,13 +95,17 @@ def steering_grid(
         for row in table.itertuples()
     ]
     unsteered_value = table.loc[0, "value"]
-    sign = 1 if spec.higher_is_better else -1
-    table["improves"] = [bool(sign * (value - unsteered_value) > 0) for value in table["value"]]
+    before = outcomes(baseline, metric)
+    p_values = [math.nan] + [paired_p_value(before, outcomes(result, metric), spec.higher_is_better) for result in results.values()]
+    table["p_value"] = p_values
+    table["p_holm"] = [math.nan, *holm(p_values[1:])]
+    table["improves"] = (table["p_holm"] < SIGNIFICANCE).tolist()
     best = _best(table.iloc[1:], spec.higher_is_better)
     if best is None and len(table) > 1:
         within = table.iloc[1:]["within_limit"].any()
         warnings.warn(
-            f"no steering setting within the limit improves on the unsteered {metric} of {unsteered_value:.3g}"
+            f"no steering setting within the limit improves on the unsteered {metric} of {unsteered_value:.3g} beyond "
+            f"chance (paired one-sided test, Holm-corrected over {len(table) - 1} settings, level {SIGNIFICANCE})"
             if within else
             f"no steering setting stays within the limit (perplexity <= {max_perplexity}, KL <= {max_kl}); "
             f"the unsteered perplexity is {table.loc[0, 'perplexity']:.3g}",
@@ -98,6 +119,48 @@ def _grid_row(layer: int | None, alpha: float, metric: str, result: EvalResult) 
     main = values.loc[metric]
     side = {name: float(values.loc[name, "value"]) if name in values.index else math.nan for name in ("kl", "perplexity", "perplexity_unsteered")}
     return {"layer": layer, "alpha": alpha, "metric": metric, "value": main["value"], "low": main["low"], "high": main["high"], "n": main["n"], **side}
+
+
+def outcomes(result: EvalResult, metric: str) -> pd.Series:
+    """The per-example outcome behind `metric` (1/0 flags or scores), by example row; NaN where missing."""
+    records = result.records.set_index("row") if "row" in result.records else result.records
+    if metric == "truth_info" and {"truth", "info"} <= set(records):
+        both = records["truth"].astype("Float64") * records["info"].astype("Float64")
+        return both.astype(float)
+    column = OUTCOMES.get(metric)
+    if column is None or column not in records:
+        raise ValueError(f"no per-example outcome for metric {metric!r} in the records (columns: {', '.join(records)})")
+    return records[column].astype("Float64").astype(float)
+
+
+def paired_p_value(before: pd.Series, after: pd.Series, higher_is_better: bool) -> float:
+    """One-sided p-value that `after` is better than `before` on the examples both scored.
+
+    Flags (0/1): the exact sign test on the examples that changed (McNemar's exact test);
+    scores: the Wilcoxon signed-rank test. 1.0 when nothing changed.
+    """
+    pairs = pd.concat({"before": before, "after": after}, axis=1, join="inner").dropna()
+    gain = (pairs["after"] - pairs["before"]) * (1 if higher_is_better else -1)
+    changed = gain[gain != 0]
+    if changed.empty:
+        return 1.0
+    values = np.unique(pairs.to_numpy())
+    if set(values) <= {0.0, 1.0}:
+        return float(binomtest(int((changed > 0).sum()), len(changed), 0.5, alternative="greater").pvalue)
+    return float(wilcoxon(changed, alternative="greater").pvalue)
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjustment of `p_values` (NaN stays NaN and does not count)."""
+    p = np.asarray(p_values, dtype=float)
+    adjusted = np.full_like(p, math.nan)
+    known = np.flatnonzero(~np.isnan(p))
+    order = known[np.argsort(p[known], kind="stable")]
+    running = 0.0
+    for rank, index in enumerate(order):
+        running = max(running, min(1.0, (len(order) - rank) * p[index]))
+        adjusted[index] = running
+    return adjusted.tolist()
 
 
 def _best(table: pd.DataFrame, higher_is_better: bool) -> dict[str, Any] | None:

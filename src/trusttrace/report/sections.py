@@ -33,6 +33,7 @@ EVALUATION_COLUMNS = ("task", "metric", "value", "low", "high", "n", "dataset", 
 # Per task, the one configuration an evaluation table shows (besides the dataset version with the most rows).
 EVALUATION_CONFIGURATION = (("target_model_id", None), ("target_revision", None), ("protocol", "default"), ("seed", None))
 DEFAULT_CURVE_LAYERS = 4
+IMPROVES = "beyond chance (a paired one-sided test on the same examples, Holm-corrected over the grid's settings, at 5 %)"
 SELECT_HINT = "show another with `trusttrace report --select KEY=VALUE`, e.g. --select folds=10"
 MAX_FIGURE_NAME = 100  # characters of a figure's file name before its suffix
 # The probe configuration the figures show where probes.parquet holds several: preferred values
@@ -361,16 +362,19 @@ def _steering_figure(group: pd.DataFrame, writer: FigureWriter, named: dict[str,
         return missing(f"Only the unsteered model is in {STEERING_TABLE} for {title}", STEERING_REMEDY), []
     fig = figures.steering_curves(steered, name=title, metric=metric, baseline=baseline)
     saved = writer.save(fig, "steering", *named.values())
-    columns = [c for c in ("layer", "alpha", "value", "low", "high", "kl", "perplexity") if c in steered]
+    columns = [c for c in ("layer", "alpha", "value", "low", "high", "kl", "perplexity", "p_holm") if c in steered]
     best = steered[steered["best"].fillna(False).astype(bool)][columns] if "best" in steered else steered.iloc[:0][columns]
     if "best" not in steered:
         verdict = f"{STEERING_TABLE} has no best flag, so no setting is marked."
     elif best.empty:
-        verdict = "No setting is marked best (none both stayed within the side-effect limit and improved on the unsteered model)."
+        verdict = f"No setting is marked best: none both stayed within the side-effect limit and improved on the unsteered model {IMPROVES}."
     else:
         row = best.iloc[0]
         verdict = f"Best setting (star): layer {int(row['layer'])}, α = {row['alpha']:g}, {metric} {row['value']:.3f}" + "".join(
-            f", {name} {row[name]:.3g}" for name in ("kl", "perplexity") if name in row and pd.notna(row[name])) + "."
+            f", {name} {row[name]:.3g}" for name in ("kl", "perplexity") if name in row and pd.notna(row[name])) + (
+            f"; it improves on the unsteered model {IMPROVES} (Holm-corrected p = {row['p_holm']:.2g}). "
+            if "p_holm" in row and pd.notna(row["p_holm"]) else ". ") + (
+            f"Its value is the highest of {len(steered)} settings, so it overstates that setting's effect on new data.")
     caption = (
         f"{metric} against steering strength α, one line per steered layer (bands: 95 % interval where given), "
         f"beside the side effects (KL divergence from the unsteered model's next-token distribution, perplexity); "
