@@ -79,6 +79,13 @@ def test_run_probes_writes_a_tidy_table_and_a_rerun_adds_nothing(workspace, monk
     assert problems == [] and again.equals(table)
     assert (workspace.root / PROBES_TABLE).stat().st_mtime_ns == stamp
 
+    older = table.drop(columns="interval").assign(acc_low=0.0)  # rows of an older interval rule
+    write_table(workspace.root / PROBES_TABLE, older)
+    redone, _ = run_probes(workspace, folds=3, progress=False)
+    assert len(redone) == len(table) and redone["interval"].eq("wilson-effective-rows").all()
+    by_row = ["activation_key", "layer"]
+    assert redone.sort_values(by_row)["acc_low"].tolist() == table.sort_values(by_row)["acc_low"].tolist()  # recomputed
+
     other, _ = run_probes(workspace, folds=3, method="mass_mean", split="paper", progress=False)
     assert len(other) == 4 * len(LAYERS)
     assert set(other.loc[other["method"] == "mass_mean", "folds"]) == {1}

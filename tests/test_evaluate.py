@@ -331,6 +331,17 @@ def test_grid_picks_the_best_setting_within_the_kl_limit(models, tok):
     assert set(limited.results) == {(last, -30.0), (last, -0.5), (last, 30.0)}
 
 
+def test_rates_count_rows_of_one_group_as_fewer_examples():
+    from trusttrace.evaluation.results import rate_row
+
+    flags = np.repeat(np.arange(50) % 4 != 0, 2)  # pairs right or wrong together
+    plain, paired = rate_row("t", "accuracy", flags), rate_row("t", "accuracy", flags, np.arange(100) // 2)
+    assert plain["value"] == paired["value"] == 0.74 and paired["n"] == 100
+    assert paired["high"] - paired["low"] > 1.3 * (plain["high"] - plain["low"])  # about 50 examples, not 100
+    opposite = np.tile([True, False], 50)  # one of each pair right: no loss of information, the plain interval
+    assert rate_row("t", "a", opposite, np.arange(100) // 2)["low"] == pytest.approx(rate_row("t", "a", opposite)["low"])
+
+
 def test_holm_and_paired_p_values_match_closed_forms():
     from trusttrace.evaluation.grid import holm, paired_p_value
 

@@ -158,6 +158,41 @@ def test_one_split_interval_is_the_wilson_interval_and_never_collapses():
     assert len(perfect) and (perfect["acc_low"] < 0.95).all()  # 60 of 60 right is not certainty
 
 
+def test_rows_of_a_group_count_as_fewer_independent_rows():
+    from trusttrace.intervals import effective_rows, wilson_interval
+
+    for successes, n in ((0, 7), (3, 10), (60, 60), (517, 1000)):
+        expected = stats.binomtest(successes, n).proportion_ci(method="wilson")
+        assert [float(bound) for bound in wilson_interval(successes / n, n)] == pytest.approx([expected.low, expected.high])
+
+    groups = np.repeat(np.arange(20), 5)
+    together = np.repeat(np.arange(20) % 3 == 0, 5)[None]  # each group all right or all wrong
+    assert effective_rows(together, groups)[0] == pytest.approx(19.0)  # 20 groups, G/(G-1) corrected
+    assert effective_rows(together, None)[0] == 100
+    rng = np.random.default_rng(1)
+    independent = rng.random((1, 100)) < 0.7
+    assert 95 <= effective_rows(independent, groups)[0] <= 100  # no clustering: about n, never more
+    assert effective_rows(np.ones((1, 100), dtype=bool), groups)[0] == 100
+
+
+def test_one_split_interval_covers_when_groups_share_their_fate():
+    """Per-question difficulty makes a group's rows right or wrong together: Wilson over rows
+    undercovers (the audit measured 0.79 for groups of 5); over the effective rows it does not."""
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(80), 5)
+    labels = np.tile([0, 1], 200)
+    truth = np.mean(1 / (1 + np.exp(-(1.0 - rng.normal(0, 1.5, 200_000)))))  # the expected accuracy
+    covered = {"rows": 0, "groups": 0}
+    for _ in range(400):
+        difficulty = rng.normal(0, 1.5, 80)[groups]
+        right = rng.random(400) < 1 / (1 + np.exp(-(1.0 - difficulty)))
+        scores = np.where(right == labels.astype(bool), 1.0, -1.0)[None]
+        for name, test_groups in (("rows", None), ("groups", [groups])):
+            summary = probes.summarise([scores], [labels], [1000], test_groups)
+            covered[name] += summary["acc_low"][0] <= truth <= summary["acc_high"][0]
+    assert covered["rows"] / 400 < 0.85 and covered["groups"] / 400 >= 0.92
+
+
 def test_fold_interval_is_the_wider_of_wilson_and_a_corrected_t_interval():
     acts, y = separable(n_layers=5)
     k = fit_probes(acts, y, split="random", folds=4, seed=4)
@@ -195,7 +230,7 @@ def test_signal_shows_in_the_table_and_baselines():
     result = fit_probes(acts, y, split="random", folds=3, statements=statements)
     table = result.table
     assert list(table.columns) == ["layer", "method", "split", "seed", "folds", "accuracy", "acc_low",
-                                   "acc_high", "auroc", "n_train", "n_test"]
+                                   "acc_high", "auroc", "n_train", "n_test", "interval"]
     assert table["accuracy"].iloc[-1] > 0.9 and table["accuracy"].iloc[0] < 0.7
     assert table["auroc"].iloc[-1] > 0.95
     base = result.baselines.set_index("baseline")

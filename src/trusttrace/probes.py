@@ -33,6 +33,7 @@ from sklearn.linear_model import LogisticRegression
 from trusttrace.baselines import bag_of_words_scores, first_word_scores, majority_scores
 from trusttrace.devices import to_analysis_device
 from trusttrace.errors import LayerError, ProbeError
+from trusttrace.intervals import share_interval
 from trusttrace.logistic import fit_logistic
 from trusttrace.splits import Split, check_labels, make_splits, resolve_split
 
@@ -40,8 +41,11 @@ METHODS = ("logreg", "mass_mean")
 BACKENDS = ("auto", "torch", "sklearn")
 FOLD_BATCH_BYTES = 256 * 2**20
 TABLE_COLUMNS = [
-    "layer", "method", "split", "seed", "folds", "accuracy", "acc_low", "acc_high", "auroc", "n_train", "n_test",
+    "layer", "method", "split", "seed", "folds", "accuracy", "acc_low", "acc_high", "auroc", "n_train", "n_test", "interval",
 ]
+# How acc_low/acc_high are computed (see `summarise`), recorded in every row: rows of an older
+# rule lack it, so a workspace's probes are recomputed rather than mixed with them.
+INTERVAL = "wilson-effective-rows"
 BASELINE_COLUMNS = ["baseline"] + TABLE_COLUMNS[2:]
 
 
@@ -111,10 +115,11 @@ def fit_probes(
     intercepts = (bias - (mean.squeeze(1) * weights / std.squeeze(1)).sum(-1)).float().cpu()
     n_train = [len(train) for train, _ in splits]
 
-    summary = summarise(fold_scores, fold_labels, n_train)
+    test_groups = None if groups is None else [np.asarray(groups)[test] for _, test in splits]
+    summary = summarise(fold_scores, fold_labels, n_train, test_groups)
     setting = {"method": method, "split": kind, "seed": seed, "folds": len(splits)}
     table = pd.DataFrame({"layer": layer_ids, **setting, **summary})
-    baselines = _baselines(y, splits, statements, kind, seed)
+    baselines = _baselines(y, splits, statements, kind, seed, test_groups)
     return ProbeResults(table[TABLE_COLUMNS], directions, intercepts, baselines, splits)
 
 
@@ -251,22 +256,26 @@ def logreg_sklearn(x: torch.Tensor, y: torch.Tensor, *, C: float = 1.0) -> tuple
 
 
 def summarise(
-    fold_scores: list[np.ndarray], fold_labels: list[np.ndarray], n_train: list[int]
+    fold_scores: list[np.ndarray], fold_labels: list[np.ndarray], n_train: list[int],
+    test_groups: list[np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
     """Accuracy, its 95 % interval, AUROC and sizes per row of the [rows, n_test] fold scores.
 
     Accuracy is the mean over folds. The interval is the Wilson score interval of all test
     predictions (correct ones out of all tested), which is never narrower than the test rows
-    allow, not even at 0 or 100 %. With k folds it is widened, where they vary more than that,
-    to a t-interval over the fold accuracies whose variance is corrected for the training rows
-    the folds share (Nadeau & Bengio 2003: 1/k + n_test/n_train in place of 1/k).
-    n_train and n_test are per-fold means, rounded.
+    allow, not even at 0 or 100 %. Rows of one group (`test_groups`, per fold) tend to be
+    right or wrong together, so they count as fewer independent rows: the Wilson interval is
+    taken at the effective number of rows (see trusttrace.intervals). With k folds it is widened,
+    where they vary more than that, to a t-interval over the fold accuracies whose variance
+    is corrected for the training rows the folds share (Nadeau & Bengio 2003: 1/k +
+    n_test/n_train in place of 1/k). n_train and n_test are per-fold means, rounded.
     """
     correct = [(scores > 0) == labels.astype(bool) for scores, labels in zip(fold_scores, fold_labels)]
     aurocs = np.stack([roc_auc(labels, scores) for scores, labels in zip(fold_scores, fold_labels)])
     per_fold = np.stack([c.mean(axis=-1) for c in correct])
     accuracy = per_fold.mean(axis=0)
-    low, high = wilson_interval(sum(c.sum(axis=-1) for c in correct), sum(c.shape[-1] for c in correct))
+    groups = None if test_groups is None else np.concatenate(test_groups)
+    low, high = share_interval(np.concatenate(correct, axis=-1), groups)
     k = len(correct)
     if k > 1:
         n_test = np.mean([len(labels) for labels in fold_labels])
@@ -279,13 +288,8 @@ def summarise(
     return {
         "accuracy": accuracy, "acc_low": low, "acc_high": high, "auroc": auroc,
         "n_train": int(round(np.mean(n_train))), "n_test": int(round(np.mean([len(lab) for lab in fold_labels]))),
+        "interval": INTERVAL,
     }
-
-
-def wilson_interval(successes: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """The 95 % Wilson score interval of each count of `successes` out of `n`."""
-    bounds = [stats.binomtest(int(k), n).proportion_ci(confidence_level=0.95, method="wilson") for k in successes]
-    return np.array([b.low for b in bounds]), np.array([b.high for b in bounds])
 
 
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
@@ -302,7 +306,8 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
 
 
 def _baselines(
-    y: np.ndarray, splits: list[Split], statements: Sequence[str] | None, kind: str, seed: int
+    y: np.ndarray, splits: list[Split], statements: Sequence[str] | None, kind: str, seed: int,
+    test_groups: list[np.ndarray] | None,
 ) -> pd.DataFrame:
     """The majority class and, with statements, the bag of words and the first word, on the probes' splits."""
     text_baselines = {"bag_of_words": bag_of_words_scores, "first_word": first_word_scores} if statements is not None else {}
@@ -314,6 +319,6 @@ def _baselines(
             train_text, test_text = [statements[i] for i in train], [statements[i] for i in test]
             rows += [scores(train_text, y[train], test_text) for scores in text_baselines.values()]
         fold_scores.append(np.stack(rows))
-    summary = summarise(fold_scores, [y[test] for _, test in splits], [len(train) for train, _ in splits])
+    summary = summarise(fold_scores, [y[test] for _, test in splits], [len(train) for train, _ in splits], test_groups)
     frame = pd.DataFrame({"baseline": names, "split": kind, "seed": seed, "folds": len(splits), **summary})
     return frame[BASELINE_COLUMNS]

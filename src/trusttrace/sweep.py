@@ -31,6 +31,7 @@ from trusttrace.errors import CorruptArtefactError, StoreError, TrustTraceError
 from trusttrace.manifest import Manifest, unit_id
 from trusttrace.models import check_device, load_model, weights_fingerprint
 from trusttrace.prefetch import Fetcher, Prefetcher, delete_fetched, hub_fetch
+from trusttrace.probes import INTERVAL
 from trusttrace.steering_stage import run_steering_stages
 from trusttrace.store import (
     BASELINES_TABLE, EVALUATE_TABLE, MANIFEST_FILE, MI_TABLE, PROBES_TABLE, STEERING_TABLE, ActivationRecord, ActivationStore,
@@ -88,7 +89,7 @@ class Sweep:
         if stage == "extract":
             return extract
         if stage == "probes":
-            return extract | config.probes.model_dump() | {"split": config.probe_split()}
+            return extract | config.probes.model_dump() | {"split": config.probe_split(), "interval": INTERVAL}
         if stage == "mi":  # on the training rows of the probes' first fold
             probes = config.probes
             return extract | config.mi.model_dump() | {

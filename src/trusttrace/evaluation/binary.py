@@ -39,7 +39,7 @@ def binary_task(
     max_new_tokens: int = 2,
     batch_size: int = 16,
 ) -> EvalResult:
-    """Accuracy (95 % Wilson interval) and rate of answering 1 on `dataset`'s `rows`.
+    """Accuracy (95 % Wilson interval, rows of one group counting as fewer) and rate of answering 1 on `dataset`'s `rows`.
 
     `template` needs a `{statement}` placeholder; `answers` are the continuations meaning 0
     and 1. `mode` defaults to "logit", or "parse" under protocol="paper".
@@ -65,12 +65,13 @@ def binary_task(
         records["parsed"] = [value is not None for value in parsed]
         records["prediction"] = [value if value is not None else int(guess) for value, guess in zip(parsed, guesses)]
     records["correct"] = records["prediction"] == records["label"]
+    groups = None if dataset.groups is None else dataset.groups[rows]
     metrics = [
-        rate_row(task, "accuracy", records["correct"]),
-        rate_row(task, "predicted_1_rate", records["prediction"] == 1),
+        rate_row(task, "accuracy", records["correct"], groups),
+        rate_row(task, "predicted_1_rate", records["prediction"] == 1, groups),
     ]
     if mode == "parse":
-        metrics.append(rate_row(task, "unparsed_rate", ~records["parsed"].astype(bool)))
+        metrics.append(rate_row(task, "unparsed_rate", ~records["parsed"].astype(bool), groups))
     settings = {"mode": mode, "template": prompt.text, "answers": list(prompt.answers)}
     return EvalResult(make_table(metrics), records, settings)
 

@@ -9,10 +9,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.stats import binomtest
 from scipy.stats import t as t_distribution
 
 from trusttrace.errors import EvaluationError
+from trusttrace.intervals import share_interval
 
 TABLE_COLUMNS = ["task", "metric", "value", "low", "high", "n"]
 
@@ -39,14 +39,15 @@ def metric_row(task: str, metric: str, value: float, n: int, low: float = math.n
     return {"task": task, "metric": metric, "value": float(value), "low": float(low), "high": float(high), "n": int(n)}
 
 
-def rate_row(task: str, metric: str, flags: Sequence[bool] | np.ndarray) -> dict[str, Any]:
-    """The share of true flags with its 95 % Wilson interval (NaN for no examples)."""
+def rate_row(task: str, metric: str, flags: Sequence[bool] | np.ndarray, groups: Sequence | np.ndarray | None = None) -> dict[str, Any]:
+    """The share of true flags with its 95 % Wilson interval (NaN for no examples); flags of one
+    of `groups` count as fewer independent examples (see trusttrace.intervals)."""
     flags = np.asarray(flags, dtype=bool)
     n = len(flags)
     if n == 0:
         return metric_row(task, metric, math.nan, 0)
-    interval = binomtest(int(flags.sum()), n).proportion_ci(confidence_level=0.95, method="wilson")
-    return metric_row(task, metric, flags.mean(), n, interval.low, interval.high)
+    low, high = share_interval(flags, None if groups is None else np.asarray(groups))
+    return metric_row(task, metric, flags.mean(), n, low[0], high[0])
 
 
 def make_table(rows: list[dict[str, Any]]) -> pd.DataFrame:

@@ -1,0 +1,57 @@
+"""95 % intervals for shares of correct (or flagged) examples, honest about related examples.
+
+Examples of one group (a TruthfulQA question's answers, a StereoSet context's two sentences,
+an SST-2 sentence and its twin) tend to be right or wrong together, so n of them carry less
+information than n independent ones. The Wilson interval is taken at the effective number of
+examples, n over the design effect of cluster sampling; without groups it is the usual one.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+Z95 = float(stats.norm.ppf(0.975))
+
+
+def wilson_interval(share: np.ndarray | float, n: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
+    """The 95 % Wilson score interval of each observed `share` of successes among `n` (which may be
+    an effective, non-integer number of examples)."""
+    share, n = np.asarray(share, dtype=float), np.asarray(n, dtype=float)
+    centre = (share + Z95**2 / (2 * n)) / (1 + Z95**2 / n)
+    half = Z95 / (1 + Z95**2 / n) * np.sqrt(share * (1 - share) / n + Z95**2 / (4 * n**2))
+    return np.clip(centre - half, 0, 1), np.clip(centre + half, 0, 1)
+
+
+def effective_rows(flags: np.ndarray, groups: np.ndarray | None) -> np.ndarray:
+    """The number of independent examples each row of the [rows, n] 0/1 `flags` is worth.
+
+    Without groups, n. With groups, n divided by the design effect: the variance of the share
+    estimated from the groups' totals (the ratio estimator's, with the G/(G-1) correction) over
+    the binomial variance p(1-p)/n. The design effect is taken as at least 1, so groups never
+    narrow an interval; flags all 1 (or all 0) count as n.
+    """
+    flags = np.atleast_2d(np.asarray(flags, dtype=float))
+    n = flags.shape[-1]
+    if groups is None:
+        return np.full(flags.shape[0], float(n))
+    codes, _ = pd.factorize(np.asarray(groups))
+    n_groups = int(codes.max()) + 1 if n else 0
+    if n_groups < 2:
+        return np.full(flags.shape[0], float(min(n, 1)))
+    share = flags.mean(axis=-1)
+    totals = np.zeros((n_groups, flags.shape[0]))
+    np.add.at(totals, codes, flags.T)
+    sizes = np.bincount(codes, minlength=n_groups)[:, None]
+    cluster_variance = n_groups / (n_groups - 1) * ((totals - sizes * share) ** 2).sum(axis=0) / n**2
+    binomial_variance = share * (1 - share) / n
+    with np.errstate(divide="ignore", invalid="ignore"):
+        design_effect = np.where(binomial_variance > 0, cluster_variance / binomial_variance, 1.0)
+    return n / np.maximum(design_effect, 1.0)
+
+
+def share_interval(flags: np.ndarray, groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The 95 % interval of the share of each row of [rows, n] `flags`, at its effective number of examples."""
+    flags = np.atleast_2d(np.asarray(flags, dtype=float))
+    return wilson_interval(flags.mean(axis=-1), effective_rows(flags, groups))
