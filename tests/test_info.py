@@ -262,20 +262,45 @@ def test_mutual_information_bad_input():
 
 
 def test_turning_points():
-    table = pd.DataFrame({
-        "step": [0, 10, 20, 30] * 3,
-        "layer": [0] * 4 + [1] * 4 + [2] * 4,
-        "i_xt": [1, 3, 2, 1, 1, 2, 3, 4, 5, 5, 1, 0],
-    }).sample(frac=1, random_state=0)
+    steps = [0, 10, 20, 30, 40, 50, 60]
+    series = {
+        0: [1, 2, 3, 5, 3, 2, 1],  # a rise then a fall well beyond the noise
+        1: [1, 2, 3, 4, 5, 6, 7],
+        2: [1.0, 1.2, 0.9, 1.25, 1.1, 0.95, 1.05],  # flat and noisy: an inside peak, but no fall
+        3: [5, 5, 1, 0, 0, 0, 0],
+    }
+    table = pd.DataFrame([
+        {"step": step, "layer": layer, "i_xt": value} for layer, values in series.items() for step, value in zip(steps, values)
+    ]).sample(frac=1, random_state=0)
     points = turning_points(table).set_index("layer")
-    assert points.loc[0, "peak_step"] == 10 and bool(points.loc[0, "interior"])
-    assert points.loc[1, "peak_step"] == 30 and not points.loc[1, "interior"]
-    assert points.loc[2, "peak_step"] == 0 and not points.loc[2, "interior"]  # tie: earliest step
-    assert points.loc[0, "peak_i_xt"] == 3
-    unbounded = pd.concat([table, pd.DataFrame({"step": [0, 10], "layer": [3, 3], "i_xt": [np.inf, np.inf]})])
-    assert 3 not in set(turning_points(unbounded)["layer"])  # I(X;X) = inf has no peak
+    assert points.loc[0, "peak_step"] == 30 and bool(points.loc[0, "interior"]) and points.loc[0, "fall"] == 4
+    assert points.loc[0, "noise"] == pytest.approx(1.4826 / np.sqrt(6))  # second differences 0, 1, -4, 1, 0
+    assert points.loc[1, "peak_step"] == 60 and not points.loc[1, "interior"]
+    assert points.loc[2, "peak_step"] == 30 and not points.loc[2, "interior"] and points.loc[2, "fall"] == pytest.approx(0.2)
+    assert points.loc[3, "peak_step"] == 0 and not points.loc[3, "interior"]  # tie: earliest step
+    assert points.loc[0, "peak_i_xt"] == 5
+    few = turning_points(table[table["step"] <= 30]).set_index("layer")  # 4 checkpoints cannot tell a fall from noise
+    assert few["noise"].isna().all() and not few["interior"].any()
+    unbounded = pd.concat([table, pd.DataFrame({"step": [0, 10], "layer": [9, 9], "i_xt": [np.inf, np.inf]})])
+    assert 9 not in set(turning_points(unbounded)["layer"])  # I(X;X) = inf has no peak
     with pytest.raises(ProbeError, match="lacks column\\(s\\) step"):
         turning_points(table.drop(columns="step"))
+
+
+def test_a_flat_or_rising_noisy_series_rarely_counts_as_a_rise_then_fall():
+    """The audit found 60-100 % of layers marked as rise-then-fall when the true I(X;T) was flat
+    or only rose; with the noise test, a few percent, while a real fall is still found."""
+    rng = np.random.default_rng(0)
+    steps = np.arange(12)
+    shapes = {"flat": np.zeros(12), "rising": 10 * (1 - np.exp(-(steps + 1) / 2.4)), "fall": 8 * np.sin(np.pi * steps / 11)}
+    rates = {}
+    for name, shape in shapes.items():
+        table = pd.DataFrame([
+            {"step": step, "layer": layer, "i_xt": value}
+            for layer in range(300) for step, value in zip(steps, shape + rng.standard_normal(12))
+        ])
+        rates[name] = turning_points(table)["interior"].mean()
+    assert rates["flat"] < 0.08 and rates["rising"] < 0.08 and rates["fall"] > 0.9
 
 
 def test_caveat_is_stated():

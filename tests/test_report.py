@@ -180,7 +180,7 @@ def test_estimator_and_caveat_are_named(page):
     assert "estimator nhsic" in page and "Estimator: nhsic" in page
     assert html.escape(ESTIMATOR_CAVEAT) in page
     # Layer 3's I(X;T) keeps rising: its peak is at the last checkpoint and is flagged.
-    assert page.count("no: peak at the first or last checkpoint") == 2
+    assert page.count("no: highest at the first or last checkpoint") == 2 and page.count("yes: falls by 1.2") == 6
 
 
 def test_text_is_escaped(page):

@@ -281,7 +281,7 @@ def accuracy_curves(
 @styled
 def mi_curves(frame: pd.DataFrame, turning: pd.DataFrame, axis: TimeAxis, *, name: str, estimator: str) -> Figure:
     """I(X;T) and I(T;Y) against training time, one line per layer; I(X;T) peaks starred
-    (hollow when the peak is at the first or last checkpoint: no interior maximum)."""
+    (hollow unless the peak is a rise then fall beyond the noise: see info.turning_points)."""
     fig = Figure(figsize=(WIDTH, 3.2), layout="constrained")
     left, right = fig.subplots(1, 2, sharex=True)
     layers = sorted(int(v) for v in frame["layer"].unique())
@@ -376,7 +376,7 @@ def steering_curves(frame: pd.DataFrame, *, name: str, metric: str, baseline: di
 
 
 def _star(ax, x: float, y: float, colour: Any, interior: bool) -> None:
-    """Mark an I(X;T) peak: a filled star inside the run, a hollow one at its first or last step."""
+    """Mark an I(X;T) peak: a filled star for a rise then fall beyond the noise, else a hollow one."""
     face = colour if interior else "white"
     ax.plot([x], [y], marker="*", ms=11, mfc=face, mec="black", mew=0.7, ls="none", zorder=5)
 
@@ -384,7 +384,7 @@ def _star(ax, x: float, y: float, colour: Any, interior: bool) -> None:
 def _peak_handles(turning: pd.DataFrame) -> list[Line2D]:
     handles = []
     if len(turning) and turning["interior"].any():
-        handles.append(Line2D([], [], marker="*", ms=10, mfc="#777777", mec="black", ls="none", label="I(X;T) peak"))
+        handles.append(Line2D([], [], marker="*", ms=10, mfc="#777777", mec="black", ls="none", label="I(X;T) peak, then a fall"))
     if len(turning) and (~turning["interior"].astype(bool)).any():
-        handles.append(Line2D([], [], marker="*", ms=10, mfc="white", mec="black", ls="none", label="peak at an end (no interior max)"))
+        handles.append(Line2D([], [], marker="*", ms=10, mfc="white", mec="black", ls="none", label="highest I(X;T), no fall beyond noise"))
     return handles

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from trusttrace.info import ESTIMATOR_CAVEAT, turning_points
+from trusttrace.info import ESTIMATOR_CAVEAT, FALL_NOISE, MIN_TURNING_CHECKPOINTS, turning_points
 from trusttrace.report import figures
 from trusttrace.report.html import (
     Section, bullet_list, definition_list, esc, figure, heading, link, missing, paragraph, span, table,
@@ -296,7 +296,8 @@ def _mi_figures(
         figure(
             writer.save(figures.mi_curves(data, turning, axis, name=f"Mutual information during training: {title}", estimator=estimator), "mi-curves", model, dataset, estimator),
             f"I(X;T) (left) and I(T;Y) (right) against {axis.label}, one line per layer, on {dataset}, {model}. "
-            f"Stars: the checkpoint where I(X;T) peaks per layer (hollow: the peak is at the first or last checkpoint, no interior maximum). {note}",
+            f"Stars: the checkpoint where I(X;T) is highest per layer; filled only where it rises then falls by more than "
+            f"{FALL_NOISE:g} times the noise between checkpoints (hollow: at the first or last checkpoint, or no fall beyond noise). {note}",
             alt=f"I(X;T) and I(T;Y) against training step for {dataset}, {model}, estimator {estimator}",
         ),
         figure(
@@ -321,11 +322,20 @@ def _turning_table(turning: pd.DataFrame, axis: figures.TimeAxis, data: pd.DataF
         f"I(X;T) peak at ({axis.label})": [at.get(x, x) if axis.column == "order" else x for x in turning["peak_x"]],
         "checkpoint": [at.get(x, "") for x in turning["peak_x"]],
         "peak I(X;T)": turning["peak_i_xt"].astype(float),
-        "interior maximum": [
-            "yes" if interior else span("no: peak at the first or last checkpoint", "flag") for interior in turning["interior"]
-        ],
+        "rise then fall": [_turning_verdict(row) for row in turning.itertuples()],
     })
-    return table(rows, raw_columns=["interior maximum"])
+    return table(rows, raw_columns=["rise then fall"])
+
+
+def _turning_verdict(row: Any) -> str:
+    """Whether a layer's I(X;T) peak is a rise then fall beyond the noise, and if not, why not."""
+    if row.interior:
+        return f"yes: falls by {row.fall:.3g}, over {FALL_NOISE:g} × the noise {row.noise:.2g}"
+    if row.fall <= 0:  # the highest value is the first or the last
+        return span("no: highest at the first or last checkpoint", "flag")
+    if not np.isfinite(row.noise):
+        return span(f"cannot tell: fewer than {MIN_TURNING_CHECKPOINTS} checkpoints to estimate the noise", "flag")
+    return span(f"no: the fall {row.fall:.3g} is within {FALL_NOISE:g} × the noise {row.noise:.2g}", "flag")
 
 
 # ----- 4. steering -------------------------------------------------------------------
