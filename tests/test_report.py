@@ -441,8 +441,8 @@ def test_the_default_configuration_is_shown_and_select_shows_another(two_folds_w
     assert "5 folds" in default and "probes.parquet also holds folds 10" in default and "--select KEY=VALUE" in default
     chosen = write_report(two_folds_workspace, out_dir=tmp_path / "ten", select={"folds": "10", "C": "1"}).read_text()
     assert "10 folds" in chosen and "also holds folds" not in chosen
-    assert "best layer 3 (highest mean accuracy over checkpoints, 0.850)" in chosen  # the 10-fold rows' mean
-    assert "best layer 3 (highest mean accuracy over checkpoints, 0.750)" in default
+    assert "best layer 3 (highest mean accuracy over checkpoints, 0.850; the highest of 4 layers" in chosen  # the 10-fold rows' mean
+    assert "best layer 3 (highest mean accuracy over checkpoints, 0.750; the highest of 4 layers" in default
     # MI has folds 5 only: its section says the selection left it empty, rather than "absent".
     assert "No mutual-information estimates selected: mi.parquet has rows, but no row matches folds=10 (folds there: 5)" in chosen
     assert "No baseline for this dataset and split" in chosen

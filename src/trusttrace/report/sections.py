@@ -170,7 +170,8 @@ def _probe_figures(
     curves = data[data["layer"].isin(shown)]
     caption = (
         f"Probe accuracy against {axis.label} on {dataset}, {model}, for layers {', '.join(map(str, shown))}"
-        + (f"; best layer {best} (highest mean accuracy over checkpoints, {means[best]:.3f})" if best is not None else "")
+        + (f"; best layer {best} (highest mean accuracy over checkpoints, {means[best]:.3f}; the highest of "
+           f"{means.notna().sum()} layers, so it overstates that layer's accuracy on new data)" if best is not None else "")
         + f"; {setting}. Bands: 95 % intervals (acc_low to acc_high). "
         + ("Dashed lines: " + ", ".join(f"{k.replace('_', ' ')} baseline {v:.3f}" for k, v in lines.items()) + " on the same split."
            if lines else "No baseline for this dataset and split in probe_baselines.parquet.")
