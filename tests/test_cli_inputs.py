@@ -22,7 +22,7 @@ from trusttrace.errors import EvaluationError, TrustTraceError
 from trusttrace.evaluation import evaluate
 from trusttrace.provenance import trusttrace_version
 from trusttrace.store import ActivationStore
-from trusttrace.units import extract_to_store
+from trusttrace.extract_stage import extract_to_store
 
 
 def run_cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:

@@ -143,7 +143,7 @@ def test_the_sidecar_counts_truncated_statements(tokenizer, tmp_path):
     from trusttrace.data import DatasetCard, TrustDataset
     from trusttrace.store import ActivationStore
     from trusttrace.tiny import tiny_model
-    from trusttrace.units import extract_to_store
+    from trusttrace.extract_stage import extract_to_store
 
     model = tiny_model("llama", len(tokenizer), context=8)
     long_text = " ".join(["the red cat sees the house"] * 4)

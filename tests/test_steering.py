@@ -29,7 +29,7 @@ from trusttrace.steering import (
 )
 from trusttrace.store import ActivationStore
 from trusttrace.tiny import PAD_ID, tiny_model, train_tokenizer
-from trusttrace.units import extract_to_store
+from trusttrace.extract_stage import extract_to_store
 
 ARCHS = ["llama", "gpt_neox", "gpt2"]
 WORDS = "the a red blue cat dog sees likes house garden near river bridge old young tall small quiet".split()

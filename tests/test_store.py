@@ -16,7 +16,7 @@ from trusttrace.errors import CorruptArtefactError, StoreError
 from trusttrace.extract import ActivationBatch, iter_activations
 from trusttrace.models import load_model
 from trusttrace.store import WORKSPACE_FILE, ActivationStore, append_table, read_table
-from trusttrace.units import extract_to_store
+from trusttrace.extract_stage import extract_to_store
 
 CARD = DatasetCard(name="toy", dimension="user", label_1="true", label_0="false", source="test", licence="none")
 

@@ -32,7 +32,7 @@ _EXPORTS = {
     ),
     "trusttrace.store": ("ActivationStore",),
     "trusttrace.sweep": ("run_sweep",),
-    "trusttrace.units": ("extract_to_store",),
+    "trusttrace.extract_stage": ("extract_to_store",),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 

@@ -23,7 +23,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from trusttrace.errors import TrustTraceError
 from trusttrace.models import block_hidden, check_layers, context_length, decoder_layers
 
-POSITIONS = ("last", "first", "mean")
+READ_POSITIONS = ("last", "first", "mean")
 
 # Tokens per batch when the caller gives no batch size: enough to keep a CPU busy, and on a
 # GPU a budget derived from free memory (see `auto_batch_tokens`).
@@ -199,14 +199,15 @@ def feed_forward_at(block: nn.Module, index: list[torch.Tensor]) -> list[Removab
     return [mlp.register_forward_pre_hook(before), mlp.register_forward_hook(after)]
 
 
-def _accepts_position_ids(module: nn.Module) -> bool:
+def accepts_position_ids(module: nn.Module) -> bool:
+    """Whether the module's forward takes position_ids (then padded batches pass them explicitly)."""
     return "position_ids" in inspect.signature(module.forward).parameters
 
 
 def check_position(position: str) -> str:
     """The position rule, validated: last, first or mean."""
-    if position not in POSITIONS:
-        raise TrustTraceError(f"unknown position {position!r}; expected one of {', '.join(POSITIONS)}")
+    if position not in READ_POSITIONS:
+        raise TrustTraceError(f"unknown position {position!r}; expected one of {', '.join(READ_POSITIONS)}")
     return position
 
 
@@ -231,7 +232,7 @@ def iter_activations(
     batches = plan_batches([len(ids) for ids in encoded], batch_size, batch_tokens or auto_batch_tokens(model))
     device = next(model.parameters()).device
     base = model.base_model
-    pass_positions = _accepts_position_ids(base)
+    pass_positions = accepts_position_ids(base)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     side = getattr(tokenizer, "padding_side", "right")
     captured: dict[int, torch.Tensor] = {}

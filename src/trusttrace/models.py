@@ -27,6 +27,7 @@ from transformers import (
     AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase,
 )
 
+from trusttrace.data.hub import first_line
 from trusttrace.devices import default_device
 from trusttrace.errors import CheckpointError, LayerError, ModelError, OfflineError
 
@@ -146,11 +147,11 @@ def load_model(
                     **{DTYPE_ARGUMENT: torch_dtype},
                 )
         except ValueError as error:
-            raise ModelError(f"{name}: not a causal language model ({_first_line(error)})") from None
+            raise ModelError(f"{name}: not a causal language model ({first_line(error)})") from None
         except SafetensorError as error:
-            raise ModelError(f"{name}: a weights file is damaged or incomplete ({_first_line(error)})") from None
+            raise ModelError(f"{name}: a weights file is damaged or incomplete ({first_line(error)})") from None
         except OSError as error:
-            raise _hub_error(name, revision, error) from None
+            raise hub_model_error(name, revision, error) from None
         check_loaded_weights(name, loading)
         weights_sha256 = local_checksum.result() if local_checksum is not None else weights_checksum(model)
     model.eval()
@@ -218,11 +219,11 @@ def load_tokenizer(name: str, revision: str | None = None, trust_remote_code: bo
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)
     except OSError as error:
-        raise _hub_error(name, revision, error) from None
+        raise hub_model_error(name, revision, error) from None
     except ValueError as error:
         raise ModelError(
             f"{name}: cannot load its tokenizer; a model folder needs its tokenizer files, e.g. tokenizer.json "
-            f"({_first_line(error)})"
+            f"({first_line(error)})"
         ) from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -234,9 +235,9 @@ def _load_config(name: str, revision: str | None, trust_remote_code: bool):
     try:
         return AutoConfig.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)
     except ValueError as error:
-        raise ModelError(f"{name}: cannot read a model config ({_first_line(error)})") from None
+        raise ModelError(f"{name}: cannot read a model config ({first_line(error)})") from None
     except OSError as error:
-        raise _hub_error(name, revision, error) from None
+        raise hub_model_error(name, revision, error) from None
 
 
 def vocabulary_checksum(tokenizer: PreTrainedTokenizerBase) -> str:
@@ -245,8 +246,9 @@ def vocabulary_checksum(tokenizer: PreTrainedTokenizerBase) -> str:
     return hashlib.sha256(json.dumps(items, ensure_ascii=False).encode()).hexdigest()
 
 
-def _hub_error(name: str, revision: str | None, error: OSError) -> Exception:
-    """Translate transformers' OSError for a model it cannot find into one clear package error."""
+def hub_model_error(name: str, revision: str | None, error: OSError) -> Exception:
+    """Translate transformers' OSError for a model it cannot find into one clear package error
+    (also used for the other Hub models trusttrace loads: classifiers)."""
     text = str(error)
     where = f"{name}@{revision}" if revision else name
     if "couldn't connect" in text.lower() or "offline" in text.lower():
@@ -257,12 +259,8 @@ def _hub_error(name: str, revision: str | None, error: OSError) -> Exception:
     if revision and "revision" in text.lower():
         return CheckpointError(f"{where}: unknown revision {revision!r}")
     if Path(name).exists():
-        return ModelError(f"{name}: not a loadable model folder ({_first_line(error)})")
-    return ModelError(f"{where}: cannot load the model ({_first_line(error)})")
-
-
-def _first_line(error: BaseException) -> str:
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        return ModelError(f"{name}: not a loadable model folder ({first_line(error)})")
+    return ModelError(f"{where}: cannot load the model ({first_line(error)})")
 
 
 def weights_checksum(model: PreTrainedModel) -> str | None:

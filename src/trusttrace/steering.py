@@ -34,7 +34,7 @@ from trusttrace.splits import make_splits
 from trusttrace.store import atomic_write_bytes
 
 SCALINGS = ("std", "unit", "raw")
-POSITIONS = ("last", "all", "prompt", "generated")
+STEER_POSITIONS = ("last", "all", "prompt", "generated")
 PROTOCOLS = ("default", "paper")
 
 # Share of rows (in file order) the reference code built its vectors from, and the dataset for
@@ -367,8 +367,8 @@ def steer(
     against the model (hidden size, layer range) before anything runs, and `provenance` (from
     `load_vectors`) is compared with the model's: another architecture or tokenizer warns.
     """
-    if positions not in POSITIONS:
-        raise SteeringError(f"unknown positions {positions!r}; expected one of {', '.join(POSITIONS)}")
+    if positions not in STEER_POSITIONS:
+        raise SteeringError(f"unknown positions {positions!r}; expected one of {', '.join(STEER_POSITIONS)}")
     blocks = decoder_layers(model)
     deltas = _checked_deltas(model, blocks, vectors, alpha)
     if provenance:

@@ -37,7 +37,7 @@ from trusttrace.store import (
     BASELINES_TABLE, EVALUATE_TABLE, MANIFEST_FILE, MI_TABLE, PROBES_TABLE, STEERING_TABLE, ActivationRecord, ActivationStore,
     read_table, write_table,
 )
-from trusttrace.units import extract_to_store
+from trusttrace.extract_stage import extract_to_store
 
 RECORD_STAGES = ("probes", "mi")
 # The stage whose units write each result table (the baselines are written with the probes).

@@ -103,4 +103,4 @@ def _finish(problems: list[str], summary: str) -> None:
     skipped = f", {len(problems)} set(s) skipped" if problems else ""
     typer.echo(f"{summary}{skipped}")
     if problems:
-        raise SystemExit(1)  # not typer.Exit: main() runs the app with standalone_mode=False
+        raise typer.Exit(1)

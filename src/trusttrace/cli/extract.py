@@ -41,7 +41,7 @@ def extract(
     from trusttrace.extract import check_position
     from trusttrace.models import check_layers, decoder_layers, load_model
     from trusttrace.store import ActivationStore
-    from trusttrace.units import extract_to_store
+    from trusttrace.extract_stage import extract_to_store
 
     check_output(out, "--out", folder=True)
     check_position(position)

@@ -19,7 +19,7 @@ import pandas as pd
 from trusttrace.data import hub
 from trusttrace.data.cards import CARDS
 from trusttrace.data.dataset import DatasetCard, TrustDataset, text_key
-from trusttrace.data.files import Table, read_table, validate
+from trusttrace.data.files import Table, read_rows, validate
 from trusttrace.errors import DatasetError
 
 DATA_ENV = "TRUSTTRACE_DATA"
@@ -117,7 +117,7 @@ def _build_local(name: str, paths: list[Path]) -> TrustDataset:
     if name == "confaide_tier2":
         return _confaide_tier2(*paths)
     path = paths[0]
-    columns = validate(read_table(path), path)
+    columns = validate(read_rows(path), path)
     groups = GROUPERS[name](columns.statements, columns.labels, path)
     return TrustDataset(name, columns.statements, columns.labels, groups, CARDS[name], str(path))
 

@@ -45,7 +45,7 @@ class Columns:
     groups: np.ndarray | None
 
 
-def read_table(path: Path) -> Table:
+def read_rows(path: Path) -> Table:
     """Read a .csv, .jsonl or .parquet file into a Table, or raise DatasetError saying why not."""
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
@@ -174,7 +174,7 @@ def load_file(path: Path) -> TrustDataset:
     Without a group column, repeated statements are reported once: a random split can put
     their copies on both sides, so a probe would be tested on rows it trained on.
     """
-    columns = validate(read_table(path), path)
+    columns = validate(read_rows(path), path)
     repeats = len(columns.statements) - len(set(columns.statements))
     if columns.groups is None and repeats:
         warnings.warn(

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from trusttrace.errors import EvaluationError
-from trusttrace.extract import _accepts_position_ids, pad_batch, plan_batches, tokenize_statements
+from trusttrace.extract import accepts_position_ids, pad_batch, plan_batches, tokenize_statements
 from trusttrace.models import context_length
 from trusttrace.steering import prompt_boundary
 
@@ -134,7 +134,7 @@ def _forward_batches(
     device = next(model.parameters()).device
     keep_argument = _logits_to_keep_argument(model)
     cache_argument = _cache_argument(model)
-    pass_positions = _accepts_position_ids(model)
+    pass_positions = accepts_position_ids(model)
     pad = pad_token_id(tokenizer)
     with torch.inference_mode(), tqdm(total=len(sequences), desc=desc, unit="seq", disable=None, leave=False) as bar:
         shared, prefix_cache = _prefix_cache(model, sequences, prompt_lengths, cache_argument, device)

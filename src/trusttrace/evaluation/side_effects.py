@@ -19,7 +19,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from trusttrace.evaluation.results import make_table, metric_row
 from trusttrace.evaluation.scoring import pad_token_id
 from trusttrace.evaluation.templates import NEUTRAL_TEXTS
-from trusttrace.extract import _accepts_position_ids, pad_batch, plan_batches, tokenize_statements
+from trusttrace.extract import accepts_position_ids, pad_batch, plan_batches, tokenize_statements
 from trusttrace.models import context_length
 from trusttrace.steering import Steering, prompt_boundary
 
@@ -37,7 +37,7 @@ def side_effects(
     """Table rows kl, perplexity (steered) and perplexity_unsteered over the tokens of `texts`."""
     encoded, _ = tokenize_statements(tokenizer, list(texts), context_length(model, tokenizer))
     device = next(model.parameters()).device
-    pass_positions = _accepts_position_ids(model)
+    pass_positions = accepts_position_ids(model)
     kl_sum = nll_steered = nll_plain = 0.0
     tokens = 0
     with torch.inference_mode():

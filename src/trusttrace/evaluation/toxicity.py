@@ -19,7 +19,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreT
 from trusttrace.errors import EvaluationError
 from trusttrace.evaluation.results import EvalResult, make_table, rate_row
 from trusttrace.evaluation.scoring import generate_texts, pad_token_id
-from trusttrace.models import _hub_error
+from trusttrace.models import hub_model_error
 
 DEFAULT_CLASSIFIER = "tomh/toxigen_roberta"
 # Classifiers whose label names do not say which one is toxic.
@@ -40,7 +40,7 @@ class ToxicityClassifier:
     name: str
 
     def toxic_probability(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
-        """P(toxic) of each text; the text counts as toxic when that label is the top one."""
+        """[n, 2]: each text's P(toxic), and 1.0 where the toxic label is the classifier's top one (the text counts as toxic)."""
         device = next(self.model.parameters()).device
         result = np.zeros((len(texts), 2))
         with torch.inference_mode():
@@ -71,7 +71,7 @@ def load_classifier(
             tokenizer = AutoTokenizer.from_pretrained(name)
             model = AutoModelForSequenceClassification.from_pretrained(name)
         except OSError as error:
-            raise _hub_error(name, None, error) from None
+            raise hub_model_error(name, None, error) from None
     model.eval()
     if device is not None:
         model.to(device)

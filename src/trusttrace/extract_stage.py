@@ -1,7 +1,8 @@
-"""Units of work that combine stages: each a function of its inputs and the workspace.
+"""The extract stage as a unit of work: a dataset's activations, extracted into the workspace once.
 
-A unit reads what it needs, computes, and publishes its artefact atomically in the store, so
-it can be re-run, skipped when done, or later run on another process or machine.
+It reads what it needs, computes, and publishes its activation set atomically in the store, so
+it can be re-run, skipped when done, or run on another process or machine (see steering_stage
+for the steering and evaluation units, analysis for probes and MI).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from collections.abc import Sequence
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from trusttrace.data import TrustDataset
 from trusttrace.extract import check_position, iter_activations
 from trusttrace.models import check_layers, decoder_layers
 from trusttrace.provenance import activation_provenance
@@ -19,7 +21,7 @@ from trusttrace.store import DEFAULT_SHARD_BYTES, ActivationRecord, ActivationSt
 def extract_to_store(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    dataset,
+    dataset: TrustDataset,
     store: ActivationStore,
     *,
     layers: str | int | Sequence[int] = "all",
