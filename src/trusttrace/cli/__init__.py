@@ -13,7 +13,7 @@ import typer
 from trusttrace.cli.app import app
 from trusttrace.errors import TrustTraceError
 
-from trusttrace.cli import analyze, catalog, demo, extract, report, run, steering  # noqa: F401,E402  (register verbs)
+from trusttrace.cli import analyze, catalog, demo, evaluate, extract, report, run, steering  # noqa: F401,E402  (register verbs)
 
 EXAMPLES = """Examples (each command's --help shows more):
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -49,6 +49,18 @@ class GridResult:
     best: dict[str, Any] | None
     results: dict[tuple[int, float], EvalResult]
     baseline: EvalResult
+    provenance: dict[str, Any] = field(default_factory=dict)  # of the steering vectors
+
+    def combined(self) -> EvalResult:
+        """Every setting's evaluation as one result: the tables stacked (the unsteered model's
+        first) and the records tagged with their layer and alpha (None and 0 when unsteered)."""
+        records = pd.concat(
+            [self.baseline.records.assign(layer=None, alpha=0.0)]
+            + [result.records.assign(layer=layer, alpha=alpha) for (layer, alpha), result in self.results.items()],
+            ignore_index=True,
+        )
+        table = pd.concat([self.baseline.table] + [result.table for result in self.results.values()], ignore_index=True)
+        return EvalResult(table, records, {**self.baseline.settings, "steering": None, "grid": self.provenance})
 
 
 def steering_grid(
@@ -111,7 +123,7 @@ def steering_grid(
             f"the unsteered perplexity is {table.loc[0, 'perplexity']:.3g}",
             stacklevel=2,
         )
-    return GridResult(table, best, results, baseline)
+    return GridResult(table, best, results, baseline, dict(provenance or {}))
 
 
 def _grid_row(layer: int | None, alpha: float, metric: str, result: EvalResult) -> dict[str, Any]:
