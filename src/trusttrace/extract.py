@@ -76,6 +76,21 @@ def tokenize_statements(
     return encoded, cut
 
 
+def sorted_batches(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
+    """Row indices in batches of `batch_size`, statements sorted by length, longest first (so a
+    batch's rows are of similar length and little of it is padding)."""
+    order = np.argsort(-np.asarray(lengths), kind="stable")
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The id batches are padded with: the pad token, else EOS, else 0 (padding is masked out)."""
+    for value in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if value is not None:
+            return int(value)
+    return 0
+
+
 def plan_batches(
     lengths: Sequence[int], batch_size: int | None, batch_tokens: int, spread: float = LENGTH_SPREAD
 ) -> list[np.ndarray]:
@@ -85,9 +100,9 @@ def plan_batches(
     fit in `batch_tokens` padded tokens and whose lengths are within `spread` of its longest,
     so little of the work is padding even when the budget is large (as on a GPU).
     """
-    order = np.argsort(-np.asarray(lengths), kind="stable")
     if batch_size is not None:
-        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        return sorted_batches(lengths, batch_size)
+    order = np.argsort(-np.asarray(lengths), kind="stable")
     batches, start = [], 0
     while start < len(order):
         longest = max(lengths[order[start]], 1)
@@ -233,7 +248,7 @@ def iter_activations(
     device = next(model.parameters()).device
     base = model.base_model
     pass_positions = accepts_position_ids(base)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad_id = pad_token_id(tokenizer)
     side = getattr(tokenizer, "padding_side", "right")
     captured: dict[int, torch.Tensor] = {}
     current_mask: list[torch.Tensor] = []

@@ -27,6 +27,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
+from trusttrace.data import TrustDataset
 from trusttrace.errors import LayerError, StoreError, SteeringError
 from trusttrace.models import block_hidden, check_layers, decoder_layers, describe_source, with_block_hidden
 from trusttrace.provenance import now_utc, trusttrace_version
@@ -110,7 +111,7 @@ def check_finite_rows(acts: torch.Tensor) -> None:
         )
 
 
-def development_rows(dataset, protocol: str = "default", seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def development_rows(dataset: TrustDataset, protocol: str = "default", seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """The rows vectors are built from and the held-out rows evaluations use, as (dev, held_out).
 
     Default: the two halves of a grouped split (rows sharing a question, context or twin stay
@@ -128,7 +129,7 @@ def development_rows(dataset, protocol: str = "default", seed: int = 0) -> tuple
 
 def build_vectors(
     acts: torch.Tensor,
-    dataset,
+    dataset: TrustDataset,
     layers: Sequence[int],
     *,
     acts_layers: Sequence[int] | None = None,

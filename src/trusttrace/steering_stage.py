@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from trusttrace.data import TrustDataset
 from trusttrace.errors import ConfigError, StoreError, TrustTraceError
 from trusttrace.evaluation import TASKS, get_task, steering_grid
 from trusttrace.evaluation import evaluate as run_task
@@ -93,7 +94,7 @@ def file_part(name: str) -> str:
     return f"{safe[-FILE_PART_LENGTH:].lstrip('._-')}-{digest}"
 
 
-def vector_path(sweep: "Sweep", checkpoint: str, dataset, settings: dict[str, Any]) -> Path:
+def vector_path(sweep: "Sweep", checkpoint: str, dataset: TrustDataset, settings: dict[str, Any]) -> Path:
     """Where the vectors of `checkpoint` on `dataset` go: named by suite, checkpoint, dataset and the
     digest of the unit's settings (dataset content, layers, scaling, protocol, seed, target), since
     suites share checkpoint names, datasets change content and another setting makes other vectors."""
@@ -163,7 +164,7 @@ def run_steering_stages(sweep: "Sweep") -> None:
 
 
 def steer_dataset(
-    sweep: "Sweep", dataset, model_and_tokenizer, target_name: str, settings: dict[str, Any]
+    sweep: "Sweep", dataset: TrustDataset, model_and_tokenizer, target_name: str, settings: dict[str, Any]
 ) -> tuple[str, None]:
     """Vectors from the source checkpoint's activations of `dataset`, and their layers × α grid.
 

@@ -41,6 +41,7 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
+from trusttrace.data import DatasetCard, TrustDataset
 from trusttrace.errors import CorruptArtefactError, StoreError
 from trusttrace.extract import ActivationBatch
 from trusttrace.provenance import identity, trusttrace_version
@@ -286,7 +287,7 @@ class ActivationStore:
         except (OSError, ValueError, KeyError) as error:
             raise CorruptArtefactError(f"{folder / 'meta.json'}: unreadable sidecar ({error})") from None
 
-    def save(self, acts: torch.Tensor, dataset, provenance: dict[str, Any]) -> ActivationRecord:
+    def save(self, acts: torch.Tensor, dataset: TrustDataset, provenance: dict[str, Any]) -> ActivationRecord:
         """Store a complete activation tensor `[n_layers, n, hidden]` for `dataset`."""
         rows = np.arange(acts.shape[1])
         return self.save_batches([ActivationBatch(rows=rows, states=acts)], dataset, provenance)
@@ -294,7 +295,7 @@ class ActivationStore:
     def save_batches(
         self,
         batches: Iterable[ActivationBatch],
-        dataset,
+        dataset: TrustDataset,
         provenance: dict[str, Any],
         *,
         shard_bytes: int = DEFAULT_SHARD_BYTES,
@@ -426,7 +427,7 @@ class ActivationStore:
 
     # ----- dataset snapshots -----------------------------------------------------------
 
-    def save_dataset(self, dataset) -> Path:
+    def save_dataset(self, dataset: TrustDataset) -> Path:
         """Keep a copy of the dataset's rows and card, keyed by its content hash."""
         path = self.datasets_dir / f"{dataset.content_hash}.parquet"
         if not (path.exists() and path.with_suffix(".json").exists()):
@@ -435,9 +436,8 @@ class ActivationStore:
             write_table(path, dataset.to_frame())
         return path
 
-    def load_dataset(self, record: ActivationRecord):
+    def load_dataset(self, record: ActivationRecord) -> TrustDataset:
         """The dataset an activation set was extracted from, as a TrustDataset."""
-        from trusttrace.data import DatasetCard, TrustDataset
 
         digest = record.provenance["dataset_hash"]
         path = self.datasets_dir / f"{digest}.parquet"

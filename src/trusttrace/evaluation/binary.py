@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from trusttrace.data import TrustDataset
 from trusttrace.errors import EvaluationError
 from trusttrace.evaluation.results import EvalResult, make_table, rate_row
 from trusttrace.evaluation.scoring import choice_logprobs, generate_texts
@@ -28,7 +29,7 @@ def binary_task(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     *,
-    dataset,
+    dataset: TrustDataset,
     rows: Sequence[int],
     task: str = "binary",
     protocol: str = "default",

@@ -17,6 +17,7 @@ import math
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,7 @@ import torch
 from scipy.stats import binomtest, wilcoxon
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from trusttrace.data import TrustDataset
 from trusttrace.evaluation.results import EvalResult
 from trusttrace.evaluation.runner import evaluate, get_task, resolve_dataset
 from trusttrace.steering import Steering
@@ -70,12 +72,12 @@ def steering_grid(
     alphas: Sequence[float],
     *,
     task: str,
-    dataset=None,
+    dataset: TrustDataset | str | Path | None = None,
     positions: str = "last",
     max_perplexity: float | None = STUDY_MAX_PERPLEXITY,
     max_kl: float | None = None,
     provenance: Mapping[str, Any] | None = None,
-    data_dir=None,
+    data_dir: str | Path | None = None,
     **options: Any,
 ) -> GridResult:
     """Evaluate `task` steered by each layer's vector at each alpha, one layer at a time.

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from trusttrace.data import load_dataset
+from trusttrace.data import TrustDataset, load_dataset
 from trusttrace.errors import EvaluationError
 from trusttrace.evaluation.binary import binary_task
 from trusttrace.evaluation.results import EvalResult
@@ -76,7 +76,7 @@ def evaluate(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     task: str,
-    dataset=None,
+    dataset: TrustDataset | str | Path | None = None,
     *,
     rows: Sequence[int] | None = None,
     limit: int | None = None,
@@ -134,7 +134,7 @@ def evaluate(
     return result
 
 
-def resolve_dataset(spec: Task, dataset, data_dir):
+def resolve_dataset(spec: Task, dataset: TrustDataset | str | Path | None, data_dir: str | Path | None) -> TrustDataset | None:
     """The TrustDataset a task runs on: the one given, loaded by name/path, or the task's default."""
     if not spec.takes_dataset:
         return None
@@ -147,7 +147,7 @@ def resolve_dataset(spec: Task, dataset, data_dir):
     return dataset
 
 
-def _resolve_rows(dataset, rows, limit: int | None, protocol: str, seed: int) -> np.ndarray | None:
+def _resolve_rows(dataset: TrustDataset | None, rows: Sequence[int] | None, limit: int | None, protocol: str, seed: int) -> np.ndarray | None:
     """The rows to evaluate: given, or the held-out side of the development split; first `limit`."""
     if rows is None and dataset is not None:
         rows = development_rows(dataset, protocol, seed)[1]

@@ -21,22 +21,12 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from trusttrace.errors import EvaluationError
-from trusttrace.extract import accepts_position_ids, pad_batch, plan_batches, tokenize_statements
+from trusttrace.extract import accepts_position_ids, pad_batch, pad_token_id, sorted_batches, tokenize_statements
 from trusttrace.models import context_length
 from trusttrace.steering import prompt_boundary
 
-# plan_batches needs a token budget; with a fixed batch size it is not used.
-UNUSED_TOKEN_BUDGET = 1
 # A prefix shared by every prompt is run once and cached when it has at least this many tokens.
 MIN_SHARED_PREFIX = 16
-
-
-def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
-    """The id batches are padded with: the pad token, else EOS, else 0 (padding is masked out)."""
-    for value in (tokenizer.pad_token_id, tokenizer.eos_token_id):
-        if value is not None:
-            return int(value)
-    return 0
 
 
 def choice_logprobs(
@@ -138,7 +128,7 @@ def _forward_batches(
     pad = pad_token_id(tokenizer)
     with torch.inference_mode(), tqdm(total=len(sequences), desc=desc, unit="seq", disable=None, leave=False) as bar:
         shared, prefix_cache = _prefix_cache(model, sequences, prompt_lengths, cache_argument, device)
-        batches = plan_batches([len(s) - shared for s in sequences], batch_size, UNUSED_TOKEN_BUDGET)
+        batches = sorted_batches([len(s) - shared for s in sequences], batch_size)
         for rows in batches:
             ids, mask, positions = pad_batch([sequences[r][shared:] for r in rows], pad, "left", device)
             width = ids.shape[1]
@@ -210,7 +200,7 @@ def generate_texts(
     pad = pad_token_id(tokenizer)
     config = greedy_config(model, max_new_tokens, pad)
     texts = [""] * len(prompts)
-    batches = plan_batches([len(ids) for ids in encoded], batch_size, UNUSED_TOKEN_BUDGET)
+    batches = sorted_batches([len(ids) for ids in encoded], batch_size)
     with torch.inference_mode(), tqdm(total=len(prompts), desc=desc, unit="prompt", disable=None, leave=False) as bar:
         for rows in batches:
             ids, mask, _ = pad_batch([encoded[r] for r in rows], pad, "left", device)

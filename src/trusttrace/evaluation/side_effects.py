@@ -17,9 +17,8 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from trusttrace.evaluation.results import make_table, metric_row
-from trusttrace.evaluation.scoring import pad_token_id
 from trusttrace.evaluation.templates import NEUTRAL_TEXTS
-from trusttrace.extract import accepts_position_ids, pad_batch, plan_batches, tokenize_statements
+from trusttrace.extract import accepts_position_ids, pad_batch, pad_token_id, sorted_batches, tokenize_statements
 from trusttrace.models import context_length
 from trusttrace.steering import Steering, prompt_boundary
 
@@ -41,7 +40,7 @@ def side_effects(
     kl_sum = nll_steered = nll_plain = 0.0
     tokens = 0
     with torch.inference_mode():
-        for rows in plan_batches([len(ids) for ids in encoded], batch_size, 1):
+        for rows in sorted_batches([len(ids) for ids in encoded], batch_size):
             ids, mask, positions = pad_batch([encoded[r] for r in rows], pad_token_id(tokenizer), "left", device)
             kwargs = {"input_ids": ids, "attention_mask": mask, "use_cache": False}
             if pass_positions:

@@ -16,9 +16,11 @@ import pandas as pd
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from trusttrace.data import TrustDataset
 from trusttrace.errors import EvaluationError
 from trusttrace.evaluation.results import EvalResult, make_table, rate_row
-from trusttrace.evaluation.scoring import generate_texts, pad_token_id
+from trusttrace.evaluation.scoring import generate_texts
+from trusttrace.extract import pad_token_id
 from trusttrace.models import hub_model_error
 
 DEFAULT_CLASSIFIER = "tomh/toxigen_roberta"
@@ -118,7 +120,7 @@ def toxicity_task(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     *,
-    dataset,
+    dataset: TrustDataset,
     rows: Sequence[int],
     task: str = "toxigen",
     protocol: str = "default",

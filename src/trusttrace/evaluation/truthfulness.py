@@ -111,7 +111,7 @@ def truthfulqa_task(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     *,
-    dataset=None,
+    dataset: None = None,
     rows: Sequence[int] | None = None,
     task: str = "truthfulqa",
     protocol: str = "default",
@@ -135,7 +135,8 @@ def truthfulqa_task(
 
     Judges are Judge objects, Hub ids/paths of local judge models, or, with `judge_url`,
     model names at an OpenAI-compatible endpoint. `rows` pick among the chosen questions,
-    `limit` keeps the first of them.
+    `limit` keeps the first of them. `dataset` is unused (the questions are TruthfulQA's own);
+    it is accepted as every task's function accepts it.
     """
     if questions not in QUESTION_SETS:
         raise EvaluationError(f"unknown question set {questions!r}; expected one of {', '.join(QUESTION_SETS)}")
