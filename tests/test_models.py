@@ -46,6 +46,28 @@ def test_folder_checksum_covers_every_weight_file_by_name_and_content(tmp_path):
     assert folder_checksum(empty) is None
 
 
+def test_a_hub_cached_model_is_checksummed_by_its_blob_names(tmp_path, monkeypatch, model_factory):
+    """Files in the Hub cache are named by their sha256: the checksum reads the names, not the bytes."""
+    import huggingface_hub
+
+    from trusttrace.models import weights_checksum
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    commit, blob = "c" * 40, "b" * 64
+    repo = tmp_path / "models--org--tiny"
+    (repo / "blobs").mkdir(parents=True)
+    (repo / "blobs" / blob).write_bytes(b"not really weights")
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (snapshot / "model.safetensors").symlink_to(repo / "blobs" / blob)
+    model = model_factory("llama")
+    model.name_or_path, model.config._commit_hash = "org/tiny", commit
+    assert weights_checksum(model) == hashlib.sha256(f"model.safetensors:{blob}".encode()).hexdigest()
+    model.config._commit_hash = "d" * 40  # a revision not in the cache: no checksum rather than a wrong one
+    assert weights_checksum(model) is None
+
+
 def test_decoder_layers_found_for_each_architecture(arch, model_factory):
     model = model_factory(arch)
     assert len(decoder_layers(model)) == 4

@@ -311,10 +311,10 @@ def _weights_folder(model: PreTrainedModel) -> Path | None:
     commit = getattr(model.config, "_commit_hash", None)
     if not name or not commit:
         return None
-    from huggingface_hub.constants import HF_HUB_CACHE
+    from huggingface_hub import try_to_load_from_cache
 
-    snapshot = Path(HF_HUB_CACHE) / f"models--{name.replace('/', '--')}" / "snapshots" / commit
-    return snapshot if snapshot.is_dir() else None
+    config = try_to_load_from_cache(name, "config.json", revision=commit)
+    return Path(config).parent if isinstance(config, str) else None
 
 
 def file_sha256(path: Path) -> str:
