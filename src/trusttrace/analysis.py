@@ -43,7 +43,7 @@ SET_KEYS = ["activation_key", "model", "revision", "checkpoint", "step", "tokens
 PROBE_KEYS = SET_KEYS + ["layer", "method", "split", "seed", "folds", "test_size", "C"]
 BASELINE_KEYS = ["dataset", "dataset_hash", "baseline", "split", "seed", "folds", "test_size"]
 MI_KEYS = SET_KEYS + ["layer", "estimator", "x_layer", "split", "seed", "folds", "test_size"]
-# What MI rows written by 0.2.0 (before MI followed the probes' first fold) were computed with.
+# What MI rows written before MI followed the probes' first fold (0.2.0 and earlier) were computed with.
 MI_LEGACY_SPLIT = {"folds": 1, "test_size": 0.2}
 
 
