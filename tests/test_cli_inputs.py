@@ -284,3 +284,23 @@ def test_the_evaluate_function_stays_the_function_whatever_is_imported_first():
             "assert inspect.isfunction(tt.evaluate) and tt.evaluate.__name__ == 'evaluate', tt.evaluate")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+def test_ctrl_c_while_the_cli_loads_exits_130_without_a_traceback(monkeypatch):
+    """The console script imports the CLI inside trusttrace.__main__.main, which turns an
+    interrupt during that import into exit code 130."""
+    import importlib.abc
+
+    from trusttrace.__main__ import main as console_main
+
+    class Interrupting(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "trusttrace.cli":
+                raise KeyboardInterrupt
+            return None
+
+    monkeypatch.delitem(sys.modules, "trusttrace.cli")
+    monkeypatch.setattr(sys, "meta_path", [Interrupting(), *sys.meta_path])
+    with pytest.raises(SystemExit) as exit_info:
+        console_main()
+    assert exit_info.value.code == 130

@@ -308,6 +308,29 @@ def test_rewriting_removes_the_earlier_reports_stale_figures_only(workspace, tmp
     assert all((first / name).exists() for name in listed)
 
 
+def test_a_killed_reports_temporary_files_are_removed_and_a_users_kept(workspace, tmp_path):
+    folder = tmp_path / "out"
+    folder.mkdir()
+    leftovers = [".report.html.k1l2e3.tmp", ".probe-heatmap-x.png.a1b2c3.tmp", ".figures.json.zz_9.tmp"]
+    for name in [*leftovers, ".my-notes.txt.q1.tmp", "mine.tmp"]:
+        (folder / name).write_bytes(b"partial")
+    write_report(workspace, out_dir=folder)
+    assert sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp")) == [".my-notes.txt.q1.tmp", "mine.tmp"]
+
+
+def test_reading_a_settled_manifest_leaves_no_sqlite_side_files(tmp_path):
+    root = tmp_path / "ws"
+    root.mkdir()
+    write_table(root / "probes.parquet", probe_rows())
+    write_manifest(root / "manifest.sqlite")
+    with sqlite3.connect(root / "manifest.sqlite") as db:  # the sweep's manifest runs in WAL mode
+        db.execute("PRAGMA journal_mode=WAL")
+    db.close()
+    assert not (root / "manifest.sqlite-wal").exists()
+    write_report(root)
+    assert sorted(p.name for p in root.glob("manifest.sqlite*")) == ["manifest.sqlite"]
+
+
 def test_default_curve_layers_are_spread_plus_the_best():
     assert curve_layers(list(range(32)), 17, None) == [0, 10, 17, 21, 31]
     assert curve_layers([0, 1, 2], 1, [2, 5]) == [2]

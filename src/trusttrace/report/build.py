@@ -39,6 +39,7 @@ def write_report(
     check_layers(ws, layers)
     folder = Path(out_dir) if out_dir is not None else ws.root / "report"
     folder.mkdir(parents=True, exist_ok=True)
+    remove_unfinished_writes(folder)
     writer = sections.FigureWriter(folder)
     made = now_utc()
     parts = [
@@ -55,6 +56,16 @@ def write_report(
     atomic_write_bytes(path, page(heading, f"Made {made} from {ws.root.resolve()}", parts).encode("utf-8"))
     remove_stale_figures(folder, writer.files())
     return path
+
+
+def remove_unfinished_writes(folder: Path) -> None:
+    """Delete the temporary files of a report write that was killed before its rename (named
+    ".<file>.<random>.tmp", see store.atomic_write_bytes): those of report.html, figures.json
+    and PNG/SVG figures. Other files in the folder stay."""
+    for path in folder.glob(".*.tmp"):
+        target = path.name[1:].rsplit(".", 2)[0]
+        if path.is_file() and (target in (REPORT_FILE, FIGURE_LIST) or target.endswith((".png", ".svg"))):
+            path.unlink(missing_ok=True)
 
 
 def remove_stale_figures(folder: Path, written: set[str]) -> None:

@@ -80,11 +80,17 @@ def read_workspace(root: str | Path) -> Workspace:
 
 
 def read_manifest(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The manifest's `units` and `checkpoints` tables (empty frames when absent), read-only."""
+    """The manifest's `units` and `checkpoints` tables (empty frames when absent), read-only.
+
+    With no write-ahead log beside it (no sweep writing, none killed mid-write) the file is
+    opened as immutable, which leaves no -wal/-shm files behind; otherwise as a plain reader.
+    """
     if not path.exists():
         return pd.DataFrame(), pd.DataFrame()
+    settled = not path.with_name(path.name + "-wal").exists()
+    uri = f"{path.resolve().as_uri()}?mode=ro" + ("&immutable=1" if settled else "")
     try:
-        with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
+        with closing(sqlite3.connect(uri, uri=True)) as db:
             tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             return tuple(  # type: ignore[return-value]
                 pd.read_sql_query(f"SELECT * FROM {name}", db) if name in tables else pd.DataFrame()
