@@ -276,11 +276,14 @@ class Sweep:
         ]
         if not changed:
             return
-        redone = sum(self.manifest.mark_checkpoint_stale(self.suite.name, name) for name in changed)
-        redone += sum(self.manifest.mark_stale(stage) for stage in ("steering", "evaluate"))
+        for name in changed:
+            self.manifest.mark_checkpoint_stale(self.suite.name, name)
+        for stage in ("steering", "evaluate"):
+            self.manifest.mark_stale(stage)
         self._forget(changed)
         self.summary.repaired.append(
-            f"weights of {', '.join(changed)} changed on disk since they were loaded; {redone} unit(s) redone"
+            f"weights of {', '.join(changed)} changed on disk since they were loaded; "
+            "their units, and the steering and evaluation units, are redone"
         )
 
     def _forget(self, checkpoints: list[str]) -> None:
