@@ -433,6 +433,19 @@ def test_cli_evaluate_unknown_task_exits_2_before_loading_the_model(tmp_path, mo
     assert error.count("\n") == 1 and "unknown task 'honesty'" in error
 
 
+def test_cli_evaluate_checks_the_vector_file_before_loading_the_model(tmp_path, monkeypatch, capsys):
+    from trusttrace.cli import main
+
+    save_vectors(tmp_path / "v.safetensors", {2: torch.ones(64)}, {"architecture": "GPT2LMHeadModel"})
+    argv = ["trusttrace", "evaluate", "-m", str(tmp_path / "never-loaded"), "-t", "stereoset",
+            "--vectors", str(tmp_path / "v.safetensors"), "--layer", "5"]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as exited:
+        main()
+    assert exited.value.code == 2
+    assert "no vector for layers [5] (the file holds [2])" in capsys.readouterr().err
+
+
 def test_a_mean_interval_is_a_t_interval_kept_within_the_metric_bounds():
     from scipy import stats
 

@@ -99,23 +99,23 @@ def evaluate_command(
     from trusttrace.evaluation import evaluate as run_evaluation, steering_grid
     from trusttrace.evaluation.grid import STUDY_MAX_PERPLEXITY
     from trusttrace.models import load_model
-    from trusttrace.steering import Steering, load_vectors
+    from trusttrace.steering import Steering
 
-    stored, provenance = load_vectors(vectors) if vectors is not None else ({}, {})
-    parsed = "all" if layer is None else parse_layers(layer, "--layer")
-    chosen = list(stored) if parsed == "all" else parsed
+    steering = None
+    if vectors is not None:  # read (and its layers checked) before the model loads
+        parsed = "all" if layer is None else parse_layers(layer, "--layer")
+        steering = Steering.from_file(vectors, alphas[0], positions or "last", None if parsed == "all" else parsed)
     loaded, tokenizer = load_model(model, revision, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
-    if vectors is None:
+    if steering is None:
         _write(run_evaluation(loaded, tokenizer, task, dataset, **common, **options), out)
         return
-    positions = positions or "last"
-    steering = Steering.from_file(vectors, alphas[0], positions, chosen)
-    if len(chosen) == 1 and len(alphas) == 1 and max_perplexity is None and max_kl is None:
+    if len(steering.vectors) == 1 and len(alphas) == 1 and max_perplexity is None and max_kl is None:
         _write(run_evaluation(loaded, tokenizer, task, dataset, steering=steering, **common, **options), out)
         return  # one setting with a limit runs as a grid of one: against the unsteered model and the limit
     grid = steering_grid(
-        loaded, tokenizer, steering.vectors, alphas, task=task, dataset=dataset, positions=positions,
-        max_perplexity=STUDY_MAX_PERPLEXITY if max_perplexity is None else max_perplexity, max_kl=max_kl, provenance=provenance, **common, **options,
+        loaded, tokenizer, steering.vectors, alphas, task=task, dataset=dataset, positions=steering.positions,
+        max_perplexity=STUDY_MAX_PERPLEXITY if max_perplexity is None else max_perplexity, max_kl=max_kl,
+        provenance=steering.provenance, **common, **options,
     )
     _write(grid.combined(), out, grid.table)
     unsteered = f"unsteered {grid.table.loc[0, 'metric']} {grid.table.loc[0, 'value']:.3g}"
