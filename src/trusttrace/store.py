@@ -438,7 +438,6 @@ class ActivationStore:
 
     def load_dataset(self, record: ActivationRecord) -> TrustDataset:
         """The dataset an activation set was extracted from, as a TrustDataset."""
-
         digest = record.provenance["dataset_hash"]
         path = self.datasets_dir / f"{digest}.parquet"
         try:

@@ -28,6 +28,7 @@ from trusttrace.checkpoints import Checkpoint, CheckpointSuite, checkpoint_suite
 from trusttrace.config import SweepConfig
 from trusttrace.data import TrustDataset, load_dataset
 from trusttrace.errors import CorruptArtefactError, StoreError, TrustTraceError
+from trusttrace.extract_stage import extract_to_store
 from trusttrace.manifest import Manifest, unit_id
 from trusttrace.models import check_device, load_model, weights_fingerprint
 from trusttrace.prefetch import Fetcher, Prefetcher, delete_fetched, hub_fetch
@@ -37,7 +38,6 @@ from trusttrace.store import (
     BASELINES_TABLE, EVALUATE_TABLE, MANIFEST_FILE, MI_TABLE, PROBES_TABLE, STEERING_TABLE, ActivationRecord, ActivationStore,
     read_table, write_table,
 )
-from trusttrace.extract_stage import extract_to_store
 
 RECORD_STAGES = ("probes", "mi")
 # The stage whose units write each result table (the baselines are written with the probes).

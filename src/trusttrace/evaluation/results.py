@@ -55,13 +55,12 @@ def make_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=TABLE_COLUMNS)
 
 
-def mean_row(
-    task: str, metric: str, values: Sequence[float] | np.ndarray, bounds: tuple[float, float] = (0.0, 1.0)
-) -> dict[str, Any]:
-    """The mean with a 95 % Student-t interval kept within the metric's `bounds` (NaN for no examples).
+def mean_row(task: str, metric: str, values: Sequence[float] | np.ndarray) -> dict[str, Any]:
+    """The mean of scores in [0, 1] (such as MC2) with a 95 % Student-t interval kept within [0, 1]
+    (NaN for no examples).
 
     t rather than 1.96, since evaluations are often run on a few questions; clipped, since a
-    mean of scores in [0, 1] (such as MC2) cannot lie outside them.
+    mean of such scores cannot lie outside them.
     """
     values = np.asarray(values, dtype=float)
     n = len(values)
@@ -71,4 +70,4 @@ def mean_row(
     if n == 1:
         return metric_row(task, metric, mean, n, math.nan, math.nan)
     half = t_distribution.ppf(0.975, n - 1) * values.std(ddof=1) / math.sqrt(n)
-    return metric_row(task, metric, mean, n, max(mean - half, bounds[0]), min(mean + half, bounds[1]))
+    return metric_row(task, metric, mean, n, max(mean - half, 0.0), min(mean + half, 1.0))

@@ -24,7 +24,6 @@ from trusttrace.store import (
 )
 
 
-
 @dataclass
 class Workspace:
     """The report's inputs, each an empty frame or list when the workspace lacks it."""

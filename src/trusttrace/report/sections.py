@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from trusttrace.evaluation.grid import SIGNIFICANCE
 from trusttrace.info import ESTIMATOR_CAVEAT, FALL_NOISE, MIN_TURNING_CHECKPOINTS, turning_points
 from trusttrace.report import figures
 from trusttrace.report.html import (
@@ -33,7 +34,7 @@ EVALUATION_COLUMNS = ("task", "metric", "value", "low", "high", "n", "dataset", 
 # Per task, the one configuration an evaluation table shows (besides the dataset version with the most rows).
 EVALUATION_CONFIGURATION = (("target_model_id", None), ("target_revision", None), ("protocol", "default"), ("seed", None))
 DEFAULT_CURVE_LAYERS = 4
-IMPROVES = "beyond chance (a paired one-sided test on the same examples, Holm-corrected over the grid's settings, at 5 %)"
+IMPROVES = f"beyond chance (a paired one-sided test on the same examples, Holm-corrected over the grid's settings, at {SIGNIFICANCE * 100:g} %)"
 SELECT_HINT = "show another with `trusttrace report --select KEY=VALUE`, e.g. --select folds=10"
 MAX_FIGURE_NAME = 100  # characters of a figure's file name before its suffix
 # The probe configuration the figures show where probes.parquet holds several: preferred values
@@ -420,7 +421,8 @@ def evaluation_section(ws: Workspace) -> Section:
         if left_out:
             section.add(paragraph(f"{EVALUATE_TABLE} also holds {'; '.join(left_out)}; the table shows the configuration above ({SELECT_HINT}).", "missing"))
     section.add(paragraph(
-        "The unsteered target model on each task of the sweep (95 % intervals: Wilson for rates, Student t for means); "
+        "The unsteered target model on each task of the sweep (95 % intervals: Wilson for rates, with the rows of one group "
+        "counted as fewer examples; Student t for means); "
         "steered results are in the steering section."
     ))
     return section
