@@ -23,7 +23,7 @@ STEERING = {"source": "step_0", "layers": [1], "alphas": [2.0], "max_perplexity"
 EVALUATE = {"tasks": ["sst2"], "max_rows": 4}
 TARGET_COLUMNS = ["target_model", "target_model_id", "target_revision", "target_commit", "target_weights_sha256",
                   "target_dtype", "target_tokenizer", "target_tokenizer_sha256"]
-RUN_COLUMNS = ["dataset", "dataset_hash", "template", "protocol", "seed", "trusttrace_version"]
+RUN_COLUMNS = ["dataset", "dataset_hash", "template", "protocol", "seed", "interval", "trusttrace_version"]
 SOURCE_COLUMNS = ["source_model", "source_checkpoint", "source_revision", "source_commit", "source_weights_sha256",
                   "source_position"]
 # A local suite's checkpoints have no Hub revision or commit.
@@ -142,6 +142,23 @@ def test_another_scaling_writes_other_vectors_and_keeps_the_first(setup):
     files = sorted((config.workspace / "steering").glob("*.safetensors"))
     assert len(first) == 1 and len(files) == 2 and first[0] in files
     assert set(pd.read_parquet(config.workspace / STEERING_TABLE)["scaling"]) == {"std", "unit"}
+
+
+def test_rows_of_an_older_statistical_rule_are_recomputed_and_the_vectors_kept(setup, monkeypatch):
+    root, suite, dataset, data = setup
+    import trusttrace.steering_stage as stage
+
+    monkeypatch.setattr(stage, "INTERVAL_RULE", "an older rule")
+    monkeypatch.setattr(stage, "IMPROVES_RULE", "an older test")
+    config = sweep(root, suite, dataset, data)
+    vectors = sorted((config.workspace / "steering").glob("*.safetensors"))
+    monkeypatch.undo()
+    summary = run_sweep(config, progress=False)
+    assert summary.ok and summary.ran == 2  # the steering and the evaluate unit, not the extraction
+    for table, keys in ((STEERING_TABLE, ["layer", "alpha"]), (EVALUATE_TABLE, ["metric"])):
+        rows = pd.read_parquet(config.workspace / table)
+        assert set(rows["interval"]) == {"wilson-effective-rows"} and not rows.duplicated(keys).any()
+    assert sorted((config.workspace / "steering").glob("*.safetensors")) == vectors
 
 
 def test_file_part_keeps_safe_names_and_tells_sanitised_ones_apart():

@@ -24,7 +24,8 @@ from trusttrace.data import TrustDataset
 from trusttrace.devices import default_device
 from trusttrace.errors import LayerError, ProbeError, StoreError
 from trusttrace.info import ESTIMATORS, information_plane
-from trusttrace.probes import INTERVAL, check_options, fit_probes
+from trusttrace.intervals import INTERVAL_RULE
+from trusttrace.probes import check_options, fit_probes
 from trusttrace.provenance import trusttrace_version
 from trusttrace.splits import check_split_options, make_splits, resolve_split
 from trusttrace.store import (
@@ -83,7 +84,7 @@ def probe_record(
     """
     dataset = dataset if dataset is not None else store.load_dataset(record)
     dataset_columns = {key: record.provenance.get(key) for key in ("dataset", "dataset_hash")}
-    baseline_setting = dataset_columns | split_setting(resolve_split(split, dataset.groups), folds, test_size, seed) | {"interval": INTERVAL}
+    baseline_setting = dataset_columns | split_setting(resolve_split(split, dataset.groups), folds, test_size, seed) | {"interval": INTERVAL_RULE}
     baselines_done = _has_baselines(read_table(store.root / BASELINES_TABLE), baseline_setting)
     results = fit_probes(
         store.load(record), dataset.labels, split=split, groups=dataset.groups, folds=folds, test_size=test_size,
@@ -154,7 +155,7 @@ def run_probes(
     resolve_split(split, None)
 
     def setting(kind: str) -> dict[str, Any]:
-        return {"method": method, "C": C, "interval": INTERVAL} | split_setting(kind, folds, test_size, seed)
+        return {"method": method, "C": C, "interval": INTERVAL_RULE} | split_setting(kind, folds, test_size, seed)
 
     def compute(record: ActivationRecord, dataset: TrustDataset) -> None:
         probe_record(

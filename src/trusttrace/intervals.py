@@ -14,6 +14,10 @@ from scipy import stats
 
 Z95 = float(stats.norm.ppf(0.975))
 
+# The name of this rule, recorded with every interval and in the settings of the units that
+# compute them, so that a workspace's rows computed under another rule are recomputed, not mixed.
+INTERVAL_RULE = "wilson-effective-rows"
+
 
 def wilson_interval(share: np.ndarray | float, n: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
     """The 95 % Wilson score interval of each observed `share` of successes among `n` (which may be

@@ -33,7 +33,7 @@ from sklearn.linear_model import LogisticRegression
 from trusttrace.baselines import bag_of_words_scores, first_word_scores, majority_scores
 from trusttrace.devices import to_analysis_device
 from trusttrace.errors import LayerError, ProbeError
-from trusttrace.intervals import share_interval
+from trusttrace.intervals import INTERVAL_RULE, share_interval
 from trusttrace.logistic import fit_logistic
 from trusttrace.splits import Split, check_labels, make_splits, resolve_split
 
@@ -43,9 +43,6 @@ FOLD_BATCH_BYTES = 256 * 2**20
 TABLE_COLUMNS = [
     "layer", "method", "split", "seed", "folds", "accuracy", "acc_low", "acc_high", "auroc", "n_train", "n_test", "interval",
 ]
-# How acc_low/acc_high are computed (see `summarise`), recorded in every row: rows of an older
-# rule lack it, so a workspace's probes are recomputed rather than mixed with them.
-INTERVAL = "wilson-effective-rows"
 BASELINE_COLUMNS = ["baseline"] + TABLE_COLUMNS[2:]
 
 
@@ -288,7 +285,7 @@ def summarise(
     return {
         "accuracy": accuracy, "acc_low": low, "acc_high": high, "auroc": auroc,
         "n_train": int(round(np.mean(n_train))), "n_test": int(round(np.mean([len(lab) for lab in fold_labels]))),
-        "interval": INTERVAL,
+        "interval": INTERVAL_RULE,
     }
 
 

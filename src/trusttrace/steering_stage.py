@@ -3,14 +3,16 @@
 Steering, per dataset: build vectors from the source checkpoint's stored activations (its
 development rows only), evaluate the target model over layers × α on the held-out rows (the
 grid goes to `steering.parquet`), and save the vectors with their provenance under `steering/`,
-in a file named by suite, checkpoint, dataset and the digest of the unit's settings, so that
-suites sharing a workspace, and other settings, keep their own. Evaluate: run each configured task on the target model, to
+in a file named by suite, checkpoint, dataset and the digest of the settings that make the
+vectors, so that suites sharing a workspace, and other settings, keep their own. A unit's
+settings add the statistical rules (interval, significance), so rows computed under older rules
+are recomputed rather than kept. Evaluate: run each configured task on the target model, to
 `evaluate.parquet`. Each is a manifest unit, skipped when done.
 
 Every row carries its provenance: the target's label ("final") and the model it resolved to
 (id, revision, commit, weights checksum, dtype, tokenizer), for steering the source activation
 set's (model, revision, commit, weights checksum, position, dtype, dataset hash), the task's
-template when it has one, the protocol, seed and trusttrace version.
+template when it has one, the protocol, seed, interval rule and trusttrace version.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ from trusttrace.data import TrustDataset
 from trusttrace.errors import ConfigError, StoreError, TrustTraceError
 from trusttrace.evaluation import TASKS, get_task, steering_grid
 from trusttrace.evaluation import evaluate as run_task
+from trusttrace.evaluation.grid import IMPROVES_RULE
 from trusttrace.evaluation.runner import resolve_dataset
+from trusttrace.intervals import INTERVAL_RULE
 from trusttrace.manifest import settings_digest
 from trusttrace.models import describe_source, load_model
 from trusttrace.provenance import now_utc, trusttrace_version
@@ -96,7 +100,7 @@ def file_part(name: str) -> str:
 
 def vector_path(sweep: "Sweep", checkpoint: str, dataset: TrustDataset, settings: dict[str, Any]) -> Path:
     """Where the vectors of `checkpoint` on `dataset` go: named by suite, checkpoint, dataset and the
-    digest of the unit's settings (dataset content, layers, scaling, protocol, seed, target), since
+    digest of the settings they depend on (dataset content, layers, scaling, protocol, seed, target), since
     suites share checkpoint names, datasets change content and another setting makes other vectors."""
     parts = (sweep.suite.name, checkpoint, dataset.name)
     name = "-".join([*map(file_part, parts), settings_digest(settings)])
@@ -116,9 +120,9 @@ def source_columns(provenance: Mapping[str, Any]) -> dict[str, Any]:
 
 def run_columns(config: "SweepConfig", template: str | None) -> dict[str, Any]:
     """How a result was computed: the task's prompt template (None for a task without one), the
-    protocol, seed, trusttrace version and time."""
+    protocol, seed, interval rule, trusttrace version and time."""
     return {
-        "template": template, "protocol": config.protocol, "seed": config.probes.seed,
+        "template": template, "protocol": config.protocol, "seed": config.probes.seed, "interval": INTERVAL_RULE,
         "trusttrace_version": trusttrace_version(), "created": now_utc(),
     }
 
@@ -140,19 +144,20 @@ def run_steering_stages(sweep: "Sweep") -> None:
         names = config.steering.datasets or [d.name for d in sweep.datasets]
         target_source = resolve_target(sweep, target_name)
         for dataset in (d for d in sweep.datasets if d.name in names):
-            settings = sweep.settings("extract", dataset) | {
+            vector_settings = sweep.settings("extract", dataset) | {
                 "steering": config.steering.model_dump(exclude={"datasets", "source"}), "target": target_source,
                 "protocol": config.protocol, "seed": config.probes.seed,
             }
+            settings = vector_settings | {"interval": INTERVAL_RULE, "improves": IMPROVES_RULE}
             if sweep.stage_done(config.steering.source, dataset.name, "steering", settings):
                 sweep.summary.skipped += 1
                 continue
             sweep.run_unit(config.steering.source, dataset.name, "steering", settings,
-                           lambda d=dataset, s=settings: steer_dataset(sweep, d, target(target_name), target_name, s))
+                           lambda d=dataset, v=vector_settings: steer_dataset(sweep, d, target(target_name), target_name, v))
     if "evaluate" in config.stages:
         common = {
             "evaluate": config.evaluate.model_dump(exclude={"tasks"}), "target": resolve_target(sweep, config.evaluate.model),
-            "protocol": config.protocol, "seed": config.probes.seed,
+            "protocol": config.protocol, "seed": config.probes.seed, "interval": INTERVAL_RULE,
         }
         for task in config.evaluate.tasks:
             settings = common | {"dataset_hash": task_dataset_hash(task, config.data_dir)}
@@ -164,9 +169,10 @@ def run_steering_stages(sweep: "Sweep") -> None:
 
 
 def steer_dataset(
-    sweep: "Sweep", dataset: TrustDataset, model_and_tokenizer, target_name: str, settings: dict[str, Any]
+    sweep: "Sweep", dataset: TrustDataset, model_and_tokenizer, target_name: str, vector_settings: dict[str, Any]
 ) -> tuple[str, None]:
-    """Vectors from the source checkpoint's activations of `dataset`, and their layers × α grid.
+    """Vectors from the source checkpoint's activations of `dataset`, and their layers × α grid;
+    `vector_settings` (what the vectors depend on) name their file.
 
     The vectors are saved after the grid ran, so their provenance names the template the grid
     evaluated with.
@@ -191,7 +197,7 @@ def steer_dataset(
         protocol=config.protocol, seed=config.probes.seed,
     )
     template = grid.baseline.settings.get("template")
-    path = vector_path(sweep, source.name, dataset, settings)
+    path = vector_path(sweep, source.name, dataset, vector_settings)
     save_vectors(path, vectors, provenance | {"template": template})
     artefact = str(Path("steering") / path.name)
     table = grid.table.assign(

@@ -29,10 +29,10 @@ from trusttrace.config import SweepConfig
 from trusttrace.data import TrustDataset, load_dataset
 from trusttrace.errors import CorruptArtefactError, StoreError, TrustTraceError
 from trusttrace.extract_stage import extract_to_store
+from trusttrace.intervals import INTERVAL_RULE
 from trusttrace.manifest import Manifest, unit_id
 from trusttrace.models import check_device, load_model, weights_fingerprint
 from trusttrace.prefetch import Fetcher, Prefetcher, delete_fetched, hub_fetch
-from trusttrace.probes import INTERVAL
 from trusttrace.steering_stage import run_steering_stages
 from trusttrace.store import (
     BASELINES_TABLE, EVALUATE_TABLE, MANIFEST_FILE, MI_TABLE, PROBES_TABLE, STEERING_TABLE, ActivationRecord, ActivationStore,
@@ -89,7 +89,7 @@ class Sweep:
         if stage == "extract":
             return extract
         if stage == "probes":
-            return extract | config.probes.model_dump() | {"split": config.probe_split(), "interval": INTERVAL}
+            return extract | config.probes.model_dump() | {"split": config.probe_split(), "interval": INTERVAL_RULE}
         if stage == "mi":  # on the training rows of the probes' first fold
             probes = config.probes
             return extract | config.mi.model_dump() | {

@@ -33,6 +33,8 @@ from trusttrace.steering import Steering
 
 STUDY_MAX_PERPLEXITY = 6.0
 SIGNIFICANCE = 0.05  # family-wise error rate of the grid's `improves` (Holm over its settings)
+# The name of the `improves` rule, in the settings of a sweep's steering units (as INTERVAL_RULE is).
+IMPROVES_RULE = f"paired one-sided, Holm-corrected, level {SIGNIFICANCE}"
 # The per-example column of EvalResult.records behind each primary metric ("truth_info" is truth and info).
 OUTCOMES = {"accuracy": "correct", "toxic_ratio": "toxic", "mc1": "mc1", "mc2": "mc2", "truth": "truth", "info": "info"}
 
