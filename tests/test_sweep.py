@@ -222,6 +222,13 @@ def test_duplicate_weights_are_flagged(tmp_path, tokenizer):
     assert rows == {"step_0": None, "step_10": "step_0", "step_20": None}
 
 
+def test_every_copy_points_to_the_first_checkpoint_with_its_weights_and_unknown_weights_match_none():
+    from trusttrace.provenance import earlier_copies
+
+    order = [("a", "x"), ("b", None), ("c", "x"), ("d", "y"), ("e", None), ("f", "x"), ("g", "y")]
+    assert earlier_copies(order) == {"c": "a", "f": "a", "g": "d"}
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trusttrace.provenance import now_utc
+from trusttrace.provenance import earlier_copies, now_utc
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS units (
@@ -157,13 +157,7 @@ class Manifest:
                 "ORDER BY COALESCE(step, -1), name",
                 (model,),
             ).fetchall()
-        first: dict[str, str] = {}
-        duplicates: dict[str, str] = {}
-        for name, digest in rows:
-            if digest in first:
-                duplicates[name] = first[digest]
-            else:
-                first[digest] = name
+        duplicates = earlier_copies(rows)
         for name, _ in rows:
             self._write("UPDATE checkpoints SET duplicate_of=? WHERE model=? AND name=?", (duplicates.get(name), model, name))
         return duplicates

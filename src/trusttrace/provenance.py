@@ -8,6 +8,7 @@ content hash, the extraction rule and the trusttrace version that made them.
 from __future__ import annotations
 
 import datetime as _dt
+from collections.abc import Iterable
 from importlib import metadata
 from typing import Any
 
@@ -90,3 +91,22 @@ def activation_provenance(
 def identity(provenance: dict[str, Any]) -> dict[str, Any]:
     """The identity part of a provenance record (what makes two computations the same)."""
     return {key: provenance.get(key) for key in IDENTITY_KEYS}
+
+
+def earlier_copies(checkpoints: Iterable[tuple[str, str | None]]) -> dict[str, str]:
+    """Of one model's checkpoints in training order, as (name, weights checksum), each whose
+    checksum an earlier one has, mapped to the first that has it (an unknown checksum matches none).
+
+    Suites publish some revisions twice (Pythia's early steps share weights); their results
+    repeat, which the sweep and the report point out.
+    """
+    first: dict[str, str] = {}
+    copies: dict[str, str] = {}
+    for name, digest in checkpoints:
+        if digest is None:
+            continue
+        if digest in first:
+            copies[name] = first[digest]
+        else:
+            first[digest] = name
+    return copies

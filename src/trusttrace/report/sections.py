@@ -17,6 +17,7 @@ import pandas as pd
 
 from trusttrace.evaluation.grid import SIGNIFICANCE
 from trusttrace.info import ESTIMATOR_CAVEAT, FALL_NOISE, MIN_TURNING_CHECKPOINTS, turning_points
+from trusttrace.provenance import earlier_copies
 from trusttrace.report import figures
 from trusttrace.report.html import (
     Section, bullet_list, definition_list, esc, figure, heading, link, missing, paragraph, span, table,
@@ -505,18 +506,13 @@ def checkpoint_table(ws: Workspace) -> pd.DataFrame:
 
 def _duplicates(frame: pd.DataFrame) -> list[str | None]:
     """For each row, the earlier checkpoint (by step) of the same model with the same weight checksum."""
-    first: dict[tuple[str, str], str] = {}
-    result: dict[int, str | None] = {}
-    order = frame.assign(_step=frame["step"].fillna(-1) if "step" in frame else -1).sort_values(["_step", "checkpoint"])
-    for index, row in order.iterrows():
-        digest = row.get("weights sha256")
-        if digest is None or pd.isna(digest):
-            result[index] = None
-            continue
-        key = (row["model"], digest)
-        result[index] = first.get(key)
-        first.setdefault(key, row["checkpoint"])
-    return [result[i] for i in frame.index]
+    frame = frame.reindex(columns=[*frame.columns, *({"step", "weights sha256"} - set(frame.columns))])
+    order = frame.assign(_step=frame["step"].fillna(-1)).sort_values(["_step", "checkpoint"])
+    copies: dict[tuple[str, str], str] = {}
+    for model, rows in order.groupby("model", sort=False):
+        digests = [None if pd.isna(digest) else digest for digest in rows["weights sha256"]]
+        copies |= {(model, name): first for name, first in earlier_copies(zip(rows["checkpoint"], digests)).items()}
+    return [copies.get(key) for key in zip(frame["model"], frame["checkpoint"])]
 
 
 def _failures(ws: Workspace) -> list[str]:
