@@ -15,8 +15,7 @@ from trusttrace.evaluation.templates import BINARY_TEMPLATES
 from trusttrace.manifest import Manifest
 from trusttrace.provenance import trusttrace_version
 from trusttrace.steering import load_vectors
-from trusttrace.steering_stage import file_part
-from trusttrace.store import EVALUATE_TABLE, STEERING_TABLE
+from trusttrace.store import EVALUATE_TABLE, STEERING_TABLE, file_part
 from trusttrace.sweep import run_sweep
 
 STEERING = {"source": "step_0", "layers": [1], "alphas": [2.0], "max_perplexity": None, "max_rows": 4}

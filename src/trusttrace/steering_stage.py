@@ -17,8 +17,6 @@ template when it has one, the protocol, seed, interval rule and trusttrace versi
 
 from __future__ import annotations
 
-import hashlib
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,7 +34,7 @@ from trusttrace.manifest import settings_digest
 from trusttrace.models import describe_source, load_model
 from trusttrace.provenance import now_utc, trusttrace_version
 from trusttrace.steering import build_vectors, save_vectors
-from trusttrace.store import EVALUATE_TABLE, STEERING_DIR, STEERING_TABLE, append_table
+from trusttrace.store import EVALUATE_TABLE, STEERING_DIR, STEERING_TABLE, append_table, file_part
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -58,8 +56,6 @@ STEERING_KEYS = [
 ]
 EVALUATE_KEYS = [*TARGET_KEYS, "task", "dataset_hash", "protocol", "seed", "metric"]
 
-# A name longer than this keeps its end in a vector file name (its digest tells it apart).
-FILE_PART_LENGTH = 40
 
 
 def resolve_target(sweep: "Sweep", name: str) -> tuple[str, str | None]:
@@ -86,16 +82,6 @@ def task_dataset_hash(task: str, data_dir: Path | None) -> str | None:
     except TrustTraceError:
         return None
     return None if dataset is None else dataset.content_hash
-
-
-def file_part(name: str) -> str:
-    """`name` as part of a file name: itself when it is safe already, else its safe characters
-    (the end of them when long) and a digest of the whole name, so different names stay apart."""
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._-")
-    if safe == name and len(name) <= FILE_PART_LENGTH:
-        return name
-    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
-    return f"{safe[-FILE_PART_LENGTH:].lstrip('._-')}-{digest}"
 
 
 def vector_path(sweep: "Sweep", checkpoint: str, dataset: TrustDataset, settings: dict[str, Any]) -> Path:

@@ -26,6 +26,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -66,9 +67,22 @@ MI_TABLE = "mi.parquet"
 STEERING_TABLE = "steering.parquet"
 EVALUATE_TABLE = "evaluate.parquet"
 
+# A name longer than this keeps its end in a file name (a digest of the whole tells it apart).
+FILE_PART_LENGTH = 40
+
 # A shard is flushed to disk once it holds this many bytes, which bounds the memory used when
 # an activation set is streamed in (see `ActivationStore.save_batches`).
 DEFAULT_SHARD_BYTES = 512 * 1024**2
+
+
+def file_part(name: str) -> str:
+    """`name` as part of a file name: itself when it is safe already, else its safe characters
+    (the end of them when long) and a digest of the whole name, so different names stay apart."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._-")
+    if safe == name and len(name) <= FILE_PART_LENGTH:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    return f"{safe[-FILE_PART_LENGTH:].lstrip('._-')}-{digest}"
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

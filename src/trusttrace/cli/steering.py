@@ -5,7 +5,6 @@ torch and transformers are imported inside the command, so `--help` answers at o
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
@@ -97,9 +96,7 @@ def vector_file_name(
     """The default vector file name: every choice that changes the vectors is in it (the activation
     set's key stands for the model, its weights, the dataset content, position and dtype), so no
     run overwrites another's."""
+    from trusttrace.store import file_part
+
     chosen = "_".join(map(str, sorted(set(layers))))
-    return f"{_slug(dataset)}__{_slug(checkpoint)}__{protocol}-{scaling}__L{chosen}__seed{seed}__{activations[:8]}.safetensors"
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "--", text).strip("-") or "x"
+    return f"{file_part(dataset)}__{file_part(checkpoint)}__{protocol}-{scaling}__L{chosen}__seed{seed}__{activations[:8]}.safetensors"
