@@ -471,6 +471,20 @@ def test_the_default_configuration_is_shown_and_select_shows_another(two_folds_w
     assert "No baseline for this dataset and split" in chosen
 
 
+def test_rows_of_two_extractions_are_never_averaged_and_the_other_is_named(tmp_path):
+    probes, mi = probe_rows().assign(position="last", dtype="float32"), mi_rows().assign(position="last", dtype="float32")
+    write_table(tmp_path / "probes.parquet", pd.concat([
+        probes, probes.assign(position="mean", accuracy=probes["accuracy"] + 0.1),
+        probes.assign(dtype="bfloat16", accuracy=probes["accuracy"] - 0.1).iloc[:5],
+    ], ignore_index=True))
+    write_table(tmp_path / "mi.parquet", pd.concat([mi, mi.assign(position="mean", i_xt=mi["i_xt"] * 3)], ignore_index=True))
+    page = write_report(tmp_path, out_dir=tmp_path / "report").read_text()
+    best = re.findall(r"best layer 3 \(highest mean accuracy over checkpoints, (0\.\d+);", page)
+    assert sorted(best) == ["0.700", "0.750"]  # per dataset, the last-token float32 rows alone
+    assert "probes.parquet also holds position mean; dtype bfloat16" in page
+    assert "mi.parquet also holds position mean" in page and "position last, dtype float32" in page
+
+
 def test_select_refuses_an_unknown_column_or_value_before_writing(two_folds_workspace, tmp_path):
     from trusttrace.errors import ReportError
 

@@ -150,7 +150,7 @@ def probe_section(ws: Workspace, writer: FigureWriter, layers: list[int] | None)
 def _probe_figures(
     group: pd.DataFrame, baselines: pd.DataFrame, writer: FigureWriter, layers: list[int] | None, *, model: str, dataset: str
 ) -> list[str]:
-    data, chosen, others = pick_configuration(group, (dataset_version(group), *PROBE_CONFIGURATION))
+    data, chosen, others = pick_configuration(group, (dataset_version(group), *extraction_choices(group), *PROBE_CONFIGURATION))
     axis, data = figures.time_axis(data)
     order = checkpoint_order(data)
     grid = data.pivot_table(index="layer", columns="checkpoint", values="accuracy", aggfunc="mean").reindex(columns=order).sort_index()
@@ -213,9 +213,20 @@ def pick_configuration(
 def dataset_version(group: pd.DataFrame) -> tuple[str, Any]:
     """The configuration choice of a dataset's content: the version with the most rows, when the
     table holds several (a file changed under the same name); its rows are never averaged with another's."""
-    if "dataset_hash" not in group or group["dataset_hash"].isna().all():
-        return ("dataset_hash", None)
-    return ("dataset_hash", group["dataset_hash"].value_counts().idxmax())
+    return most_rows(group, "dataset_hash")
+
+
+def extraction_choices(group: pd.DataFrame) -> tuple[tuple[str, Any], ...]:
+    """The configuration choices of how activations were read: the position (last preferred) and
+    the dtype with the most rows, so rows of two extractions are never averaged as one."""
+    return (("position", "last"), most_rows(group, "dtype"))
+
+
+def most_rows(group: pd.DataFrame, column: str) -> tuple[str, Any]:
+    """The configuration choice of `column`: its value with the most rows (None when absent)."""
+    if column not in group or group[column].isna().all():
+        return (column, None)
+    return (column, group[column].value_counts().idxmax())
 
 
 def _describe_configuration(chosen: dict[str, Any]) -> str:
@@ -279,7 +290,9 @@ def mi_section(ws: Workspace, writer: FigureWriter, layers: list[int] | None) ->
 def _mi_figures(
     group: pd.DataFrame, writer: FigureWriter, layers: list[int] | None, *, model: str, dataset: str, estimator: str
 ) -> list[str]:
-    data, chosen, others = pick_configuration(group, (dataset_version(group), ("x_layer", None), ("split", None), ("seed", None), ("folds", 5), ("test_size", 0.2)))
+    data, chosen, others = pick_configuration(group, (
+        dataset_version(group), *extraction_choices(group), ("x_layer", None), ("split", None), ("seed", None), ("folds", 5), ("test_size", 0.2),
+    ))
     chosen.pop("dataset_hash", None)
     if layers is not None:
         data = data[data["layer"].isin(layers)]
