@@ -105,7 +105,7 @@ def test_a_local_checkpoint_whose_weights_are_replaced_is_redone(setup):
     shutil.copy(suite / "step_0" / "model.safetensors", suite / "step_20" / "model.safetensors")  # other weights, same name
     summary = run_sweep(config, progress=False)
     assert summary.ran == 3 and summary.skipped == 6  # step_20's extract, probes and mi only
-    assert any("weights of step_20 changed on disk" in repair for repair in summary.repaired)
+    assert any("files of step_20 (weights, config or tokenizer) changed on disk" in repair for repair in summary.repaired)
     after = pd.read_parquet(config.workspace / "probes.parquet").query("checkpoint == 'step_20'")
     step_0 = pd.read_parquet(config.workspace / "probes.parquet").query("checkpoint == 'step_0'")
     assert set(after["weights_sha256"]) == set(step_0["weights_sha256"]) != set(before["weights_sha256"])
@@ -220,6 +220,37 @@ def test_duplicate_weights_are_flagged(tmp_path, tokenizer):
     assert summary.duplicates == {"step_10": "step_0"}
     rows = {row["name"]: row["duplicate_of"] for row in Manifest(config.workspace / "manifest.sqlite").checkpoints()}
     assert rows == {"step_0": None, "step_10": "step_0", "step_20": None}
+
+
+@pytest.mark.parametrize("edit", ["config", "tokenizer"])
+def test_a_local_checkpoint_whose_config_or_tokenizer_changes_is_redone(setup, edit):
+    root, suite, dataset = setup
+    config = load_config(write_config(root, suite, dataset))
+    run_sweep(config, progress=False)
+    folder = suite / "step_20"
+    if edit == "config":
+        settings = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps(settings | {"rms_norm_eps": 0.5}))
+    else:
+        (folder / "tokenizer_config.json").write_text((folder / "tokenizer_config.json").read_text() + "\n")
+    summary = run_sweep(config, progress=False)
+    assert summary.ran == 3 and summary.skipped == 6  # step_20's extract, probes and mi only
+    assert any("files of step_20" in repair for repair in summary.repaired)
+
+
+def test_a_fingerprint_of_an_older_form_is_renewed_without_redoing(setup):
+    from trusttrace.models import checkpoint_fingerprint
+
+    root, suite, dataset = setup
+    config = load_config(write_config(root, suite, dataset))
+    run_sweep(config, progress=False)
+    manifest = Manifest(config.workspace / "manifest.sqlite")
+    model = str(suite.resolve())
+    current = manifest.fingerprint(model, "step_10")
+    manifest.set_fingerprint(model, "step_10", current.split("+")[0])  # as 0.3 recorded it: the weights alone
+    again = run_sweep(config, progress=False)
+    assert again.ran == 0 and not again.repaired
+    assert manifest.fingerprint(model, "step_10") == current == checkpoint_fingerprint(suite / "step_10")
 
 
 def test_every_copy_points_to_the_first_checkpoint_with_its_weights_and_unknown_weights_match_none():

@@ -135,10 +135,14 @@ class Manifest:
         )
 
     def fingerprint(self, model: str, name: str) -> str | None:
-        """The weight-file fingerprint recorded when this checkpoint was last loaded, if any."""
+        """The files' fingerprint recorded when this local checkpoint was last loaded, if any."""
         with closing(self._connect()) as db:
             row = db.execute("SELECT fingerprint FROM checkpoints WHERE model=? AND name=?", (model, name)).fetchone()
         return row[0] if row else None
+
+    def set_fingerprint(self, model: str, name: str, fingerprint: str) -> None:
+        """Replace a checkpoint's recorded fingerprint (one of an older form, whose files are unchanged)."""
+        self._write("UPDATE checkpoints SET fingerprint=? WHERE model=? AND name=?", (fingerprint, model, name))
 
     def mark_checkpoint_stale(self, suite: str, checkpoint: str) -> int:
         """Mark every done unit of `suite`'s `checkpoint` stale (its weights changed), so the sweep

@@ -38,6 +38,11 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 KNOWN_LAYER_PATHS = ("model.layers", "gpt_neox.layers", "transformer.h", "model.decoder.layers", "transformer.blocks")
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+# Besides the weights, the files of a local checkpoint that change its results: config and tokenizer.
+RESULT_FILES = (
+    "config.json", "generation_config.json", "tokenizer*", "special_tokens_map.json", "added_tokens.json",
+    "vocab*", "merges.txt", "*.model", "chat_template*",
+)
 
 # transformers renamed from_pretrained's `torch_dtype` to `dtype` in 4.56.
 DTYPE_ARGUMENT = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
@@ -290,17 +295,35 @@ def folder_checksum(folder: Path) -> str | None:
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
-def weights_fingerprint(folder: Path) -> str | None:
-    """Names, sizes and modification times of the weight files in `folder` (None when it holds none).
+def checkpoint_fingerprint(folder: Path) -> str | None:
+    """Names, sizes and modification times of a local checkpoint's weight files, then of its
+    config and tokenizer files, as "WEIGHTS+OTHERS" (None when it holds no weights).
 
     Not a checksum: a cheap sign, read on every sweep, that a local checkpoint's files were
     replaced since its units ran (hashing them again would cost as much as loading them).
     """
-    files = weight_files(folder)
-    if not files:
+    weights = weight_files(folder)
+    if not weights:
         return None
-    stats = [(path.name, path.stat()) for path in files]
-    return hashlib.sha256("\n".join(f"{name}:{st.st_size}:{st.st_mtime_ns}" for name, st in stats).encode()).hexdigest()
+    others = sorted({path for pattern in RESULT_FILES for path in folder.glob(pattern) if path.is_file()})
+    return f"{_stat_digest(weights)}+{_stat_digest(others)}"
+
+
+def fingerprint_changed(recorded: str, current: str | None) -> bool:
+    """Whether a folder's `checkpoint_fingerprint` now differs from one recorded earlier. One
+    recorded before config and tokenizer files were included (no "+") is compared on the weights."""
+    if current is None:
+        return True
+    return (current if "+" in recorded else current.split("+")[0]) != recorded
+
+
+def _stat_digest(files: list[Path]) -> str:
+    """One sha256 over the files' name:size:modification-time lines."""
+    lines = []
+    for path in files:
+        stat = path.stat()
+        lines.append(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}")
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
 def _weights_folder(model: PreTrainedModel) -> Path | None:

@@ -31,7 +31,7 @@ from trusttrace.errors import CorruptArtefactError, StoreError, TrustTraceError
 from trusttrace.extract_stage import extract_to_store
 from trusttrace.intervals import INTERVAL_RULE
 from trusttrace.manifest import Manifest, unit_id
-from trusttrace.models import check_device, load_model, weights_fingerprint
+from trusttrace.models import check_device, checkpoint_fingerprint, fingerprint_changed, load_model
 from trusttrace.prefetch import Fetcher, Prefetcher, delete_fetched, hub_fetch
 from trusttrace.steering_stage import run_steering_stages
 from trusttrace.store import (
@@ -176,7 +176,7 @@ class Sweep:
         self.manifest.record_checkpoint(
             checkpoint.name, self.suite.model_id, checkpoint.revision, checkpoint.step, checkpoint.tokens,
             status="loaded", commit=source.commit, weights_sha256=source.weights_sha256,
-            fingerprint=weights_fingerprint(folder) if checkpoint.revision is None else None,
+            fingerprint=checkpoint_fingerprint(folder) if checkpoint.revision is None else None,
         )
         for dataset in pending:
             self.run_unit(
@@ -262,18 +262,23 @@ class Sweep:
     # ----- the whole sweep -----------------------------------------------------------
 
     def check_local_weights(self) -> None:
-        """Redo the units of local checkpoints whose weight files changed since they were loaded.
+        """Redo the units of local checkpoints whose files changed since they were loaded.
 
-        A Hub revision is pinned by its commit; a local folder is not, so its files' names, sizes
-        and times are compared with those recorded at its last load. Steering and evaluation
-        units read checkpoints of the suite too: they are redone as well.
+        A Hub revision is pinned by its commit; a local folder is not, so the names, sizes and
+        times of its weight, config and tokenizer files are compared with those recorded at its
+        last load. Steering and evaluation units read checkpoints of the suite too: they are
+        redone as well.
         """
-        changed = [
-            checkpoint.name for checkpoint in self.checkpoints
-            if checkpoint.revision is None
-            and (before := self.manifest.fingerprint(self.suite.model_id, checkpoint.name)) is not None
-            and weights_fingerprint(Path(checkpoint.model_id)) != before
-        ]
+        changed = []
+        for checkpoint in self.checkpoints:
+            before = self.manifest.fingerprint(self.suite.model_id, checkpoint.name) if checkpoint.revision is None else None
+            if before is None:
+                continue
+            current = checkpoint_fingerprint(Path(checkpoint.model_id))
+            if fingerprint_changed(before, current):
+                changed.append(checkpoint.name)
+            elif current != before:  # recorded in an older form, from the weights alone
+                self.manifest.set_fingerprint(self.suite.model_id, checkpoint.name, current)
         if not changed:
             return
         for name in changed:
@@ -282,7 +287,7 @@ class Sweep:
             self.manifest.mark_stale(stage)
         self._forget(changed)
         self.summary.repaired.append(
-            f"weights of {', '.join(changed)} changed on disk since they were loaded; "
+            f"files of {', '.join(changed)} (weights, config or tokenizer) changed on disk since they were loaded; "
             "their units, and the steering and evaluation units, are redone"
         )
 
