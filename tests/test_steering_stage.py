@@ -3,6 +3,7 @@ suites sharing a workspace keep their own vectors and rows."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -158,6 +159,31 @@ def test_rows_of_an_older_statistical_rule_are_recomputed_and_the_vectors_kept(s
         rows = pd.read_parquet(config.workspace / table)
         assert set(rows["interval"]) == {"wilson-effective-rows"} and not rows.duplicated(keys).any()
     assert sorted((config.workspace / "steering").glob("*.safetensors")) == vectors
+
+
+def test_a_replaced_local_target_and_another_dtype_are_evaluated_again(setup):
+    root, suite, dataset, data = setup
+    target = root / "chat"
+    shutil.copytree(suite / "step_10", target)
+
+    def run(**extra):
+        config = load_config(write_config(
+            root, suite, dataset, data_dir=str(data), stages=["extract", "steering", "evaluate"],
+            steering=STEERING | {"target": str(target)}, evaluate=EVALUATE | {"model": str(target)}, **extra,
+        ))
+        summary = run_sweep(config, progress=False)
+        assert summary.ok, summary.failed
+        return config, summary
+
+    config, _ = run()
+    shutil.copy(suite / "step_0" / "model.safetensors", target / "model.safetensors")
+    _, replaced = run()
+    assert replaced.ran == 2  # the steering and the evaluate unit
+    evaluated = pd.read_parquet(config.workspace / EVALUATE_TABLE)
+    assert set(evaluated["target_weights_sha256"]) == {weights_of(config.workspace, suite / "step_0")}
+    _, bf16 = run(dtype="bfloat16")
+    assert bf16.ran == 2 + 2  # extract for both checkpoints, then steering and evaluate
+    assert set(pd.read_parquet(config.workspace / EVALUATE_TABLE)["target_dtype"]) == {"bfloat16"}
 
 
 def test_file_part_keeps_safe_names_and_tells_sanitised_ones_apart():

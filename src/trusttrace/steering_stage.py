@@ -6,7 +6,8 @@ grid goes to `steering.parquet`), and save the vectors with their provenance und
 in a file named by suite, checkpoint, dataset and the digest of the settings that make the
 vectors, so that suites sharing a workspace, and other settings, keep their own. A unit's
 settings add the statistical rules (interval, significance), so rows computed under older rules
-are recomputed rather than kept. Evaluate: run each configured task on the target model, to
+are recomputed rather than kept, and a local target's files' fingerprint, so a target whose files
+are replaced is evaluated again. Evaluate: run each configured task on the target model, to
 `evaluate.parquet`. Each is a manifest unit, skipped when done.
 
 Every row carries its provenance: the target's label ("final") and the model it resolved to
@@ -31,7 +32,7 @@ from trusttrace.evaluation.grid import IMPROVES_RULE
 from trusttrace.evaluation.runner import resolve_dataset
 from trusttrace.intervals import INTERVAL_RULE
 from trusttrace.manifest import settings_digest
-from trusttrace.models import describe_source, load_model
+from trusttrace.models import checkpoint_fingerprint, describe_source, load_model
 from trusttrace.provenance import now_utc, trusttrace_version
 from trusttrace.steering import build_vectors, save_vectors
 from trusttrace.store import EVALUATE_TABLE, STEERING_DIR, STEERING_TABLE, append_table, file_part
@@ -66,6 +67,14 @@ def resolve_target(sweep: "Sweep", name: str) -> tuple[str, str | None]:
     if name in sweep.suite.targets:
         return sweep.suite.targets[name], None
     return name, None
+
+
+def target_identity(sweep: "Sweep", name: str) -> tuple[str, str | None, str | None]:
+    """What a target's results depend on, for unit names: its id or path, revision and, for a local
+    folder, its files' fingerprint, so that a target whose files are replaced is evaluated again."""
+    model_id, revision = resolve_target(sweep, name)
+    folder = Path(model_id)
+    return model_id, revision, checkpoint_fingerprint(folder) if revision is None and folder.is_dir() else None
 
 
 def task_for(dataset_name: str) -> str:
@@ -128,7 +137,7 @@ def run_steering_stages(sweep: "Sweep") -> None:
 
     if "steering" in config.stages:
         names = config.steering.datasets or [d.name for d in sweep.datasets]
-        target_source = resolve_target(sweep, target_name)
+        target_source = target_identity(sweep, target_name)
         for dataset in (d for d in sweep.datasets if d.name in names):
             vector_settings = sweep.settings("extract", dataset) | {
                 "steering": config.steering.model_dump(exclude={"datasets", "source"}), "target": target_source,
@@ -142,8 +151,8 @@ def run_steering_stages(sweep: "Sweep") -> None:
                            lambda d=dataset, v=vector_settings: steer_dataset(sweep, d, target(target_name), target_name, v))
     if "evaluate" in config.stages:
         common = {
-            "evaluate": config.evaluate.model_dump(exclude={"tasks"}), "target": resolve_target(sweep, config.evaluate.model),
-            "protocol": config.protocol, "seed": config.probes.seed, "interval": INTERVAL_RULE,
+            "evaluate": config.evaluate.model_dump(exclude={"tasks"}), "target": target_identity(sweep, config.evaluate.model),
+            "dtype": config.dtype, "protocol": config.protocol, "seed": config.probes.seed, "interval": INTERVAL_RULE,
         }
         for task in config.evaluate.tasks:
             settings = common | {"dataset_hash": task_dataset_hash(task, config.data_dir)}
