@@ -113,6 +113,22 @@ def test_key_depends_on_identity_only(tmp_path):
     assert store.key(base) == store.key(base | {"created": "later", "step": 99})
     assert store.key(base) != store.key(base | {"weights_sha256": "other"})
     assert store.key(base) != store.key(base | {"position": "mean"})
+    # The tokenizer counts by its vocabulary, not by the folder (or class) it was loaded from.
+    assert store.key(base) == store.key(base | {"tokenizer": "/another/cache/snapshots/abc (OtherTokenizerClass)"})
+    assert store.key(base) != store.key(base | {"tokenizer_sha256": "another vocabulary"})
+
+
+def test_a_set_stored_under_an_older_identity_rule_is_found_by_its_provenance(tmp_path, statements):
+    dataset = toy_dataset(statements)
+    wanted = provenance(len(statements)) | {"dataset_hash": dataset.content_hash, "tokenizer_sha256": "v"}
+    record = ActivationStore(tmp_path).save(torch.randn(3, len(statements), 4), dataset, wanted)
+    older = record.path.rename(record.path.with_name("key-of-an-older-rule"))
+    store = ActivationStore(tmp_path)
+    found = store.find(wanted)
+    assert found is not None and found.path == older and store.verify(found)
+    assert store.find(wanted | {"position": "mean"}) is None
+    store.remove(found)
+    assert store.find(wanted) is None
 
 
 def test_incompatible_workspace_is_refused(tmp_path):

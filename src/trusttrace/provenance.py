@@ -14,13 +14,15 @@ from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from trusttrace.models import describe_source
+from trusttrace.models import describe_source, vocabulary_checksum
 
 # Identity keys: two artefacts with equal values here are the same computation, so a stored
-# one can stand in for a new one (the basis of resume). Other keys are descriptive.
+# one can stand in for a new one (the basis of resume). The checkpoint counts, so that two
+# checkpoints of a run with the same weights keep their own sets. Other keys are descriptive:
+# the tokenizer's name holds the folder it was loaded from, which differs between machines.
 IDENTITY_KEYS = (
-    "model", "revision", "commit", "weights_sha256", "dataset", "dataset_hash",
-    "position", "layers", "dtype", "tokenizer", "template",
+    "model", "checkpoint", "revision", "commit", "weights_sha256", "dataset", "dataset_hash",
+    "position", "layers", "dtype", "tokenizer_sha256", "template",
 )
 
 
@@ -80,7 +82,7 @@ def activation_provenance(
         "layers": list(layers),
         "dtype": source["dtype"],
         "tokenizer": tokenizer_name(tokenizer),
-        "tokenizer_sha256": source["tokenizer_sha256"],
+        "tokenizer_sha256": source["tokenizer_sha256"] or vocabulary_checksum(tokenizer),
         "add_special_tokens": True,
         "template": template,
         "trusttrace_version": trusttrace_version(),

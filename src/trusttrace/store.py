@@ -184,6 +184,7 @@ class ActivationStore:
         self.root = Path(root)
         self._check_workspace()
         self._lock_depth = 0
+        self._older: dict[str, ActivationRecord] | None = None
 
     @contextmanager
     def locked(self) -> Iterator[None]:
@@ -258,8 +259,24 @@ class ActivationStore:
         return provenance_key(provenance)
 
     def find(self, provenance: dict[str, Any]) -> ActivationRecord | None:
-        """The stored record with the same identity as `provenance`, or None (no checksum read)."""
-        return self.get(self.key(provenance))
+        """The stored record with the same identity as `provenance`, or None (no checksum read).
+
+        A set stored by a version whose identity rule differed sits under that rule's key: it is
+        found by its provenance, so an upgrade reuses it rather than storing a copy.
+        """
+        key = self.key(provenance)
+        found = self.get(key) or self._older_sets().get(key)
+        return found if found is not None and (found.path / "meta.json").exists() else None
+
+    def _older_sets(self) -> dict[str, ActivationRecord]:
+        """The sets whose folder is not named by the current identity rule, by their current key
+        (read once per store object: sets stored since are named by the current rule)."""
+        if self._older is None:
+            self._older = {}
+            for record in self.records():
+                if (key := self.key(record.provenance)) != record.key:
+                    self._older[key] = record
+        return self._older
 
     def get(self, key: str) -> ActivationRecord | None:
         """The stored record with this key, or None (no checksum read)."""
