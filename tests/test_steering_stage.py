@@ -183,7 +183,10 @@ def test_a_replaced_local_target_and_another_dtype_are_evaluated_again(setup):
     assert set(evaluated["target_weights_sha256"]) == {weights_of(config.workspace, suite / "step_0")}
     _, bf16 = run(dtype="bfloat16")
     assert bf16.ran == 2 + 2  # extract for both checkpoints, then steering and evaluate
-    assert set(pd.read_parquet(config.workspace / EVALUATE_TABLE)["target_dtype"]) == {"bfloat16"}
+    for table in (EVALUATE_TABLE, STEERING_TABLE):  # both precisions' rows are kept, each once
+        rows = pd.read_parquet(config.workspace / table)
+        assert rows.groupby("target_dtype").size().to_dict() == {"bfloat16": len(rows) // 2, "float32": len(rows) // 2}
+    assert pd.read_parquet(config.workspace / STEERING_TABLE)["max_perplexity"].isna().all()  # as configured: no limit
 
 
 def test_file_part_keeps_safe_names_and_tells_sanitised_ones_apart():

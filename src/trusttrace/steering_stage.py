@@ -52,10 +52,10 @@ SOURCE_FIELDS = ("model", "revision", "commit", "weights_sha256", "position", "d
 # Row keys: rows of another target model, source model, dataset version or setting are kept apart.
 TARGET_KEYS = ["target_model", "target_model_id", "target_revision"]
 STEERING_KEYS = [
-    "source_model", "source_checkpoint", *TARGET_KEYS, "dataset", "dataset_hash", "task", "protocol", "seed",
-    "scaling", "positions", "layer", "alpha", "metric",
+    "source_model", "source_checkpoint", "source_position", "source_dtype", *TARGET_KEYS, "target_dtype",
+    "dataset", "dataset_hash", "task", "protocol", "seed", "scaling", "positions", "layer", "alpha", "metric",
 ]
-EVALUATE_KEYS = [*TARGET_KEYS, "task", "dataset_hash", "protocol", "seed", "metric"]
+EVALUATE_KEYS = [*TARGET_KEYS, "target_dtype", "task", "dataset_hash", "protocol", "seed", "metric"]
 
 
 
@@ -197,7 +197,8 @@ def steer_dataset(
     artefact = str(Path("steering") / path.name)
     table = grid.table.assign(
         source_checkpoint=source.name, dataset=dataset.name, task=task, scaling=options.scaling,
-        positions=options.positions, best=_best_flags(grid.table, grid.best), vector_file=artefact,
+        positions=options.positions, max_perplexity=options.max_perplexity, max_rows=options.max_rows,
+        best=_best_flags(grid.table, grid.best), vector_file=artefact,
         **source_columns(record.provenance), **target_columns(target_name, model),
         **run_columns(config, template),
     )

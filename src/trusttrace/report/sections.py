@@ -424,7 +424,7 @@ def evaluation_section(ws: Workspace) -> Section:
     for model, group in models:
         shown, left_out = [], []
         for task, rows in group.groupby("task", sort=True):
-            rows, _, others = pick_configuration(rows, (dataset_version(rows), *EVALUATION_CONFIGURATION))
+            rows, _, others = pick_configuration(rows, (dataset_version(rows), most_rows(rows, "target_dtype"), *EVALUATION_CONFIGURATION))
             shown.append(rows)
             left_out += [f"{task}: {others}"] if others else []
         rows = pd.concat(shown)
