@@ -20,7 +20,7 @@ from trusttrace.cli import main as cli_main
 from trusttrace.config import load_config, parse_config
 from trusttrace.config_checks import check_names
 from trusttrace.errors import ConfigError, ModelError
-from trusttrace.manifest import Manifest, unit_id
+from trusttrace.manifest import Manifest, settings_digest, unit_id
 from trusttrace.store import ActivationStore
 from trusttrace.sweep import run_sweep
 from trusttrace.tiny import tiny_model
@@ -93,7 +93,11 @@ def test_local_suite_end_to_end_and_second_run_skips(setup):
     assert len(mi) == 12
     again = run_sweep(config, progress=False)
     assert again.ran == 0 and again.skipped == 9
-    assert Manifest(config.workspace / "manifest.sqlite").units()[0].status == "done"
+    manifest = Manifest(config.workspace / "manifest.sqlite")
+    assert manifest.units()[0].status == "done"
+    probes_unit = next(unit.unit for unit in manifest.units() if unit.stage == "probes")
+    recorded = manifest.settings(probes_unit)  # what the unit's digest stands for, readable
+    assert recorded["C"] == config.probes.C and probes_unit.endswith("#" + settings_digest(recorded))
 
 
 
@@ -251,6 +255,26 @@ def test_a_fingerprint_of_an_older_form_is_renewed_without_redoing(setup):
     again = run_sweep(config, progress=False)
     assert again.ran == 0 and not again.repaired
     assert manifest.fingerprint(model, "step_10") == current == checkpoint_fingerprint(suite / "step_10")
+
+
+def test_a_manifest_of_an_older_form_gains_the_columns_it_lacks(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "manifest.sqlite"
+    with sqlite3.connect(path) as db:  # as the first versions wrote it
+        db.executescript(
+            "CREATE TABLE units (unit TEXT PRIMARY KEY, checkpoint TEXT, dataset TEXT, stage TEXT, status TEXT, error TEXT, "
+            "seconds REAL, artefact TEXT, checksum TEXT, started TEXT, finished TEXT);"
+            "CREATE TABLE checkpoints (name TEXT, model TEXT, revision TEXT, step INTEGER, tokens INTEGER, commit_sha TEXT, "
+            "weights_sha256 TEXT, duplicate_of TEXT, status TEXT, error TEXT, PRIMARY KEY (model, name));"
+            "INSERT INTO units (unit, status) VALUES ('old', 'done');"
+        )
+    manifest = Manifest(path)
+    assert manifest.settings("old") is None and manifest.units()[0].status == "done"
+    manifest.start("new", "step1", "toy", "probes", {"C": 1.0, "path": Path("/x")})
+    assert manifest.settings("new") == {"C": 1.0, "path": "/x"}
+    manifest.record_checkpoint("step1", "m", None, 1, None, status="loaded", fingerprint="f")
+    assert manifest.fingerprint("m", "step1") == "f"
 
 
 def test_every_copy_points_to_the_first_checkpoint_with_its_weights_and_unknown_weights_match_none():

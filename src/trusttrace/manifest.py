@@ -20,7 +20,7 @@ from trusttrace.provenance import earlier_copies, now_utc
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS units (
     unit TEXT PRIMARY KEY, checkpoint TEXT, dataset TEXT, stage TEXT, status TEXT,
-    error TEXT, seconds REAL, artefact TEXT, checksum TEXT, started TEXT, finished TEXT
+    error TEXT, seconds REAL, artefact TEXT, checksum TEXT, started TEXT, finished TEXT, settings TEXT
 );
 CREATE TABLE IF NOT EXISTS checkpoints (
     name TEXT, model TEXT, revision TEXT, step INTEGER, tokens INTEGER,
@@ -54,7 +54,12 @@ def unit_id(suite: str, checkpoint: str, dataset: str, stage: str, settings: dic
 
 def settings_digest(settings: dict[str, Any]) -> str:
     """A short hash of a unit's settings, the same for the same settings in any order."""
-    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return hashlib.sha256(settings_json(settings).encode()).hexdigest()[:12]
+
+
+def settings_json(settings: dict[str, Any]) -> str:
+    """A unit's settings as key-sorted JSON (values JSON lacks, such as paths, as their text)."""
+    return json.dumps(settings, sort_keys=True, default=str)
 
 
 class Manifest:
@@ -64,9 +69,10 @@ class Manifest:
         self.path = Path(path)
         with closing(self._connect()) as db:
             db.executescript(SCHEMA)
-            columns = {row[1] for row in db.execute("PRAGMA table_info(checkpoints)")}
-            if "fingerprint" not in columns:  # a manifest written before weight fingerprints were kept
-                db.execute("ALTER TABLE checkpoints ADD COLUMN fingerprint TEXT")
+            # Columns added since the first manifests, which lack them.
+            for table, column in (("checkpoints", "fingerprint"), ("units", "settings")):
+                if column not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column} TEXT")
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
@@ -95,12 +101,19 @@ class Manifest:
             ).fetchall()
         return [UnitRow(*row) for row in rows]
 
-    def start(self, unit: str, checkpoint: str, dataset: str, stage: str) -> None:
+    def start(self, unit: str, checkpoint: str, dataset: str, stage: str, settings: dict[str, Any] | None = None) -> None:
+        """Record a unit as running, with the settings its name's digest stands for (as JSON)."""
         self._write(
-            "INSERT INTO units (unit, checkpoint, dataset, stage, status, started) VALUES (?, ?, ?, ?, 'running', ?) "
-            "ON CONFLICT(unit) DO UPDATE SET status='running', error=NULL, started=excluded.started",
-            (unit, checkpoint, dataset, stage, now_utc()),
+            "INSERT INTO units (unit, checkpoint, dataset, stage, status, started, settings) VALUES (?, ?, ?, ?, 'running', ?, ?) "
+            "ON CONFLICT(unit) DO UPDATE SET status='running', error=NULL, started=excluded.started, settings=excluded.settings",
+            (unit, checkpoint, dataset, stage, now_utc(), None if settings is None else settings_json(settings)),
         )
+
+    def settings(self, unit: str) -> dict[str, Any] | None:
+        """The settings a unit was recorded with (None for a unit recorded before they were kept)."""
+        with closing(self._connect()) as db:
+            row = db.execute("SELECT settings FROM units WHERE unit = ?", (unit,)).fetchone()
+        return json.loads(row[0]) if row and row[0] else None
 
     def finish(self, unit: str, seconds: float, artefact: str | None = None, checksum: str | None = None) -> None:
         self._write(

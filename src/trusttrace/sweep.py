@@ -105,7 +105,7 @@ class Sweep:
     ) -> bool:
         """Run one unit under the manifest: running → done (artefact, checksum) or failed (error)."""
         unit = self.unit(checkpoint, dataset, stage, settings)
-        self.manifest.start(unit, checkpoint, dataset, stage)
+        self.manifest.start(unit, checkpoint, dataset, stage, settings)
         start = time.perf_counter()
         try:
             artefact, checksum = work()
@@ -167,8 +167,9 @@ class Sweep:
                 status="failed", error=message,
             )
             for dataset in pending:
-                unit = self.unit(checkpoint.name, dataset.name, "extract", self.settings("extract", dataset))
-                self.manifest.start(unit, checkpoint.name, dataset.name, "extract")
+                settings = self.settings("extract", dataset)
+                unit = self.unit(checkpoint.name, dataset.name, "extract", settings)
+                self.manifest.start(unit, checkpoint.name, dataset.name, "extract", settings)
                 self.manifest.fail(unit, f"checkpoint unavailable: {message}")
                 self.summary.failed.append((unit, message))
             return
