@@ -24,6 +24,7 @@ from trusttrace.errors import LayerError, StoreError
 from trusttrace.info import ESTIMATOR_CAVEAT
 from trusttrace.report import write_report
 from trusttrace.report.figures import time_axis
+from trusttrace.provenance import trusttrace_version
 from trusttrace.report.sections import PROBE_CONFIGURATION, baseline_values, curve_layers, dataset_version, pick_configuration
 from trusttrace.store import ActivationStore, write_table
 
@@ -174,6 +175,16 @@ def test_images_are_embedded_pngs(page, report):
     assert embedded == {p.read_bytes() for p in report.parent.glob("*.png")}
     assert all(data.startswith(b"\x89PNG") for data in embedded)
     assert "http://" not in page.split("<body>")[1].split("Dataset cards")[0]  # nothing fetched from elsewhere
+
+
+def test_figure_files_name_their_title_and_the_version_that_drew_them(report):
+    from PIL import Image
+
+    heatmap = next(report.parent.glob("probe-heatmap-*.png"))
+    info = Image.open(heatmap).info
+    assert info["Software"] == f"trusttrace {trusttrace_version()}" and info["Title"].startswith("Probe accuracy by layer")
+    svg = heatmap.with_suffix(".svg").read_text()
+    assert f"trusttrace {trusttrace_version()}" in svg and "Probe accuracy by layer" in svg
 
 
 def test_estimator_and_caveat_are_named(page):

@@ -27,6 +27,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
+from trusttrace.provenance import trusttrace_version
 from trusttrace.report.inputs import checkpoint_order
 from trusttrace.store import atomic_write_bytes
 
@@ -143,6 +144,7 @@ def title(fig: Figure, text: str) -> None:
     """The figure's title, wrapped to the figure's width so that a long name is never cut off."""
     width = int(fig.get_figwidth() * 13)
     fig.suptitle(textwrap.fill(plain(text), width))
+    fig.set_label(text)
 
 
 def marker(points: int) -> str | None:
@@ -172,11 +174,18 @@ def styled(function: Callable[..., Figure]) -> Callable[..., Figure]:
 
 
 def save_figure(fig: Figure, folder: Path, name: str) -> SavedFigure:
-    """Write `fig` as `folder/name.png` and `.svg` and return them with the PNG as base64."""
+    """Write `fig` as `folder/name.png` and `.svg` and return them with the PNG as base64.
+
+    Each file names its title and the trusttrace version that drew it; no date, so the same
+    results draw the same bytes.
+    """
     FigureCanvasAgg(fig)
     rendered = {}
+    made_by, label = f"trusttrace {trusttrace_version()}", fig.get_label() or name
     with matplotlib.rc_context(STYLE):
-        for kind, metadata in (("png", {"Software": None}), ("svg", {"Date": None})):
+        for kind, metadata in (
+            ("png", {"Software": made_by, "Title": label}), ("svg", {"Date": None, "Creator": made_by, "Title": label}),
+        ):
             buffer = io.BytesIO()
             fig.savefig(buffer, format=kind, metadata=metadata)
             rendered[kind] = buffer.getvalue()
