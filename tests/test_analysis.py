@@ -105,14 +105,27 @@ def test_new_sets_are_added_and_corrupt_sets_skipped(workspace):
     assert fresh.key in set(table["activation_key"])
 
 
+def test_a_set_too_small_to_split_is_skipped_and_named_and_the_others_are_probed(workspace):
+    small = TrustDataset(name="tiny", statements=[f"s{i}" for i in range(6)], labels=np.arange(6) % 2, groups=None,
+                         card=CARD, source="test")
+    workspace.save(torch.randn(len(LAYERS), 6, HIDDEN), small, {
+        "model": "toy-model", "checkpoint": "step100", "dataset": "tiny", "dataset_hash": small.content_hash, "n": 6,
+        "position": "last", "layers": LAYERS, "dtype": "float32",
+    })
+    for run in (run_probes, run_mi):
+        table, problems = run(workspace, folds=5, progress=False)  # both split as the probes do by default
+        assert len(problems) == 1 and "(toy-model step100 tiny)" in problems[0] and "5 fold(s)" in problems[0]
+        assert set(table["dataset"]) == {"toy"} and set(table["checkpoint"]) == {"step100", "step300"}
+
+
 def test_run_mi_and_ungrouped_datasets(tmp_path):
     store = ActivationStore(tmp_path / "ws")
     add_set(store, 200, grouped=False)
-    table, problems = run_mi(store, progress=False)
+    table, problems = run_mi(store, split="paper", progress=False)
     assert problems == [] and len(table) == len(LAYERS)
     assert list(table["layer"]) == LAYERS and (table["n"] == int(N * 0.8)).all()
     assert (table["estimator"] == "nhsic").all() and (table["split"] == "paper").all()
-    again, _ = run_mi(store, progress=False)
+    again, _ = run_mi(store, split="paper", progress=False)
     assert again.equals(table)
     gaussian, _ = run_mi(store, estimator="gaussian", split="grouped", progress=False)
     assert set(gaussian.loc[gaussian["estimator"] == "gaussian", "split"]) == {"random"}  # no groups
@@ -202,10 +215,10 @@ def test_cli_probe_and_mi_take_c_and_the_held_out_share(workspace, monkeypatch, 
 
 
 def test_mi_rows_of_an_older_table_are_recognised_not_recomputed(workspace):
-    run_mi(workspace, estimator="gaussian", progress=False)
+    run_mi(workspace, estimator="gaussian", split="paper", progress=False)  # 0.2.0's default split
     path = workspace.root / MI_TABLE
     write_table(path, read_table(path).drop(columns=["folds", "test_size"]))  # as 0.2.0 wrote them
-    table, problems = run_mi(workspace, estimator="gaussian", progress=False)
+    table, problems = run_mi(workspace, estimator="gaussian", split="paper", progress=False)
     assert problems == [] and len(table) == 2 * len(LAYERS) and set(table["folds"]) == {1}
     mi_record(workspace, workspace.records()[0], estimator="gaussian", split="paper")  # one set again: its rows replaced
     assert len(read_table(path)) == 2 * len(LAYERS) and read_table(path)["folds"].notna().all()

@@ -106,7 +106,7 @@ def mi_record(
     *,
     estimator: str = "nhsic",
     x_layer: int = 0,
-    split: str = "paper",
+    split: str = "grouped",
     folds: int = 5,
     test_size: float = 0.2,
     seed: int = 0,
@@ -172,7 +172,7 @@ def run_mi(
     *,
     estimator: str = "nhsic",
     x_layer: int = 0,
-    split: str = "paper",
+    split: str = "grouped",
     folds: int = 5,
     test_size: float = 0.2,
     seed: int = 0,
@@ -224,7 +224,7 @@ def _run_all(
             dataset = store.load_dataset(record)
             if not _has_rows(done, record.key, setting(resolve_split(split, dataset.groups))):
                 compute(record, dataset)
-        except (StoreError, LayerError) as error:
+        except (StoreError, LayerError, ProbeError) as error:  # this set only: too small to split, unreadable...
             problems.append(f"activation set {record.key} ({_describe(record)}): {error}")
     return read_table(path, defaults), problems
 
@@ -268,8 +268,10 @@ def _with_provenance(frame: pd.DataFrame, record: ActivationRecord) -> pd.DataFr
 
 
 def _describe(record: ActivationRecord) -> str:
+    """"model checkpoint dataset" of a set (the checkpoint left out where it repeats the model's path)."""
     p = record.provenance
-    return " ".join(str(p.get(key)) for key in ("model", "checkpoint", "dataset") if p.get(key) is not None)
+    names = [p.get("model"), p.get("checkpoint") if p.get("checkpoint") != p.get("model") else None, p.get("dataset")]
+    return " ".join(str(name) for name in names if name is not None)
 
 
 def _device(device: str | None) -> str:

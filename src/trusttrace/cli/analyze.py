@@ -60,7 +60,7 @@ def mi(
     workspace: Path = WorkspaceArgument,
     estimator: str = typer.Option("nhsic", help="nhsic (the reference study's), hsic, gaussian or ksg."),
     x_layer: int = typer.Option(0, help="The layer whose states stand for the input X."),
-    split: str = typer.Option("paper", help="Rows used: the training rows of this split (paper: the first 80 %)."),
+    split: str = typer.Option("grouped", help="Rows used: the training rows of this split, as `probe` and `run` make it (grouped, random, or paper: the first 80 %)."),
     seed: int = typer.Option(0, min=0, help="Seed of the split (random and grouped)."),
     folds: int = typer.Option(5, help="Folds of the probes' split; MI uses the training rows of its first fold (paper: the first 80 %)."),
     test_size: float = typer.Option(0.2, help="Share of rows held out when --folds is 1 (random and grouped splits)."),
@@ -80,7 +80,7 @@ def mi(
 
       trusttrace mi workspace/ --estimator gaussian
 
-      trusttrace mi workspace/ --estimator ksg --split grouped
+      trusttrace mi workspace/ --estimator ksg --split paper
     """
     from trusttrace.analysis import run_mi
     from trusttrace.info import ESTIMATOR_CAVEAT
