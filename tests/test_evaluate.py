@@ -420,6 +420,30 @@ def test_cli_evaluate_writes_tables_steered_and_grid(tmp_path, models, tok):
     result = CliRunner().invoke(app, [*base, "--vectors", str(tmp_path / "v.safetensors"), "--alpha", "1,2", "-o", str(tmp_path / "study")])
     grid = pd.read_csv(tmp_path / "study" / "grid.csv")  # the study's perplexity limit of 6 by default
     assert result.exit_code == 0 and (grid["within_limit"] == (grid["perplexity"] <= 6.0)).all()
+    result = CliRunner().invoke(app, [*base, "-o", str(tmp_path / "study")])  # unsteered, into the grid's folder
+    assert result.exit_code == 0 and not (tmp_path / "study" / "grid.csv").exists()  # no earlier run's grid left
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--alpha", "nan"], "--alpha 'nan': expected comma-separated finite numbers"),
+        (["--alpha", "1,inf"], "--alpha '1,inf': expected comma-separated finite numbers"),
+        (["--max-perplexity", "-1"], "--max-perplexity -1.0: must be 0 or more"),
+        (["--max-kl", "nan"], "--max-kl nan: must be 0 or more"),
+    ],
+)
+def test_cli_evaluate_refuses_nonsense_steering_numbers_before_loading(option, message, tmp_path, monkeypatch, capsys):
+    from trusttrace.cli import main
+
+    vectors = tmp_path / "v.safetensors"
+    save_vectors(vectors, {0: torch.ones(4)}, {})
+    argv = ["trusttrace", "evaluate", "-m", str(tmp_path / "never-loaded"), "-t", "stereoset", "--vectors", str(vectors), *option]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as exited:
+        main()
+    error = capsys.readouterr().err
+    assert exited.value.code == 2 and error.count("\n") == 1 and message in error
 
 
 def test_cli_evaluate_unknown_task_exits_2_before_loading_the_model(tmp_path, monkeypatch, capsys):

@@ -5,6 +5,7 @@ torch, transformers and pandas are imported inside the command, so `--help` answ
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -21,14 +22,20 @@ if TYPE_CHECKING:
 
 
 def parse_floats(text: str, option: str) -> list[float]:
-    """At least one comma-separated number, e.g. "1,2,4"."""
+    """At least one comma-separated finite number, e.g. "1,2,4"."""
     try:
         numbers = [float(part) for part in text.split(",") if part.strip()]
     except ValueError:
         numbers = []
-    if not numbers:
-        raise EvaluationError(f"{option} {text!r}: expected comma-separated numbers")
+    if not numbers or not all(math.isfinite(number) for number in numbers):
+        raise EvaluationError(f"{option} {text!r}: expected comma-separated finite numbers")
     return numbers
+
+
+def check_limit(value: float | None, option: str) -> None:
+    """A side-effect limit is a number from 0 up (inf: no limit)."""
+    if value is not None and not value >= 0:
+        raise EvaluationError(f"{option} {value}: must be 0 or more (inf for no limit)")
 
 
 @app.command("evaluate")
@@ -86,6 +93,8 @@ def evaluate_command(
         raise EvaluationError(
             f"{', '.join(given_steering)} steer(s) nothing without --vectors, a file from `trusttrace steer`"
         )
+    check_limit(max_perplexity, "--max-perplexity")
+    check_limit(max_kl, "--max-kl")
     check_output(out, "--out", folder=True)
     device = check_device(device)
     given = {
@@ -135,4 +144,6 @@ def _write(result: EvalResult, out: Path | None, grid: pd.DataFrame | None = Non
     write_json(out / "settings.json", result.settings)
     if grid is not None:
         atomic_write_bytes(out / "grid.csv", grid.to_csv(index=False).encode())
+    else:  # an earlier run's grid would read as this run's
+        (out / "grid.csv").unlink(missing_ok=True)
     typer.echo(f"written to {out}/")
