@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -399,12 +400,26 @@ def test_cli_steer_builds_vectors_from_stored_activations(tmp_path, models, tok)
     assert list(torch.load(tmp_path / "x.pt", weights_only=True)) == ["h.2"]
 
 
+def test_select_record_knows_a_local_checkpoint_by_its_folder_name():
+    from trusttrace.cli.steering import select_record
+    from trusttrace.store import ActivationRecord
+
+    local = ActivationRecord("k1", Path("k1"), {"model": "/runs/a/step_1000", "checkpoint": "/runs/a/step_1000", "dataset": "toy"})
+    hub = ActivationRecord("k2", Path("k2"), {"model": "org/m", "checkpoint": "step8", "revision": "step8", "dataset": "toy"})
+    assert select_record([local, hub], "step_1000", "toy", None) is local
+    assert select_record([local, hub], "/runs/a/step_1000", "toy", None) is local
+    assert select_record([local, hub], "step8", "toy", None) is hub
+
+
 @pytest.mark.parametrize(
     "arguments, message",
     [
         (["--checkpoint", "step8", "--dataset", "toy", "--layers", "1"], "no activations for checkpoint 'step8'"),
         (["--checkpoint", "step7", "--dataset", "toy", "--layers", "3"], "layers [3] are not stored"),
         (["--checkpoint", "step7", "--dataset", "toy", "--layers", "1", "--export-lm-eval", "x.pt"], "needs --alpha"),
+        (["--checkpoint", "step7", "--dataset", "toy", "--layers", "1", "--alpha", "3"], "--alpha is the coefficient of the --export-lm-eval file"),
+        (["--checkpoint", "step7", "--dataset", "toy", "--layers", "1", "--model", "other"],
+         "--model 'other' excludes the 1 that match); the workspace holds: checkpoint=step7 dataset=toy model="),
     ],
 )
 def test_cli_steer_errors_exit_2(arguments, message, tmp_path, models, tok, monkeypatch, capsys):

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 @app.command()
 def steer(
     workspace: Path = typer.Argument(..., help="Workspace folder holding extracted activations."),
-    checkpoint: str = typer.Option(..., "--checkpoint", "-c", help="Checkpoint (or revision) the activations come from."),
+    checkpoint: str = typer.Option(..., "--checkpoint", "-c", help="Checkpoint (or revision, or a local model's folder name) the activations come from."),
     dataset: str = typer.Option(..., "--dataset", "-d", help="Dataset name the activations were extracted for."),
     layers: str = typer.Option(..., help="Comma-separated layers, e.g. 3,4, or 'all' stored layers."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Source model id, when the workspace holds several."),
@@ -48,6 +48,9 @@ def steer(
     """
     if export_lm_eval_path is not None and alpha is None:
         raise EvaluationError("--export-lm-eval needs --alpha, the coefficient lm-evaluation-harness applies")
+    if alpha is not None and export_lm_eval_path is None:
+        raise EvaluationError("--alpha is the coefficient of the --export-lm-eval file; without it, choose α when you evaluate "
+                              "(`trusttrace evaluate --vectors FILE --alpha A`)")
     check_output(export_lm_eval_path, "--export-lm-eval", folder=False)
     from trusttrace.steering import build_vectors, export_lm_eval, save_vectors
     from trusttrace.store import STEERING_DIR
@@ -66,7 +69,8 @@ def steer(
         acts, store.load_dataset(record), chosen, acts_layers=chosen, protocol=protocol, scaling=scaling, seed=seed,
         source=record.provenance,
     )
-    save_vectors(path, vectors, provenance)
+    with store.locked():  # a sweep writing to this workspace may be writing the same file
+        save_vectors(path, vectors, provenance)
     typer.echo(f"{len(vectors)} vector(s) for layers {','.join(map(str, vectors))} from {provenance['rows']} rows -> {path}")
     if export_lm_eval_path is not None:
         export_lm_eval(export_lm_eval_path, vectors, alpha, architecture=record.provenance.get("architecture"))
@@ -74,20 +78,32 @@ def steer(
 
 
 def select_record(records: list[ActivationRecord], checkpoint: str, dataset: str, model: str | None) -> ActivationRecord:
-    """The one activation set of `checkpoint` (or revision) and `dataset` (and `model` when given)."""
-    found = [
+    """The one activation set of `checkpoint` and `dataset` (and `model` when given); the checkpoint
+    by its name, its revision, or the folder name of a local one (`extract -m ./runs/step_1000`)."""
+    matching = [
         record for record in records
-        if checkpoint in (record.provenance.get("checkpoint"), record.provenance.get("revision"))
-        and record.provenance.get("dataset") == dataset
-        and (model is None or record.provenance.get("model") == model)
+        if checkpoint in checkpoint_names(record.provenance) and record.provenance.get("dataset") == dataset
     ]
+    found = [record for record in matching if model is None or record.provenance.get("model") == model]
     if not found:
-        stored = sorted({f"{r.provenance.get('checkpoint')}/{r.provenance.get('dataset')}" for r in records}) or ["nothing"]
-        raise StoreError(f"no activations for checkpoint {checkpoint!r} and dataset {dataset!r}; the workspace holds {', '.join(stored)}")
+        held = sorted({
+            f"checkpoint={r.provenance.get('checkpoint')} dataset={r.provenance.get('dataset')} model={r.provenance.get('model')}"
+            for r in records
+        }) or ["nothing"]
+        excluded = f" (--model {model!r} excludes the {len(matching)} that match)" if matching else ""
+        raise StoreError(
+            f"no activations for checkpoint {checkpoint!r} and dataset {dataset!r}{excluded}; the workspace holds: {'; '.join(held)}"
+        )
     if len(found) > 1:
         models = sorted({str(r.provenance.get("model")) for r in found})
         raise StoreError(f"{len(found)} activation sets match checkpoint {checkpoint!r} and dataset {dataset!r} ({', '.join(models)}); pick one with --model")
     return found[0]
+
+
+def checkpoint_names(provenance: dict) -> set[str]:
+    """The names a set's checkpoint answers to: itself, its revision, and the last part of either."""
+    names = {str(value) for value in (provenance.get("checkpoint"), provenance.get("revision")) if value}
+    return names | {Path(name).name for name in names}
 
 
 def vector_file_name(
