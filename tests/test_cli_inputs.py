@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -114,6 +115,16 @@ def test_every_verb_with_device_refuses_it_up_front(no_cuda, device, tmp_path, s
 
 
 # ----- integer ranges ----------------------------------------------------------------------------
+
+def test_a_warning_is_one_line_without_the_source_code(tmp_path, saved_model, monkeypatch, capsys):
+    repeats = tmp_path / "repeats.csv"
+    pd.DataFrame({"statement": [*CORPUS[:20], CORPUS[0]], "label": [i % 2 for i in range(21)]}).to_csv(repeats, index=False)
+    with warnings.catch_warnings():
+        code, _, err = run_cli(monkeypatch, capsys, "extract", "-m", saved_model("llama"), "-d", repeats, "-o", tmp_path / "ws")
+    assert code == 0
+    lines = [line for line in err.splitlines() if "repeat an earlier statement" in line]
+    assert len(lines) == 1 and lines[0].startswith(f"warning: {repeats}: 1 row(s) repeat") and ".py:" not in err
+
 
 
 @pytest.mark.parametrize("value", ["0", "-3"])

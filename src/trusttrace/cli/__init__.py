@@ -7,6 +7,7 @@ Verb modules import the heavy libraries (torch, transformers) inside their comma
 from __future__ import annotations
 
 import sys
+import warnings
 
 import typer
 
@@ -44,8 +45,14 @@ def _root(
     """Options of `trusttrace` itself; the help text is the app's."""
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning on the command line: one `warning: ...` line, without the source file and code."""
+    print(f"warning: {message}", file=file or sys.stderr)
+
+
 def main() -> None:
     """Entry point: usage errors and exit codes are Typer's; a package error is one line and exit 2."""
+    warnings.showwarning = _show_warning
     try:
         app()
     except TrustTraceError as error:
