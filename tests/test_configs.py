@@ -19,7 +19,8 @@ CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
-def test_shipped_config_is_valid(path):
+def test_shipped_config_is_valid(path, hub_online, monkeypatch, shared_data):
+    monkeypatch.setenv("TRUSTTRACE_DATA", str(shared_data))  # the study's datasets, read and split as a run would
     config = load_config(path)
     assert config.workspace.is_absolute()
     if config.suite.startswith(("amber", "pythia")):
@@ -49,15 +50,15 @@ def test_the_example_in_run_help_is_a_valid_config():
 @pytest.fixture()
 def project(tmp_path):
     """A config folder with a local suite of two 4-block checkpoints (their config.json is all
-    validation reads) and toy datasets toy.csv, a/toy.csv and b/toy.csv; returns a writer of
-    tmp_path/config.yaml from keys (over a valid base) or raw text."""
+    validation reads) and toy datasets toy.csv, a/toy.csv and b/toy.csv (20 rows: enough for 5
+    folds); returns a writer of tmp_path/config.yaml from keys (over a valid base) or raw text."""
     for step in (0, 10):
         folder = tmp_path / "suite" / f"step_{step}"
         folder.mkdir(parents=True)
         (folder / "config.json").write_text(json.dumps({"model_type": "llama", "num_hidden_layers": 4}))
     for folder in (tmp_path, tmp_path / "a", tmp_path / "b"):
         folder.mkdir(exist_ok=True)
-        (folder / "toy.csv").write_text("statement,label\n" + "".join(f"row {i},{i % 2}\n" for i in range(8)))
+        (folder / "toy.csv").write_text("statement,label\n" + "".join(f"row {i},{i % 2}\n" for i in range(20)))
 
     def write(changes: dict | str = "") -> Path:
         base = {"workspace": "ws", "suite": "local:suite", "datasets": [str(tmp_path / "toy.csv")], "device": "cpu"}
@@ -67,6 +68,14 @@ def project(tmp_path):
         return path
 
     return write
+
+
+@pytest.fixture()
+def hub_online(monkeypatch):
+    """The Hub as a run would find it online: built-ins absent locally are then built from it."""
+    from trusttrace.data import hub
+
+    monkeypatch.setattr(hub, "hub_offline", lambda: False)
 
 
 def run_check(path: Path, capsys) -> tuple[int, str]:
@@ -174,7 +183,7 @@ def test_device_auto_means_the_default(project):
     assert load_config(project({"device": "cuda:1"})).device == "cuda:1"
 
 
-def test_layers_of_a_hub_suite_are_checked_only_from_the_cache(tmp_path, monkeypatch):
+def test_layers_of_a_hub_suite_are_checked_only_from_the_cache(tmp_path, monkeypatch, hub_online):
     """The block count of a Hub checkpoint comes from a config.json already cached, never a download."""
     import huggingface_hub
 
@@ -217,9 +226,100 @@ def test_text_config_gives_the_block_count(project, tmp_path, capsys):
     assert_refused(project({"layers": [8], "mi": {"x_layer": 8}}), capsys, "layer 8 is out of range")
 
 
-def test_dataset_files_are_relative_to_the_config(project, monkeypatch, tmp_path_factory, capsys):
+def test_dataset_files_are_relative_to_the_config(project, monkeypatch, tmp_path_factory, capsys, hub_online):
     path = project({"datasets": ["toy.csv", "truthfulqa"]})
     monkeypatch.chdir(tmp_path_factory.mktemp("elsewhere"))
     assert load_config(path).datasets == [str(path.parent / "toy.csv"), "truthfulqa"]
     code, err = run_check(path, capsys)
     assert code == 0, err
+
+
+# ----- --check reads the datasets and splits them as the run will, and names what it leaves to run time -----
+
+
+def check_notes(path: Path, capsys) -> list[str]:
+    """`trusttrace run PATH --check` on a valid config: its "not checked here" notes."""
+    from trusttrace.cli import main as cli_main
+
+    with mock.patch.object(sys, "argv", ["trusttrace", "run", str(path), "--check"]), pytest.raises(SystemExit) as exit_info:
+        cli_main()
+    captured = capsys.readouterr()
+    assert exit_info.value.code == 0, captured.err
+    return [line.strip().removeprefix("not checked here: ") for line in captured.out.splitlines()[1:]]
+
+
+def test_a_bad_row_of_a_dataset_file_is_refused(project, tmp_path, capsys):
+    rows = ["a,0", "b,1", "c,0", "d,1", "e,2", "f,0"]
+    (tmp_path / "label2.csv").write_text("statement,label\n" + "\n".join(rows) + "\n")
+    assert_refused(project({"datasets": ["label2.csv"]}), capsys,
+                   f"key 'datasets': {tmp_path / 'label2.csv'}: data row 5 (line 6): label '2' is not 0 or 1")
+
+
+def test_a_builtin_dataset_not_on_disk_is_refused_when_a_run_could_not_build_it(project, tmp_path, monkeypatch, capsys):
+    (tmp_path / "data").mkdir()
+    assert_refused(project({"datasets": ["stereoset"], "data_dir": "data"}), capsys,
+                   f"key 'data_dir': stereoset: no {tmp_path / 'data' / 'stereoset.csv'}, and the Hugging Face Hub is off",
+                   "set data_dir:")
+    monkeypatch.delenv("TRUSTTRACE_DATA", raising=False)
+    assert_refused(project({"datasets": ["stereoset"]}), capsys,
+                   "key 'data_dir': stereoset: neither data_dir nor $TRUSTTRACE_DATA is set")
+
+
+def test_a_builtin_dataset_a_run_builds_from_the_hub_is_left_to_run_time(project, tmp_path, hub_online, capsys):
+    (tmp_path / "data").mkdir()
+    notes = check_notes(project({"datasets": ["stereoset"], "data_dir": "data"}), capsys)
+    where = tmp_path / "data" / "stereoset.csv"
+    assert f"dataset stereoset (no {where}; a run builds it from its Hugging Face source, checked then)" in notes
+    assert_refused(project({"datasets": ["confaide"], "data_dir": "data"}), capsys,
+                   "key 'data_dir': confaide:", "it has no Hugging Face source")
+
+
+def test_a_builtin_dataset_on_disk_is_read_and_split(project, tmp_path, capsys):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "stereoset.csv").write_text("statement,label\nthe man ate,1\nthe man sky,0\n")
+    assert_refused(project({"datasets": ["stereoset"], "data_dir": "data"}), capsys,
+                   "key 'probes.folds': 5 does not fit dataset stereoset (2 rows, 1 of the rarer class, 1 groups)")
+
+
+def test_a_data_dir_that_is_not_a_folder_is_refused(project, capsys):
+    assert_refused(project({"data_dir": "/nonexistent"}), capsys, "key 'data_dir': /nonexistent is not a folder")
+
+
+@pytest.mark.parametrize(
+    ("rows", "changes", "fragments"),
+    [
+        pytest.param([f"row {i},{i % 2}" for i in range(8)], {},
+                     ["key 'probes.folds': 5 does not fit dataset small (8 rows, 4 of the rarer class)", "into 5 fold(s)"],
+                     id="random-folds"),
+        pytest.param([f"row {i},{i % 2},{i // 4}" for i in range(12)], {},
+                     ["key 'probes.folds': 5 does not fit dataset small (12 rows, 6 of the rarer class, 3 groups)",
+                      "needs at least 5 groups, found 3"], id="grouped-folds"),
+        pytest.param([f"row {i},{i % 2}" for i in range(8)], {"probes": {"folds": 1, "test_size": 0.1}},
+                     ["key 'probes.test_size': 0.1 does not fit dataset small (8 rows"], id="one-fold-test-size"),
+        pytest.param([f"row {i},{int(i >= 6)}" for i in range(8)], {"probes": {"split": "paper"}},
+                     ["key 'probes.split': paper does not fit dataset small (8 rows, 2 of the rarer class)", "one class only"],
+                     id="paper"),
+    ],
+)
+def test_a_dataset_too_small_for_the_probe_split_is_refused(project, tmp_path, capsys, rows, changes, fragments):
+    header = "statement,label,group" if rows[0].count(",") == 2 else "statement,label"
+    (tmp_path / "small.csv").write_text(header + "\n" + "\n".join(rows) + "\n")
+    assert_refused(project({"datasets": ["small.csv"], **changes}), capsys, *fragments)
+
+
+def test_the_probe_split_is_checked_only_for_the_stages_that_use_it(project, tmp_path, capsys):
+    (tmp_path / "small.csv").write_text("statement,label\n" + "".join(f"row {i},{i % 2}\n" for i in range(8)))
+    assert check_notes(project({"datasets": ["small.csv"], "probes": {"folds": 4}}), capsys) == []
+    assert check_notes(project({"datasets": ["small.csv"], "stages": ["extract"]}), capsys) == []
+
+
+def test_hub_targets_are_left_to_run_time_and_local_ones_are_not(project, tmp_path, capsys):
+    steering = {**STEERING, "target": "EleutherAI/pythia-70m"}
+    notes = check_notes(project({"stages": ["extract", "steering", "evaluate"], "steering": steering,
+                                 "evaluate": {"tasks": ["privacy"], "model": "org/chat-model"}}), capsys)
+    assert ("key 'steering.target': EleutherAI/pythia-70m is not a local folder; "
+            "the Hub model is checked when the stage loads it") in notes
+    assert any(note.startswith("key 'evaluate.model': org/chat-model is not a local folder") for note in notes)
+    local = {**STEERING, "target": str(tmp_path / "suite" / "step_10")}
+    assert check_notes(project({"stages": ["extract", "steering", "evaluate"], "steering": local,
+                                "evaluate": {"tasks": ["privacy"]}}), capsys) == []

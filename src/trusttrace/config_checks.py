@@ -1,8 +1,9 @@
 """Checks of a sweep config against what exists, before any work: reading only what is on disk.
 
-The suite and its checkpoints, the datasets, the steering source, the evaluation tasks, the
-layers against the model's block count (from a local or Hub-cached config.json), stored
-activations for the stages that read them, a writable workspace. Each helper returns one
+The suite and its checkpoints, the datasets (read as a run reads them, and split as the probes
+will split them), the data folder, the steering source, the evaluation tasks, the layers against
+the model's block count (from a local or Hub-cached config.json), stored activations for the
+stages that read them, a writable workspace. Each helper returns one
 problem line or None; `check_names` raises the first as a ConfigError and returns what it
 could not check here, so "valid" never claims more than was checked.
 """
@@ -14,11 +15,14 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from trusttrace.config import SweepConfig, is_dataset_file, is_int, layer_use_problem
 from trusttrace.errors import ConfigError
 
 if TYPE_CHECKING:
     from trusttrace.checkpoints import Checkpoint, CheckpointSuite
+    from trusttrace.data import TrustDataset
 
 READS_ACTIVATIONS = ("probes", "mi", "steering")  # stages that read what extract stored
 
@@ -26,11 +30,12 @@ READS_ACTIVATIONS = ("probes", "mi", "steering")  # stages that read what extrac
 def check_names(config: SweepConfig, where: str = "config") -> list[str]:
     """Check what the config names against what exists, reading only what is on disk already.
 
-    The suite and its checkpoints, the datasets, the steering source, the evaluation tasks, the
-    layers against the model's block count (when its config.json is local or in the Hub cache),
-    stored activations for stages that read them, a writable workspace. Nothing is downloaded,
-    written or started. Returns the checks left to run time (layers whose model config is not
-    on disk, a device this machine lacks), one line each.
+    The suite and its checkpoints, the datasets (their rows, and the probes' split of them), the
+    data folder, the steering source, the evaluation tasks, the layers against the model's block
+    count (when its config.json is local or in the Hub cache), stored activations for stages that
+    read them, a writable workspace. Nothing is downloaded, written or started. Returns the checks
+    left to run time (layers whose model config is not on disk, built-in datasets a run would build
+    from the Hub, Hub target models, a device this machine lacks), one line each.
     """
     from trusttrace.checkpoints import checkpoint_suite
     from trusttrace.errors import TrustTraceError
@@ -42,25 +47,33 @@ def check_names(config: SweepConfig, where: str = "config") -> list[str]:
         raise ConfigError(f"{where}: key 'suite'/'checkpoints': {error}") from None
     problem = (
         _dataset_problem(config)
+        or _data_dir_problem(config)
         or _source_problem(config, suite)
         or _task_problem(config)
         or _block_count_problem(config, checkpoints[0])
         or _activations_problem(config)
         or _workspace_problem(config)
+        or _rows_problem(config)
     )
     if problem:
         raise ConfigError(f"{where}: {problem}")
-    return _unchecked(config, checkpoints[0])
+    return _unchecked(config, suite, checkpoints[0])
 
 
-def _unchecked(config: SweepConfig, checkpoint: "Checkpoint") -> list[str]:
-    """What this machine cannot check: the layer range without a config.json on disk, the device."""
+def _unchecked(config: SweepConfig, suite: "CheckpointSuite", checkpoint: "Checkpoint") -> list[str]:
+    """What this machine cannot check: the layer range without a config.json on disk, datasets and
+    target models that come from the Hub, the device."""
     from trusttrace.errors import TrustTraceError
     from trusttrace.models import check_device
 
     notes = []
     if _block_count(checkpoint) is None:
         notes.append(f"the layers against the model (no config.json of {checkpoint.name} on disk yet; checked when it loads)")
+    for name in config.datasets:
+        absent = _absent_builtin(config, name)
+        if absent and _no_hub_build(name) is None:
+            notes.append(f"dataset {name} ({absent}; a run builds it from its Hugging Face source, checked then)")
+    notes += _hub_target_notes(config, suite)
     try:
         check_device(config.device, "key 'device':")
     except TrustTraceError as error:
@@ -80,6 +93,122 @@ def _dataset_problem(config: SweepConfig) -> str | None:
             return f"key 'datasets': no such file {name}"
         return f"key 'datasets': unknown dataset {name!r}; known: {', '.join(known)}, or a file path"
     return None
+
+
+def _data_dir_problem(config: SweepConfig) -> str | None:
+    """A data_dir that is not a folder: a run would look in vain there for the built-in datasets."""
+    if config.data_dir is None or config.data_dir.is_dir():
+        return None
+    return f"key 'data_dir': {config.data_dir} is not a folder"
+
+
+def _rows_problem(config: SweepConfig) -> str | None:
+    """A dataset a run could not read, or one the probes' split cannot divide: every unit on it would fail.
+
+    Reads each dataset as the sweep does, but only from disk; a built-in that is not there is a
+    problem unless a run would build it from the Hub (then `_unchecked` lists it).
+    """
+    from trusttrace.data import load_dataset
+    from trusttrace.errors import TrustTraceError
+
+    for name in config.datasets:
+        absent = _absent_builtin(config, name)
+        if absent:
+            no_hub = _no_hub_build(name)
+            if no_hub:
+                return f"key 'data_dir': {name}: {absent}, and {no_hub}; set data_dir: to the folder holding its files"
+            continue
+        try:
+            dataset = load_dataset(name, data_dir=config.data_dir, source="local")
+        except TrustTraceError as error:
+            return f"key 'datasets': {error}"
+        problem = _split_problem(config, dataset)
+        if problem:
+            return problem
+    return None
+
+
+def _absent_builtin(config: SweepConfig, name: str) -> str | None:
+    """Why built-in `name` is not under data_dir or $TRUSTTRACE_DATA, where a run reads it from; None if there (or a file)."""
+    from trusttrace.data import builtin_cards
+    from trusttrace.data.builtin import DATA_ENV, data_root, local_paths
+
+    if name not in builtin_cards():
+        return None
+    root = data_root(config.data_dir)
+    if root is None:
+        return f"neither data_dir nor ${DATA_ENV} is set"
+    missing = [path for path in local_paths(name, root) if not path.is_file()]
+    return f"no {missing[0]}" if missing else None
+
+
+def _no_hub_build(name: str) -> str | None:
+    """Why a run could not build built-in `name` from the Hub instead of local files; None when it would."""
+    from trusttrace.data import hub
+
+    if name not in hub.HUB_SOURCES:
+        return "it has no Hugging Face source"
+    return "the Hugging Face Hub is off (HF_HUB_OFFLINE is set)" if hub.hub_offline() else None
+
+
+def _split_problem(config: SweepConfig, dataset: "TrustDataset") -> str | None:
+    """A dataset the probes' split (whose first fold mi uses) cannot divide as configured: those units would all fail."""
+    if "probes" not in config.stages and "mi" not in config.stages:
+        return None
+    from trusttrace.errors import ProbeError
+    from trusttrace.splits import make_splits, resolve_split
+
+    options = config.probes
+    kind = resolve_split(config.probe_split(), dataset.groups)
+    try:
+        make_splits(dataset.labels, split=kind, groups=dataset.groups, folds=options.folds,
+                    test_size=options.test_size, seed=options.seed)
+    except ProbeError as error:
+        key, value = _split_key(config, kind)
+        return f"key '{key}': {value} does not fit dataset {dataset.name} ({_split_sizes(dataset, kind)}): {error}"
+    return None
+
+
+def _split_key(config: SweepConfig, kind: str) -> tuple[str, object]:
+    """The probes key and value a split of `kind` turns on: the split for paper, test_size for one fold, else folds."""
+    if kind == "paper":
+        return "probes.split", kind
+    if config.probes.folds == 1:
+        return "probes.test_size", config.probes.test_size
+    return "probes.folds", config.probes.folds
+
+
+def _split_sizes(dataset: "TrustDataset", kind: str) -> str:
+    """What a split divides: the rows, those of the rarer class and, for a grouped split, the groups."""
+    sizes = f"{len(dataset)} rows, {np.bincount(dataset.labels, minlength=2).min()} of the rarer class"
+    if kind == "grouped":
+        sizes += f", {len(np.unique(np.asarray(dataset.groups).astype(str)))} groups"
+    return sizes
+
+
+def _hub_target_notes(config: SweepConfig, suite: "CheckpointSuite") -> list[str]:
+    """Steering targets and evaluate models that name Hub models: validation reads no Hub, the stage's load checks them."""
+    targets = {}
+    if config.steering is not None:
+        targets["steering.target"] = config.steering.target
+    if config.evaluate is not None:
+        targets["evaluate.model"] = config.evaluate.model
+    notes = []
+    for key, name in targets.items():
+        model_id = _hub_model(name, suite)
+        if model_id is not None:
+            shown = name if model_id == name else f"{name} ({model_id})"
+            notes.append(f"key '{key}': {shown} is not a local folder; the Hub model is checked when the stage loads it")
+    return notes
+
+
+def _hub_model(name: str, suite: "CheckpointSuite") -> str | None:
+    """The model id a target resolves to (as the steering stage's resolve_target does), unless it is a local folder
+    or 'final' (the last selected checkpoint, checked with the suite)."""
+    if name == "final":
+        return None
+    model_id = suite.targets.get(name, name)
+    return None if Path(model_id).is_dir() else model_id
 
 
 def _source_problem(config: SweepConfig, suite: "CheckpointSuite") -> str | None:
