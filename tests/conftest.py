@@ -13,6 +13,35 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 from trusttrace.tiny import train_tokenizer, tiny_model  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def _hub_probe_forgotten(monkeypatch):
+    """Each test asks afresh whether the Hub can be reached (the answer is kept per process)."""
+    from trusttrace.data import hub
+
+    monkeypatch.setattr(hub, "UNREACHABLE", [])
+    hub.hub_reachable.cache_clear()
+    yield
+    hub.hub_reachable.cache_clear()
+
+
+@pytest.fixture()
+def hub_online(monkeypatch):
+    """The Hub as an online machine finds it: not switched off, no proxy, its host answering
+    (tests that use this fixture stub the Hub calls themselves)."""
+    import contextlib
+
+    from huggingface_hub import constants
+
+    from trusttrace.data import hub
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    for variable in hub.PROXY_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub.socket, "create_connection", lambda *args, **kwargs: contextlib.nullcontext())
+    return hub
+
+
 
 def shared_datasets() -> Path:
     """The folder holding the study's tracingllm/ and upstream/: $TRUSTTRACE_DATA (that folder

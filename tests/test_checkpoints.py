@@ -9,7 +9,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from huggingface_hub import constants
 from typer.testing import CliRunner
 
 from trusttrace import checkpoints
@@ -123,9 +122,7 @@ def test_parse_olmo_branch_names():
     assert parse_olmo_branch("main") is None
 
 
-def test_olmo_suite_lists_and_orders_hub_branches(monkeypatch):
-    monkeypatch.delenv("HF_HUB_OFFLINE")
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+def test_olmo_suite_lists_and_orders_hub_branches(monkeypatch, hub_online):
     names = ["main", "step20000-tokens84B", "step0-tokens0B", "stage1-step1000-tokens4B", "stage2-ingredient1-step10-tokens1B"]
     branches = [SimpleNamespace(name=name) for name in names]
     monkeypatch.setattr(checkpoints, "list_repo_refs", lambda repo: SimpleNamespace(branches=branches))
@@ -144,9 +141,7 @@ def test_olmo_offline_raises_without_calling_the_hub(monkeypatch):
         checkpoint_suite("olmo-1b")
 
 
-def test_olmo_network_failure_is_an_offline_error(monkeypatch):
-    monkeypatch.delenv("HF_HUB_OFFLINE")
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+def test_olmo_network_failure_is_an_offline_error(monkeypatch, hub_online):
 
     def down(repo):
         raise ConnectionError("no route to host")

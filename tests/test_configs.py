@@ -70,14 +70,6 @@ def project(tmp_path):
     return write
 
 
-@pytest.fixture()
-def hub_online(monkeypatch):
-    """The Hub as a run would find it online: built-ins absent locally are then built from it."""
-    from trusttrace.data import hub
-
-    monkeypatch.setattr(hub, "hub_offline", lambda: False)
-
-
 def run_check(path: Path, capsys) -> tuple[int, str]:
     """`trusttrace run PATH --check`: its exit code and what it printed to stderr."""
     from trusttrace.cli import main as cli_main

@@ -416,9 +416,7 @@ def test_hub_source_is_used_even_with_local_files_when_asked():
         (hub.RepositoryNotFoundError.__new__(hub.RepositoryNotFoundError, "gone"), DatasetError, "the Hub has no dataset"),
     ],
 )
-def test_hub_failures_become_one_line_package_errors(monkeypatch, raised, expected, message):
-    monkeypatch.delenv("HF_HUB_OFFLINE")
-    monkeypatch.setattr(hub.constants, "HF_HUB_OFFLINE", False)
+def test_hub_failures_become_one_line_package_errors(monkeypatch, hub_online, raised, expected, message):
 
     def fail(*args, **kwargs):
         raise raised

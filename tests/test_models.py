@@ -146,6 +146,31 @@ def test_hub_model_offline_is_a_clear_error(monkeypatch):
         load_model("EleutherAI/pythia-70m", revision="step1000", device="cpu")
 
 
+def test_an_unreachable_hub_fails_a_hub_model_at_once_in_one_line(hub_online, monkeypatch):
+    import socket
+    import time
+
+    from huggingface_hub import constants
+
+    def refused(address, timeout):
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(socket, "create_connection", refused)
+    start = time.perf_counter()
+    with pytest.raises(OfflineError, match="not-a-cached/model: the Hugging Face Hub cannot be reached"):
+        load_model("not-a-cached/model", device="cpu")
+    assert time.perf_counter() - start < 10  # no retries with back-off
+    assert constants.HF_HUB_OFFLINE and hub_online.offline_reason() == "huggingface.co cannot be reached"
+
+
+def test_behind_a_proxy_the_hub_is_not_probed(hub_online, monkeypatch):
+    import socket
+
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy:3128")
+    monkeypatch.setattr(socket, "create_connection", lambda *args, **kwargs: pytest.fail("probed past the proxy"))
+    assert hub_online.hub_reachable()
+
+
 def test_check_layers():
     assert check_layers("all", 3) == [0, 1, 2]
     assert check_layers([-1, 0], 3) == [2, 0]

@@ -18,7 +18,7 @@ from pathlib import Path
 from huggingface_hub import list_repo_refs
 from huggingface_hub.utils import HfHubHTTPError, RepositoryNotFoundError
 
-from trusttrace.data.hub import NETWORK_ERRORS, first_line, hub_offline
+from trusttrace.data.hub import NETWORK_ERRORS, first_line, hub_reachable, offline_reason
 from trusttrace.errors import CheckpointError, OfflineError
 
 PYTHIA_SIZES = ("14m", "31m", "70m", "160m", "410m", "1b", "1.4b", "2.8b", "6.9b", "12b")
@@ -207,8 +207,8 @@ def parse_olmo_branch(branch: str) -> tuple[int, int] | None:
 def olmo_suite(name: str) -> CheckpointSuite:
     """An OLMo suite from the repository's branches on the Hub (stage-2 and other branches are skipped)."""
     repo = OLMO_REPOS[name]
-    if hub_offline():
-        raise OfflineError(f"suite {name}: listing the revisions of {repo} needs the Hugging Face Hub, and HF_HUB_OFFLINE is set")
+    if not hub_reachable():
+        raise OfflineError(f"suite {name}: listing the revisions of {repo} needs the Hugging Face Hub, and {offline_reason()}")
     try:
         branches = [branch.name for branch in list_repo_refs(repo).branches]
     except RepositoryNotFoundError as error:

@@ -148,7 +148,7 @@ def _no_hub_build(name: str) -> str | None:
 
     if name not in hub.HUB_SOURCES:
         return "it has no Hugging Face source"
-    return "the Hugging Face Hub is off (HF_HUB_OFFLINE is set)" if hub.hub_offline() else None
+    return f"the Hugging Face Hub is off ({hub.offline_reason()})" if hub.hub_offline() else None
 
 
 def _split_problem(config: SweepConfig, dataset: "TrustDataset") -> str | None:

@@ -27,7 +27,7 @@ from transformers import (
     AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase,
 )
 
-from trusttrace.data.hub import first_line
+from trusttrace.data.hub import first_line, hub_reachable
 from trusttrace.devices import default_device
 from trusttrace.errors import CheckpointError, LayerError, ModelError, OfflineError
 
@@ -134,6 +134,8 @@ def load_model(
     torch_dtype = resolve_dtype(dtype, device)
     local = _local_folder(model_id, revision)
     name = str(local) if local is not None else str(model_id)
+    if local is None:
+        hub_reachable()  # offline at once (the cache only) when the Hub cannot be reached
     config = _load_config(name, revision, trust_remote_code)
     check_causal(name, config, trust_remote_code)
     tokenizer = load_tokenizer(name, revision, trust_remote_code)  # before the weights: a missing one fails fast

@@ -14,7 +14,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from trusttrace.checkpoints import Checkpoint
-from trusttrace.data.hub import NETWORK_ERRORS
+from trusttrace.data.hub import NETWORK_ERRORS, hub_reachable
 from trusttrace.errors import CheckpointError, OfflineError
 
 # Only what loading needs: configs, tokenizer files and one format of weights (safetensors
@@ -33,6 +33,7 @@ def hub_fetch(checkpoint: Checkpoint) -> Path:
     from huggingface_hub import list_repo_files, snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError, RevisionNotFoundError
 
+    hub_reachable()
     try:
         files = list_repo_files(checkpoint.model_id, revision=checkpoint.revision)
         patterns = SUPPORT_PATTERNS + weight_patterns(files)

@@ -7,11 +7,14 @@ with a one-line message that says to pass --data-dir or set TRUSTTRACE_DATA inst
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from urllib.parse import urlparse
 
 import numpy as np
 import pandas as pd
@@ -30,6 +33,9 @@ from trusttrace.data.files import Table, validate
 from trusttrace.errors import DatasetError, OfflineError
 
 STUDY_FILES_URL = "https://github.com/ChnQ/TracingLLM (src/datasets/)"
+HUB_PROBE_SECONDS = 3.0  # to wait for the Hub's host before taking this machine as offline
+PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
+UNREACHABLE: list[str] = []  # the Hub's host, once `hub_reachable` found it unreachable
 SST2_UPPER_SEED = 0
 SST2_UPPER_WORD_PROBABILITY = 0.2
 
@@ -59,9 +65,41 @@ def first_line(error: BaseException) -> str:
 
 
 def hub_offline() -> bool:
-    """True when HF_HUB_OFFLINE is set now (read at call time) or was set when huggingface_hub loaded."""
-    flag = os.environ.get("HF_HUB_OFFLINE", "").strip().upper()
-    return flag in {"1", "ON", "YES", "TRUE"} or bool(constants.HF_HUB_OFFLINE)
+    """True when HF_HUB_OFFLINE is set now (read at call time) or was set when huggingface_hub
+    loaded, or `hub_reachable` found the Hub's host unreachable."""
+    return _offline_flag() or bool(constants.HF_HUB_OFFLINE)
+
+
+def offline_reason() -> str:
+    """Why the Hub is off: the variable, or the host `hub_reachable` could not reach."""
+    return f"{UNREACHABLE[0]} cannot be reached" if UNREACHABLE and not _offline_flag() else "HF_HUB_OFFLINE is set"
+
+
+def _offline_flag() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+@functools.cache
+def hub_reachable() -> bool:
+    """Whether the Hub's host answers within HUB_PROBE_SECONDS, asked once per process.
+
+    When it does not (and no proxy is set, which a direct connection would bypass), huggingface_hub
+    and transformers are switched to offline mode for this process: cached files are then used at
+    once, and a missing one fails with one line instead of after half a minute of retries.
+    """
+    if hub_offline():
+        return False
+    if any(os.environ.get(variable) for variable in PROXY_VARIABLES):
+        return True
+    endpoint = urlparse(constants.ENDPOINT)
+    host = endpoint.hostname or "huggingface.co"
+    try:
+        with socket.create_connection((host, endpoint.port or 443), timeout=HUB_PROBE_SECONDS):
+            return True
+    except OSError:
+        UNREACHABLE[:] = [host]
+        constants.HF_HUB_OFFLINE = True
+        return False
 
 
 @dataclass(frozen=True)
@@ -96,8 +134,8 @@ def download(repo_id: str, patterns: tuple[str, ...], context: str) -> list[Path
         f"pass --data-dir or set TRUSTTRACE_DATA to the folder holding the study CSVs "
         f"(e.g. shared/datasets/tracingllm; the exact study files are at {STUDY_FILES_URL})"
     )
-    if hub_offline():
-        raise OfflineError(f"{context}, and the Hugging Face Hub is off (HF_HUB_OFFLINE is set); {advice}")
+    if not hub_reachable():
+        raise OfflineError(f"{context}, and the Hugging Face Hub is off ({offline_reason()}); {advice}")
     try:
         folder = Path(snapshot_download(repo_id, repo_type="dataset", allow_patterns=list(patterns)))
     except GatedRepoError as error:

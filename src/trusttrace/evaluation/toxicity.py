@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -17,6 +18,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from trusttrace.data import TrustDataset
+from trusttrace.data.hub import hub_reachable
 from trusttrace.errors import EvaluationError
 from trusttrace.evaluation.results import EvalResult, make_table, rate_row
 from trusttrace.evaluation.scoring import generate_texts
@@ -69,6 +71,8 @@ def load_classifier(
         name = getattr(model, "name_or_path", "") or type(model).__name__
     else:
         name = str(classifier)
+        if not Path(name).is_dir():
+            hub_reachable()
         try:
             tokenizer = AutoTokenizer.from_pretrained(name)
             model = AutoModelForSequenceClassification.from_pretrained(name)
