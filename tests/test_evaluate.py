@@ -309,13 +309,15 @@ def test_side_effects_zero_for_alpha_zero_and_kl_matches_by_hand(models, tok):
     assert table.loc["kl", "value"] > 0 and table.loc["kl", "n"] == sum(len(tok(t)["input_ids"]) - 1 for t in texts)
 
 
-def test_grid_picks_the_best_setting_within_the_kl_limit(models, tok):
+def test_grid_picks_the_best_setting_within_the_kl_limit(models, tok, capsys):
     model = models("gpt2")
     ones = toy_dataset()
     ones = TrustDataset("ones", ones.statements, np.ones(len(ones), dtype=int), None, ones.card, "test")
     last = len(decoder_layers(model)) - 1
     options = dict(task="binary", dataset=ones, rows=np.arange(len(ones)), max_perplexity=None)
-    free = steering_grid(model, tok, {last: answer_direction(model, tok)}, [-30.0, -0.5, 30.0], **options)
+    free = steering_grid(model, tok, {last: answer_direction(model, tok)}, [-30.0, -0.5, 30.0], progress=True, **options)
+    bar = capsys.readouterr().err
+    assert "steering binary: 100%" in bar and "4/4" in bar  # the unsteered model and three settings
     table = free.table
     assert len(table) == 4 and pd.isna(table.loc[0, "layer"]) and table.loc[0, "kl"] == 0.0
     assert free.best["alpha"] == 30.0 and free.best["value"] == 1.0 and free.best["layer"] == last

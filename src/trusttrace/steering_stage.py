@@ -189,7 +189,7 @@ def steer_dataset(
     grid = steering_grid(
         model, tokenizer, vectors, options.alphas, task=task, dataset=dataset, positions=options.positions,
         max_perplexity=options.max_perplexity, provenance=provenance, limit=options.max_rows,
-        protocol=config.protocol, seed=config.probes.seed,
+        protocol=config.protocol, seed=config.probes.seed, progress=sweep.progress,
     )
     template = grid.baseline.settings.get("template")
     path = vector_path(sweep, source.name, dataset, vector_settings)

@@ -124,7 +124,7 @@ def evaluate_command(
     grid = steering_grid(
         loaded, tokenizer, steering.vectors, alphas, task=task, dataset=dataset, positions=steering.positions,
         max_perplexity=STUDY_MAX_PERPLEXITY if max_perplexity is None else max_perplexity, max_kl=max_kl,
-        provenance=steering.provenance, **common, **options,
+        provenance=steering.provenance, progress=True, **common, **options,
     )
     _write(grid.combined(), out, grid.table)
     unsteered = f"unsteered {grid.table.loc[0, 'metric']} {grid.table.loc[0, 'value']:.3g}"

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 from scipy.stats import binomtest, wilcoxon
+from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from trusttrace.data import TrustDataset
@@ -80,9 +81,11 @@ def steering_grid(
     max_kl: float | None = None,
     provenance: Mapping[str, Any] | None = None,
     data_dir: str | Path | None = None,
+    progress: bool = False,
     **options: Any,
 ) -> GridResult:
-    """Evaluate `task` steered by each layer's vector at each alpha, one layer at a time.
+    """Evaluate `task` steered by each layer's vector at each alpha, one layer at a time (with a
+    progress bar over the settings, the unsteered model's included, when `progress`).
 
     A setting is within the limit when its steered perplexity is at most `max_perplexity`
     and its KL at most `max_kl` (a None limit is not checked), and `improves` when its primary
@@ -93,16 +96,20 @@ def steering_grid(
     """
     spec = get_task(task)
     dataset = resolve_dataset(spec, dataset, data_dir)
-    baseline = evaluate(model, tokenizer, task, dataset, data_dir=data_dir, **options)
-    metric = next((name for name in spec.primary if name in set(baseline.table["metric"])), baseline.table["metric"].iloc[0])
-    results: dict[tuple[int, float], EvalResult] = {}
-    rows = [_grid_row(None, 0.0, metric, baseline)]
-    for layer, vector in vectors.items():
-        for alpha in alphas:
-            steering = Steering({layer: vector}, float(alpha), positions, provenance)
-            result = evaluate(model, tokenizer, task, dataset, steering=steering, data_dir=data_dir, **options)
-            results[(int(layer), float(alpha))] = result
-            rows.append(_grid_row(int(layer), float(alpha), metric, result))
+    bar = tqdm(total=1 + len(vectors) * len(alphas), desc=f"steering {task}", unit="setting", disable=not progress)
+    with bar:
+        baseline = evaluate(model, tokenizer, task, dataset, data_dir=data_dir, **options)
+        bar.update()
+        metric = next((name for name in spec.primary if name in set(baseline.table["metric"])), baseline.table["metric"].iloc[0])
+        results: dict[tuple[int, float], EvalResult] = {}
+        rows = [_grid_row(None, 0.0, metric, baseline)]
+        for layer, vector in vectors.items():
+            for alpha in alphas:
+                steering = Steering({layer: vector}, float(alpha), positions, provenance)
+                result = evaluate(model, tokenizer, task, dataset, steering=steering, data_dir=data_dir, **options)
+                results[(int(layer), float(alpha))] = result
+                rows.append(_grid_row(int(layer), float(alpha), metric, result))
+                bar.update()
     table = pd.DataFrame(rows).astype({"layer": "Int64"})
     unsteered = table["perplexity_unsteered"].dropna()
     table.loc[0, ["kl", "perplexity"]] = [0.0, unsteered.iloc[0] if len(unsteered) else math.nan]
