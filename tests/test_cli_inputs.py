@@ -198,6 +198,18 @@ def test_output_paths_are_checked_before_any_work(tmp_path, csv_dataset, workspa
     assert sorted(workspace.rglob("*")) == before
 
 
+def test_extract_will_not_turn_a_folder_of_other_files_into_a_workspace(tmp_path, saved_model, csv_dataset, monkeypatch, capsys):
+    model = saved_model("llama")
+    before = sorted(model.iterdir())
+    assert_one_line(run_cli(monkeypatch, capsys, "extract", "-m", model, "-d", csv_dataset, "-o", model),
+                    "is not a trusttrace workspace; choose a new or empty folder")
+    assert sorted(model.iterdir()) == before
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert run_cli(monkeypatch, capsys, "extract", "-m", model, "-d", csv_dataset, "-o", empty)[0] == 0
+    assert run_cli(monkeypatch, capsys, "extract", "-m", model, "-d", csv_dataset, "-o", empty)[0] == 0  # a workspace now
+
+
 def test_check_output_accepts_new_and_existing_paths_of_the_right_kind(tmp_path):
     assert check_output(None, "--out", folder=True) is None
     assert check_output(tmp_path, "--out", folder=True) == tmp_path

@@ -10,6 +10,7 @@ import typer
 
 from trusttrace.cli.app import DataDirOption, app
 from trusttrace.cli.options import DeviceOption, check_data_dir, check_device, check_output, parse_layers
+from trusttrace.errors import StoreError
 
 
 @app.command()
@@ -40,10 +41,12 @@ def extract(
     from trusttrace.data import load_dataset
     from trusttrace.extract import check_position
     from trusttrace.models import check_layers, decoder_layers, load_model
-    from trusttrace.store import ActivationStore
+    from trusttrace.store import WORKSPACE_FILE, ActivationStore
     from trusttrace.extract_stage import extract_to_store
 
     check_output(out, "--out", folder=True)
+    if out.is_dir() and not (out / WORKSPACE_FILE).exists() and any(out.iterdir()):
+        raise StoreError(f"--out {out}: a folder that holds other files and is not a trusttrace workspace; choose a new or empty folder")
     check_position(position)
     parsed = parse_layers(layers)
     device = check_device(device)
