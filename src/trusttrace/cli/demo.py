@@ -14,7 +14,7 @@ from trusttrace.cli.options import check_output
 def demo(
     out: Path = typer.Option(Path("trusttrace-demo"), "--out", "-o", help="Folder for the checkpoints, workspace and report."),
     seed: int = typer.Option(0, min=0, help="Seed of the synthetic world, the training run and every split."),
-    quick: bool = typer.Option(False, help="Fewer training steps (about a minute), for a first look."),
+    quick: bool = typer.Option(False, help="Half-size training batches (the same steps, about half the training time), for a first look."),
 ) -> None:
     """Train a tiny LM offline on a synthetic world of facts and trace how it comes to encode truth.
 

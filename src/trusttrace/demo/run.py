@@ -42,8 +42,9 @@ from trusttrace.store import (
 from trusttrace.sweep import Sweep
 
 DEMO_ALPHAS = (-4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0)
-# Full: about a minute of training, held-out probe accuracy about 0.9 at the end. Quick:
-# about half the time, the truth signal only starting to emerge (about 0.75).
+# Full: about a minute of training on two cores (of about two for the whole demo), held-out
+# probe accuracy about 0.9 at the end. Quick: the same steps on half-size batches, about half
+# the training time, the truth signal only starting to emerge (about 0.75).
 FULL_TRAINING = {"steps": 1000}
 QUICK_TRAINING = {"steps": 1000, "batch_size": 64, "lr": 1e-2}
 EMERGED_ACCURACY = 0.7
