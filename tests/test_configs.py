@@ -147,6 +147,12 @@ def test_duplicate_yaml_keys_are_refused_with_their_lines(project, tmp_path, cap
                    "key 'batch_size' is given twice (lines 4 and 5)")
 
 
+def test_a_yaml_syntax_error_names_its_line_and_an_empty_config_says_so(project, tmp_path, capsys):
+    text = f"workspace: ws\nsuite: local:suite\ndatasets: [{tmp_path / 'toy.csv'}\nbatch_size: 8\n"
+    assert_refused(project(text), capsys, "not valid YAML (line 4: expected ',' or ']'")
+    assert_refused(project("# nothing yet\n"), capsys, "the config is empty")
+
+
 def test_yaml_merge_keys_are_not_duplicates(project, tmp_path, capsys):
     text = f"workspace: ws\nsuite: local:suite\ndatasets: [{tmp_path / 'toy.csv'}]\nprobes:\n  <<: {{folds: 2, seed: 1}}\n  folds: 3\n"
     code, err = run_check(project(text), capsys)

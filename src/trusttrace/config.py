@@ -269,6 +269,13 @@ def _span(layers: list[int]) -> str:
     return ", ".join(map(str, ordered))
 
 
+def yaml_problem(error: yaml.YAMLError) -> str:
+    """What a YAML parser found wrong, and on which line: "line 3: expected ',' or ']'"."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    return f"line {mark.line + 1}: {problem}" if mark is not None else problem
+
+
 def load_config(path: str | os.PathLike) -> SweepConfig:
     """Read and validate a YAML config; relative paths in it are relative to the file's folder.
 
@@ -280,9 +287,11 @@ def load_config(path: str | os.PathLike) -> SweepConfig:
     except OSError as error:
         raise ConfigError(f"{path}: cannot read the config ({error.strerror or error})") from None
     except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+        raise ConfigError(f"{path}: not valid YAML ({yaml_problem(error)})") from None
     except ConfigError as error:
         raise ConfigError(f"{path}: {error}") from None
+    if raw is None:
+        raise ConfigError(f"{path}: the config is empty; `trusttrace run --help` shows an example")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the config must be a mapping of keys to values")
     config = parse_config(raw, where=str(path))
