@@ -210,6 +210,19 @@ def test_extract_will_not_turn_a_folder_of_other_files_into_a_workspace(tmp_path
     assert run_cli(monkeypatch, capsys, "extract", "-m", model, "-d", csv_dataset, "-o", empty)[0] == 0  # a workspace now
 
 
+def test_a_path_of_the_wrong_kind_is_named_as_such(tmp_path, csv_dataset, saved_model, monkeypatch, capsys):
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    model = saved_model("llama")
+    assert_one_line(run_cli(monkeypatch, capsys, "probe", csv_dataset), f"{csv_dataset}: a file, not a workspace folder")
+    assert_one_line(run_cli(monkeypatch, capsys, "evaluate", "-m", tmp_path / "never-loaded", "-t", "binary", "-d", csv_dataset,
+                            "--vectors", folder), f"{folder}: a folder, not a vector file")
+    assert_one_line(run_cli(monkeypatch, capsys, "extract", "-m", model, "-d", folder, "-o", tmp_path / "ws"),
+                    f"{folder}: a folder, not a dataset file")
+    assert_one_line(run_cli(monkeypatch, capsys, "extract", "-m", folder, "-d", csv_dataset, "-o", tmp_path / "ws"),
+                    f"{folder}: a folder without config.json, so not a saved model")
+
+
 def test_check_output_accepts_new_and_existing_paths_of_the_right_kind(tmp_path):
     assert check_output(None, "--out", folder=True) is None
     assert check_output(tmp_path, "--out", folder=True) == tmp_path

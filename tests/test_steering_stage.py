@@ -196,3 +196,5 @@ def test_file_part_keeps_safe_names_and_tells_sanitised_ones_apart():
     assert file_part("local:/runs/a_suite") != file_part("local:/runs/a/suite")
     long = file_part("local:/" + "x" * 300)
     assert len(long) < 60 and long != file_part("local:/" + "x" * 301)
+    demo = file_part("/home/someone/trusttrace-demo/checkpoints-quick/step_1000")
+    assert demo.startswith("checkpoints-quick_step_1000-")  # cut at a word, not within one

@@ -185,6 +185,8 @@ def _local_folder(model_id: str | os.PathLike, revision: str | None) -> Path | N
     if path.is_dir():
         if revision is not None:
             raise CheckpointError(f"{model_id}: a local folder has no revisions (got {revision!r}); pass the checkpoint's own folder")
+        if not (path / "config.json").is_file():
+            raise ModelError(f"{model_id}: a folder without config.json, so not a saved model")
         return path.resolve()
     text = str(model_id)
     if path.is_absolute() or text.startswith((".", "~")) or text.count("/") > 1 or os.sep != "/" and os.sep in text:

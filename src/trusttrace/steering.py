@@ -196,6 +196,8 @@ def save_vectors(path: str | os.PathLike, vectors: Mapping[int, torch.Tensor], p
 def load_vectors(path: str | os.PathLike) -> tuple[dict[int, torch.Tensor], dict[str, Any]]:
     """The vectors `{layer: tensor}` and provenance of a file written by `save_vectors`."""
     path = Path(path)
+    if path.is_dir():
+        raise StoreError(f"{path}: a folder, not a vector file")
     try:
         with safe_open(path, framework="pt") as handle:
             provenance = json.loads((handle.metadata() or {})["trusttrace"])

@@ -82,7 +82,10 @@ def file_part(name: str) -> str:
     if safe == name and len(name) <= FILE_PART_LENGTH:
         return name
     digest = hashlib.sha256(name.encode()).hexdigest()[:8]
-    return f"{safe[-FILE_PART_LENGTH:].lstrip('._-')}-{digest}"
+    tail = safe[-FILE_PART_LENGTH:]
+    if len(safe) > FILE_PART_LENGTH and "_" in tail:  # begin at a word, not within one
+        tail = tail[tail.index("_") + 1 :]
+    return f"{tail.lstrip('._-')}-{digest}"
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

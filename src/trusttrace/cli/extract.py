@@ -66,4 +66,5 @@ def extract(
                 loaded, tokenizer, data, store, layers=chosen, position=position,
                 batch_size=batch_size, checkpoint=revision, progress=True,
             )
-            typer.echo(f"{data.name}: {record.n} statements x {len(record.layers)} layers -> {record.path}")
+            layers = len(record.layers)
+            typer.echo(f"{data.name}: {record.n} statements x {layers} layer{'s' if layers != 1 else ''} -> {record.path}")

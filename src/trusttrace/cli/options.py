@@ -58,6 +58,8 @@ def open_workspace(workspace: Path) -> ActivationStore:
     (a mistyped path must neither become a new empty workspace nor report "0 new rows")."""
     from trusttrace.store import WORKSPACE_FILE, ActivationStore
 
+    if workspace.exists() and not workspace.is_dir():
+        raise StoreError(f"{workspace}: a file, not a workspace folder")
     if not workspace.is_dir():
         raise StoreError(f"{workspace}: no such workspace folder")
     if not (workspace / WORKSPACE_FILE).is_file():

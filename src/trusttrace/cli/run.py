@@ -44,7 +44,7 @@ def run(
     summary = run_sweep(settings)
     typer.echo(
         f"done in {summary.seconds:.0f} s: {summary.ran} units run, {summary.skipped} already done, "
-        f"{len(summary.failed)} failed; workspace {settings.workspace}"
+        f"{len(summary.failed)} tried and failed (tried again on the next run); workspace {settings.workspace}"
     )
     for repair in summary.repaired:
         typer.echo(f"repaired: {repair}", err=True)

@@ -48,6 +48,8 @@ class Columns:
 def read_rows(path: Path) -> Table:
     """Read a .csv, .jsonl or .parquet file into a Table, or raise DatasetError saying why not."""
     suffix = path.suffix.lower()
+    if path.is_dir():
+        raise DatasetError(f"{path}: a folder, not a dataset file (.csv, .jsonl or .parquet)")
     if suffix not in SUFFIXES:
         raise DatasetError(f"{path}: unsupported file type '{path.suffix}'; use .csv, .jsonl or .parquet")
     if not path.is_file():
