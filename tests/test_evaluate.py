@@ -448,6 +448,17 @@ def test_cli_evaluate_refuses_nonsense_steering_numbers_before_loading(option, m
     assert exited.value.code == 2 and error.count("\n") == 1 and message in error
 
 
+def test_cli_toxigen_loads_its_classifier_before_the_model(tmp_path, monkeypatch, capsys):
+    from trusttrace.cli import main
+
+    argv = ["trusttrace", "evaluate", "-m", str(tmp_path / "never-loaded"), "-t", "toxigen", "--classifier", "not-cached/classifier"]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as exited:
+        main()
+    error = capsys.readouterr().err
+    assert exited.value.code == 2 and error.startswith("error: not-cached/classifier:") and "never-loaded" not in error
+
+
 def test_cli_evaluate_unknown_task_exits_2_before_loading_the_model(tmp_path, monkeypatch, capsys):
     from trusttrace.cli import main
 

@@ -85,7 +85,7 @@ def evaluate_command(
     """
     from trusttrace.evaluation import get_task
 
-    get_task(task)
+    spec = get_task(task)
     steering_options = {"--layer": layer, "--alpha": alpha, "--positions": positions,
                         "--max-perplexity": max_perplexity, "--max-kl": max_kl}
     given_steering = [name for name, value in steering_options.items() if value is not None]
@@ -114,6 +114,10 @@ def evaluate_command(
     if vectors is not None:  # read (and its layers checked) before the model loads
         parsed = "all" if layer is None else parse_layers(layer, "--layer")
         steering = Steering.from_file(vectors, alphas[0], positions or "last", None if parsed == "all" else parsed)
+    if spec.name == "toxigen":  # the classifier, small, before the model: one that cannot be had fails at once
+        from trusttrace.evaluation.toxicity import DEFAULT_CLASSIFIER, load_classifier
+
+        options["classifier"] = load_classifier(options.get("classifier", DEFAULT_CLASSIFIER), options.pop("toxic_label", None), device)
     loaded, tokenizer = load_model(model, revision, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
     if steering is None:
         _write(run_evaluation(loaded, tokenizer, task, dataset, **common, **options), out)
