@@ -19,9 +19,9 @@ def _hub_probe_forgotten(monkeypatch):
     from trusttrace.data import hub
 
     monkeypatch.setattr(hub, "UNREACHABLE", [])
-    hub.hub_reachable.cache_clear()
+    hub._host_answers.cache_clear()
     yield
-    hub.hub_reachable.cache_clear()
+    hub._host_answers.cache_clear()
 
 
 @pytest.fixture()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -169,6 +170,27 @@ def test_behind_a_proxy_the_hub_is_not_probed(hub_online, monkeypatch):
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy:3128")
     monkeypatch.setattr(socket, "create_connection", lambda *args, **kwargs: pytest.fail("probed past the proxy"))
     assert hub_online.hub_reachable()
+
+
+def test_a_hub_revision_resolves_to_its_commit_online_and_from_the_cache_offline(hub_online, monkeypatch, tmp_path):
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    from trusttrace.models import hub_commit
+
+    asked = []
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info",
+                        lambda self, repo, revision=None: asked.append((repo, revision)) or SimpleNamespace(sha="c0ffee"))
+    assert hub_commit("org/chat") == "c0ffee" and asked == [("org/chat", None)]
+    snapshot = tmp_path / "models--org--chat" / "snapshots" / "abc123"  # the cache as huggingface_hub lays it out
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (tmp_path / "models--org--chat" / "refs").mkdir()
+    (tmp_path / "models--org--chat" / "refs" / "main").write_text("abc123")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert hub_commit("org/chat") == "abc123" and len(asked) == 1  # offline: the cache's main, no Hub call
+    assert hub_commit("org/other") is None
 
 
 def test_check_layers():

@@ -189,6 +189,18 @@ def test_a_replaced_local_target_and_another_dtype_are_evaluated_again(setup):
     assert pd.read_parquet(config.workspace / STEERING_TABLE)["max_perplexity"].isna().all()  # as configured: no limit
 
 
+def test_a_hub_target_is_named_by_the_commit_its_branch_resolves_to(monkeypatch):
+    from types import SimpleNamespace
+
+    import trusttrace.steering_stage as stage
+
+    sweep = SimpleNamespace(suite=SimpleNamespace(targets={"chat": "org/chat"}), checkpoints=[])
+    monkeypatch.setattr(stage, "hub_commit", lambda model_id, revision: "c1")
+    before = stage.target_identity(sweep, "chat")
+    monkeypatch.setattr(stage, "hub_commit", lambda model_id, revision: "c2")  # main moved
+    assert before == ("org/chat", None, "c1") and stage.target_identity(sweep, "chat") == ("org/chat", None, "c2")
+
+
 def test_file_part_keeps_safe_names_and_tells_sanitised_ones_apart():
     assert file_part("pythia-160m") == "pythia-160m" and file_part("step_10") == "step_10"
     local = file_part("local:/runs/a/suite")

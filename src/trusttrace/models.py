@@ -27,7 +27,7 @@ from transformers import (
     AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase,
 )
 
-from trusttrace.data.hub import first_line, hub_reachable
+from trusttrace.data.hub import NETWORK_ERRORS, first_line, hub_reachable
 from trusttrace.devices import default_device
 from trusttrace.errors import CheckpointError, LayerError, ModelError, OfflineError
 
@@ -342,6 +342,22 @@ def _weights_folder(model: PreTrainedModel) -> Path | None:
 
     config = try_to_load_from_cache(name, "config.json", revision=commit)
     return Path(config).parent if isinstance(config, str) else None
+
+
+def hub_commit(model_id: str, revision: str | None = None) -> str | None:
+    """The commit a Hub revision (main when None) resolves to: asked of the Hub when it can be
+    reached, else the one the local cache holds (what an offline load would use); None when
+    neither knows. A moved branch thus names another commit."""
+    from huggingface_hub import HfApi, try_to_load_from_cache
+    from huggingface_hub.utils import HfHubHTTPError
+
+    if hub_reachable():
+        try:
+            return HfApi().model_info(model_id, revision=revision).sha
+        except (*NETWORK_ERRORS, HfHubHTTPError):
+            pass
+    cached = try_to_load_from_cache(model_id, "config.json", revision=revision)
+    return Path(cached).parent.name if isinstance(cached, str) else None
 
 
 def file_sha256(path: Path) -> str:

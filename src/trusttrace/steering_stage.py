@@ -4,11 +4,12 @@ Steering, per dataset: build vectors from the source checkpoint's stored activat
 development rows only), evaluate the target model over layers × α on the held-out rows (the
 grid goes to `steering.parquet`), and save the vectors with their provenance under `steering/`,
 in a file named by suite, checkpoint, dataset and the digest of the settings that make the
-vectors, so that suites sharing a workspace, and other settings, keep their own. A unit's
-settings add the statistical rules (interval, significance), so rows computed under older rules
-are recomputed rather than kept, and a local target's files' fingerprint, so a target whose files
-are replaced is evaluated again. Evaluate: run each configured task on the target model, to
-`evaluate.parquet`. Each is a manifest unit, skipped when done.
+vectors, so that suites sharing a workspace, and other settings, keep their own. Evaluate: run
+each configured task on the target model, to `evaluate.parquet`. Each is a manifest unit,
+skipped when done. A unit's settings name the statistical rules (interval, significance), so
+rows computed under older rules are recomputed rather than kept, and the target's files (a local
+folder's fingerprint, a Hub model's commit), so a target whose files are replaced, or whose
+branch moved, is evaluated again.
 
 Every row carries its provenance: the target's label ("final") and the model it resolved to
 (id, revision, commit, weights checksum, dtype, tokenizer), for steering the source activation
@@ -32,7 +33,7 @@ from trusttrace.evaluation.grid import IMPROVES_RULE
 from trusttrace.evaluation.runner import resolve_dataset
 from trusttrace.intervals import INTERVAL_RULE
 from trusttrace.manifest import settings_digest
-from trusttrace.models import checkpoint_fingerprint, describe_source, load_model
+from trusttrace.models import checkpoint_fingerprint, describe_source, hub_commit, load_model
 from trusttrace.provenance import now_utc, trusttrace_version
 from trusttrace.steering import build_vectors, save_vectors
 from trusttrace.store import EVALUATE_TABLE, STEERING_DIR, STEERING_TABLE, append_table, file_part
@@ -71,10 +72,13 @@ def resolve_target(sweep: "Sweep", name: str) -> tuple[str, str | None]:
 
 def target_identity(sweep: "Sweep", name: str) -> tuple[str, str | None, str | None]:
     """What a target's results depend on, for unit names: its id or path, revision and, for a local
-    folder, its files' fingerprint, so that a target whose files are replaced is evaluated again."""
+    folder, its files' fingerprint, for a Hub model the commit its revision resolves to, so that a
+    target whose files are replaced, or whose branch moved, is evaluated again."""
     model_id, revision = resolve_target(sweep, name)
     folder = Path(model_id)
-    return model_id, revision, checkpoint_fingerprint(folder) if revision is None and folder.is_dir() else None
+    if revision is None and folder.is_dir():
+        return model_id, revision, checkpoint_fingerprint(folder)
+    return model_id, revision, hub_commit(model_id, revision)
 
 
 def task_for(dataset_name: str) -> str:

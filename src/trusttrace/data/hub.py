@@ -35,7 +35,7 @@ from trusttrace.errors import DatasetError, OfflineError
 STUDY_FILES_URL = "https://github.com/ChnQ/TracingLLM (src/datasets/)"
 HUB_PROBE_SECONDS = 3.0  # to wait for the Hub's host before taking this machine as offline
 PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
-UNREACHABLE: list[str] = []  # the Hub's host, once `hub_reachable` found it unreachable
+UNREACHABLE: list[str] = []  # the Hub's host, once `_host_answers` found it unreachable
 SST2_UPPER_SEED = 0
 SST2_UPPER_WORD_PROBABILITY = 0.2
 
@@ -66,12 +66,12 @@ def first_line(error: BaseException) -> str:
 
 def hub_offline() -> bool:
     """True when HF_HUB_OFFLINE is set now (read at call time) or was set when huggingface_hub
-    loaded, or `hub_reachable` found the Hub's host unreachable."""
+    loaded, or `_host_answers` found the Hub's host unreachable."""
     return _offline_flag() or bool(constants.HF_HUB_OFFLINE)
 
 
 def offline_reason() -> str:
-    """Why the Hub is off: the variable, or the host `hub_reachable` could not reach."""
+    """Why the Hub is off: the variable, or the host `_host_answers` could not reach."""
     return f"{UNREACHABLE[0]} cannot be reached" if UNREACHABLE and not _offline_flag() else "HF_HUB_OFFLINE is set"
 
 
@@ -79,16 +79,20 @@ def _offline_flag() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
 
 
-@functools.cache
 def hub_reachable() -> bool:
-    """Whether the Hub's host answers within HUB_PROBE_SECONDS, asked once per process.
+    """Whether the Hub may be asked: it is not switched off, and its host answered within
+    HUB_PROBE_SECONDS when first asked in this process (see `_host_answers`)."""
+    return not hub_offline() and _host_answers()
+
+
+@functools.cache
+def _host_answers() -> bool:
+    """Whether the Hub's host answers, asked once per process.
 
     When it does not (and no proxy is set, which a direct connection would bypass), huggingface_hub
     and transformers are switched to offline mode for this process: cached files are then used at
     once, and a missing one fails with one line instead of after half a minute of retries.
     """
-    if hub_offline():
-        return False
     if any(os.environ.get(variable) for variable in PROXY_VARIABLES):
         return True
     endpoint = urlparse(constants.ENDPOINT)
