@@ -216,6 +216,22 @@ def test_classifier_without_a_toxic_label_is_refused(tok):
         load_classifier(pair, toxic_label="LABEL_7")
 
 
+def test_a_saved_classifier_is_loaded_once_for_every_setting_of_a_grid(tok, tmp_path, monkeypatch):
+    import trusttrace.evaluation.toxicity as toxicity
+
+    model, _ = tiny_classifier(tok, {0: "benign", 1: "toxic"})
+    model.save_pretrained(tmp_path / "classifier")
+    tok.save_pretrained(tmp_path / "classifier")
+    loads = []
+    original = toxicity.AutoModelForSequenceClassification.from_pretrained
+    monkeypatch.setattr(toxicity.AutoModelForSequenceClassification, "from_pretrained",
+                        lambda name: loads.append(name) or original(name))
+    toxicity._pretrained_classifier.cache_clear()
+    first, again = (load_classifier(str(tmp_path / "classifier")) for _ in range(2))
+    assert len(loads) == 1 and again.model is first.model and again.toxic_index == first.toxic_index == 1
+    toxicity._pretrained_classifier.cache_clear()
+
+
 def test_toxicity_scores_long_continuations_truncated(models, tok):
     model, data = models("gpt_neox"), toy_dataset(8)
     classifier = load_classifier(tiny_classifier(tok, {0: "not_toxic", 1: "toxic"}))

@@ -8,6 +8,7 @@ classifier's limit are truncated, not dropped (the reference dropped them).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,19 +72,25 @@ def load_classifier(
         name = getattr(model, "name_or_path", "") or type(model).__name__
     else:
         name = str(classifier)
-        if not Path(name).is_dir():
-            hub_reachable()
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(name)
-            model = AutoModelForSequenceClassification.from_pretrained(name)
-        except OSError as error:
-            raise hub_model_error(name, None, error) from None
+        model, tokenizer = _pretrained_classifier(name)
     model.eval()
     if device is not None:
         model.to(device)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token_id = pad_token_id(tokenizer)
     return ToxicityClassifier(model, tokenizer, toxic_index(model, name, toxic_label), classifier_limit(model, tokenizer), name)
+
+
+@functools.lru_cache(maxsize=1)
+def _pretrained_classifier(name: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The classifier and tokenizer saved under `name`, loaded once for the settings of a steering
+    grid, which score every setting with the same classifier (the last one loaded is kept)."""
+    if not Path(name).is_dir():
+        hub_reachable()
+    try:
+        return AutoModelForSequenceClassification.from_pretrained(name), AutoTokenizer.from_pretrained(name)
+    except OSError as error:
+        raise hub_model_error(name, None, error) from None
 
 
 def toxic_index(model: PreTrainedModel, name: str, toxic_label: str | int | None = None) -> int:
