@@ -161,10 +161,15 @@ def test_rows_of_an_older_statistical_rule_are_recomputed_and_the_vectors_kept(s
     assert sorted((config.workspace / "steering").glob("*.safetensors")) == vectors
 
 
-def test_a_replaced_local_target_and_another_dtype_are_evaluated_again(setup):
+def test_a_replaced_local_target_and_another_dtype_are_evaluated_again(setup, monkeypatch):
+    import trusttrace.steering_stage as stage
+
     root, suite, dataset, data = setup
     target = root / "chat"
     shutil.copytree(suite / "step_10", target)
+    asked = []
+    identity = stage.target_identity
+    monkeypatch.setattr(stage, "target_identity", lambda sweep, name: asked.append(name) or identity(sweep, name))
 
     def run(**extra):
         config = load_config(write_config(
@@ -176,6 +181,7 @@ def test_a_replaced_local_target_and_another_dtype_are_evaluated_again(setup):
         return config, summary
 
     config, _ = run()
+    assert asked == [str(target)]  # one target for both stages: its identity is asked once
     shutil.copy(suite / "step_0" / "model.safetensors", target / "model.safetensors")
     _, replaced = run()
     assert replaced.ran == 2  # the steering and the evaluate unit

@@ -139,9 +139,16 @@ def run_steering_stages(sweep: "Sweep") -> None:
                                       trust_remote_code=config.trust_remote_code)
         return loaded[name]
 
+    identities: dict[str, tuple] = {}
+
+    def identity(name: str) -> tuple:  # asked once: for a Hub target it is a call to the Hub
+        if name not in identities:
+            identities[name] = target_identity(sweep, name)
+        return identities[name]
+
     if "steering" in config.stages:
         names = config.steering.datasets or [d.name for d in sweep.datasets]
-        target_source = target_identity(sweep, target_name)
+        target_source = identity(target_name)
         for dataset in (d for d in sweep.datasets if d.name in names):
             vector_settings = sweep.settings("extract", dataset) | {
                 "steering": config.steering.model_dump(exclude={"datasets", "source"}), "target": target_source,
@@ -155,7 +162,7 @@ def run_steering_stages(sweep: "Sweep") -> None:
                            lambda d=dataset, v=vector_settings: steer_dataset(sweep, d, target(target_name), target_name, v))
     if "evaluate" in config.stages:
         common = {
-            "evaluate": config.evaluate.model_dump(exclude={"tasks"}), "target": target_identity(sweep, config.evaluate.model),
+            "evaluate": config.evaluate.model_dump(exclude={"tasks"}), "target": identity(config.evaluate.model),
             "dtype": config.dtype, "protocol": config.protocol, "seed": config.probes.seed, "interval": INTERVAL_RULE,
         }
         for task in config.evaluate.tasks:
