@@ -159,6 +159,33 @@ def test_seeds_must_not_be_negative(verb, tmp_path, workspace, saved_model, csv_
     assert not (tmp_path / "demo").exists()
 
 
+@pytest.mark.parametrize(
+    ("verb", "option", "value"),
+    [
+        ("probe", "--folds", "0"), ("mi", "--folds", "0"),
+        ("probe", "--test-size", "0"), ("probe", "--test-size", "1"), ("mi", "--test-size", "1.5"),
+        ("probe", "--C", "0"), ("probe", "--C", "-1"), ("probe", "--C", "nan"), ("probe", "--C", "inf"),
+        ("mi", "--x-layer", "-1"),
+    ],
+)
+def test_split_and_probe_settings_are_refused_by_their_flag(verb, option, value, workspace, monkeypatch, capsys):
+    before = sorted(path.name for path in workspace.iterdir())
+    assert_refused(run_cli(monkeypatch, capsys, verb, workspace, option, value), f"'{option}'")
+    assert sorted(path.name for path in workspace.iterdir()) == before
+
+
+@pytest.mark.parametrize("verb", ["steer", "report", "evaluate"])
+def test_stored_layers_are_named_by_block_number(verb, tmp_path, workspace, saved_model, csv_dataset, monkeypatch, capsys):
+    args = {
+        "steer": ["steer", workspace, "-c", "step7", "-d", "toy", "--layers", "-1"],
+        "report": ["report", workspace, "--out", tmp_path / "report", "--layers", "-1"],
+        "evaluate": ["evaluate", "-m", saved_model("llama"), "-t", "binary", "-d", csv_dataset, "--vectors", csv_dataset, "--layer", "-1"],
+    }[verb]
+    option = "--layer" if verb == "evaluate" else "--layers"
+    assert_one_line(run_cli(monkeypatch, capsys, *args), f"{option} '-1': name stored layers by block number, from 0")
+    assert not (tmp_path / "report").exists() and not (workspace / "steering").exists()
+
+
 # ----- evaluate's steering options -----------------------------------------------------------------
 
 

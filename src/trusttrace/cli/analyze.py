@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from trusttrace.cli.app import app
-from trusttrace.cli.options import DeviceOption, check_device, open_workspace
+from trusttrace.cli.options import DeviceOption, check_device, open_workspace, positive, share
 
 WorkspaceArgument = typer.Argument(..., help="Workspace folder written by `trusttrace extract` or `trusttrace run`.")
 
@@ -18,9 +18,9 @@ def probe(
     workspace: Path = WorkspaceArgument,
     split: str = typer.Option("grouped", help="grouped (random when a dataset has no groups), random or paper."),
     method: str = typer.Option("logreg", help="logreg (L2 logistic regression, C=1) or mass_mean."),
-    folds: int = typer.Option(5, help="Cross-validation folds (paper: always one 80/20 split)."),
-    test_size: float = typer.Option(0.2, help="Share of rows held out when --folds is 1 (random and grouped splits)."),
-    C: float = typer.Option(1.0, "--C", help="Inverse strength of the L2 penalty of logreg (scikit-learn's C)."),
+    folds: int = typer.Option(5, min=1, help="Cross-validation folds (paper: always one 80/20 split)."),
+    test_size: float = typer.Option(0.2, callback=share, help="Share of rows held out when --folds is 1 (random and grouped splits)."),
+    C: float = typer.Option(1.0, "--C", callback=positive, help="Inverse strength of the L2 penalty of logreg (scikit-learn's C)."),
     seed: int = typer.Option(0, min=0, help="Seed of the split."),
     backend: str = typer.Option("auto", help="auto or torch (all layers at once), sklearn (one model per layer)."),
     device: Optional[str] = DeviceOption,
@@ -59,11 +59,11 @@ def probe(
 def mi(
     workspace: Path = WorkspaceArgument,
     estimator: str = typer.Option("nhsic", help="nhsic (the reference study's), hsic, gaussian or ksg."),
-    x_layer: int = typer.Option(0, help="The layer whose states stand for the input X."),
+    x_layer: int = typer.Option(0, min=0, help="The stored layer whose states stand for the input X (the study's: block 0)."),
     split: str = typer.Option("grouped", help="Rows used: the training rows of this split, as `probe` and `run` make it (grouped, random, or paper: the first 80 %)."),
     seed: int = typer.Option(0, min=0, help="Seed of the split (random and grouped)."),
-    folds: int = typer.Option(5, help="Folds of the probes' split; MI uses the training rows of its first fold (paper: the first 80 %)."),
-    test_size: float = typer.Option(0.2, help="Share of rows held out when --folds is 1 (random and grouped splits)."),
+    folds: int = typer.Option(5, min=1, help="Folds of the probes' split; MI uses the training rows of its first fold (paper: the first 80 %)."),
+    test_size: float = typer.Option(0.2, callback=share, help="Share of rows held out when --folds is 1 (random and grouped splits)."),
     device: Optional[str] = DeviceOption,
 ) -> None:
     """Estimate I(X;T) and I(T;Y) for every layer of every activation set in WORKSPACE.

@@ -112,7 +112,7 @@ def evaluate_command(
 
     steering = None
     if vectors is not None:  # read (and its layers checked) before the model loads
-        parsed = "all" if layer is None else parse_layers(layer, "--layer")
+        parsed = "all" if layer is None else parse_layers(layer, "--layer", stored=True)
         steering = Steering.from_file(vectors, alphas[0], positions or "last", None if parsed == "all" else parsed)
     if spec.name == "toxigen":  # the classifier, small, before the model: one that cannot be had fails at once
         from trusttrace.evaluation.toxicity import DEFAULT_CLASSIFIER, load_classifier

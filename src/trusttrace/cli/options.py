@@ -70,8 +70,13 @@ def open_workspace(workspace: Path) -> ActivationStore:
     return store
 
 
-def parse_layers(text: str, option: str = "--layers") -> str | list[int]:
-    """"all" or a comma-separated list of at least one layer index (negatives count from the end)."""
+def parse_layers(text: str, option: str = "--layers", *, stored: bool = False) -> str | list[int]:
+    """"all" or a comma-separated list of at least one layer index.
+
+    Where the model is at hand (extraction) negatives count from its last block. Where the layers
+    are those of a stored set or table (`stored`), a layer is named by its block number, as the
+    config's stored layers are: a negative one is refused rather than read against another count.
+    """
     if text.strip() == "all":
         return "all"
     try:
@@ -80,4 +85,21 @@ def parse_layers(text: str, option: str = "--layers") -> str | list[int]:
         raise LayerError(f"{option} {text!r}: expected 'all' or comma-separated integers") from None
     if not layers:
         raise LayerError(f"{option} {text!r}: name at least one layer, or 'all'")
+    if stored and any(layer < 0 for layer in layers):
+        raise LayerError(f"{option} {text!r}: name stored layers by block number, from 0 "
+                         "(negative numbers count from the last block only when extracting)")
     return layers
+
+
+def share(value: float) -> float:
+    """A typer callback: the value when it is a share strictly between 0 and 1."""
+    if not 0 < value < 1:
+        raise typer.BadParameter(f"{value} is not strictly between 0 and 1")
+    return value
+
+
+def positive(value: float) -> float:
+    """A typer callback: the value when it is a finite number above 0."""
+    if not 0 < value < float("inf"):
+        raise typer.BadParameter(f"{value} is not a finite number above 0")
+    return value

@@ -41,7 +41,7 @@ def report(
 
       trusttrace report workspace/ --select folds=10 --out workspace/report-10-folds
     """
-    chosen = parse_layers(layers) if layers is not None else None
+    chosen = parse_layers(layers, stored=True) if layers is not None else None
     if chosen == "all":
         raise LayerError("--layers 'all': name the layers to draw as curves, e.g. 0,3,5 (without --layers: a few and the best)")
     check_output(out, "--out", folder=True)

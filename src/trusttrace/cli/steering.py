@@ -55,7 +55,7 @@ def steer(
     from trusttrace.steering import build_vectors, export_lm_eval, save_vectors
     from trusttrace.store import STEERING_DIR
 
-    parsed = parse_layers(layers)
+    parsed = parse_layers(layers, stored=True)
     store = open_workspace(workspace)
     record = select_record(store.records(), checkpoint, dataset, model)
     chosen = record.layers if parsed == "all" else parsed
