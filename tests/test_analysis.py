@@ -189,9 +189,9 @@ def test_cli_exit_codes(workspace, monkeypatch, capsys):
     assert "x_layer 99 is stored in no activation set" in capsys.readouterr().err
     assert run_cli(monkeypatch, "probe", str(workspace.root / "nowhere")) == 2
     assert run_cli(monkeypatch, "probe", root, "--folds", "1", "--test-size", "1.5") == 2
-    assert "test_size must be between 0 and 1, got 1.5" in capsys.readouterr().err
+    assert "'--test-size': 1.5 is not strictly between 0 and 1" in capsys.readouterr().err
     assert run_cli(monkeypatch, "mi", root, "--test-size", "0") == 2
-    assert "test_size must be between 0 and 1, got 0.0" in capsys.readouterr().err
+    assert "'--test-size': 0.0 is not strictly between 0 and 1" in capsys.readouterr().err
 
     broken = add_set(workspace, 900)
     next(broken.path.glob("shard-*.safetensors")).unlink()
