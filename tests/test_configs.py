@@ -35,6 +35,13 @@ def test_amber_reproduction_uses_the_study_settings():
     assert config.steering.source == "ckpt_179" and config.steering.target == "chat"
 
 
+def test_the_probes_follow_the_sweep_seed_unless_they_name_their_own():
+    base = {"workspace": "ws", "suite": "pythia-70m", "datasets": ["sst2"]}
+    assert parse_config({**base, "seed": 3}).probe_seed() == 3
+    assert parse_config({**base, "seed": 3, "probes": {"seed": 0}}).probe_seed() == 0
+    assert parse_config(base).probe_seed() == 0
+
+
 def test_the_example_in_run_help_is_a_valid_config():
     import yaml
 
@@ -122,6 +129,8 @@ STEERING = {"source": "step_10", "layers": [1]}
         pytest.param({"checkpoints": 5}, ["key 'checkpoints':", "(got 5)", "every:K"], id="checkpoints-not-a-selection"),
         pytest.param({"batch_size": True}, ["key 'batch_size'", "valid integer", "(got True)"], id="boolean-as-integer"),
         pytest.param({"probes": {"C": True}}, ["key 'probes.C'", "not true/false"], id="boolean-as-number"),
+        pytest.param({"seed": -1}, ["key 'seed'", "greater than or equal to 0"], id="negative-seed"),
+        pytest.param({"probes": {"seed": -1}}, ["key 'probes.seed'", "greater than or equal to 0"], id="negative-probes-seed"),
     ],
 )
 def test_config_is_refused_up_front(project, capsys, changes, fragments):

@@ -118,6 +118,28 @@ def test_evaluate_units_follow_their_task_and_its_data_not_the_task_list(setup):
     assert (edited.ran, edited.skipped) == (1, 1)  # the edited file reruns its task
 
 
+def test_the_sweep_seed_moves_every_split_and_the_probes_seed_only_the_probes(setup):
+    root, suite, dataset, data = setup
+
+    def run(seed: int, probes: dict):
+        config = load_config(write_config(
+            root, suite, dataset, data_dir=str(data), stages=["extract", "probes", "steering", "evaluate"],
+            seed=seed, probes=probes, steering=STEERING, evaluate=EVALUATE,
+        ))
+        summary = run_sweep(config, progress=False)
+        assert summary.ok, summary.failed
+        return summary, {table: set(pd.read_parquet(config.workspace / table)["seed"])
+                         for table in ("probes.parquet", STEERING_TABLE, EVALUATE_TABLE)}
+
+    _, seeds = run(1, {"folds": 2})
+    assert seeds == {"probes.parquet": {1}, STEERING_TABLE: {1}, EVALUATE_TABLE: {1}}
+    summary, seeds = run(1, {"folds": 2, "seed": 0})
+    assert summary.ran == 2  # the two checkpoints' probes; vectors and evaluations kept
+    assert seeds == {"probes.parquet": {0, 1}, STEERING_TABLE: {1}, EVALUATE_TABLE: {1}}
+    summary, seeds = run(2, {"folds": 2, "seed": 0})
+    assert seeds == {"probes.parquet": {0, 1}, STEERING_TABLE: {1, 2}, EVALUATE_TABLE: {1, 2}}
+
+
 def test_two_suites_in_one_workspace_keep_their_own_vectors_and_rows(setup, tokenizer):
     root, suite, dataset, data = setup
     other = make_suite(root / "other", tokenizer, steps=(0, 10))

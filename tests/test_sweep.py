@@ -93,6 +93,8 @@ def test_local_suite_end_to_end_and_second_run_skips(setup):
     assert len(mi) == 12
     again = run_sweep(config, progress=False)
     assert again.ran == 0 and again.skipped == 9
+    unseeded = load_config(write_config(root, suite, dataset, probes={"folds": 2}))  # probes follow `seed: 0`
+    assert run_sweep(unseeded, progress=False).ran == 0
     manifest = Manifest(config.workspace / "manifest.sqlite")
     assert manifest.units()[0].status == "done"
     probes_unit = next(unit.unit for unit in manifest.units() if unit.stage == "probes")

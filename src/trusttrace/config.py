@@ -38,8 +38,9 @@ layers: all
 position: last
 dtype: auto                     # bf16 on a GPU, fp32 on the CPU
 protocol: default               # or paper (the study's protocol)
+seed: 0                         # every split: probes' folds, steering and evaluation rows
 stages: [extract, probes, mi]
-probes: {method: logreg, folds: 5, seed: 0}
+probes: {method: logreg, folds: 5}
 mi: {estimator: nhsic, x_layer: 0}
 prefetch: true                  # fetch the next checkpoint meanwhile
 keep_weights: false             # delete a checkpoint's files when done
@@ -86,7 +87,7 @@ class ProbeOptions(Strict):
     method: Literal["logreg", "mass_mean"] = "logreg"
     folds: StrictInt = Field(5, ge=1)
     test_size: Number = Field(0.2, gt=0, lt=1)
-    seed: StrictInt = 0
+    seed: Optional[StrictInt] = Field(None, ge=0, description="seed of the probes' folds and MI's rows (default: the sweep's seed)")
     C: Number = Field(1.0, gt=0)
 
 
@@ -125,6 +126,7 @@ class SweepConfig(Strict):
     device: Optional[str] = Field(None, description="cpu, cuda, cuda:N or mps; auto or unset: CUDA when available, else the CPU")
     batch_size: Optional[StrictInt] = Field(None, ge=1)
     protocol: Literal["default", "paper"] = "default"
+    seed: StrictInt = Field(0, ge=0, description="seed of every split: the steering vectors' development rows, the evaluation's held-out rows, and the probes' folds unless probes.seed is set")
     stages: list[Stage] = Field(default_factory=lambda: ["extract", "probes", "mi"], min_length=1)
     probes: ProbeOptions = Field(default_factory=ProbeOptions)
     mi: MIOptions = Field(default_factory=MIOptions)
@@ -184,6 +186,10 @@ class SweepConfig(Strict):
         if self.probes.split is not None:
             return self.probes.split
         return "paper" if self.protocol == "paper" else "grouped"
+
+    def probe_seed(self) -> int:
+        """The seed of the probes' folds (and so of MI's rows): the config's, else the sweep's."""
+        return self.seed if self.probes.seed is None else self.probes.seed
 
 
 def is_int(value: Any) -> bool:

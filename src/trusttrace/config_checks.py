@@ -162,7 +162,7 @@ def _split_problem(config: SweepConfig, dataset: "TrustDataset") -> str | None:
     kind = resolve_split(config.probe_split(), dataset.groups)
     try:
         make_splits(dataset.labels, split=kind, groups=dataset.groups, folds=options.folds,
-                    test_size=options.test_size, seed=options.seed)
+                    test_size=options.test_size, seed=config.probe_seed())
     except ProbeError as error:
         key, value = _split_key(config, kind)
         return f"key '{key}': {value} does not fit dataset {dataset.name} ({_split_sizes(dataset, kind)}): {error}"

@@ -121,7 +121,7 @@ def run_columns(config: "SweepConfig", template: str | None) -> dict[str, Any]:
     """How a result was computed: the task's prompt template (None for a task without one), the
     protocol, seed, interval rule, trusttrace version and time."""
     return {
-        "template": template, "protocol": config.protocol, "seed": config.probes.seed, "interval": INTERVAL_RULE,
+        "template": template, "protocol": config.protocol, "seed": config.seed, "interval": INTERVAL_RULE,
         "trusttrace_version": trusttrace_version(), "created": now_utc(),
     }
 
@@ -152,7 +152,7 @@ def run_steering_stages(sweep: "Sweep") -> None:
         for dataset in (d for d in sweep.datasets if d.name in names):
             vector_settings = sweep.settings("extract", dataset) | {
                 "steering": config.steering.model_dump(exclude={"datasets", "source"}), "target": target_source,
-                "protocol": config.protocol, "seed": config.probes.seed,
+                "protocol": config.protocol, "seed": config.seed,
             }
             settings = vector_settings | {"interval": INTERVAL_RULE, "improves": IMPROVES_RULE}
             if sweep.stage_done(config.steering.source, dataset.name, "steering", settings):
@@ -163,7 +163,7 @@ def run_steering_stages(sweep: "Sweep") -> None:
     if "evaluate" in config.stages:
         common = {
             "evaluate": config.evaluate.model_dump(exclude={"tasks"}), "target": identity(config.evaluate.model),
-            "dtype": config.dtype, "protocol": config.protocol, "seed": config.probes.seed, "interval": INTERVAL_RULE,
+            "dtype": config.dtype, "protocol": config.protocol, "seed": config.seed, "interval": INTERVAL_RULE,
         }
         for task in config.evaluate.tasks:
             settings = common | {"dataset_hash": task_dataset_hash(task, config.data_dir)}
@@ -193,14 +193,14 @@ def steer_dataset(
         raise ConfigError(f"steering.layers {missing} are not among the extracted layers {record.layers}")
     vectors, provenance = build_vectors(
         sweep.store.load(record, layers=options.layers), dataset, options.layers, acts_layers=options.layers,
-        protocol=config.protocol, scaling=options.scaling, seed=config.probes.seed, source=record.provenance,
+        protocol=config.protocol, scaling=options.scaling, seed=config.seed, source=record.provenance,
     )
     model, tokenizer = model_and_tokenizer
     task = task_for(dataset.name)
     grid = steering_grid(
         model, tokenizer, vectors, options.alphas, task=task, dataset=dataset, positions=options.positions,
         max_perplexity=options.max_perplexity, provenance=provenance, limit=options.max_rows,
-        protocol=config.protocol, seed=config.probes.seed, progress=sweep.progress,
+        protocol=config.protocol, seed=config.seed, progress=sweep.progress,
     )
     template = grid.baseline.settings.get("template")
     path = vector_path(sweep, source.name, dataset, vector_settings)
@@ -228,7 +228,7 @@ def evaluate_task(sweep: "Sweep", task: str, model_and_tokenizer, target_name: s
     config = sweep.config
     model, tokenizer = model_and_tokenizer
     result = run_task(model, tokenizer, task, data_dir=config.data_dir, limit=config.evaluate.max_rows,
-                      protocol=config.protocol, seed=config.probes.seed)
+                      protocol=config.protocol, seed=config.seed)
     table = result.table.assign(
         dataset=result.settings.get("dataset"), dataset_hash=result.settings.get("dataset_hash"),
         **target_columns(target_name, model), **run_columns(config, result.settings.get("template")),

@@ -89,11 +89,11 @@ class Sweep:
         if stage == "extract":
             return extract
         if stage == "probes":
-            return extract | config.probes.model_dump() | {"split": config.probe_split(), "interval": INTERVAL_RULE}
+            return extract | config.probes.model_dump() | {"split": config.probe_split(), "seed": config.probe_seed(), "interval": INTERVAL_RULE}
         if stage == "mi":  # on the training rows of the probes' first fold
             probes = config.probes
             return extract | config.mi.model_dump() | {
-                "split": config.probe_split(), "seed": probes.seed, "folds": probes.folds, "test_size": probes.test_size,
+                "split": config.probe_split(), "seed": config.probe_seed(), "folds": probes.folds, "test_size": probes.test_size,
             }
         raise ValueError(f"no settings for stage {stage!r}")
 
@@ -248,7 +248,7 @@ class Sweep:
         options = self.config.probes
         probe_record(
             self.store, record, split=self.config.probe_split(), method=options.method, folds=options.folds,
-            test_size=options.test_size, seed=options.seed, C=options.C, device=self.config.device,
+            test_size=options.test_size, seed=self.config.probe_seed(), C=options.C, device=self.config.device,
         )
         return PROBES_TABLE, None
 
@@ -256,7 +256,7 @@ class Sweep:
         mi_record(
             self.store, record, estimator=self.config.mi.estimator, x_layer=self.config.mi.x_layer,
             split=self.config.probe_split(), folds=self.config.probes.folds, test_size=self.config.probes.test_size,
-            seed=self.config.probes.seed, device=self.config.device,
+            seed=self.config.probe_seed(), device=self.config.device,
         )
         return MI_TABLE, None
 

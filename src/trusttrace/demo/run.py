@@ -123,7 +123,7 @@ def demo_config(out: Path, checkpoints: list[Path], dataset: Path, seed: int) ->
         dtype="float32",
         device="cpu",
         stages=["extract", "probes", "mi"],
-        probes={"method": "logreg", "folds": 5, "seed": seed},
+        seed=seed, probes={"method": "logreg", "folds": 5},
         mi={"estimator": "nhsic", "x_layer": 0},
         prefetch=False,
     )
