@@ -24,6 +24,7 @@ from trusttrace.evaluation.scoring import choice_logprobs, generate_texts
 from trusttrace.evaluation.toxicity import load_classifier, toxicity_task
 from trusttrace.evaluation.templates import qa_prompt
 from trusttrace.evaluation.truthfulness import mc_metrics
+from trusttrace.intervals import INTERVAL_RULE, MEAN_INTERVAL_RULE
 from trusttrace.models import decoder_layers
 from trusttrace.steering import Steering, development_rows, prompt_boundary, save_vectors, steer
 from trusttrace.tiny import PAD_ID, tiny_model, train_tokenizer
@@ -293,6 +294,10 @@ def test_truthfulqa_mc_on_held_out_questions(models, tok, mc_data):
             expected = mc_metrics(scores, list(item[key].values()))[0 if column == "mc1" else 1]
             assert row[column] == pytest.approx(expected, abs=1e-5)
     assert result.value("mc1") == result.records["mc1"].mean()
+    rules = dict(zip(result.table["metric"], result.table["interval"]))  # what the sweep's unit names declare
+    assert rules == {"mc1": INTERVAL_RULE, "mc2": MEAN_INTERVAL_RULE}
+    assert get_task("truthfulqa").interval_rules() == {"interval": INTERVAL_RULE, "mean_interval": MEAN_INTERVAL_RULE}
+    assert get_task("sst2").interval_rules() == {"interval": INTERVAL_RULE}
     every = evaluate(model, tok, "truthfulqa", data_dir=mc_data, questions="all", limit=2)
     assert list(every.records["question"]) == [m["question"] for m in MC[:2]]
 
@@ -499,17 +504,36 @@ def test_cli_evaluate_checks_the_vector_file_before_loading_the_model(tmp_path, 
     assert "no vector for layers [5] (the file holds [2])" in capsys.readouterr().err
 
 
-def test_a_mean_interval_is_a_t_interval_kept_within_the_metric_bounds():
+def test_a_mean_interval_of_0_1_scores_is_wilsons_at_their_effective_count_with_t():
     from scipy import stats
 
     from trusttrace.evaluation.results import mean_row
+    from trusttrace.intervals import wilson_interval
 
-    values = np.array([0.9, 0.8, 0.95, 0.6, 0.99])  # five questions: 1.96 would understate the spread
+    values = np.array([1.0, 0.0, 1.0, 1.0, 0.0])  # variance n/(n-1) m(1-m): worth n - 1 examples
     row = mean_row("truthfulqa", "mc2", values)
-    half = stats.t.ppf(0.975, 4) * values.std(ddof=1) / math.sqrt(5)
-    assert row["low"] == pytest.approx(values.mean() - half) and row["high"] == 1.0
-    assert mean_row("truthfulqa", "mc2", [0.01, 0.02, 0.9])["low"] == 0.0
+    expected = wilson_interval(0.6, 4, stats.t.ppf(0.975, 4))
+    assert (row["low"], row["high"]) == pytest.approx([float(bound) for bound in expected])
+    assert row["interval"] == MEAN_INTERVAL_RULE
+    assert 0.0 <= mean_row("truthfulqa", "mc2", [0.01, 0.02, 0.9])["low"] and mean_row("truthfulqa", "mc2", [0.9, 0.99, 1.0])["high"] <= 1.0
     assert math.isnan(mean_row("truthfulqa", "mc2", [0.5])["low"])
+    equal = mean_row("truthfulqa", "mc2", [0.5, 0.5, 0.5])  # no spread seen: as wide as three 0/1 scores could be
+    assert equal["high"] - equal["low"] > 0.5
+
+
+def test_a_mean_interval_covers_skewed_scores_on_few_questions_and_matches_t_on_many():
+    from scipy import stats
+
+    from trusttrace.intervals import mean_interval
+
+    rng = np.random.default_rng(0)
+    scores = rng.beta(0.3, 0.6, size=(4000, 5))  # true mean 1/3; a t interval covers it 0.90 of the time
+    low, high = mean_interval(scores)
+    assert ((low <= 1 / 3) & (1 / 3 <= high)).mean() >= 0.92
+    many = rng.uniform(size=400)
+    low, high = mean_interval(many)
+    t_width = 2 * stats.t.ppf(0.975, 399) * many.std(ddof=1) / math.sqrt(400)
+    assert float(high[0] - low[0]) == pytest.approx(t_width, rel=0.02)
 
 
 def test_answers_the_tokenizer_cannot_tell_apart_are_an_error():

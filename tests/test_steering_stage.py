@@ -168,9 +168,10 @@ def test_another_scaling_writes_other_vectors_and_keeps_the_first(setup):
 
 def test_rows_of_an_older_statistical_rule_are_recomputed_and_the_vectors_kept(setup, monkeypatch):
     root, suite, dataset, data = setup
+    import trusttrace.evaluation.runner as runner
     import trusttrace.steering_stage as stage
 
-    monkeypatch.setattr(stage, "INTERVAL_RULE", "an older rule")
+    monkeypatch.setattr(runner, "INTERVAL_RULE", "an older rule")
     monkeypatch.setattr(stage, "IMPROVES_RULE", "an older test")
     config = sweep(root, suite, dataset, data)
     vectors = sorted((config.workspace / "steering").glob("*.safetensors"))

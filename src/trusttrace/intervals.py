@@ -1,9 +1,12 @@
-"""95 % intervals for shares of correct (or flagged) examples, honest about related examples.
+"""95 % intervals for shares of correct (or flagged) examples, honest about related examples,
+and for means of scores in [0, 1] (such as TruthfulQA's MC2), honest about few examples.
 
 Examples of one group (a TruthfulQA question's answers, a StereoSet context's two sentences,
 an SST-2 sentence and its twin) tend to be right or wrong together, so n of them carry less
 information than n independent ones. The Wilson interval is taken at the effective number of
 examples, n over the design effect of cluster sampling; without groups it is the usual one.
+A mean of scores is a share whose examples carry more information than 0/1 ones when the scores
+vary less: the Wilson interval is taken at that effective number (see `mean_interval`).
 """
 
 from __future__ import annotations
@@ -17,14 +20,17 @@ Z95 = float(stats.norm.ppf(0.975))
 # The name of this rule, recorded with every interval and in the settings of the units that
 # compute them, so that a workspace's rows computed under another rule are recomputed, not mixed.
 INTERVAL_RULE = "wilson-effective-rows"
+MEAN_INTERVAL_RULE = "wilson-score-variance-t"
 
 
-def wilson_interval(share: np.ndarray | float, n: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
-    """The 95 % Wilson score interval of each observed `share` of successes among `n` (which may be
-    an effective, non-integer number of examples)."""
-    share, n = np.asarray(share, dtype=float), np.asarray(n, dtype=float)
-    centre = (share + Z95**2 / (2 * n)) / (1 + Z95**2 / n)
-    half = Z95 / (1 + Z95**2 / n) * np.sqrt(share * (1 - share) / n + Z95**2 / (4 * n**2))
+def wilson_interval(
+    share: np.ndarray | float, n: np.ndarray | float, z: np.ndarray | float = Z95
+) -> tuple[np.ndarray, np.ndarray]:
+    """The Wilson score interval (95 % at the default `z`) of each observed `share` of successes
+    among `n` (which may be an effective, non-integer number of examples)."""
+    share, n, z = np.asarray(share, dtype=float), np.asarray(n, dtype=float), np.asarray(z, dtype=float)
+    centre = (share + z**2 / (2 * n)) / (1 + z**2 / n)
+    half = z / (1 + z**2 / n) * np.sqrt(share * (1 - share) / n + z**2 / (4 * n**2))
     return np.clip(centre - half, 0, 1), np.clip(centre + half, 0, 1)
 
 
@@ -59,3 +65,25 @@ def share_interval(flags: np.ndarray, groups: np.ndarray | None = None) -> tuple
     """The 95 % interval of the share of each row of [rows, n] `flags`, at its effective number of examples."""
     flags = np.atleast_2d(np.asarray(flags, dtype=float))
     return wilson_interval(flags.mean(axis=-1), effective_rows(flags, groups))
+
+
+def mean_interval(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The 95 % interval of the mean of each row of [rows, n] `scores` in [0, 1] (NaN below 2 scores).
+
+    The Wilson interval at the effective number of scores, n times the largest variance scores of
+    this mean could have, m(1 - m), over their sample variance; with Student's t quantile at n - 1
+    degrees of freedom, since that variance is itself estimated. For 0/1 scores it is close to
+    Wilson's at n; for scores that vary little it narrows to about the t interval's width. The t
+    interval alone undercovers skewed scores on few questions (about 0.71 at 3 and 0.91 at 30 of
+    Beta(0.2, 2) scores; 0.39 at 3 of 0/1 ones, where this rule gives 0.83, 0.93 and 1.0), and can
+    reach outside [0, 1]. Equal scores show no spread, so they count as n 0/1 ones would.
+    """
+    scores = np.atleast_2d(np.asarray(scores, dtype=float))
+    n = scores.shape[-1]
+    if n < 2:
+        nan = np.full(scores.shape[0], np.nan)
+        return nan, nan.copy()
+    mean, variance = scores.mean(axis=-1), scores.var(axis=-1, ddof=1)
+    with np.errstate(divide="ignore", invalid="ignore"):  # equal scores show no spread: count them as n
+        effective = np.where(variance > 0, n * mean * (1 - mean) / variance, n)
+    return wilson_interval(mean, effective, stats.t.ppf(0.975, n - 1))

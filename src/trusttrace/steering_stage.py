@@ -31,7 +31,6 @@ from trusttrace.evaluation import TASKS, get_task, steering_grid
 from trusttrace.evaluation import evaluate as run_task
 from trusttrace.evaluation.grid import IMPROVES_RULE
 from trusttrace.evaluation.runner import resolve_dataset
-from trusttrace.intervals import INTERVAL_RULE
 from trusttrace.manifest import settings_digest
 from trusttrace.models import checkpoint_fingerprint, describe_source, hub_commit, load_model
 from trusttrace.provenance import now_utc, trusttrace_version
@@ -119,9 +118,9 @@ def source_columns(provenance: Mapping[str, Any]) -> dict[str, Any]:
 
 def run_columns(config: "SweepConfig", template: str | None) -> dict[str, Any]:
     """How a result was computed: the task's prompt template (None for a task without one), the
-    protocol, seed, interval rule, trusttrace version and time."""
+    protocol, seed, trusttrace version and time (each row names its interval rule itself)."""
     return {
-        "template": template, "protocol": config.protocol, "seed": config.seed, "interval": INTERVAL_RULE,
+        "template": template, "protocol": config.protocol, "seed": config.seed,
         "trusttrace_version": trusttrace_version(), "created": now_utc(),
     }
 
@@ -154,7 +153,7 @@ def run_steering_stages(sweep: "Sweep") -> None:
                 "steering": config.steering.model_dump(exclude={"datasets", "source"}), "target": target_source,
                 "protocol": config.protocol, "seed": config.seed,
             }
-            settings = vector_settings | {"interval": INTERVAL_RULE, "improves": IMPROVES_RULE}
+            settings = vector_settings | get_task(task_for(dataset.name)).interval_rules() | {"improves": IMPROVES_RULE}
             if sweep.stage_done(config.steering.source, dataset.name, "steering", settings):
                 sweep.summary.skipped += 1
                 continue
@@ -163,10 +162,10 @@ def run_steering_stages(sweep: "Sweep") -> None:
     if "evaluate" in config.stages:
         common = {
             "evaluate": config.evaluate.model_dump(exclude={"tasks"}), "target": identity(config.evaluate.model),
-            "dtype": config.dtype, "protocol": config.protocol, "seed": config.seed, "interval": INTERVAL_RULE,
+            "dtype": config.dtype, "protocol": config.protocol, "seed": config.seed,
         }
         for task in config.evaluate.tasks:
-            settings = common | {"dataset_hash": task_dataset_hash(task, config.data_dir)}
+            settings = common | get_task(task).interval_rules() | {"dataset_hash": task_dataset_hash(task, config.data_dir)}
             if sweep.stage_done(config.evaluate.model, task, "evaluate", settings):
                 sweep.summary.skipped += 1
                 continue

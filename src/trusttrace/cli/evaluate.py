@@ -137,10 +137,12 @@ def evaluate_command(
 
 
 def _write(result: EvalResult, out: Path | None, grid: pd.DataFrame | None = None) -> None:
-    """Print the table (or grid) and, with --out, write it as CSV and the records as Parquet."""
+    """Print the table (or grid), less the interval rules' names, and, with --out, write it whole
+    as CSV and the records as Parquet."""
     from trusttrace.store import atomic_write_bytes, write_json, write_table
 
-    typer.echo((grid if grid is not None else result.table).to_string(index=False))
+    shown = grid if grid is not None else result.table
+    typer.echo(shown.drop(columns="interval", errors="ignore").to_string(index=False))
     if out is None:
         return
     atomic_write_bytes(out / "results.csv", result.table.to_csv(index=False).encode())

@@ -141,7 +141,8 @@ def _grid_row(layer: int | None, alpha: float, metric: str, result: EvalResult) 
     values = result.table.set_index("metric")
     main = values.loc[metric]
     side = {name: float(values.loc[name, "value"]) if name in values.index else math.nan for name in ("kl", "perplexity", "perplexity_unsteered")}
-    return {"layer": layer, "alpha": alpha, "metric": metric, "value": main["value"], "low": main["low"], "high": main["high"], "n": main["n"], **side}
+    return {"layer": layer, "alpha": alpha, "metric": metric, "value": main["value"], "low": main["low"], "high": main["high"], "n": main["n"],
+            "interval": main["interval"], **side}
 
 
 def outcomes(result: EvalResult, metric: str) -> pd.Series:

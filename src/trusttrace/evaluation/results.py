@@ -9,17 +9,17 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.stats import t as t_distribution
 
 from trusttrace.errors import EvaluationError
-from trusttrace.intervals import share_interval
+from trusttrace.intervals import INTERVAL_RULE, MEAN_INTERVAL_RULE, mean_interval, share_interval
 
-TABLE_COLUMNS = ["task", "metric", "value", "low", "high", "n"]
+TABLE_COLUMNS = ["task", "metric", "value", "low", "high", "n", "interval"]
 
 
 @dataclass
 class EvalResult:
-    """`table`: task, metric, value, low, high, n (plus the steering setting when steered);
+    """`table`: task, metric, value, low, high, n, interval (the rule of low and high; plus the
+    steering setting when steered);
     `records`: one row per example; `settings`: what was run, for provenance."""
 
     table: pd.DataFrame
@@ -34,9 +34,12 @@ class EvalResult:
         return float(rows["value"].iloc[0])
 
 
-def metric_row(task: str, metric: str, value: float, n: int, low: float = math.nan, high: float = math.nan) -> dict[str, Any]:
-    """One row of a result table."""
-    return {"task": task, "metric": metric, "value": float(value), "low": float(low), "high": float(high), "n": int(n)}
+def metric_row(
+    task: str, metric: str, value: float, n: int, low: float = math.nan, high: float = math.nan, interval: str | None = None
+) -> dict[str, Any]:
+    """One row of a result table; `interval` names the rule of `low` and `high` (None without one)."""
+    return {"task": task, "metric": metric, "value": float(value), "low": float(low), "high": float(high), "n": int(n),
+            "interval": interval}
 
 
 def rate_row(task: str, metric: str, flags: Sequence[bool] | np.ndarray, groups: Sequence | np.ndarray | None = None) -> dict[str, Any]:
@@ -47,7 +50,7 @@ def rate_row(task: str, metric: str, flags: Sequence[bool] | np.ndarray, groups:
     if n == 0:
         return metric_row(task, metric, math.nan, 0)
     low, high = share_interval(flags, None if groups is None else np.asarray(groups))
-    return metric_row(task, metric, flags.mean(), n, low[0], high[0])
+    return metric_row(task, metric, flags.mean(), n, low[0], high[0], INTERVAL_RULE)
 
 
 def make_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
@@ -56,18 +59,11 @@ def make_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
 
 
 def mean_row(task: str, metric: str, values: Sequence[float] | np.ndarray) -> dict[str, Any]:
-    """The mean of scores in [0, 1] (such as MC2) with a 95 % Student-t interval kept within [0, 1]
-    (NaN for no examples).
-
-    t rather than 1.96, since evaluations are often run on a few questions; clipped, since a
-    mean of such scores cannot lie outside them.
-    """
+    """The mean of scores in [0, 1] (such as MC2) with its 95 % interval, within [0, 1] and honest
+    on a few questions (see trusttrace.intervals.mean_interval); NaN for no examples."""
     values = np.asarray(values, dtype=float)
     n = len(values)
     if n == 0:
         return metric_row(task, metric, math.nan, 0)
-    mean = values.mean()
-    if n == 1:
-        return metric_row(task, metric, mean, n, math.nan, math.nan)
-    half = t_distribution.ppf(0.975, n - 1) * values.std(ddof=1) / math.sqrt(n)
-    return metric_row(task, metric, mean, n, max(mean - half, 0.0), min(mean + half, 1.0))
+    low, high = mean_interval(values)
+    return metric_row(task, metric, values.mean(), n, low[0], high[0], MEAN_INTERVAL_RULE)

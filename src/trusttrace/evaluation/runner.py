@@ -25,6 +25,7 @@ from trusttrace.evaluation.side_effects import side_effects
 from trusttrace.evaluation.templates import NEUTRAL_TEXTS
 from trusttrace.evaluation.toxicity import toxicity_task
 from trusttrace.evaluation.truthfulness import truthfulqa_task
+from trusttrace.intervals import INTERVAL_RULE, MEAN_INTERVAL_RULE
 from trusttrace.models import describe_source
 from trusttrace.provenance import now_utc, trusttrace_version
 from trusttrace.steering import PROTOCOLS, Steering, development_rows
@@ -37,7 +38,10 @@ COMMON_ARGUMENTS = {"model", "tokenizer", "dataset", "rows", "task", "protocol",
 
 @dataclass(frozen=True)
 class Task:
-    """A registered evaluation: its function, default dataset and the metric a grid optimises."""
+    """A registered evaluation: its function, default dataset and the metric a grid optimises.
+
+    `means`: its metrics that average scores (their interval rule is MEAN_INTERVAL_RULE, the
+    others' INTERVAL_RULE)."""
 
     name: str
     run: Callable[..., EvalResult]
@@ -46,6 +50,11 @@ class Task:
     higher_is_better: bool
     description: str
     takes_dataset: bool = True
+    means: tuple[str, ...] = ()
+
+    def interval_rules(self) -> dict[str, str]:
+        """The rules of the intervals its rows carry, by kind: part of the names of the units that compute them."""
+        return {"interval": INTERVAL_RULE} | ({"mean_interval": MEAN_INTERVAL_RULE} if self.means else {})
 
     def options(self) -> list[str]:
         """The task-specific keyword options its function accepts."""
@@ -58,7 +67,7 @@ TASKS = {
     "sst2": Task("sst2", binary_task, "sst2", ("accuracy",), True, "robustness: does the sentence have random capitals? (0/1)"),
     "binary": Task("binary", binary_task, None, ("accuracy",), True, "any labelled dataset, with a {statement} template"),
     "toxigen": Task("toxigen", toxicity_task, "toxigen", ("toxic_ratio",), False, "toxicity of greedy continuations, by a classifier"),
-    "truthfulqa": Task("truthfulqa", truthfulqa_task, None, ("truth_info", "truth", "mc2"), True, "TruthfulQA MC1/MC2, and judged generation with a truth_judge", takes_dataset=False),
+    "truthfulqa": Task("truthfulqa", truthfulqa_task, None, ("truth_info", "truth", "mc2"), True, "TruthfulQA MC1/MC2, and judged generation with a truth_judge", takes_dataset=False, means=("mc2",)),
 }
 ALIASES = {"privacy": "confaide", "fairness": "stereoset", "robustness": "sst2", "toxicity": "toxigen", "truthfulness": "truthfulqa"}
 

@@ -436,7 +436,7 @@ def evaluation_section(ws: Workspace) -> Section:
             section.add(paragraph(f"{EVALUATE_TABLE} also holds {'; '.join(left_out)}; the table shows the configuration above ({SELECT_HINT}).", "missing"))
     section.add(paragraph(
         "The unsteered target model on each task of the sweep (95 % intervals: Wilson for rates, with the rows of one group "
-        "counted as fewer examples; Student t for means); "
+        "counted as fewer examples; for means, Wilson at the number of scores their spread is worth, with Student t); "
         "steered results are in the steering section."
     ))
     return section
