@@ -29,7 +29,7 @@ def toy_dataset(statements) -> TrustDataset:
 def provenance(n: int, layers=(0, 1, 2)) -> dict:
     return {
         "model": "toy-model", "revision": "r1", "commit": None, "weights_sha256": "abc", "checkpoint": "r1",
-        "step": 10, "tokens": None, "dataset": "toy", "dataset_hash": "h", "n": n, "position": "last",
+        "step": 10, "tokens": None, "dataset": "toy", "n": n, "position": "last",
         "layers": list(layers), "dtype": "float32", "tokenizer": "t", "template": None,
     }
 

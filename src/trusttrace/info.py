@@ -39,7 +39,7 @@ from scipy.special import digamma
 from trusttrace.devices import to_analysis_device
 from trusttrace.errors import LayerError, ProbeError
 from trusttrace.probes import check_finite, check_shape
-from trusttrace.splits import check_labels, paper_split
+from trusttrace.splits import check_labels, paper_split, row_indices
 
 ESTIMATORS = ("nhsic", "hsic", "gaussian", "ksg")
 
@@ -480,10 +480,7 @@ def _check_plane_acts(acts: torch.Tensor, layers: Sequence[int] | None, x_layer:
 
 
 def _check_rows(rows: Sequence[int] | None, n: int) -> np.ndarray:
-    selected = paper_split(n)[0] if rows is None else np.asarray(rows, dtype=np.int64).reshape(-1)
-    if selected.size and (selected.min() < 0 or selected.max() >= n):
-        bad = selected[(selected < 0) | (selected >= n)][0]
-        raise ProbeError(f"row {bad} is outside the {n} rows of the activations")
+    selected = paper_split(n)[0] if rows is None else row_indices(rows, n)
     if len(selected) < 3:
         raise ProbeError(f"the information plane needs at least 3 rows, got {len(selected)}")
     return selected

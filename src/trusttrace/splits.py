@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train_test_split
 
-from trusttrace.errors import ProbeError
+from trusttrace.errors import ProbeError, TrustTraceError
 
 SPLITS = ("grouped", "random", "paper")
 
@@ -36,6 +36,30 @@ def check_labels(labels: Sequence, n: int | None = None) -> np.ndarray:
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         raise ProbeError(f"label {values[row].item()!r} at row {row} is not 0 or 1")
+    return values.astype(np.int64)
+
+
+def row_indices(rows: Sequence | np.ndarray, n: int, name: str = "rows", error: type[TrustTraceError] = ProbeError) -> np.ndarray:
+    """`rows` of `n` as an int64 array of positions: row numbers 0..n-1 in the order given, or a
+    boolean mask of length n (its true rows).
+
+    Anything else is an `error` naming `name`: a mask cast to integers would silently pick rows
+    0 and 1, fractional numbers would be truncated, and negative ones would wrap around.
+    """
+    values = np.asarray(rows)
+    if values.ndim != 1:
+        raise error(f"{name} must be a list of row numbers or a boolean mask, got shape {values.shape}")
+    if values.dtype == bool:
+        if len(values) != n:
+            raise error(f"{name}: a boolean mask of {len(values)} entries for {n} rows")
+        return np.flatnonzero(values)
+    if values.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if not np.issubdtype(values.dtype, np.integer):
+        raise error(f"{name} must be row numbers (integers) or a boolean mask, got {values.dtype} values such as {values[0]!r}")
+    outside = values[(values < 0) | (values >= n)]
+    if outside.size:
+        raise error(f"{name}: row {int(outside[0])} is outside the {n} rows (0..{n - 1})")
     return values.astype(np.int64)
 
 

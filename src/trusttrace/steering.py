@@ -31,7 +31,7 @@ from trusttrace.data import TrustDataset
 from trusttrace.errors import LayerError, StoreError, SteeringError
 from trusttrace.models import block_hidden, check_layers, decoder_layers, describe_source, with_block_hidden
 from trusttrace.provenance import now_utc, trusttrace_version
-from trusttrace.splits import make_splits
+from trusttrace.splits import make_splits, row_indices
 from trusttrace.store import atomic_write_bytes
 
 SCALINGS = ("std", "unit", "raw")
@@ -81,7 +81,7 @@ def steering_vector(
     if acts.dim() != 2 or acts.shape[0] != len(labels):
         raise SteeringError(f"activations of shape {tuple(acts.shape)} do not match {len(labels)} labels; expected [n, hidden]")
     check_finite_rows(acts)
-    chosen = np.arange(len(labels)) if rows is None else np.asarray(rows, dtype=np.int64)
+    chosen = np.arange(len(labels)) if rows is None else row_indices(rows, len(labels), "rows", SteeringError)
     data = acts.double()
     positive = torch.from_numpy(chosen[labels[chosen] == 1])
     negative = torch.from_numpy(chosen[labels[chosen] == 0])
@@ -96,7 +96,9 @@ def steering_vector(
     direction = difference / norm
     if scaling == "unit":
         return direction.float()
-    spread = chosen if scale_rows is None else np.asarray(scale_rows, dtype=np.int64)
+    spread = chosen if scale_rows is None else row_indices(scale_rows, len(labels), "scale_rows", SteeringError)
+    if len(spread) < 2:
+        raise SteeringError(f"scale_rows: the spread of the projections needs at least 2 rows, got {len(spread)}")
     return (direction * (data[torch.from_numpy(spread)] @ direction).std()).float()
 
 

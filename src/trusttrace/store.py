@@ -180,6 +180,18 @@ class ActivationRecord:
         return int(self.provenance["n"])
 
 
+def dataset_provenance(provenance: dict[str, Any], dataset: TrustDataset) -> dict[str, Any]:
+    """`provenance` with the dataset's name, content hash and size, which make part of a set's key;
+    a StoreError where it contradicts them or names no layers."""
+    described = {"dataset": dataset.name, "dataset_hash": dataset.content_hash, "n": len(dataset)}
+    for key, value in described.items():
+        if provenance.get(key, value) != value:
+            raise StoreError(f"provenance {key} {provenance[key]!r} does not match the dataset's ({value!r})")
+    if not provenance.get("layers"):
+        raise StoreError("provenance needs 'layers': the block number of each stored layer, in order")
+    return described | provenance
+
+
 class ActivationStore:
     """Activation sets and dataset snapshots in a workspace folder (created when absent)."""
 
@@ -322,7 +334,19 @@ class ActivationStore:
             raise CorruptArtefactError(f"{folder / 'meta.json'}: unreadable sidecar ({error})") from None
 
     def save(self, acts: torch.Tensor, dataset: TrustDataset, provenance: dict[str, Any]) -> ActivationRecord:
-        """Store a complete activation tensor `[n_layers, n, hidden]` for `dataset`."""
+        """Store a complete activation tensor `[n_layers, n, hidden]` for `dataset`.
+
+        `provenance` says how the states were made (`extract_to_store` writes the full record);
+        its `layers` default to 0..n_layers-1, and the dataset's name, content hash and size are
+        filled in, so that two datasets never share a key.
+        """
+        acts = torch.as_tensor(acts)
+        if acts.ndim != 3 or acts.shape[1] != len(dataset):
+            raise StoreError(f"activations of shape {tuple(acts.shape)} for the {len(dataset)} rows of {dataset.name}: "
+                             f"expected [n_layers, {len(dataset)}, hidden]")
+        provenance = {"layers": list(range(acts.shape[0]))} | provenance
+        if len(provenance["layers"]) != acts.shape[0]:
+            raise StoreError(f"provenance names {len(provenance['layers'])} layers for activations of {acts.shape[0]}")
         rows = np.arange(acts.shape[1])
         return self.save_batches([ActivationBatch(rows=rows, states=acts)], dataset, provenance)
 
@@ -337,23 +361,27 @@ class ActivationStore:
         """Stream batches into shards of at most about `shard_bytes`, then publish the set.
 
         Nothing is visible under the record's key until every shard and the sidecar are
-        written: a crash midway leaves only a hidden temporary folder.
+        written: a crash midway leaves only a hidden temporary folder. `provenance` must name
+        the stored `layers`; the dataset's name, content hash and size are filled in (and a
+        provenance that contradicts them is an error).
         """
-        self.save_dataset(dataset)
-        key = self.key(provenance)
-        staging = self.activations_dir / f".tmp-{key}-{uuid.uuid4().hex[:8]}"
-        staging.mkdir(parents=True)
-        try:
-            files, seen, truncated = self._write_shards(batches, staging, provenance["layers"], shard_bytes)
-            if seen != provenance["n"]:
-                raise StoreError(f"activation set {key}: {seen} rows written, provenance says {provenance['n']}")
-            meta = {"provenance": provenance | {"truncated": truncated}, "files": files, "format": WORKSPACE_FORMAT}
-            write_json(staging / "meta.json", meta)
-            self._publish(staging, self.activations_dir / key)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        return self._read_record(self.activations_dir / key)
+        provenance = dataset_provenance(provenance, dataset)
+        with self.locked():
+            self.save_dataset(dataset)
+            key = self.key(provenance)
+            staging = self.activations_dir / f".tmp-{key}-{uuid.uuid4().hex[:8]}"
+            staging.mkdir(parents=True)
+            try:
+                files, seen, truncated = self._write_shards(batches, staging, provenance["layers"], shard_bytes)
+                if seen != provenance["n"]:
+                    raise StoreError(f"activation set {key}: {seen} rows written for the {provenance['n']} rows of {dataset.name}")
+                meta = {"provenance": provenance | {"truncated": truncated}, "files": files, "format": WORKSPACE_FORMAT}
+                write_json(staging / "meta.json", meta)
+                self._publish(staging, self.activations_dir / key)
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+            return self._read_record(self.activations_dir / key)
 
     def _write_shards(
         self, batches: Iterable[ActivationBatch], folder: Path, layers: list[int], shard_bytes: int

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from trusttrace.errors import DatasetError
+from trusttrace.splits import row_indices
 
 Dimension = Literal["truthfulness", "toxicity", "privacy", "fairness", "robustness", "user"]
 
@@ -103,11 +104,8 @@ class TrustDataset:
         return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
     def subset(self, rows: Sequence[int]) -> TrustDataset:
-        """The dataset restricted to `rows` (0-based positions, in the given order), same card."""
-        index = np.asarray(rows, dtype=np.int64).reshape(-1)
-        outside = index[(index < 0) | (index >= len(self))]
-        if outside.size:
-            raise DatasetError(f"{self.name}: row {int(outside[0])} is outside 0..{len(self) - 1}")
+        """The dataset restricted to `rows` (0-based positions in the given order, or a boolean mask), same card."""
+        index = row_indices(rows, len(self), f"{self.name}: rows", DatasetError)
         return TrustDataset(
             name=self.name,
             statements=[self.statements[i] for i in index],

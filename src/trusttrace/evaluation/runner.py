@@ -28,6 +28,7 @@ from trusttrace.evaluation.truthfulness import truthfulqa_task
 from trusttrace.intervals import INTERVAL_RULE, MEAN_INTERVAL_RULE
 from trusttrace.models import describe_source
 from trusttrace.provenance import now_utc, trusttrace_version
+from trusttrace.splits import row_indices
 from trusttrace.steering import PROTOCOLS, Steering, development_rows
 
 SIDE_EFFECT_TEXTS = ("builtin", "dataset")
@@ -162,7 +163,10 @@ def _resolve_rows(dataset: TrustDataset | None, rows: Sequence[int] | None, limi
         rows = development_rows(dataset, protocol, seed)[1]
     if rows is None:
         return None
-    rows = np.asarray(rows, dtype=np.int64)
+    if dataset is not None:
+        rows = row_indices(rows, len(dataset), "rows", EvaluationError)
+        if not len(rows):
+            raise EvaluationError("rows: no rows to evaluate")
     return rows if limit is None else rows[:limit]
 
 

@@ -30,6 +30,7 @@ from trusttrace.evaluation.judges import Judge, Verdict, make_judge
 from trusttrace.evaluation.results import EvalResult, make_table, mean_row, metric_row, rate_row
 from trusttrace.evaluation.scoring import choice_logprobs, generate_texts
 from trusttrace.evaluation.templates import JUDGE_PROMPTS, PAPER_QA_PROMPT, QA_PRIMER, qa_prompt
+from trusttrace.splits import row_indices
 
 MC_FILE = Path("truthfulqa") / "mc_task.json"
 HELDOUT_FILE = "truthfulqa_test.csv"
@@ -151,10 +152,7 @@ def truthfulqa_task(
     items, source = load_mc_questions(mc_path, data_dir=data_dir, source=mc_source) if mc or texts is None else ([], None)
     chosen_items = _select(items, texts)
     texts = texts if texts is not None else [item.question for item in items]
-    index = np.arange(len(texts)) if rows is None else np.asarray(rows, dtype=np.int64)
-    outside = index[(index < 0) | (index >= len(texts))]
-    if outside.size:
-        raise EvaluationError(f"question row {int(outside[0])} is outside 0..{len(texts) - 1} ({questions} questions)")
+    index = np.arange(len(texts)) if rows is None else row_indices(rows, len(texts), f"rows ({questions} questions)", EvaluationError)
     index = index[:limit]
     records = pd.DataFrame({"row": index, "question": [texts[i] for i in index]})
     metrics: list[dict] = []
