@@ -149,7 +149,8 @@ def test_one_record_at_a_time_replaces_its_rows(workspace):
 
 
 
-def test_an_mps_device_runs_the_float64_analysis_on_the_cpu(workspace):
+def test_an_mps_device_runs_the_float64_analysis_on_the_cpu(workspace, monkeypatch):
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)  # as on a Mac
     first, _ = workspace.records()
     on_mps = probe_record(workspace, first, split="paper", device="mps")
     on_cpu = probe_record(workspace, first, split="paper", device="cpu")

@@ -4,6 +4,7 @@ naming the argument: never a silently wrong result, never a deep numpy or torch 
 from __future__ import annotations
 
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -102,3 +103,110 @@ def test_a_store_refuses_activations_that_do_not_fit_their_dataset(tmp_path, sta
     with pytest.raises(StoreError, match=message):
         store.save(states, toy(), provenance)
     assert store.records() == []
+
+
+# ----- layers, batches and statements -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("layers", [[np.int64(1), 2], torch.tensor([1, 2]), np.array([1, 2]), (1, -2), range(1, 3)])
+def test_layer_selections_of_any_integer_type_are_read_as_block_numbers(layers, model_factory, tokenizer):
+    model = model_factory("llama")
+    assert torch.equal(tt.extract_activations(model, tokenizer, CORPUS[:3], layers=layers),
+                       tt.extract_activations(model, tokenizer, CORPUS[:3], layers=[1, 2]))
+
+
+@pytest.mark.parametrize(
+    ("layers", "message"),
+    [([1, -3], "layers 1 and -3 both name block 1"), (True, "layer True is not a layer number"),
+     ("last", "layers 'last': expected 'all'"), ([1.5], "layer 1.5 is not a layer number")],
+)
+def test_layer_selections_that_are_ambiguous_are_refused(layers, message, model_factory, tokenizer):
+    with pytest.raises(tt.LayerError, match=re.escape(message)):
+        tt.extract_activations(model_factory("llama"), tokenizer, CORPUS[:3], layers=layers)
+
+
+@pytest.mark.parametrize(("option", "value"), [("batch_size", -1), ("batch_size", 0), ("batch_size", 2.5), ("batch_tokens", 0)])
+def test_batch_sizes_must_be_whole_and_positive(option, value, model_factory, tokenizer):
+    with pytest.raises(tt.TrustTraceError, match=f"{option} must be a whole number of at least 1"):
+        tt.extract_activations(model_factory("llama"), tokenizer, CORPUS[:3], **{option: value})
+
+
+def test_statements_must_be_strings_and_may_be_any_iterable(model_factory, tokenizer):
+    model = model_factory("llama")
+    with pytest.raises(tt.TrustTraceError, match="statement 1 is None, not a string"):
+        tt.extract_activations(model, tokenizer, ["a cat", None])
+    assert torch.equal(tt.extract_activations(model, tokenizer, (s for s in CORPUS[:3])),
+                       tt.extract_activations(model, tokenizer, CORPUS[:3]))
+
+
+@pytest.mark.parametrize(("labels", "message"), [([0.7, 1.0, 0.0], "label 0.7 at row 0"), (["1", "0", "1"], "label '1' at row 0")])
+def test_a_dataset_refuses_labels_that_are_not_0_or_1_before_casting_them(labels, message):
+    with pytest.raises(DatasetError, match=re.escape(message)):
+        TrustDataset(name="x", statements=["a", "b", "c"], labels=labels, groups=None, card=CARD, source="test")
+    with pytest.raises(DatasetError, match="statement 1 is None, not a string"):
+        TrustDataset(name="x", statements=["a", None, "c"], labels=[0, 1, 0], groups=None, card=CARD, source="test")
+
+
+# ----- steering ---------------------------------------------------------------------------------
+
+
+def test_steering_vectors_need_0_1_labels_and_finite_settings(acts, model_factory):
+    labels = toy().labels.copy()
+    labels[2] = 2
+    with pytest.raises(SteeringError, match="label 2 at row 2 is not 0 or 1"):
+        tt.steering_vector(acts[0], labels)
+    model = model_factory("llama")
+    vector = torch.zeros(model.config.hidden_size)
+    for vectors, alpha, message in [
+        ({1: vector.clone().fill_(float("nan"))}, 1.0, "the vector for layer 1 holds NaN or inf"),
+        ({1: vector}, float("nan"), "alpha nan is not a finite number"),
+        (vector, 1.0, "vectors must map layer numbers to vectors"),
+        ({1: vector, -3: vector}, 1.0, "layers 1 and -3 both name block 1"),
+        ({1.7: vector}, 1.0, "layer 1.7 is not a layer number"),
+    ]:
+        with pytest.raises(tt.TrustTraceError, match=re.escape(message)):
+            with tt.steer(model, vectors, alpha):
+                pass
+
+
+def test_build_vectors_takes_one_layer_and_checks_the_layer_names_of_the_activations(acts):
+    vectors, _ = tt.build_vectors(acts, toy(), 2)
+    assert list(vectors) == [2]
+    with pytest.raises(tt.TrustTraceError, match="acts_layers names 2 layers for activations of 3"):
+        tt.build_vectors(acts, toy(), [2], acts_layers=[0, 2])
+
+
+def test_an_evaluation_in_a_steer_context_says_it_was_steered(acts, model_factory, tokenizer):
+    model = model_factory("llama")
+    vectors = {1: torch.ones(model.config.hidden_size)}
+    with tt.steer(model, vectors, alpha=2.0):
+        with pytest.warns(UserWarning, match="steered by a `steer` context"):
+            inside = tt.evaluate(model, tokenizer, "binary", toy())
+    given = tt.evaluate(model, tokenizer, "binary", toy(), steering=tt.Steering(vectors, alpha=2.0), side_effect_texts=None)
+    assert inside.settings["steering"]["layers"] == "1" and inside.settings["steering"]["alpha"] == 2.0
+    assert inside.table[["value", "layers", "alpha"]].equals(given.table[["value", "layers", "alpha"]])
+    assert tt.evaluate(model, tokenizer, "binary", toy()).settings["steering"] is None  # the context is over
+    with pytest.raises(EvaluationError, match="steering must be a Steering"):
+        tt.evaluate(model, tokenizer, "binary", toy(), steering=vectors)
+
+
+def test_evaluating_the_rows_a_vector_was_built_from_warns(acts, model_factory, tokenizer):
+    model = model_factory("llama")
+    vectors, info = tt.build_vectors(torch.randn(4, N, model.config.hidden_size), toy(), [1], seed=1)
+    steering = tt.Steering(vectors, alpha=1.0, provenance=info)
+    with pytest.warns(UserWarning, match=r"of the 20 evaluated rows of toy built the steering vectors .* seed 1; evaluated with seed 0"):
+        tt.evaluate(model, tokenizer, "binary", toy(), steering=steering, side_effect_texts=None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tt.evaluate(model, tokenizer, "binary", toy(), steering=steering, seed=1, side_effect_texts=None)
+
+
+def test_a_device_this_machine_lacks_is_named(monkeypatch, acts, saved_model):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    with pytest.raises(tt.TrustTraceError, match="device 'cuda': CUDA is not available here"):
+        tt.load_model(saved_model("llama"), device="cuda")
+    with pytest.raises(tt.TrustTraceError, match="device 'cuda': CUDA is not available here"):
+        tt.fit_probes(acts, toy().labels, device="cuda")
+    with pytest.raises(tt.TrustTraceError, match="device 'tpu': not a device"):
+        tt.information_plane(acts, toy().labels, device="tpu")

@@ -274,13 +274,13 @@ def test_subset_and_frame():
     assert part.card is data.card and len(part) == 2
     assert list(data.to_frame().columns) == ["statement", "label", "group"]
     assert tiny(groups=None).to_frame().group.isna().all()
-    with pytest.raises(DatasetError, match="row 3 is outside 0..2"):
+    with pytest.raises(DatasetError, match="row 3 is outside the 3 rows"):
         data.subset([3])
 
 
 def test_dataset_rejects_inconsistent_columns():
     card = tiny().card
-    with pytest.raises(DatasetError, match="label 2 is not 0 or 1"):
+    with pytest.raises(DatasetError, match="label 2 at row 1 is not 0 or 1"):
         TrustDataset("t", ["a", "b"], [0, 2], None, card, "t")
     with pytest.raises(DatasetError, match="2 statements but labels"):
         TrustDataset("t", ["a", "b"], [0, 1, 1], None, card, "t")

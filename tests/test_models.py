@@ -196,6 +196,7 @@ def test_a_hub_revision_resolves_to_its_commit_online_and_from_the_cache_offline
 def test_check_layers():
     assert check_layers("all", 3) == [0, 1, 2]
     assert check_layers([-1, 0], 3) == [2, 0]
-    assert check_layers([2, 1, 2], 3) == [2, 1]
+    with pytest.raises(LayerError, match="layer 2 is named twice"):  # layer j of a result stands for entry j
+        check_layers([2, 1, 2], 3)
     with pytest.raises(LayerError, match="layer 3 is out of range"):
         check_layers([3], 3)

@@ -19,7 +19,10 @@ _EXPORTS = {
     "trusttrace.checkpoints": ("Checkpoint", "CheckpointSuite", "checkpoint_suite", "list_suites"),
     "trusttrace.config": ("SweepConfig", "load_config"),
     "trusttrace.data": ("DatasetCard", "TrustDataset", "builtin_cards", "load_dataset"),
-    "trusttrace.errors": ("TrustTraceError",),
+    "trusttrace.errors": (
+        "CheckpointError", "ConfigError", "CorruptArtefactError", "DatasetError", "EvaluationError", "LayerError",
+        "ModelError", "OfflineError", "ProbeError", "ReportError", "SteeringError", "StoreError", "TrustTraceError",
+    ),
     "trusttrace.evaluation": ("EvalResult", "GridResult", "evaluate", "steering_grid"),
     "trusttrace.extract": ("extract_activations",),
     "trusttrace.info": ("ESTIMATOR_CAVEAT", "information_plane", "mutual_information", "turning_points"),

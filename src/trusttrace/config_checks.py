@@ -64,7 +64,7 @@ def _unchecked(config: SweepConfig, suite: "CheckpointSuite", checkpoint: "Check
     """What this machine cannot check: the layer range without a config.json on disk, datasets and
     target models that come from the Hub, the device."""
     from trusttrace.errors import TrustTraceError
-    from trusttrace.models import check_device
+    from trusttrace.devices import check_device
 
     notes = []
     if _block_count(checkpoint) is None:

@@ -1,8 +1,10 @@
-"""Which device work runs on: the default one, and where the float64 analysis (probes, mutual information) runs."""
+"""Which device work runs on: the default one, whether a named one is usable here, and where the float64 analysis (probes, mutual information) runs."""
 
 from __future__ import annotations
 
 import torch
+
+from trusttrace.errors import ModelError
 
 
 def default_device() -> str:
@@ -15,5 +17,32 @@ def to_analysis_device(acts: torch.Tensor, device: str | torch.device | None) ->
 
     Probes and MI compute in float64, which MPS lacks; a model may still run there.
     """
-    target = torch.device(device) if device is not None else acts.device
+    target = torch.device(check_device(device)) if device is not None else acts.device
     return acts.to("cpu" if target.type == "mps" else target)
+
+
+def check_device(device: str | None, option: str = "device") -> str | None:
+    """`device` unchanged when torch can use it here (None: the default device), else a ModelError
+    naming `option` (the CLI's --device, a config's device).
+
+    Checked up front because torch's own errors come late, as tracebacks, or disguised as a
+    model-loading failure.
+    """
+    if device is None:
+        return None
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ModelError(f"{option} {device!r}: not a device; expected cpu, cuda, cuda:N or mps") from None
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ModelError(f"{option} {device!r}: CUDA is not available here (torch {torch.__version__}); use cpu")
+        if parsed.index is not None and parsed.index >= count:
+            raise ModelError(f"{option} {device!r}: there are only {count} CUDA device(s) (cuda:0..cuda:{count - 1})")
+    elif parsed.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ModelError(f"{option} {device!r}: MPS is not available here; use cpu")
+    elif parsed.type != "cpu":
+        raise ModelError(f"{option} {device!r}: unsupported device type {parsed.type!r}; expected cpu, cuda, cuda:N or mps")
+    return device

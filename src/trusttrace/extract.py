@@ -226,6 +226,17 @@ def check_position(position: str) -> str:
     return position
 
 
+def check_statements(statements: Sequence[str]) -> list[str]:
+    """The statements as a list, each a string; one string, or an entry that is not one, is a TrustTraceError."""
+    if isinstance(statements, str):
+        raise TrustTraceError("statements must be a list of strings, not one string")
+    statements = list(statements)
+    bad = next((i for i, statement in enumerate(statements) if not isinstance(statement, str)), None)
+    if bad is not None:
+        raise TrustTraceError(f"statement {bad} is {statements[bad]!r}, not a string")
+    return statements
+
+
 def iter_activations(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -239,8 +250,10 @@ def iter_activations(
 ) -> Iterator[ActivationBatch]:
     """Yield the chosen blocks' states batch by batch (rows in length order, not input order)."""
     check_position(position)
-    if isinstance(statements, str):
-        raise TrustTraceError("statements must be a list of strings, not one string")
+    statements = check_statements(statements)
+    for name, value in (("batch_size", batch_size), ("batch_tokens", batch_tokens)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise TrustTraceError(f"{name} must be a whole number of at least 1 (or None: automatic), got {value!r}")
     blocks = decoder_layers(model)
     chosen = check_layers(layers, len(blocks))
     encoded, cut = tokenize_statements(tokenizer, statements, context_length(model, tokenizer))
@@ -306,6 +319,7 @@ def extract_activations(
     chosen position of each statement, in the statements' order: its last token, its first
     token after the BOS the tokenizer adds (if any), or the mean over its tokens after that BOS.
     """
+    statements = check_statements(statements)
     if len(statements) == 0:
         raise TrustTraceError("no statements to extract")
     result: torch.Tensor | None = None

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import operator
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import transformers
 from packaging.version import Version
@@ -28,7 +30,7 @@ from transformers import (
 )
 
 from trusttrace.data.hub import NETWORK_ERRORS, first_line, hub_reachable
-from trusttrace.devices import default_device
+from trusttrace.devices import check_device, default_device
 from trusttrace.errors import CheckpointError, LayerError, ModelError, OfflineError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -89,33 +91,6 @@ def resolve_dtype(dtype: str | torch.dtype, device: str) -> torch.dtype:
     return DTYPES[dtype]
 
 
-def check_device(device: str | None, option: str = "device") -> str | None:
-    """`device` unchanged when torch can use it here (None: the default device), else a ModelError
-    naming `option` (the CLI's --device, a config's device).
-
-    Checked up front because torch's own errors come late, as tracebacks, or disguised as a
-    model-loading failure.
-    """
-    if device is None:
-        return None
-    try:
-        parsed = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise ModelError(f"{option} {device!r}: not a device; expected cpu, cuda, cuda:N or mps") from None
-    if parsed.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise ModelError(f"{option} {device!r}: CUDA is not available here (torch {torch.__version__}); use cpu")
-        if parsed.index is not None and parsed.index >= count:
-            raise ModelError(f"{option} {device!r}: there are only {count} CUDA device(s) (cuda:0..cuda:{count - 1})")
-    elif parsed.type == "mps":
-        if not torch.backends.mps.is_available():
-            raise ModelError(f"{option} {device!r}: MPS is not available here; use cpu")
-    elif parsed.type != "cpu":
-        raise ModelError(f"{option} {device!r}: unsupported device type {parsed.type!r}; expected cpu, cuda, cuda:N or mps")
-    return device
-
-
 def load_model(
     model_id: str | os.PathLike,
     revision: str | None = None,
@@ -130,7 +105,7 @@ def load_model(
     when it has none, so batches can be padded. The model carries a `ModelSource` as
     `model.trusttrace_source` for provenance.
     """
-    device = device or default_device()
+    device = check_device(device) or default_device()
     torch_dtype = resolve_dtype(dtype, device)
     local = _local_folder(model_id, revision)
     name = str(local) if local is not None else str(model_id)
@@ -415,20 +390,45 @@ def _get_path(module: nn.Module, path: str) -> Any:
     return module
 
 
-def check_layers(layers: "str | int | list[int] | tuple[int, ...]", count: int) -> list[int]:
-    """Normalise a layer selection ("all", an int, a list; negatives count from the end) to
-    distinct indices in the order given."""
-    if layers == "all":
-        return list(range(count))
-    chosen = [layers] if isinstance(layers, int) else list(layers)
-    result = []
+def check_layers(layers: "str | int | Sequence[int] | torch.Tensor", count: int) -> list[int]:
+    """Normalise a layer selection to block indices in the order given: "all", a layer number,
+    or a sequence, array or tensor of them (numpy and torch integers included; negatives count
+    from the last block).
+
+    A block named twice (1 and -3 of a 4-block model, say) is an error, since each layer of a
+    result stands for one entry of the selection; so is anything that is not a whole number.
+    """
+    if isinstance(layers, str):
+        if layers == "all":
+            return list(range(count))
+        raise LayerError(f"layers {layers!r}: expected 'all', a layer number or a list of layer numbers")
+    if isinstance(layers, (torch.Tensor, np.ndarray)):
+        layers = layers.tolist()
+    chosen = list(layers) if isinstance(layers, (list, tuple, range)) else [layers]
+    result: dict[int, int] = {}
     for layer in chosen:
-        if not isinstance(layer, int) or not -count <= layer < count:
-            raise LayerError(f"layer {layer!r} is out of range: the model has {count} decoder blocks (0..{count - 1})")
-        result.append(layer % count)
+        index = _layer_number(layer)
+        if not -count <= index < count:
+            raise LayerError(f"layer {index} is out of range: the model has {count} decoder blocks (0..{count - 1})")
+        block = index % count
+        if block in result:
+            first = result[block]
+            twice = f"layer {index} is named twice" if first == index else f"layers {first} and {index} both name block {block}"
+            raise LayerError(f"{twice}; name each block once")
+        result[block] = index
     if not result:
         raise LayerError("no layers chosen")
-    return list(dict.fromkeys(result))
+    return list(result)
+
+
+def _layer_number(layer: object) -> int:
+    """A layer given as any integer type (not a bool, a float or a string) as an int."""
+    if isinstance(layer, bool):
+        raise LayerError(f"layer {layer!r} is not a layer number")
+    try:
+        return operator.index(layer)
+    except TypeError:
+        raise LayerError(f"layer {layer!r} is not a layer number (a whole number, negatives from the last block)") from None
 
 
 def block_hidden(output: Any) -> torch.Tensor:

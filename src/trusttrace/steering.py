@@ -13,8 +13,10 @@ import contextvars
 import hashlib
 import io
 import json
+import math
 import os
 import warnings
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -28,10 +30,10 @@ from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from trusttrace.data import TrustDataset
-from trusttrace.errors import LayerError, StoreError, SteeringError
+from trusttrace.errors import LayerError, ProbeError, StoreError, SteeringError
 from trusttrace.models import block_hidden, check_layers, decoder_layers, describe_source, with_block_hidden
 from trusttrace.provenance import now_utc, trusttrace_version
-from trusttrace.splits import make_splits, row_indices
+from trusttrace.splits import check_labels, make_splits, row_indices
 from trusttrace.store import atomic_write_bytes
 
 SCALINGS = ("std", "unit", "raw")
@@ -51,6 +53,9 @@ LM_EVAL_HOOKPOINTS = {
     "OPTForCausalLM": "decoder.layers.{layer}",
 }
 
+# The settings of each `steer` context active on a model, so that an evaluation run inside one
+# can record that it was steered (its result would otherwise read as unsteered).
+_ACTIVE: weakref.WeakKeyDictionary[nn.Module, list[dict[str, Any]]] = weakref.WeakKeyDictionary()
 _PROMPT_MASK: contextvars.ContextVar[tuple[torch.Tensor, bool] | None] = contextvars.ContextVar("trusttrace_prompt_mask", default=None)
 
 
@@ -77,7 +82,10 @@ def steering_vector(
     if scaling not in SCALINGS:
         raise SteeringError(f"unknown scaling {scaling!r}; expected one of {', '.join(SCALINGS)}")
     acts = torch.as_tensor(acts)
-    labels = np.asarray(labels)
+    try:
+        labels = check_labels(labels)
+    except ProbeError as error:
+        raise SteeringError(str(error)) from None
     if acts.dim() != 2 or acts.shape[0] != len(labels):
         raise SteeringError(f"activations of shape {tuple(acts.shape)} do not match {len(labels)} labels; expected [n, hidden]")
     check_finite_rows(acts)
@@ -132,7 +140,7 @@ def development_rows(dataset: TrustDataset, protocol: str = "default", seed: int
 def build_vectors(
     acts: torch.Tensor,
     dataset: TrustDataset,
-    layers: Sequence[int],
+    layers: int | Sequence[int],
     *,
     acts_layers: Sequence[int] | None = None,
     protocol: str = "default",
@@ -148,6 +156,9 @@ def build_vectors(
     all rows; the default uses the development half of a grouped split for both.
     """
     stored = list(range(acts.shape[0])) if acts_layers is None else list(acts_layers)
+    if len(stored) != acts.shape[0]:
+        raise LayerError(f"acts_layers names {len(stored)} layers for activations of {acts.shape[0]}")
+    layers = [layers] if isinstance(layers, int) else list(layers)
     missing = [layer for layer in layers if layer not in stored]
     if missing:
         raise LayerError(f"layers {missing} are not in the activations (they hold layers {stored})")
@@ -407,12 +418,32 @@ def steer(
         return hook
 
     handles = [owner.register_forward_pre_hook(capture, with_kwargs=True), owner.register_forward_hook(release)]
+    setting = {**Steering(deltas, float(alpha), positions).describe(), "provenance": dict(provenance or {})}
+    _ACTIVE.setdefault(model, []).append(setting)
     try:
         handles += [blocks[layer].register_forward_hook(make_hook(delta)) for layer, delta in deltas.items()]
         yield
     finally:
         for handle in handles:
             handle.remove()
+        _ACTIVE[model].remove(setting)
+
+
+def active_steering(model: nn.Module) -> list[dict[str, Any]]:
+    """The settings (layers, alpha, positions, provenance) of the `steer` contexts now active on `model`, outermost first."""
+    return list(_ACTIVE.get(model, []))
+
+
+def development_overlap(dataset: TrustDataset, rows: np.ndarray, provenance: Mapping[str, Any] | None) -> int:
+    """How many of `rows` of `dataset` built the vectors of `provenance` (from `build_vectors`):
+    0 when they were built on another dataset or their rows are not known."""
+    provenance = provenance or {}
+    if provenance.get("dataset_hash") != dataset.content_hash or provenance.get("protocol") not in PROTOCOLS:
+        return 0
+    dev, _ = development_rows(dataset, provenance["protocol"], int(provenance.get("seed") or 0))
+    if provenance.get("rows_sha256") not in (None, rows_digest(dev)):
+        return 0
+    return int(np.isin(rows, dev).sum())
 
 
 def _block_owner(model: nn.Module, blocks: nn.ModuleList) -> nn.Module:
@@ -453,18 +484,24 @@ def _past_length(kwargs: dict[str, Any]) -> int:
 def _checked_deltas(
     model: nn.Module, blocks: nn.ModuleList, vectors: Mapping[int, torch.Tensor], alpha: float
 ) -> dict[int, torch.Tensor]:
-    """alpha·vector per (normalised) layer, in each block's dtype and device, after checking sizes."""
+    """alpha·vector per (normalised) layer, in each block's dtype and device, after checking
+    layers (each block once), sizes and that alpha and the vectors are finite."""
+    if not isinstance(vectors, Mapping):
+        raise SteeringError(f"vectors must map layer numbers to vectors, e.g. {{16: vector}}; got a {type(vectors).__name__}")
     if not vectors:
         raise SteeringError("no steering vectors given")
+    if not math.isfinite(float(alpha)):
+        raise SteeringError(f"alpha {alpha} is not a finite number")
     hidden_size = model_hidden_size(model)
     deltas = {}
-    for layer, vector in vectors.items():
-        (index,) = check_layers(int(layer), len(blocks))
+    for index, (layer, vector) in zip(check_layers(list(vectors), len(blocks)), vectors.items()):
         vector = torch.as_tensor(vector)
         if vector.dim() != 1 or (hidden_size is not None and vector.shape[0] != hidden_size):
             raise SteeringError(
                 f"the vector for layer {layer} has shape {tuple(vector.shape)}; the model's hidden size is {hidden_size}"
             )
+        if not torch.isfinite(vector).all():
+            raise SteeringError(f"the vector for layer {layer} holds NaN or inf")
         parameter = next(blocks[index].parameters(), None)
         parameter = parameter if parameter is not None else next(model.parameters())
         deltas[index] = (float(alpha) * vector.double()).to(device=parameter.device, dtype=parameter.dtype)

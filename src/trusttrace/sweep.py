@@ -27,11 +27,12 @@ from trusttrace.analysis import mi_record, probe_record
 from trusttrace.checkpoints import Checkpoint, CheckpointSuite, checkpoint_suite
 from trusttrace.config import SweepConfig
 from trusttrace.data import TrustDataset, load_dataset
+from trusttrace.devices import check_device
 from trusttrace.errors import CorruptArtefactError, StoreError, TrustTraceError
 from trusttrace.extract_stage import extract_to_store
 from trusttrace.intervals import INTERVAL_RULE
 from trusttrace.manifest import Manifest, unit_id
-from trusttrace.models import check_device, checkpoint_fingerprint, fingerprint_changed, load_model
+from trusttrace.models import checkpoint_fingerprint, fingerprint_changed, load_model
 from trusttrace.prefetch import Fetcher, Prefetcher, delete_fetched, hub_fetch
 from trusttrace.steering_stage import run_steering_stages
 from trusttrace.store import (

@@ -23,7 +23,7 @@ DeviceOption = typer.Option(None, help="cpu, cuda, cuda:1, mps ... (default: cud
 
 def check_device(device: str | None) -> str | None:
     """`--device` unchanged when torch can use it here (None: the default device), else an error."""
-    from trusttrace.models import check_device as check
+    from trusttrace.devices import check_device as check
 
     return check(device, "--device")
 

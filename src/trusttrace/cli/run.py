@@ -36,7 +36,7 @@ def run(
         for note in unchecked:
             typer.echo(f"  not checked here: {note}")
         return
-    from trusttrace.models import check_device
+    from trusttrace.devices import check_device
     from trusttrace.sweep import run_sweep
 
     check_device(settings.device, f"{config}: key 'device':")

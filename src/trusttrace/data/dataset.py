@@ -70,13 +70,18 @@ class TrustDataset:
 
     def __post_init__(self) -> None:
         self.statements = list(self.statements)
-        self.labels = np.asarray(self.labels, dtype=np.int64)
         n = len(self.statements)
-        if self.labels.shape != (n,):
-            raise DatasetError(f"{self.name}: {n} statements but labels of shape {self.labels.shape}")
-        if not np.isin(self.labels, (0, 1)).all():
-            bad = int(self.labels[~np.isin(self.labels, (0, 1))][0])
-            raise DatasetError(f"{self.name}: label {bad} is not 0 or 1")
+        odd = next((i for i, statement in enumerate(self.statements) if not isinstance(statement, str)), None)
+        if odd is not None:
+            raise DatasetError(f"{self.name}: statement {odd} is {self.statements[odd]!r}, not a string")
+        labels = np.asarray(self.labels)
+        if labels.shape != (n,):
+            raise DatasetError(f"{self.name}: {n} statements but labels of shape {labels.shape}")
+        bad = ~np.isin(labels, (0, 1)) if labels.dtype.kind in "biuf" else np.ones(n, dtype=bool)
+        if bad.any():  # checked before the cast, which would read 0.7 as 0
+            row = int(np.flatnonzero(bad)[0])
+            raise DatasetError(f"{self.name}: label {labels[row].item()!r} at row {row} is not 0 or 1")
+        self.labels = labels.astype(np.int64)
         if self.groups is not None:
             self.groups = np.asarray(self.groups)
             if self.groups.shape != (n,):

@@ -8,7 +8,8 @@ its side effects (KL divergence and perplexity on neutral text) in the same tabl
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from trusttrace.intervals import INTERVAL_RULE, MEAN_INTERVAL_RULE
 from trusttrace.models import describe_source
 from trusttrace.provenance import now_utc, trusttrace_version
 from trusttrace.splits import row_indices
-from trusttrace.steering import PROTOCOLS, Steering, development_rows
+from trusttrace.steering import PROTOCOLS, Steering, active_steering, development_overlap, development_rows
 
 SIDE_EFFECT_TEXTS = ("builtin", "dataset")
 
@@ -119,11 +120,22 @@ def evaluate(
     for name, value in (("data_dir", data_dir), ("limit", limit)):
         if name in spec.options():
             options[name] = value
+    if steering is not None and not isinstance(steering, Steering):
+        raise EvaluationError(f"steering must be a Steering (vectors, alpha, positions), got a {type(steering).__name__}")
     dataset = resolve_dataset(spec, dataset, data_dir)
     chosen = _resolve_rows(dataset, rows, limit, protocol, seed)
+    context = active_steering(model)
+    if dataset is not None:
+        _warn_if_not_held_out(dataset, chosen, [steering.provenance] if steering is not None else [c["provenance"] for c in context], seed)
     arguments = {"dataset": dataset, "rows": chosen, "task": spec.name, "protocol": protocol, "seed": seed, **options}
     if steering is None:
         result = spec.run(model, tokenizer, **arguments)
+        if context:
+            warnings.warn("the model is steered by a `steer` context: the result records it, but side effects (KL, "
+                          "perplexity) are measured only with evaluate(..., steering=Steering(...))", stacklevel=2)
+            if len(context) == 1:
+                for column in ("layers", "alpha", "positions"):
+                    result.table[column] = context[0][column]
     else:
         with steering.apply(model):
             result = spec.run(model, tokenizer, **arguments)
@@ -137,11 +149,33 @@ def evaluate(
         "task": spec.name, "protocol": protocol, "seed": seed, "model": describe_source(model),
         "dataset": getattr(dataset, "name", None), "dataset_hash": getattr(dataset, "content_hash", None),
         "rows": None if chosen is None else len(chosen),
-        "steering": None if steering is None else {**steering.describe(), "provenance": dict(steering.provenance or {})},
+        "steering": _steering_settings(steering, context),
         "trusttrace_version": trusttrace_version(), "created": now_utc(),
         **result.settings,
     }
     return result
+
+
+def _steering_settings(steering: Steering | None, context: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """How the evaluated model was steered: by `steering`, by active `steer` contexts, or not (None)."""
+    if steering is not None:
+        return {**steering.describe(), "provenance": dict(steering.provenance or {})}
+    if not context:
+        return None
+    return {**context[0], "applied_by": "steer context"} if len(context) == 1 else {"applied_by": "steer contexts", "contexts": context}
+
+
+def _warn_if_not_held_out(dataset: TrustDataset, rows: np.ndarray, provenances: list[Mapping[str, Any] | None], seed: int) -> None:
+    """Warn when evaluated rows built the steering vectors (built with another seed, say): their scores are not held out."""
+    for provenance in provenances:
+        overlap = development_overlap(dataset, rows, provenance)
+        if overlap:
+            warnings.warn(
+                f"{overlap} of the {len(rows)} evaluated rows of {dataset.name} built the steering vectors (their "
+                f"development split: protocol {provenance['protocol']}, seed {provenance.get('seed')}; evaluated with seed {seed}), "
+                "so their scores are not held out; evaluate with the vectors' seed and protocol",
+                stacklevel=3,
+            )
 
 
 def resolve_dataset(spec: Task, dataset: TrustDataset | str | Path | None, data_dir: str | Path | None) -> TrustDataset | None:
@@ -161,12 +195,12 @@ def _resolve_rows(dataset: TrustDataset | None, rows: Sequence[int] | None, limi
     """The rows to evaluate: given, or the held-out side of the development split; first `limit`."""
     if rows is None and dataset is not None:
         rows = development_rows(dataset, protocol, seed)[1]
-    if rows is None:
-        return None
-    if dataset is not None:
+    elif rows is not None and dataset is not None:
         rows = row_indices(rows, len(dataset), "rows", EvaluationError)
         if not len(rows):
             raise EvaluationError("rows: no rows to evaluate")
+    if rows is None:
+        return None
     return rows if limit is None else rows[:limit]
 
 
