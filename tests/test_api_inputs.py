@@ -210,3 +210,33 @@ def test_a_device_this_machine_lacks_is_named(monkeypatch, acts, saved_model):
         tt.fit_probes(acts, toy().labels, device="cuda")
     with pytest.raises(tt.TrustTraceError, match="device 'tpu': not a device"):
         tt.information_plane(acts, toy().labels, device="tpu")
+
+
+# ----- groups, vector files and MI options ------------------------------------------------------
+
+
+@pytest.mark.parametrize("split", ["grouped", "random", "paper"])
+def test_groups_must_name_every_row(split, acts):
+    labels = toy().labels
+    groups = np.array([f"g{i // 4}" for i in range(N)], dtype=object)
+    groups[5] = None
+    with pytest.raises(ProbeError, match=r"group of row 5 is missing \(None\)"):
+        tt.fit_probes(acts, labels, split=split, groups=groups, folds=2)
+    with pytest.raises(ProbeError, match=f"groups of shape \\({N - 1},\\) for {N} rows"):
+        tt.fit_probes(acts, labels, split=split, groups=groups[1:], folds=2)
+
+
+def test_one_vector_saved_for_two_layers_round_trips(tmp_path):
+    vector = torch.arange(4.0)
+    tt.save_vectors(tmp_path / "v.safetensors", {1: vector, 2: vector}, {})
+    loaded, _ = tt.load_vectors(tmp_path / "v.safetensors")
+    assert torch.equal(loaded[1], vector) and torch.equal(loaded[2], vector)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [({"sigma": 0}, "sigma"), ({"sigma": -1.0}, "sigma"), ({"epsilon": 0}, "epsilon"), ({"dtype": torch.bfloat16}, "dtype")],
+)
+def test_kernel_options_outside_their_range_are_refused(options, message, acts):
+    with pytest.raises(ProbeError, match=message):
+        tt.mutual_information(acts[0], acts[1], estimator="nhsic", **options)

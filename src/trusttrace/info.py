@@ -84,7 +84,9 @@ def mutual_information(a, b, *, estimator: str = "nhsic", **opts) -> float:
     `a` [m, d_a] and `b` [m, d_b] are matched rows (a vector is one column). For `gaussian` and
     `ksg` a one-column integer `b` with at most 20 values counts as discrete labels (override
     with `discrete=`). Options: `sigma`, `epsilon`, `dtype` (nhsic); `components` (gaussian);
-    `components`, `k`, `seed` (ksg).
+    `components`, `k`, `seed` (ksg). nhsic's kernel width (σ = 50, the study's) is meant for
+    z-scored states, as `information_plane` makes them: on raw states, whose distances are far
+    larger, its kernel is flat and the estimate near 0, so z-score the columns first.
     """
     x, y = _as_matrix(a, "a"), _as_matrix(b, "b")
     if x.shape[0] != y.shape[0]:
@@ -103,11 +105,21 @@ def mutual_information(a, b, *, estimator: str = "nhsic", **opts) -> float:
         return gaussian_mi(x, y, **opts)
     if estimator == "ksg":
         return ksg_mi(x, y, **opts)
-    dtype = opts.pop("dtype", torch.float64)
+    for name in ("sigma", "epsilon"):
+        if name in opts and not (isinstance(opts[name], numbers.Real) and 0 < opts[name] < math.inf):
+            raise ProbeError(f"option {name} of estimator {estimator!r} must be a finite number above 0, got {opts[name]!r}")
+    dtype = check_float_dtype(opts.pop("dtype", torch.float64))
     tx, ty = torch.as_tensor(x, dtype=dtype), torch.as_tensor(y, dtype=dtype)
     if estimator == "nhsic":
         return float(nhsic(tx, ty, **opts))
     return float(normalised_hsic(tx.unsqueeze(0), ty)[0])
+
+
+def check_float_dtype(dtype: object) -> torch.dtype:
+    """The dtype of the kernel estimators' arithmetic: float64 (default) or float32, else a ProbeError."""
+    if dtype not in (torch.float32, torch.float64):
+        raise ProbeError(f"dtype must be torch.float32 or torch.float64 (the kernels' arithmetic), got {dtype!r}")
+    return dtype
 
 
 def _as_matrix(values, name: str) -> np.ndarray:
@@ -454,6 +466,7 @@ def information_plane(
     """
     if estimator not in ESTIMATORS:
         raise ProbeError(f"unknown estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}")
+    check_float_dtype(dtype)
     layer_ids, x_index = _check_plane_acts(acts, layers, x_layer)
     y = check_labels(labels, acts.shape[1])
     selected = _check_rows(rows, acts.shape[1])

@@ -13,6 +13,7 @@ import warnings
 from collections.abc import Sequence
 
 import numpy as np
+import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, train_test_split
 
 from trusttrace.errors import ProbeError, TrustTraceError
@@ -101,12 +102,13 @@ def make_splits(
     y = check_labels(labels)
     kind = resolve_split(split, groups)
     check_split_options(folds, test_size)
+    checked = None if groups is None else check_groups(groups, len(y))  # whatever the kind: intervals count them
     if kind == "paper":
         splits = [paper_split(len(y))]
     elif kind == "random":
         splits = _random_splits(y, folds, test_size, seed)
     else:
-        checked = _check_groups(groups, len(y), folds)
+        _check_group_count(checked, folds)
         splits = _grouped_splits(tuple(y.tolist()), tuple(checked.astype(str).tolist()), folds, test_size, seed)
     for fold, (train, test) in enumerate(splits):
         if len(test) == 0:
@@ -116,15 +118,23 @@ def make_splits(
     return [(np.sort(train), np.sort(test)) for train, test in splits]
 
 
-def _check_groups(groups: Sequence, n: int, folds: int) -> np.ndarray:
+def check_groups(groups: Sequence, n: int) -> np.ndarray:
+    """One group id per row, none missing (None or NaN would silently form a group of their own), else a ProbeError."""
     values = np.asarray(groups)
     if values.shape != (n,):
         raise ProbeError(f"groups of shape {values.shape} for {n} rows")
-    n_groups = len(np.unique(values.astype(str)))
+    missing = pd.isna(values)
+    if missing.any():
+        row = int(np.flatnonzero(missing)[0])
+        raise ProbeError(f"group of row {row} is missing ({values[row]!r}); give every row a group, or pass groups=None")
+    return values
+
+
+def _check_group_count(groups: np.ndarray, folds: int) -> None:
+    n_groups = len(np.unique(groups.astype(str)))
     needed = max(folds, 2)
     if n_groups < needed:
         raise ProbeError(f"a grouped split with {folds} fold(s) needs at least {needed} groups, found {n_groups}")
-    return values
 
 
 def _random_splits(y: np.ndarray, folds: int, test_size: float, seed: int) -> list[Split]:

@@ -200,7 +200,8 @@ def save_vectors(path: str | os.PathLike, vectors: Mapping[int, torch.Tensor], p
     """Write vectors as safetensors ("layer.<i>" tensors) with the provenance in the metadata, atomically."""
     if not vectors:
         raise SteeringError("no vectors to save")
-    tensors = {f"layer.{int(layer)}": torch.as_tensor(vector).detach().float().cpu().contiguous() for layer, vector in vectors.items()}
+    # a copy each: safetensors refuses tensors that share memory (one vector given for two layers)
+    tensors = {f"layer.{int(layer)}": torch.as_tensor(vector).detach().float().cpu().clone() for layer, vector in vectors.items()}
     metadata = {"trusttrace": json.dumps(dict(provenance), sort_keys=True, default=str)}
     atomic_write_bytes(path, save_safetensors(tensors, metadata=metadata))
     return Path(path)
