@@ -154,6 +154,28 @@ def test_a_changed_setting_or_dataset_reruns_what_depends_on_it(setup):
     assert all("add extract to stages" in error for _, error in summary.failed)
 
 
+def test_a_rerun_reads_back_only_the_sets_a_unit_left_to_run_needs(setup, monkeypatch):
+    import trusttrace.store as store_module
+
+    root, suite, dataset = setup
+    config = load_config(write_config(root, suite, dataset))
+    run_sweep(config, progress=False)
+    shards = sorted(config.workspace.glob("activations/*/shard-*.safetensors"))
+    damaged = shards[0]
+    damaged.write_bytes(damaged.read_bytes()[:-8] + b"damaged!")
+    hashed = []
+    monkeypatch.setattr(store_module, "file_sha256", lambda path: hashed.append(path) or "")
+    assert run_sweep(config, progress=False).ran == 0 and hashed == []  # every unit done: no set is read
+    monkeypatch.undo()
+
+    other = load_config(write_config(root, suite, dataset, mi={"estimator": "ksg"}))
+    summary = run_sweep(other, progress=False)  # new MI units read every set: the damaged one is found and redone
+    assert summary.ok and summary.ran == 3 + 1
+    assert [line for line in summary.repaired if "fails its checksum" in line and damaged.parent.name in line]
+    next(config.workspace.glob("activations/*/shard-*.safetensors")).unlink()
+    assert run_sweep(other, progress=False).ran == 1  # a missing shard is seen without reading any
+
+
 def test_a_damaged_or_deleted_table_is_rebuilt_and_named(setup):
     root, suite, dataset = setup
     config = load_config(write_config(root, suite, dataset))
