@@ -12,7 +12,7 @@ from trusttrace import probes
 from trusttrace.analysis import mi_record, probe_record, run_mi, run_probes
 from trusttrace.cli import main
 from trusttrace.data import DatasetCard, TrustDataset
-from trusttrace.errors import LayerError
+from trusttrace.errors import LayerError, ProbeError
 from trusttrace.store import BASELINES_TABLE, MI_TABLE, PROBES_TABLE, ActivationStore, read_table, write_table
 
 CARD = DatasetCard(name="toy", dimension="user", label_1="yes", label_0="no", source="test", licence="none")
@@ -223,3 +223,34 @@ def test_mi_rows_of_an_older_table_are_recognised_not_recomputed(workspace):
     assert problems == [] and len(table) == 2 * len(LAYERS) and set(table["folds"]) == {1}
     mi_record(workspace, workspace.records()[0], estimator="gaussian", split="paper")  # one set again: its rows replaced
     assert len(read_table(path)) == 2 * len(LAYERS) and read_table(path)["folds"].notna().all()
+
+
+def test_mi_on_a_subsample_keeps_both_and_a_set_too_large_for_memory_is_skipped_in_one_line(workspace, monkeypatch, capsys):
+    table, problems = run_mi(workspace, estimator="nhsic", progress=False)
+    assert problems == [] and set(table["max_rows"]) == {0}
+    table, _ = run_mi(workspace, estimator="nhsic", max_rows=12, progress=False)
+    assert sorted(table["max_rows"].unique()) == [0, 12] and set(table.query("max_rows == 12")["n"]) == {12}
+    record = workspace.records()[0]
+    again = mi_record(workspace, record, max_rows=12)  # seeded: the same rows, the same values
+    assert again["i_xt"].tolist() == table.query(f"max_rows == 12 and activation_key == '{record.key}'")["i_xt"].tolist()
+
+    import trusttrace.info as info
+
+    monkeypatch.setattr(info, "free_memory", lambda device: 1000)
+    (workspace.root / MI_TABLE).unlink()
+    assert run_cli(monkeypatch, "mi", str(workspace.root)) == 1
+    captured = capsys.readouterr()
+    assert captured.err.count("rows needs about") == 2 and "--max-rows" in captured.err and "Traceback" not in captured.err
+    with pytest.raises(ProbeError, match="max_rows 2 must be a whole number of at least 3"):
+        run_mi(workspace, max_rows=2, progress=False)
+
+
+def test_information_plane_subsample_is_stratified_and_seeded():
+    from trusttrace.info import subsample_rows
+
+    labels = np.array([0] * 30 + [1] * 10)
+    rows = subsample_rows(np.arange(40), labels, 20, seed=0)
+    assert len(rows) == 20 and labels[rows].sum() == 5 and list(rows) == sorted(rows)
+    assert list(rows) == list(subsample_rows(np.arange(40), labels, 20, seed=0))
+    assert list(rows) != list(subsample_rows(np.arange(40), labels, 20, seed=1))
+    assert list(subsample_rows(np.arange(10), labels, 20, seed=0)) == list(range(10))

@@ -23,7 +23,7 @@ from trusttrace.baselines import BASELINES
 from trusttrace.data import TrustDataset
 from trusttrace.devices import default_device
 from trusttrace.errors import LayerError, ProbeError, StoreError
-from trusttrace.info import ESTIMATORS, information_plane
+from trusttrace.info import ESTIMATORS, check_max_rows, information_plane
 from trusttrace.intervals import INTERVAL_RULE
 from trusttrace.probes import check_options, fit_probes
 from trusttrace.provenance import trusttrace_version
@@ -43,9 +43,10 @@ PROVENANCE_COLUMNS = [
 SET_KEYS = ["activation_key", "model", "revision", "checkpoint", "step", "tokens", "dataset", "dataset_hash"]
 PROBE_KEYS = SET_KEYS + ["layer", "method", "split", "seed", "folds", "test_size", "C"]
 BASELINE_KEYS = ["dataset", "dataset_hash", "baseline", "split", "seed", "folds", "test_size"]
-MI_KEYS = SET_KEYS + ["layer", "estimator", "x_layer", "split", "seed", "folds", "test_size"]
-# What MI rows written before MI followed the probes' first fold (0.2.0 and earlier) were computed with.
-MI_LEGACY_SPLIT = {"folds": 1, "test_size": 0.2}
+MI_KEYS = SET_KEYS + ["layer", "estimator", "x_layer", "split", "seed", "folds", "test_size", "max_rows"]
+# What MI rows of former versions were computed with: one 80/20 split (0.2.0 and earlier), every
+# training row (max_rows 0, before 0.5.0).
+MI_LEGACY_SETTINGS = {"folds": 1, "test_size": 0.2, "max_rows": 0}
 
 
 def holding_lock(function: Callable[..., T]) -> Callable[..., T]:
@@ -110,6 +111,7 @@ def mi_record(
     folds: int = 5,
     test_size: float = 0.2,
     seed: int = 0,
+    max_rows: int | None = None,
     device: str | None = None,
     dataset: TrustDataset | None = None,
 ) -> pd.DataFrame:
@@ -117,7 +119,8 @@ def mi_record(
 
     I(X;T) and I(T;Y) are computed on the training rows of the first fold of the probes'
     split with these `folds`, `test_size` and `seed` (`paper`: the first 80 % of rows, as the
-    reference did). A set that does not store `x_layer` raises LayerError.
+    reference did), or on a seeded subsample of at most `max_rows` of them (recorded in the rows'
+    `max_rows`, 0 for every row). A set that does not store `x_layer` raises LayerError.
     """
     if x_layer not in record.layers:
         raise LayerError(f"x_layer {x_layer} is not stored (stored layers: {record.layers})")
@@ -126,10 +129,11 @@ def mi_record(
     train = make_splits(dataset.labels, split=kind, groups=dataset.groups, folds=folds, test_size=test_size, seed=seed)[0][0]
     plane = information_plane(
         store.load(record), dataset.labels, estimator=estimator, x_layer=x_layer, rows=train,
-        layers=record.layers, device=_device(device),
+        layers=record.layers, device=_device(device), max_rows=max_rows, seed=seed,
     )
-    rows = _with_provenance(plane.assign(x_layer=x_layer, **split_setting(kind, folds, test_size, seed)), record)
-    append_table(store.root / MI_TABLE, rows, MI_KEYS, MI_LEGACY_SPLIT)
+    setting = split_setting(kind, folds, test_size, seed) | {"max_rows": max_rows or 0}
+    rows = _with_provenance(plane.assign(x_layer=x_layer, **setting), record)
+    append_table(store.root / MI_TABLE, rows, MI_KEYS, MI_LEGACY_SETTINGS)
     return rows
 
 
@@ -176,6 +180,7 @@ def run_mi(
     folds: int = 5,
     test_size: float = 0.2,
     seed: int = 0,
+    max_rows: int | None = None,
     device: str | None = None,
     progress: bool = True,
 ) -> tuple[pd.DataFrame, list[str]]:
@@ -188,21 +193,22 @@ def run_mi(
         raise ProbeError(f"unknown estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}")
     check_split_options(folds, test_size)
     resolve_split(split, None)
+    check_max_rows(max_rows)
     stored = sorted({layer for record in store.records() for layer in record.layers})
     if stored and x_layer not in stored:
         raise LayerError(f"x_layer {x_layer} is stored in no activation set (stored layers: {stored})")
 
     def setting(kind: str) -> dict[str, Any]:
-        return {"estimator": estimator, "x_layer": x_layer} | split_setting(kind, folds, test_size, seed)
+        return {"estimator": estimator, "x_layer": x_layer, "max_rows": max_rows or 0} | split_setting(kind, folds, test_size, seed)
 
     def compute(record: ActivationRecord, dataset: TrustDataset) -> None:
         mi_record(
             store, record, estimator=estimator, x_layer=x_layer, split=split, folds=folds, test_size=test_size,
-            seed=seed, device=device, dataset=dataset,
+            seed=seed, max_rows=max_rows, device=device, dataset=dataset,
         )
 
     with store.locked():  # once for the whole workspace: a busy one is one error, not one per set
-        return _run_all(store, store.root / MI_TABLE, split, setting, compute, progress, "mi", MI_LEGACY_SPLIT)
+        return _run_all(store, store.root / MI_TABLE, split, setting, compute, progress, "mi", MI_LEGACY_SETTINGS)
 
 
 def _run_all(

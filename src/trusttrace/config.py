@@ -94,6 +94,10 @@ class ProbeOptions(Strict):
 class MIOptions(Strict):
     estimator: Literal["nhsic", "hsic", "gaussian", "ksg"] = "nhsic"
     x_layer: StoredLayer = Field(0, description="the layer whose states stand for the input X: one of the extracted layers")
+    max_rows: Optional[StrictInt] = Field(
+        None, ge=3, description="estimate on a seeded subsample of at most this many training rows (default: all); "
+        "the kernel estimators need memory as rows² and time as rows³"
+    )
 
 
 class SteeringOptions(Strict):

@@ -12,6 +12,21 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def free_memory(device: torch.device) -> int | None:
+    """Bytes a new allocation can take on `device`: free GPU memory, or the host's MemAvailable
+    (Linux); None where it cannot be known."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    if device.type != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo") as handle:
+            fields = dict(line.split(":", 1) for line in handle)
+        return int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
+
+
 def to_analysis_device(acts: torch.Tensor, device: str | torch.device | None) -> torch.Tensor:
     """`acts` on `device` (default: where they are), or on the CPU when that is Apple's MPS.
 

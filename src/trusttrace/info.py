@@ -35,8 +35,9 @@ import pandas as pd
 import torch
 from scipy.spatial import cKDTree
 from scipy.special import digamma
+from sklearn.model_selection import train_test_split
 
-from trusttrace.devices import to_analysis_device
+from trusttrace.devices import free_memory, to_analysis_device
 from trusttrace.errors import LayerError, ProbeError
 from trusttrace.probes import check_finite, check_shape
 from trusttrace.splits import check_labels, paper_split, row_indices
@@ -65,6 +66,9 @@ SINGULAR_TOLERANCE = 1e-10
 MAX_DISCRETE_VALUES = 20
 # Layers of the kernel estimators are processed in chunks of about this many bytes of m x m matrices.
 CHUNK_BYTES = 2**30
+# m x m matrices one layer holds at once in the kernel estimators (measured: about 9.9 for nhsic),
+# besides the two of X and Y.
+KERNEL_MATRICES = 10
 # turning_points: a peak is a rise then fall when it exceeds both ends by this many noise SDs
 # (about 3-5 % false calls on a flat or saturating series of 6-30 checkpoints, in simulation),
 # and noise needs this many checkpoints to be estimated.
@@ -453,6 +457,8 @@ def information_plane(
     device: str | torch.device | None = None,
     standardize: bool = True,
     dtype: torch.dtype = torch.float64,
+    max_rows: int | None = None,
+    seed: int = 0,
 ) -> pd.DataFrame:
     """I(X;T) and I(T;Y) per layer: X = states of layer `x_layer`, T = each layer's states, Y = labels.
 
@@ -462,14 +468,16 @@ def information_plane(
     `acts` (default 0..n_layers-1) and `x_layer` is one of those names. The kernel estimators
     (nhsic, hsic) run batched over layers on `device` in `dtype` (float32 drifts by up to a few
     per cent for nhsic); gaussian and ksg run on the CPU layer by layer. gaussian's I(X;T) is
-    +inf at T = X (see `gaussian_mi_reduced`).
+    +inf at T = X (see `gaussian_mi_reduced`). The kernel estimators hold about 12 m x m matrices
+    for m rows (and take time as m³); `max_rows` estimates on a subsample of the rows (seeded by
+    `seed`, stratified by label), and a set too large for the free memory is refused up front.
     """
     if estimator not in ESTIMATORS:
         raise ProbeError(f"unknown estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}")
     check_float_dtype(dtype)
     layer_ids, x_index = _check_plane_acts(acts, layers, x_layer)
     y = check_labels(labels, acts.shape[1])
-    selected = _check_rows(rows, acts.shape[1])
+    selected = subsample_rows(_check_rows(rows, acts.shape[1]), y, max_rows, seed)
     states = to_analysis_device(acts, device)
     check_finite(states, layer_ids)
     states = states.to(dtype)
@@ -504,7 +512,8 @@ def _kernel_plane(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Both planes' coordinates for all layers, in chunks of layers that fit CHUNK_BYTES."""
     m = states.shape[1]
-    chunk = max(1, CHUNK_BYTES // (4 * m * m * states.element_size()))
+    check_kernel_memory(m, states.element_size(), states.device, estimator)
+    chunk = max(1, CHUNK_BYTES // (KERNEL_MATRICES * m * m * states.element_size()))
     i_xt, i_ty = [], []
     if estimator == "nhsic":
         r_x, r_y = nhsic_operator(states[x_index]), nhsic_operator(targets)
@@ -518,6 +527,36 @@ def _kernel_plane(
             i_xt.append(normalised_hsic(block, states[x_index]))
             i_ty.append(normalised_hsic(block, targets))
     return torch.cat(i_xt).cpu().numpy(), torch.cat(i_ty).cpu().numpy()
+
+
+def check_kernel_memory(m: int, element_size: int, device: torch.device, estimator: str) -> None:
+    """A ProbeError, before any work, when the kernel matrices of `m` rows cannot fit in the memory
+    `device` has free: memory grows as m² (and time as m³), so a large set would otherwise end in
+    an out-of-memory crash, or a kill that a resumed sweep would meet again."""
+    need = (KERNEL_MATRICES + 2) * m * m * element_size
+    free = free_memory(device)
+    if free is not None and need > free:
+        raise ProbeError(
+            f"{estimator} on {m} rows needs about {need / 1e9:.1f} GB of {device.type} memory ({KERNEL_MATRICES + 2} "
+            f"{m}x{m} matrices) and {free / 1e9:.1f} GB is free: estimate on a subsample with max_rows "
+            "(mi.max_rows in a config, --max-rows for trusttrace mi), or use the gaussian or ksg estimator"
+        )
+
+
+def check_max_rows(max_rows: int | None) -> None:
+    """A ProbeError unless `max_rows` is None (every row) or a whole number of at least 3."""
+    if max_rows is not None and (isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 3):
+        raise ProbeError(f"max_rows {max_rows!r} must be a whole number of at least 3 (or None: every row)")
+
+
+def subsample_rows(rows: np.ndarray, labels: np.ndarray, max_rows: int | None, seed: int) -> np.ndarray:
+    """At most `max_rows` of `rows` (sorted): all of them when they are fewer, else a seeded
+    subsample stratified by label."""
+    check_max_rows(max_rows)
+    if max_rows is None or len(rows) <= max_rows:
+        return rows
+    kept, _ = train_test_split(rows, train_size=max_rows, stratify=labels[rows], random_state=seed)
+    return np.sort(kept)
 
 
 def _sample_plane(

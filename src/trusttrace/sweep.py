@@ -93,7 +93,7 @@ class Sweep:
             return extract | config.probes.model_dump() | {"split": config.probe_split(), "seed": config.probe_seed(), "interval": INTERVAL_RULE}
         if stage == "mi":  # on the training rows of the probes' first fold
             probes = config.probes
-            return extract | config.mi.model_dump() | {
+            return extract | config.mi.model_dump(exclude_none=True) | {  # max_rows named only when set
                 "split": config.probe_split(), "seed": config.probe_seed(), "folds": probes.folds, "test_size": probes.test_size,
             }
         raise ValueError(f"no settings for stage {stage!r}")
@@ -272,7 +272,7 @@ class Sweep:
         mi_record(
             self.store, record, estimator=self.config.mi.estimator, x_layer=self.config.mi.x_layer,
             split=self.config.probe_split(), folds=self.config.probes.folds, test_size=self.config.probes.test_size,
-            seed=self.config.probe_seed(), device=self.config.device,
+            seed=self.config.probe_seed(), max_rows=self.config.mi.max_rows, device=self.config.device,
         )
         return MI_TABLE, None
 

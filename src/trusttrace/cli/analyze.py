@@ -64,6 +64,7 @@ def mi(
     seed: int = typer.Option(0, min=0, help="Seed of the split (random and grouped)."),
     folds: int = typer.Option(5, min=1, help="Folds of the probes' split; MI uses the training rows of its first fold (paper: the first 80 %)."),
     test_size: float = typer.Option(0.2, callback=share, help="Share of rows held out when --folds is 1 (random and grouped splits)."),
+    max_rows: Optional[int] = typer.Option(None, min=3, help="Estimate on a seeded subsample of at most N training rows (default: all; nhsic and hsic need memory as N² and time as N³)."),
     device: Optional[str] = DeviceOption,
 ) -> None:
     """Estimate I(X;T) and I(T;Y) for every layer of every activation set in WORKSPACE.
@@ -91,7 +92,7 @@ def mi(
     before = len(read_table(workspace / MI_TABLE))
     table, problems = run_mi(
         store, estimator=estimator, x_layer=x_layer, split=split, folds=folds, test_size=test_size, seed=seed,
-        device=device,
+        max_rows=max_rows, device=device,
     )
     _finish(problems, f"{len(table) - before} new MI rows, {len(table)} in {workspace / MI_TABLE}")
     typer.echo(f"note: {ESTIMATOR_CAVEAT}", err=True)
