@@ -84,6 +84,21 @@ def test_existing_set_is_reused_and_corrupt_set_recomputed(tmp_path, saved_model
     torch.testing.assert_close(store.load(redone), good)
 
 
+def test_shards_stay_within_their_budget_and_a_sidecar_that_loses_one_is_corrupt(tmp_path, statements):
+    store = ActivationStore(tmp_path)
+    dataset = toy_dataset(statements)
+    n = len(statements)
+    batches = [ActivationBatch(rows=np.arange(i, min(i + 2, n)), states=torch.randn(3, min(2, n - i), 4)) for i in range(0, n, 2)]
+    batch_bytes = 3 * 2 * 4 * 4
+    record = store.save_batches(batches, dataset, provenance(n), shard_bytes=2 * batch_bytes + 1)
+    meta = json.loads((record.path / "meta.json").read_text())
+    assert len(meta["files"]) == -(-len(batches) // 2)  # two batches each: the third would pass the budget
+    del meta["files"][sorted(meta["files"])[0]]
+    (record.path / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(CorruptArtefactError, match="row 0 is stored 0 times"):
+        store.load(record)
+
+
 def test_missing_shard_is_reported(tmp_path, statements):
     store = ActivationStore(tmp_path)
     dataset = toy_dataset(statements)

@@ -71,9 +71,10 @@ EVALUATE_TABLE = "evaluate.parquet"
 # A name longer than this keeps its end in a file name (a digest of the whole tells it apart).
 FILE_PART_LENGTH = 40
 
-# A shard is flushed to disk once it holds this many bytes, which bounds the memory used when
-# an activation set is streamed in (see `ActivationStore.save_batches`).
-DEFAULT_SHARD_BYTES = 512 * 1024**2
+# A shard holds at most this many bytes of states (or one batch), which bounds the memory used
+# when an activation set is streamed in (see `ActivationStore.save_batches`): writing a shard
+# holds its batches, their concatenation and the serialised bytes, about four times this.
+DEFAULT_SHARD_BYTES = 64 * 1024**2
 
 
 def file_part(name: str) -> str:
@@ -412,12 +413,13 @@ class ActivationStore:
         for batch in batches:
             if batch.states.shape[0] != len(layers):
                 raise StoreError(f"a batch has {batch.states.shape[0]} layers, provenance lists {len(layers)}")
+            size = batch.states.numel() * batch.states.element_size()
+            if pending and pending_bytes + size > shard_bytes:  # before, not after: a shard stays within the budget
+                flush()
             pending.append(batch)
-            pending_bytes += batch.states.numel() * batch.states.element_size()
+            pending_bytes += size
             seen += len(batch.rows)
             truncated = None if truncated is None or batch.truncated is None else truncated + batch.truncated
-            if pending_bytes >= shard_bytes:
-                flush()
         flush()
         return files, seen, truncated
 
@@ -445,16 +447,23 @@ class ActivationStore:
             raise StoreError(f"activation set {record.key}: layers {missing} are not stored (stored: {stored})")
         meta = self._meta(record)
         result: torch.Tensor | None = None
+        filled = torch.zeros(record.n, dtype=torch.int64)
         for name, digest in sorted(meta["files"].items()):
             tensors = self._read_shard(record.path / name, digest)
             if result is None:
                 hidden = tensors[f"layer.{wanted[0]}"].shape[1]
                 result = torch.empty((len(wanted), record.n, hidden), dtype=torch.float32)
             rows = tensors["rows"]
+            if len(rows) and (rows.min() < 0 or rows.max() >= record.n):
+                raise CorruptArtefactError(f"{record.path / name}: rows outside the set's {record.n}")
+            filled.index_add_(0, rows, torch.ones_like(rows))
             for j, layer in enumerate(wanted):
                 result[j, rows] = tensors[f"layer.{layer}"].float()
         if result is None:
             raise CorruptArtefactError(f"{record.path}: no shards listed in meta.json")
+        if not (filled == 1).all():  # a shard left out of meta.json, or one listed twice: never uninitialised rows
+            row = int(torch.nonzero(filled != 1)[0])
+            raise CorruptArtefactError(f"{record.path}: row {row} is stored {int(filled[row])} times in the shards meta.json lists")
         return result
 
     def verify(self, record: ActivationRecord, *, checksums: bool = True) -> bool:
