@@ -166,6 +166,13 @@ def test_batches_by_token_budget_cover_every_row_once():
         assert len(batch) * max(lengths[r] for r in batch) <= 10 or len(batch) == 1
 
 
+def test_a_batch_holds_at_most_max_rows_however_large_the_token_budget():
+    lengths = [4] * 25
+    batches = plan_batches(lengths, batch_size=None, batch_tokens=10_000, max_rows=10)
+    assert [len(batch) for batch in batches] == [10, 10, 5]
+    assert sorted(int(r) for batch in batches for r in batch) == list(range(25))
+
+
 def test_reduce_positions_under_both_paddings():
     hidden = torch.arange(2 * 4, dtype=torch.float32).reshape(2, 4, 1)
     right = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])

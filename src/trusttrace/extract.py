@@ -32,6 +32,11 @@ CPU_BATCH_TOKENS = 4096
 # Rows in one batch are at least this close in length to its longest row (0.2: within 20 %).
 LENGTH_SPREAD = 0.2
 
+# With an automatic batch size, one batch's captured states (layers x rows x hidden, float32)
+# stay within this many bytes: a GPU's token budget alone would put thousands of short
+# statements in a batch, gigabytes of states on the host (32 x 8000 x 4096 x 4 B for Amber).
+STATE_BATCH_BYTES = 256 * 1024**2
+
 
 @dataclass(frozen=True)
 class ActivationBatch:
@@ -92,13 +97,15 @@ def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
 
 
 def plan_batches(
-    lengths: Sequence[int], batch_size: int | None, batch_tokens: int, spread: float = LENGTH_SPREAD
+    lengths: Sequence[int], batch_size: int | None, batch_tokens: int, spread: float = LENGTH_SPREAD,
+    max_rows: int | None = None,
 ) -> list[np.ndarray]:
     """Row indices of each batch: statements sorted by length, longest first.
 
     With `batch_size` every batch has that many rows. Otherwise a batch holds as many rows as
-    fit in `batch_tokens` padded tokens and whose lengths are within `spread` of its longest,
-    so little of the work is padding even when the budget is large (as on a GPU).
+    fit in `batch_tokens` padded tokens (and at most `max_rows`) and whose lengths are within
+    `spread` of its longest, so little of the work is padding even when the budget is large (as
+    on a GPU).
     """
     if batch_size is not None:
         return sorted_batches(lengths, batch_size)
@@ -110,6 +117,7 @@ def plan_batches(
         while (
             end < len(order)
             and (end - start + 1) * longest <= batch_tokens
+            and (max_rows is None or end - start < max_rows)
             and lengths[order[end]] >= (1 - spread) * longest
         ):
             end += 1
@@ -257,7 +265,11 @@ def iter_activations(
     blocks = decoder_layers(model)
     chosen = check_layers(layers, len(blocks))
     encoded, cut = tokenize_statements(tokenizer, statements, context_length(model, tokenizer))
-    batches = plan_batches([len(ids) for ids in encoded], batch_size, batch_tokens or auto_batch_tokens(model))
+    hidden = model.config.get_text_config().hidden_size
+    batches = plan_batches(
+        [len(ids) for ids in encoded], batch_size, batch_tokens or auto_batch_tokens(model),
+        max_rows=max(1, STATE_BATCH_BYTES // (len(chosen) * hidden * 4)),
+    )
     device = next(model.parameters()).device
     base = model.base_model
     pass_positions = accepts_position_ids(base)
