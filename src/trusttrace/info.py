@@ -480,11 +480,13 @@ def information_plane(
     selected = subsample_rows(_check_rows(rows, acts.shape[1]), y, max_rows, seed)
     states = to_analysis_device(acts, device)
     check_finite(states, layer_ids)
-    states = states.to(dtype)
-    if standardize:
-        std = states.std(dim=1, keepdim=True)
-        states = (states - states.mean(dim=1, keepdim=True)) / torch.where(std > 0, std, torch.ones_like(std))
-    states = states[:, torch.as_tensor(selected, device=states.device)]
+    index = torch.as_tensor(selected, device=states.device)
+    if standardize:  # moments of all rows, one layer at a time: no float64 copy of the whole set
+        moments = [torch.std_mean(layer.to(dtype), dim=0) for layer in states]
+        std, mean = (torch.stack(parts).unsqueeze(1) for parts in zip(*moments))
+        states = states[:, index].to(dtype).sub_(mean).div_(torch.where(std > 0, std, torch.ones_like(std)))
+    else:
+        states = states[:, index].to(dtype)
     targets = torch.as_tensor(y[selected], device=states.device, dtype=dtype).unsqueeze(-1)
     if estimator in ("nhsic", "hsic"):
         i_xt, i_ty = _kernel_plane(states, targets, x_index, estimator)
