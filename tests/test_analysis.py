@@ -254,3 +254,6 @@ def test_information_plane_subsample_is_stratified_and_seeded():
     assert list(rows) == list(subsample_rows(np.arange(40), labels, 20, seed=0))
     assert list(rows) != list(subsample_rows(np.arange(40), labels, 20, seed=1))
     assert list(subsample_rows(np.arange(10), labels, 20, seed=0)) == list(range(10))
+    assert len(subsample_rows(np.arange(40), labels, 39, seed=0)) == 39  # one row left out: a split of 39/1
+    lonely = np.array([0] * 40 + [1])  # a class of one row
+    assert len(subsample_rows(np.arange(41), lonely, 20, seed=0)) == 20

@@ -35,7 +35,6 @@ import pandas as pd
 import torch
 from scipy.spatial import cKDTree
 from scipy.special import digamma
-from sklearn.model_selection import train_test_split
 
 from trusttrace.devices import free_memory, to_analysis_device
 from trusttrace.errors import LayerError, ProbeError
@@ -553,12 +552,17 @@ def check_max_rows(max_rows: int | None) -> None:
 
 def subsample_rows(rows: np.ndarray, labels: np.ndarray, max_rows: int | None, seed: int) -> np.ndarray:
     """At most `max_rows` of `rows` (sorted): all of them when they are fewer, else a seeded
-    subsample stratified by label."""
+    subsample stratified by label (each label keeps its share, largest remainders rounded up)."""
     check_max_rows(max_rows)
     if max_rows is None or len(rows) <= max_rows:
         return rows
-    kept, _ = train_test_split(rows, train_size=max_rows, stratify=labels[rows], random_state=seed)
-    return np.sort(kept)
+    rng = np.random.default_rng(seed)
+    values, counts = np.unique(labels[rows], return_counts=True)
+    quotas = counts * max_rows / len(rows)
+    keep = np.floor(quotas).astype(int)
+    keep[np.argsort(-(quotas - keep), kind="stable")[: max_rows - keep.sum()]] += 1
+    kept = [rng.choice(rows[labels[rows] == value], size=k, replace=False) for value, k in zip(values, keep)]
+    return np.sort(np.concatenate(kept))
 
 
 def _sample_plane(
