@@ -21,6 +21,9 @@ Z95 = float(stats.norm.ppf(0.975))
 # compute them, so that a workspace's rows computed under another rule are recomputed, not mixed.
 INTERVAL_RULE = "wilson-effective-rows"
 MEAN_INTERVAL_RULE = "wilson-score-variance-t"
+# Scores in [0, 1] whose sample variance is below this are equal but for rounding (seven scores of
+# 0.7 have a variance of about 1e-32, not 0).
+EQUAL_SCORES_VARIANCE = 1e-20
 
 
 def wilson_interval(
@@ -72,11 +75,12 @@ def mean_interval(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
     The Wilson interval at the effective number of scores, n times the largest variance scores of
     this mean could have, m(1 - m), over their sample variance; with Student's t quantile at n - 1
-    degrees of freedom, since that variance is itself estimated. For 0/1 scores it is close to
-    Wilson's at n; for scores that vary little it narrows to about the t interval's width. The t
-    interval alone undercovers skewed scores on few questions (about 0.71 at 3 and 0.91 at 30 of
-    Beta(0.2, 2) scores; 0.39 at 3 of 0/1 ones, where this rule gives 0.83, 0.93 and 1.0), and can
-    reach outside [0, 1]. Equal scores show no spread, so they count as n 0/1 ones would.
+    degrees of freedom, since that variance is itself estimated. For 0/1 scores it is Wilson's at
+    n - 1 with that quantile; for scores that vary less it narrows to about the t interval's width.
+    The t interval alone undercovers skewed scores on few questions (about 0.71 at 3 and 0.91 at
+    30 of Beta(0.2, 2) scores; 0.39 at 3 of 0/1 ones, where this rule gives 0.83, 0.93 and 1.0),
+    and can reach outside [0, 1]. Equal scores (to rounding) show no spread, so they count as n
+    0/1 scores would, a conservative width rather than none.
     """
     scores = np.atleast_2d(np.asarray(scores, dtype=float))
     n = scores.shape[-1]
@@ -85,5 +89,5 @@ def mean_interval(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return nan, nan.copy()
     mean, variance = scores.mean(axis=-1), scores.var(axis=-1, ddof=1)
     with np.errstate(divide="ignore", invalid="ignore"):  # equal scores show no spread: count them as n
-        effective = np.where(variance > 0, n * mean * (1 - mean) / variance, n)
+        effective = np.where(variance > EQUAL_SCORES_VARIANCE, n * mean * (1 - mean) / variance, n)
     return wilson_interval(mean, effective, stats.t.ppf(0.975, n - 1))
