@@ -36,7 +36,8 @@ def check_labels(labels: Sequence, n: int | None = None) -> np.ndarray:
     bad = ~np.isin(values, (0, 1))
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
-        raise ProbeError(f"label {values[row].item()!r} at row {row} is not 0 or 1")
+        value = values[row].item() if isinstance(values[row], np.generic) else values[row]
+        raise ProbeError(f"label {value!r} at row {row} is not 0 or 1")
     return values.astype(np.int64)
 
 

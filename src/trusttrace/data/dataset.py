@@ -16,8 +16,8 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from trusttrace.errors import DatasetError
-from trusttrace.splits import row_indices
+from trusttrace.errors import DatasetError, ProbeError
+from trusttrace.splits import check_groups, check_labels, row_indices
 
 Dimension = Literal["truthfulness", "toxicity", "privacy", "fairness", "robustness", "user"]
 
@@ -74,18 +74,14 @@ class TrustDataset:
         odd = next((i for i, statement in enumerate(self.statements) if not isinstance(statement, str)), None)
         if odd is not None:
             raise DatasetError(f"{self.name}: statement {odd} is {self.statements[odd]!r}, not a string")
-        labels = np.asarray(self.labels)
-        if labels.shape != (n,):
-            raise DatasetError(f"{self.name}: {n} statements but labels of shape {labels.shape}")
-        bad = ~np.isin(labels, (0, 1)) if labels.dtype.kind in "biuf" else np.ones(n, dtype=bool)
-        if bad.any():  # checked before the cast, which would read 0.7 as 0
-            row = int(np.flatnonzero(bad)[0])
-            raise DatasetError(f"{self.name}: label {labels[row].item()!r} at row {row} is not 0 or 1")
-        self.labels = labels.astype(np.int64)
-        if self.groups is not None:
-            self.groups = np.asarray(self.groups)
-            if self.groups.shape != (n,):
-                raise DatasetError(f"{self.name}: {n} statements but groups of shape {self.groups.shape}")
+        try:  # checked before any cast, which would read 0.7 as 0
+            self.labels = check_labels(self.labels)
+            if self.groups is not None:
+                self.groups = check_groups(self.groups, n)
+        except ProbeError as error:
+            raise DatasetError(f"{self.name}: {error}") from None
+        if self.labels.shape != (n,):
+            raise DatasetError(f"{self.name}: {n} statements but labels of shape {self.labels.shape}")
 
     def __len__(self) -> int:
         return len(self.statements)
