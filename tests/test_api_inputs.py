@@ -240,3 +240,27 @@ def test_one_vector_saved_for_two_layers_round_trips(tmp_path):
 def test_kernel_options_outside_their_range_are_refused(options, message, acts):
     with pytest.raises(ProbeError, match=message):
         tt.mutual_information(acts[0], acts[1], estimator="nhsic", **options)
+
+
+def test_build_vectors_reads_layers_as_check_layers_does(acts):
+    vectors, _ = tt.build_vectors(acts, toy(), np.int64(2))
+    assert list(vectors) == [2]
+    for layers, message in (([2, 2], "name each layer once"), ([True], "not a layer number"), ([2.0], "not a layer number")):
+        with pytest.raises(tt.LayerError, match=message):
+            tt.build_vectors(acts, toy(), layers)
+
+
+def test_a_dataset_refuses_missing_groups_and_reads_object_labels():
+    with pytest.raises(DatasetError, match="group of row 1 is missing"):
+        TrustDataset(name="x", statements=["a", "b", "c"], labels=[0, 1, 0], groups=["g", None, "h"], card=CARD, source="test")
+    labels = np.array([0, 1, 0], dtype=object)
+    assert TrustDataset(name="x", statements=["a", "b", "c"], labels=labels, groups=None, card=CARD, source="test").labels.tolist() == [0, 1, 0]
+
+
+def test_a_saved_tensor_is_stored_in_shards_of_the_usual_size(tmp_path, acts, monkeypatch):
+    import trusttrace.store as store_module
+
+    monkeypatch.setattr(store_module, "DEFAULT_SHARD_BYTES", 3 * 8 * 4 * 10)  # ten rows of these activations
+    store = tt.ActivationStore(tmp_path / "ws")
+    record = store.save(acts, toy(), {})
+    assert len(list(record.path.glob("shard-*.safetensors"))) == N // 10 and torch.equal(store.load(record), acts)

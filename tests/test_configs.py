@@ -40,6 +40,8 @@ def test_the_probes_follow_the_sweep_seed_unless_they_name_their_own():
     assert parse_config({**base, "seed": 3}).probe_seed() == 3
     assert parse_config({**base, "seed": 3, "probes": {"seed": 0}}).probe_seed() == 0
     assert parse_config(base).probe_seed() == 0
+    older = parse_config({**base, "probes": {"seed": 3}})  # written before the top-level seed: 3 everywhere, as then
+    assert (older.seed, older.probe_seed()) == (3, 3)
 
 
 def test_the_example_in_run_help_is_a_valid_config():
@@ -168,7 +170,7 @@ def test_yaml_merge_keys_are_not_duplicates(project, tmp_path, capsys):
     assert code == 0, err
 
 
-@pytest.mark.parametrize("layers", [[0, 3], [-1, -4], "all"])
+@pytest.mark.parametrize("layers", [[0, 3], [-1, -4], "all", [0, 3, -1]])  # 3 and -1: one stored block
 def test_layers_within_the_blocks_pass(project, capsys, layers):
     code, err = run_check(project({"layers": layers, "mi": {"x_layer": 0}}), capsys)
     assert code == 0, err

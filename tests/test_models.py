@@ -7,11 +7,12 @@ import json
 import shutil
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
 from trusttrace.errors import CheckpointError, LayerError, ModelError, OfflineError
-from trusttrace.models import check_layers, decoder_layers, folder_checksum, load_model
+from trusttrace.models import check_layers, decoder_layers, folder_checksum, layer_set, load_model
 
 
 def test_load_local_folder_in_requested_dtype(arch, saved_model):
@@ -191,6 +192,15 @@ def test_a_hub_revision_resolves_to_its_commit_online_and_from_the_cache_offline
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     assert hub_commit("org/chat") == "abc123" and len(asked) == 1  # offline: the cache's main, no Hub call
     assert hub_commit("org/other") is None
+
+
+def test_a_set_of_layers_to_store_names_each_block_once_in_block_order():
+    assert layer_set([2, -1, 0], 3) == [0, 2] and layer_set("all", 3) == [0, 1, 2] and layer_set(np.array([1]), 3) == [1]
+    assert layer_set(-1, 3) == [2]
+    with pytest.raises(LayerError, match="no layers chosen"):
+        layer_set([], 3)
+    with pytest.raises(LayerError, match="layer 3 is out of range"):
+        layer_set([0, 3], 3)
 
 
 def test_check_layers():

@@ -251,10 +251,10 @@ def _block_count_problem(config: SweepConfig, checkpoint: "Checkpoint") -> str |
     if config.layers == "all":
         return layer_use_problem(config, list(range(count)))
     from trusttrace.errors import LayerError
-    from trusttrace.models import check_layers
+    from trusttrace.models import layer_set
 
     try:
-        stored = check_layers(config.layers, count)
+        stored = layer_set(config.layers, count)
     except LayerError as error:
         return f"key 'layers': {error} ({source})"
     return layer_use_problem(config, stored)

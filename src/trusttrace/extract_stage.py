@@ -13,7 +13,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from trusttrace.data import TrustDataset
 from trusttrace.extract import check_position, iter_activations
-from trusttrace.models import check_layers, decoder_layers
+from trusttrace.models import decoder_layers, layer_set
 from trusttrace.provenance import activation_provenance
 from trusttrace.store import DEFAULT_SHARD_BYTES, ActivationRecord, ActivationStore
 
@@ -36,12 +36,13 @@ def extract_to_store(
 ) -> ActivationRecord:
     """Extract `dataset`'s activations into the store, or return the stored set when present.
 
-    Output is streamed to shards of at most `memory_budget` bytes, so a dataset whose
-    activations do not fit in memory is still extracted. A stored set whose checksums fail is
-    recomputed, never used.
+    Output is streamed to shards of at most `memory_budget` bytes (or one batch, when a batch is
+    larger), so a dataset whose activations do not fit in memory is still extracted; writing
+    holds about four shards' worth. `layers` is the set of blocks to store: a block named twice
+    is stored once, in block order. A stored set whose checksums fail is recomputed, never used.
     """
     check_position(position)
-    chosen = sorted(check_layers(layers, len(decoder_layers(model))))  # one selection, however written, is one set
+    chosen = layer_set(layers, len(decoder_layers(model)))  # one selection, however written, is one set
     provenance = activation_provenance(
         model, tokenizer, dataset=dataset.name, dataset_hash=dataset.content_hash, n=len(dataset),
         position=position, layers=chosen, model_name=model_name, checkpoint=checkpoint, step=step, tokens=tokens,

@@ -402,12 +402,8 @@ def check_layers(layers: "str | int | Sequence[int] | torch.Tensor", count: int)
         if layers == "all":
             return list(range(count))
         raise LayerError(f"layers {layers!r}: expected 'all', a layer number or a list of layer numbers")
-    if isinstance(layers, (torch.Tensor, np.ndarray)):
-        layers = layers.tolist()
-    chosen = list(layers) if isinstance(layers, (list, tuple, range)) else [layers]
     result: dict[int, int] = {}
-    for layer in chosen:
-        index = _layer_number(layer)
+    for index in layer_numbers(layers):
         if not -count <= index < count:
             raise LayerError(f"layer {index} is out of range: the model has {count} decoder blocks (0..{count - 1})")
         block = index % count
@@ -419,6 +415,27 @@ def check_layers(layers: "str | int | Sequence[int] | torch.Tensor", count: int)
     if not result:
         raise LayerError("no layers chosen")
     return list(result)
+
+
+def layer_set(layers: "str | int | Sequence[int] | torch.Tensor", count: int) -> list[int]:
+    """The distinct blocks a selection of layers to store names, in block order: as `check_layers`,
+    except that a block named twice (31 and -1 of 32 blocks) is one stored layer, since a set of
+    stored layers has no positions to keep apart."""
+    if isinstance(layers, str):
+        return check_layers(layers, count)
+    numbers = layer_numbers(layers)
+    if not numbers:
+        raise LayerError("no layers chosen")
+    return sorted({block for number in numbers for block in check_layers(number, count)})
+
+
+def layer_numbers(layers: "int | Sequence[int] | torch.Tensor") -> list[int]:
+    """A layer number, or a sequence, array or tensor of them, as a list of ints (numpy and torch
+    integers included); a bool, a float or a string is a LayerError."""
+    if isinstance(layers, (torch.Tensor, np.ndarray)):
+        layers = layers.tolist()
+    chosen = list(layers) if isinstance(layers, (list, tuple, range)) else [layers]
+    return [_layer_number(layer) for layer in chosen]
 
 
 def _layer_number(layer: object) -> int:

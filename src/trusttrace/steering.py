@@ -31,7 +31,7 @@ from torch import nn
 
 from trusttrace.data import TrustDataset
 from trusttrace.errors import LayerError, ProbeError, StoreError, SteeringError
-from trusttrace.models import block_hidden, check_layers, decoder_layers, describe_source, with_block_hidden
+from trusttrace.models import block_hidden, check_layers, decoder_layers, describe_source, layer_numbers, with_block_hidden
 from trusttrace.provenance import now_utc, trusttrace_version
 from trusttrace.splits import check_labels, make_splits, row_indices
 from trusttrace.store import atomic_write_bytes
@@ -158,7 +158,9 @@ def build_vectors(
     stored = list(range(acts.shape[0])) if acts_layers is None else list(acts_layers)
     if len(stored) != acts.shape[0]:
         raise LayerError(f"acts_layers names {len(stored)} layers for activations of {acts.shape[0]}")
-    layers = [layers] if isinstance(layers, int) else list(layers)
+    layers = layer_numbers(layers)
+    if len(set(layers)) != len(layers):
+        raise LayerError(f"layers {layers}: name each layer once")
     missing = [layer for layer in layers if layer not in stored]
     if missing:
         raise LayerError(f"layers {missing} are not in the activations (they hold layers {stored})")
@@ -418,8 +420,8 @@ def steer(
 
         return hook
 
-    handles = [owner.register_forward_pre_hook(capture, with_kwargs=True), owner.register_forward_hook(release)]
     setting = {**Steering(deltas, float(alpha), positions).describe(), "provenance": dict(provenance or {})}
+    handles = [owner.register_forward_pre_hook(capture, with_kwargs=True), owner.register_forward_hook(release)]
     _ACTIVE.setdefault(model, []).append(setting)
     try:
         handles += [blocks[layer].register_forward_hook(make_hook(delta)) for layer, delta in deltas.items()]
@@ -427,7 +429,7 @@ def steer(
     finally:
         for handle in handles:
             handle.remove()
-        _ACTIVE[model].remove(setting)
+        _ACTIVE[model] = [active for active in _ACTIVE[model] if active is not setting]
 
 
 def active_steering(model: nn.Module) -> list[dict[str, Any]]:

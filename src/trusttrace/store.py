@@ -349,8 +349,10 @@ class ActivationStore:
         provenance = {"layers": list(range(acts.shape[0]))} | provenance
         if len(provenance["layers"]) != acts.shape[0]:
             raise StoreError(f"provenance names {len(provenance['layers'])} layers for activations of {acts.shape[0]}")
-        rows = np.arange(acts.shape[1])
-        return self.save_batches([ActivationBatch(rows=rows, states=acts)], dataset, provenance)
+        step = max(1, DEFAULT_SHARD_BYTES // max(1, acts.shape[0] * acts.shape[2] * acts.element_size()))
+        batches = (ActivationBatch(rows=np.arange(start, min(start + step, acts.shape[1])), states=acts[:, start : start + step])
+                   for start in range(0, acts.shape[1], step))  # shards of the usual size, as if streamed
+        return self.save_batches(batches, dataset, provenance, shard_bytes=DEFAULT_SHARD_BYTES)
 
     def save_batches(
         self,

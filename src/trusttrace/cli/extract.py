@@ -40,7 +40,7 @@ def extract(
     """
     from trusttrace.data import load_dataset
     from trusttrace.extract import check_position
-    from trusttrace.models import check_layers, decoder_layers, load_model
+    from trusttrace.models import decoder_layers, layer_set, load_model
     from trusttrace.store import WORKSPACE_FILE, ActivationStore
     from trusttrace.extract_stage import extract_to_store
 
@@ -57,7 +57,7 @@ def extract(
         if store is not None:
             held.enter_context(store.locked())
         loaded, tokenizer = load_model(model, revision, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
-        chosen = check_layers(parsed, len(decoder_layers(loaded)))
+        chosen = layer_set(parsed, len(decoder_layers(loaded)))
         if store is None:
             store = ActivationStore(out)
             held.enter_context(store.locked())
