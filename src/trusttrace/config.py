@@ -88,7 +88,7 @@ class ProbeOptions(Strict):
     folds: StrictInt = Field(5, ge=1)
     test_size: Number = Field(0.2, gt=0, lt=1)
     seed: Optional[StrictInt] = Field(None, ge=0, description="seed of the probes' folds and MI's rows (default: the sweep's seed)")
-    C: Number = Field(1.0, gt=0)
+    C: Number = Field(1.0, gt=0, allow_inf_nan=False)
 
 
 class MIOptions(Strict):
@@ -130,7 +130,7 @@ class SweepConfig(Strict):
     device: Optional[str] = Field(None, description="cpu, cuda, cuda:N or mps; auto or unset: CUDA when available, else the CPU")
     batch_size: Optional[StrictInt] = Field(None, ge=1)
     protocol: Literal["default", "paper"] = "default"
-    seed: StrictInt = Field(0, ge=0, description="seed of every split: the steering vectors' development rows, the evaluation's held-out rows, and the probes' folds unless probes.seed is set")
+    seed: StrictInt = Field(0, ge=0, description="seed of every split: the steering vectors' development rows, the evaluation's held-out rows, and the probes' folds (and so MI's rows) unless probes.seed is set; default: probes.seed when only that is set, else 0")
     stages: list[Stage] = Field(default_factory=lambda: ["extract", "probes", "mi"], min_length=1)
     probes: ProbeOptions = Field(default_factory=ProbeOptions)
     mi: MIOptions = Field(default_factory=MIOptions)
@@ -179,7 +179,10 @@ class SweepConfig(Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> "SweepConfig":
-        """Refuse keys that contradict each other, as a ConfigError naming the key."""
+        """Refuse keys that contradict each other, as a ConfigError naming the key. A config that
+        sets probes.seed but no seed (one written before 0.5.0) keeps its meaning: that seed for every split."""
+        if "seed" not in self.model_fields_set and self.probes.seed is not None:
+            self.seed = self.probes.seed
         problem = _section_problem(self) or _dataset_name_problem(self) or layer_use_problem(self, _listed_layers(self.layers))
         if problem:
             raise ConfigError(problem)

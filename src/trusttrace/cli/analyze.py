@@ -61,7 +61,7 @@ def mi(
     estimator: str = typer.Option("nhsic", help="nhsic (the reference study's), hsic, gaussian or ksg."),
     x_layer: int = typer.Option(0, min=0, help="The stored layer whose states stand for the input X (the study's: block 0)."),
     split: str = typer.Option("grouped", help="Rows used: the training rows of this split, as `probe` and `run` make it (grouped, random, or paper: the first 80 %)."),
-    seed: int = typer.Option(0, min=0, help="Seed of the split (random and grouped)."),
+    seed: int = typer.Option(0, min=0, help="Seed of the split (random and grouped) and of the --max-rows subsample."),
     folds: int = typer.Option(5, min=1, help="Folds of the probes' split; MI uses the training rows of its first fold (paper: the first 80 %)."),
     test_size: float = typer.Option(0.2, callback=share, help="Share of rows held out when --folds is 1 (random and grouped splits)."),
     max_rows: Optional[int] = typer.Option(None, min=3, help="Estimate on a seeded subsample of at most N training rows (default: all; nhsic and hsic need memory as N² and time as N³)."),

@@ -42,7 +42,7 @@ OUTCOMES = {"accuracy": "correct", "toxic_ratio": "toxic", "mc1": "mc1", "mc2": 
 
 @dataclass
 class GridResult:
-    """`table`: one row per setting (layer, alpha, metric, value, low, high, n, kl, perplexity,
+    """`table`: one row per setting (layer, alpha, metric, value, low, high, n, interval, kl, perplexity,
     within_limit, p_value, p_holm, improves), the baseline first; `best`: the chosen row as a dict, or None.
 
     `p_value` is the paired one-sided p-value of the setting against the unsteered model on the
