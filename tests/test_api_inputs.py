@@ -264,3 +264,12 @@ def test_a_saved_tensor_is_stored_in_shards_of_the_usual_size(tmp_path, acts, mo
     store = tt.ActivationStore(tmp_path / "ws")
     record = store.save(acts, toy(), {})
     assert len(list(record.path.glob("shard-*.safetensors"))) == N // 10 and torch.equal(store.load(record), acts)
+
+
+def test_free_memory_counts_a_container_limit(monkeypatch):
+    import trusttrace.devices as devices
+
+    monkeypatch.setattr(devices, "_container_headroom", lambda: 0)
+    assert devices.free_memory(torch.device("cpu")) == 0
+    monkeypatch.setattr(devices, "_container_headroom", lambda: None)
+    assert devices.free_memory(torch.device("cpu")) > 0

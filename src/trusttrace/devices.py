@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from trusttrace.errors import ModelError
@@ -13,18 +15,32 @@ def default_device() -> str:
 
 
 def free_memory(device: torch.device) -> int | None:
-    """Bytes a new allocation can take on `device`: free GPU memory, or the host's MemAvailable
-    (Linux); None where it cannot be known."""
+    """Bytes a new allocation can take on `device`, None where that cannot be known: on a GPU the
+    free memory plus what torch's cache holds unused; on a Linux host MemAvailable, or less where
+    a container's memory limit (cgroup v2) leaves less."""
     if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int(torch.cuda.mem_get_info(device)[0]) + cached
     if device.type != "cpu":
         return None
     try:
         with open("/proc/meminfo") as handle:
             fields = dict(line.split(":", 1) for line in handle)
-        return int(fields["MemAvailable"].split()[0]) * 1024
+        available = int(fields["MemAvailable"].split()[0]) * 1024
     except (OSError, KeyError, ValueError):
         return None
+    headroom = _container_headroom()
+    return available if headroom is None else min(available, headroom)
+
+
+def _container_headroom() -> int | None:
+    """Bytes left under this process's cgroup v2 memory limit; None without one."""
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+    except (OSError, ValueError):
+        return None
+    return None if limit == "max" else max(int(limit) - used, 0)
 
 
 def to_analysis_device(acts: torch.Tensor, device: str | torch.device | None) -> torch.Tensor:
