@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from trusttrace.errors import TrustTraceError
-from trusttrace.models import block_hidden, check_layers, context_length, decoder_layers
+from trusttrace.models import block_hidden, check_layers, context_length, decoder_layers, model_hidden_size
 
 READ_POSITIONS = ("last", "first", "mean")
 
@@ -132,7 +132,7 @@ def auto_batch_tokens(model: PreTrainedModel) -> int:
     if device.type != "cuda":
         return CPU_BATCH_TOKENS
     free, _ = torch.cuda.mem_get_info(device)
-    hidden = model.config.get_text_config().hidden_size
+    hidden = model_hidden_size(model) or 4096  # a 7B model's width where the config does not say
     bytes_per_token = hidden * next(model.parameters()).element_size() * 40
     return int(min(max(free * 0.5 // bytes_per_token, 512), 262_144))
 
@@ -265,10 +265,10 @@ def iter_activations(
     blocks = decoder_layers(model)
     chosen = check_layers(layers, len(blocks))
     encoded, cut = tokenize_statements(tokenizer, statements, context_length(model, tokenizer))
-    hidden = model.config.get_text_config().hidden_size
+    hidden = model_hidden_size(model)
     batches = plan_batches(
         [len(ids) for ids in encoded], batch_size, batch_tokens or auto_batch_tokens(model),
-        max_rows=max(1, STATE_BATCH_BYTES // (len(chosen) * hidden * 4)),
+        max_rows=None if hidden is None else max(1, STATE_BATCH_BYTES // (len(chosen) * hidden * 4)),
     )
     device = next(model.parameters()).device
     base = model.base_model

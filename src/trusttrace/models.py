@@ -371,12 +371,22 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     )
 
 
+def text_config(model: nn.Module) -> Any:
+    """The model's config of its language model (a multimodal config's text part), or None."""
+    config = getattr(model, "config", None)
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
+def model_hidden_size(model: nn.Module) -> int | None:
+    """The width of the residual stream the decoder blocks output, None where the config does not say."""
+    return getattr(text_config(model), "hidden_size", None)
+
+
 def num_hidden_layers(model: nn.Module) -> int | None:
     """The number of decoder blocks the config declares, under any of its usual names."""
-    config = getattr(model, "config", None)
-    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    config = text_config(model)
     for key in ("num_hidden_layers", "n_layer", "num_layers", "n_layers"):
-        value = getattr(text_config, key, None)
+        value = getattr(config, key, None)
         if isinstance(value, int):
             return value
     return None
@@ -464,7 +474,7 @@ def with_block_hidden(output: Any, hidden: torch.Tensor) -> Any:
 
 def context_length(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> int:
     """The longest input the model takes: the smaller of the config's and the tokenizer's limits."""
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    config = text_config(model)
     limits = [
         getattr(config, key)
         for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")

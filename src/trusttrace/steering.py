@@ -31,7 +31,9 @@ from torch import nn
 
 from trusttrace.data import TrustDataset
 from trusttrace.errors import LayerError, ProbeError, StoreError, SteeringError
-from trusttrace.models import block_hidden, check_layers, decoder_layers, describe_source, layer_numbers, with_block_hidden
+from trusttrace.models import (
+    block_hidden, check_layers, decoder_layers, describe_source, layer_numbers, model_hidden_size, with_block_hidden,
+)
 from trusttrace.provenance import now_utc, trusttrace_version
 from trusttrace.splits import check_labels, make_splits, row_indices
 from trusttrace.store import atomic_write_bytes
@@ -511,13 +513,6 @@ def _checked_deltas(
     return deltas
 
 
-def model_hidden_size(model: nn.Module) -> int | None:
-    """The width of the residual stream the decoder blocks output."""
-    config = getattr(model, "config", None)
-    if config is None:
-        return None
-    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    return getattr(text_config, "hidden_size", None)
 
 
 def _warn_if_foreign(model: nn.Module, provenance: Mapping[str, Any]) -> None:
