@@ -227,12 +227,12 @@ def test_mi_rows_of_an_older_table_are_recognised_not_recomputed(workspace):
 
 def test_mi_on_a_subsample_keeps_both_and_a_set_too_large_for_memory_is_skipped_in_one_line(workspace, monkeypatch, capsys):
     table, problems = run_mi(workspace, estimator="nhsic", progress=False)
-    assert problems == [] and set(table["max_rows"]) == {0}
+    assert problems == [] and set(table["mi_max_rows"]) == {0}
     table, _ = run_mi(workspace, estimator="nhsic", max_rows=12, progress=False)
-    assert sorted(table["max_rows"].unique()) == [0, 12] and set(table.query("max_rows == 12")["n"]) == {12}
+    assert sorted(table["mi_max_rows"].unique()) == [0, 12] and set(table.query("mi_max_rows == 12")["n"]) == {12}
     record = workspace.records()[0]
     again = mi_record(workspace, record, max_rows=12)  # seeded: the same rows, the same values
-    assert again["i_xt"].tolist() == table.query(f"max_rows == 12 and activation_key == '{record.key}'")["i_xt"].tolist()
+    assert again["i_xt"].tolist() == table.query(f"mi_max_rows == 12 and activation_key == '{record.key}'")["i_xt"].tolist()
 
     import trusttrace.info as info
 

@@ -138,7 +138,7 @@ def test_a_changed_setting_or_dataset_reruns_what_depends_on_it(setup):
 
     capped = load_config(write_config(root, suite, dataset, mi={"estimator": "gaussian", "max_rows": 12}))
     assert run_sweep(capped, progress=False).ran == 3  # MI on a subsample: MI only, its rows beside the others
-    assert set(pd.read_parquet(capped.workspace / "mi.parquet").query("max_rows == 12")["n"]) == {12}
+    assert set(pd.read_parquet(capped.workspace / "mi.parquet").query("mi_max_rows == 12")["n"]) == {12}
 
     paper = load_config(write_config(root, suite, dataset, protocol="paper", probes={"folds": 3, "seed": 0}))
     summary = run_sweep(paper, progress=False)

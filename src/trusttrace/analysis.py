@@ -43,10 +43,10 @@ PROVENANCE_COLUMNS = [
 SET_KEYS = ["activation_key", "model", "revision", "checkpoint", "step", "tokens", "dataset", "dataset_hash"]
 PROBE_KEYS = SET_KEYS + ["layer", "method", "split", "seed", "folds", "test_size", "C"]
 BASELINE_KEYS = ["dataset", "dataset_hash", "baseline", "split", "seed", "folds", "test_size"]
-MI_KEYS = SET_KEYS + ["layer", "estimator", "x_layer", "split", "seed", "folds", "test_size", "max_rows"]
+MI_KEYS = SET_KEYS + ["layer", "estimator", "x_layer", "split", "seed", "folds", "test_size", "mi_max_rows"]
 # What MI rows of former versions were computed with: one 80/20 split (0.2.0 and earlier), every
-# training row (max_rows 0, before 0.5.0).
-MI_LEGACY_SETTINGS = {"folds": 1, "test_size": 0.2, "max_rows": 0}
+# training row (mi_max_rows 0, before 0.5.0).
+MI_LEGACY_SETTINGS = {"folds": 1, "test_size": 0.2, "mi_max_rows": 0}
 
 
 def holding_lock(function: Callable[..., T]) -> Callable[..., T]:
@@ -119,8 +119,9 @@ def mi_record(
 
     I(X;T) and I(T;Y) are computed on the training rows of the first fold of the probes'
     split with these `folds`, `test_size` and `seed` (`paper`: the first 80 % of rows, as the
-    reference did), or on a seeded subsample of at most `max_rows` of them (recorded in the rows'
-    `max_rows`, 0 for every row). A set that does not store `x_layer` raises LayerError.
+    reference did), or on a seeded subsample of at most `max_rows` of them, recorded in the
+    rows' `mi_max_rows` (0 for every row; steering rows have a `max_rows` of their own). A set
+    that does not store `x_layer` raises LayerError.
     """
     if x_layer not in record.layers:
         raise LayerError(f"x_layer {x_layer} is not stored (stored layers: {record.layers})")
@@ -131,7 +132,7 @@ def mi_record(
         store.load(record), dataset.labels, estimator=estimator, x_layer=x_layer, rows=train,
         layers=record.layers, device=_device(device), max_rows=max_rows, seed=seed,
     )
-    setting = split_setting(kind, folds, test_size, seed) | {"max_rows": max_rows or 0}
+    setting = split_setting(kind, folds, test_size, seed) | {"mi_max_rows": max_rows or 0}
     rows = _with_provenance(plane.assign(x_layer=x_layer, **setting), record)
     append_table(store.root / MI_TABLE, rows, MI_KEYS, MI_LEGACY_SETTINGS)
     return rows
@@ -199,7 +200,7 @@ def run_mi(
         raise LayerError(f"x_layer {x_layer} is stored in no activation set (stored layers: {stored})")
 
     def setting(kind: str) -> dict[str, Any]:
-        return {"estimator": estimator, "x_layer": x_layer, "max_rows": max_rows or 0} | split_setting(kind, folds, test_size, seed)
+        return {"estimator": estimator, "x_layer": x_layer, "mi_max_rows": max_rows or 0} | split_setting(kind, folds, test_size, seed)
 
     def compute(record: ActivationRecord, dataset: TrustDataset) -> None:
         mi_record(

@@ -292,7 +292,7 @@ def _mi_figures(
 ) -> list[str]:
     data, chosen, others = pick_configuration(group, (
         dataset_version(group), *extraction_choices(group), ("x_layer", None), ("split", None), ("seed", None), ("folds", 5), ("test_size", 0.2),
-        ("max_rows", 0),
+        ("mi_max_rows", 0),
     ))
     chosen.pop("dataset_hash", None)
     if layers is not None:
