@@ -131,6 +131,15 @@ def test_batch_sizes_must_be_whole_and_positive(option, value, model_factory, to
         tt.extract_activations(model_factory("llama"), tokenizer, CORPUS[:3], **{option: value})
 
 
+def test_sizes_may_be_numpy_integers(model_factory, tokenizer):
+    model = model_factory("llama")
+    assert torch.equal(tt.extract_activations(model, tokenizer, CORPUS[:3], batch_size=np.int64(2)),
+                       tt.extract_activations(model, tokenizer, CORPUS[:3], batch_size=2))
+    from trusttrace.info import check_max_rows
+
+    check_max_rows(np.int64(5))
+
+
 def test_statements_must_be_strings_and_may_be_any_iterable(model_factory, tokenizer):
     model = model_factory("llama")
     with pytest.raises(tt.TrustTraceError, match="statement 1 is None, not a string"):

@@ -298,6 +298,8 @@ def test_truthfulqa_mc_on_held_out_questions(models, tok, mc_data):
     assert rules == {"mc1": INTERVAL_RULE, "mc2": MEAN_INTERVAL_RULE}
     assert get_task("truthfulqa").interval_rules() == {"interval": INTERVAL_RULE, "mean_interval": MEAN_INTERVAL_RULE}
     assert get_task("sst2").interval_rules() == {"interval": INTERVAL_RULE}
+    with pytest.raises(EvaluationError, match="rows: no heldout questions to evaluate"):
+        evaluate(model, tok, "truthfulqa", data_dir=mc_data, rows=[])
     every = evaluate(model, tok, "truthfulqa", data_dir=mc_data, questions="all", limit=2)
     assert list(every.records["question"]) == [m["question"] for m in MC[:2]]
 

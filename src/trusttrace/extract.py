@@ -9,6 +9,7 @@ sorted by length so that batches carry little padding, and the LM head is never 
 from __future__ import annotations
 
 import inspect
+import numbers
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -260,7 +261,7 @@ def iter_activations(
     check_position(position)
     statements = check_statements(statements)
     for name, value in (("batch_size", batch_size), ("batch_tokens", batch_tokens)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1):
             raise TrustTraceError(f"{name} must be a whole number of at least 1 (or None: automatic), got {value!r}")
     blocks = decoder_layers(model)
     chosen = check_layers(layers, len(blocks))

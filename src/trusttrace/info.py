@@ -546,7 +546,7 @@ def check_kernel_memory(m: int, element_size: int, device: torch.device, estimat
 
 def check_max_rows(max_rows: int | None) -> None:
     """A ProbeError unless `max_rows` is None (every row) or a whole number of at least 3."""
-    if max_rows is not None and (isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 3):
+    if max_rows is not None and (isinstance(max_rows, bool) or not isinstance(max_rows, numbers.Integral) or max_rows < 3):
         raise ProbeError(f"max_rows {max_rows!r} must be a whole number of at least 3 (or None: every row)")
 
 

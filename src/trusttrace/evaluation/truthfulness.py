@@ -153,6 +153,8 @@ def truthfulqa_task(
     chosen_items = _select(items, texts)
     texts = texts if texts is not None else [item.question for item in items]
     index = np.arange(len(texts)) if rows is None else row_indices(rows, len(texts), f"rows ({questions} questions)", EvaluationError)
+    if not len(index):
+        raise EvaluationError(f"rows: no {questions} questions to evaluate")
     index = index[:limit]
     records = pd.DataFrame({"row": index, "question": [texts[i] for i in index]})
     metrics: list[dict] = []
