@@ -257,3 +257,21 @@ def test_information_plane_subsample_is_stratified_and_seeded():
     assert len(subsample_rows(np.arange(40), labels, 39, seed=0)) == 39  # one row left out: a split of 39/1
     lonely = np.array([0] * 40 + [1])  # a class of one row
     assert len(subsample_rows(np.arange(41), lonely, 20, seed=0)) == 20
+
+
+def test_probes_fitted_a_chunk_of_layers_at_a_time_equal_one_fit_of_all(workspace, monkeypatch):
+    import trusttrace.analysis as analysis
+
+    record = workspace.records()[0]
+    whole = probe_record(workspace, record, folds=3).sort_values("layer").reset_index(drop=True)
+    fits = []
+    original = probes.bag_of_words_scores
+    monkeypatch.setattr(probes, "bag_of_words_scores", lambda *args: fits.append(1) or original(*args))
+    (workspace.root / BASELINES_TABLE).unlink()
+    monkeypatch.setattr(analysis, "PROBE_CHUNK_BYTES", 2 * workspace.layer_bytes(record))  # two layers a chunk
+    assert analysis.layer_chunks(record.layers, workspace.layer_bytes(record)) == [LAYERS[i : i + 2] for i in range(0, len(LAYERS), 2)]
+    chunked = probe_record(workspace, record, folds=3).sort_values("layer").reset_index(drop=True)
+    assert len(fits) == 3  # the baselines once (per fold), not once per chunk
+    assert chunked["layer"].tolist() == whole["layer"].tolist()
+    np.testing.assert_allclose(chunked["accuracy"], whole["accuracy"], atol=1e-12)
+    np.testing.assert_allclose(chunked["auroc"], whole["auroc"], atol=1e-6)

@@ -47,6 +47,9 @@ MI_KEYS = SET_KEYS + ["layer", "estimator", "x_layer", "split", "seed", "folds",
 # What MI rows of former versions were computed with: one 80/20 split (0.2.0 and earlier), every
 # training row (mi_max_rows 0, before 0.5.0).
 MI_LEGACY_SETTINGS = {"folds": 1, "test_size": 0.2, "mi_max_rows": 0}
+# Probes are fitted on chunks of layers holding at most this many bytes of float32 states
+# (peak memory is about 4.5 times that): Amber's toxigen set, 3.4 GB, would otherwise need 15 GB.
+PROBE_CHUNK_BYTES = 2**30
 
 
 def holding_lock(function: Callable[..., T]) -> Callable[..., T]:
@@ -87,17 +90,28 @@ def probe_record(
     dataset_columns = {key: record.provenance.get(key) for key in ("dataset", "dataset_hash")}
     baseline_setting = dataset_columns | split_setting(resolve_split(split, dataset.groups), folds, test_size, seed) | {"interval": INTERVAL_RULE}
     baselines_done = _has_baselines(read_table(store.root / BASELINES_TABLE), baseline_setting)
-    results = fit_probes(
-        store.load(record), dataset.labels, split=split, groups=dataset.groups, folds=folds, test_size=test_size,
-        seed=seed, method=method, C=C, backend=backend, device=_device(device),
-        statements=None if baselines_done else dataset.statements, layers=record.layers,
-    )
-    rows = _with_provenance(results.table.assign(test_size=test_size, C=C), record)
+    tables, baselines = [], None
+    for chunk in layer_chunks(record.layers, store.layer_bytes(record)):  # each layer's probe is its own
+        results = fit_probes(
+            store.load(record, layers=chunk), dataset.labels, split=split, groups=dataset.groups, folds=folds,
+            test_size=test_size, seed=seed, method=method, C=C, backend=backend, device=_device(device),
+            statements=None if baselines_done or baselines is not None else dataset.statements, layers=chunk,
+        )
+        tables.append(results.table)
+        baselines = results.baselines if baselines is None else baselines
+    rows = _with_provenance(pd.concat(tables, ignore_index=True).assign(test_size=test_size, C=C), record)
     append_table(store.root / PROBES_TABLE, rows, PROBE_KEYS)
     if not baselines_done:
-        baselines = results.baselines.assign(test_size=test_size, **dataset_columns, trusttrace_version=trusttrace_version())
+        baselines = baselines.assign(test_size=test_size, **dataset_columns, trusttrace_version=trusttrace_version())
         append_table(store.root / BASELINES_TABLE, baselines, BASELINE_KEYS)
     return rows
+
+
+def layer_chunks(layers: list[int], layer_bytes: int) -> list[list[int]]:
+    """`layers` in runs whose float32 states take at most PROBE_CHUNK_BYTES (one layer at least):
+    fitting holds about four and a half times its states, so a set is probed a chunk at a time."""
+    size = max(1, PROBE_CHUNK_BYTES // max(1, layer_bytes))
+    return [layers[start : start + size] for start in range(0, len(layers), size)]
 
 
 @holding_lock

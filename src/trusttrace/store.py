@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
@@ -467,6 +468,20 @@ class ActivationStore:
             row = int(torch.nonzero(filled != 1)[0])
             raise CorruptArtefactError(f"{record.path}: row {row} is stored {int(filled[row])} times in the shards meta.json lists")
         return result
+
+    def layer_bytes(self, record: ActivationRecord) -> int:
+        """Bytes one layer of the set takes in memory as float32 (n x hidden x 4), read from a
+        shard's header, so that a caller can load the layers in chunks that fit a budget."""
+        meta = self._meta(record)
+        first = record.path / sorted(meta["files"])[0]
+        if not first.is_file():
+            raise CorruptArtefactError(f"{first}: shard is missing")
+        try:
+            with safe_open(first, framework="pt") as handle:
+                hidden = handle.get_slice(f"layer.{record.layers[0]}").get_shape()[1]
+        except (OSError, SafetensorError, KeyError) as error:
+            raise CorruptArtefactError(f"{first}: unreadable shard header ({error})") from None
+        return record.n * int(hidden) * 4
 
     def verify(self, record: ActivationRecord, *, checksums: bool = True) -> bool:
         """Whether every shard of the record is present and (with `checksums`) matches its checksum.
