@@ -21,6 +21,7 @@ from torch.utils.hooks import RemovableHandle
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from trusttrace.data.dataset import first_non_string
 from trusttrace.errors import TrustTraceError
 from trusttrace.models import block_hidden, check_layers, context_length, decoder_layers, model_hidden_size
 
@@ -240,7 +241,7 @@ def check_statements(statements: Sequence[str]) -> list[str]:
     if isinstance(statements, str):
         raise TrustTraceError("statements must be a list of strings, not one string")
     statements = list(statements)
-    bad = next((i for i, statement in enumerate(statements) if not isinstance(statement, str)), None)
+    bad = first_non_string(statements)
     if bad is not None:
         raise TrustTraceError(f"statement {bad} is {statements[bad]!r}, not a string")
     return statements

@@ -513,8 +513,6 @@ def _checked_deltas(
     return deltas
 
 
-
-
 def _warn_if_foreign(model: nn.Module, provenance: Mapping[str, Any]) -> None:
     """Warn when vectors come from another architecture or tokenizer than the target model's."""
     target = describe_source(model)

@@ -57,6 +57,11 @@ class DatasetCard:
         return "\n".join(lines)
 
 
+def first_non_string(statements: Sequence[object]) -> int | None:
+    """The position of the first statement that is not a string (None, a number...), or None."""
+    return next((i for i, statement in enumerate(statements) if not isinstance(statement, str)), None)
+
+
 @dataclass
 class TrustDataset:
     """Labelled statements for one trust dimension; labels are int64 0/1, groups one id per row or None."""
@@ -71,7 +76,7 @@ class TrustDataset:
     def __post_init__(self) -> None:
         self.statements = list(self.statements)
         n = len(self.statements)
-        odd = next((i for i, statement in enumerate(self.statements) if not isinstance(statement, str)), None)
+        odd = first_non_string(self.statements)
         if odd is not None:
             raise DatasetError(f"{self.name}: statement {odd} is {self.statements[odd]!r}, not a string")
         try:  # checked before any cast, which would read 0.7 as 0
