@@ -10,10 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from safetensors import safe_open
 
 from trusttrace.data import DatasetCard, TrustDataset
 from trusttrace.errors import CorruptArtefactError, StoreError
-from trusttrace.extract import ActivationBatch, iter_activations
+from trusttrace.extract import ActivationBatch, extract_activations, iter_activations
 from trusttrace.models import load_model
 from trusttrace.store import WORKSPACE_FILE, ActivationStore, append_table, read_table
 from trusttrace.extract_stage import extract_to_store
@@ -82,6 +83,38 @@ def test_existing_set_is_reused_and_corrupt_set_recomputed(tmp_path, saved_model
     assert not store.verify(first)
     redone = extract_to_store(model, tokenizer, dataset, store)
     torch.testing.assert_close(store.load(redone), good)
+
+
+def test_a_bfloat16_model_s_states_are_stored_as_computed_and_read_back_as_float32(tmp_path, saved_model, statements):
+    model, tokenizer = load_model(saved_model("llama"), dtype="bfloat16", device="cpu")
+    batch = next(iter_activations(model, tokenizer, statements, batch_size=len(statements)))
+    assert batch.states.dtype == torch.bfloat16  # nothing rounded on the way, half the bytes to move
+    store = ActivationStore(tmp_path)
+    record = extract_to_store(model, tokenizer, toy_dataset(statements), store)
+    with safe_open(next(record.path.glob("shard-*")), framework="pt") as shard:
+        assert shard.get_tensor(f"layer.{record.layers[0]}").dtype == torch.bfloat16
+    loaded = store.load(record)
+    assert loaded.dtype == torch.float32
+    torch.testing.assert_close(loaded, extract_activations(model, tokenizer, statements), rtol=0, atol=0)
+
+
+def test_a_load_reads_only_the_layers_asked_for_and_checksums_cover_every_shard(tmp_path, statements):
+    store = ActivationStore(tmp_path)
+    dataset = toy_dataset(statements)
+    acts = torch.randn(3, len(statements), 4)
+    record = store.save(acts, dataset, provenance(len(statements)) | {"dataset_hash": dataset.content_hash})
+    shard = next(record.path.glob("shard-*"))
+    data = bytearray(shard.read_bytes())
+    where = data.find(acts[2, 0].numpy().tobytes())  # inside layer 2's tensor
+    data[where] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    torch.testing.assert_close(store.load(record, layers=[0, 1], checksums=False), acts[[0, 1]])  # layer 2 never read
+    assert not torch.equal(store.load(record, layers=[2], checksums=False), acts[[2]])
+    with pytest.raises(CorruptArtefactError, match="checksum mismatch"):
+        store.load(record, layers=[0])
+    with pytest.raises(CorruptArtefactError, match="shard-00000.safetensors: checksum mismatch"):
+        store.check(record)
+    store.check(record, checksums=False)  # present, which is all that is asked
 
 
 def test_shards_stay_within_their_budget_and_a_sidecar_that_loses_one_is_corrupt(tmp_path, statements):

@@ -5,7 +5,8 @@ Layout of a workspace folder:
     trusttrace-workspace.json           format version (an incompatible workspace is refused)
     .lock                               held by the one process writing (see `ActivationStore.locked`)
     activations/<key>/meta.json         provenance, shard checksums, layers, row count
-    activations/<key>/shard-00000.safetensors   tensors "rows" and "layer.<i>" ([rows, hidden])
+    activations/<key>/shard-00000.safetensors   tensors "rows" and "layer.<i>" ([rows, hidden],
+                                        in the dtype the model ran in)
     datasets/<content hash>.parquet     the statements, labels and groups of each dataset used
     datasets/<content hash>.json        its card
     manifest.sqlite                     the sweep's units of work and checkpoints (trusttrace.manifest)
@@ -40,7 +41,6 @@ import numpy as np
 import pandas as pd
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from trusttrace.data import DatasetCard, TrustDataset
@@ -437,64 +437,87 @@ class ActivationStore:
         else:
             os.rename(staging, final)
 
-    def load(self, record: ActivationRecord, layers: Iterable[int] | None = None) -> torch.Tensor:
-        """The activations `[n_layers, n, hidden]` in dataset row order, checksums verified.
+    def load(self, record: ActivationRecord, layers: Iterable[int] | None = None, *, checksums: bool = True) -> torch.Tensor:
+        """The activations `[n_layers, n, hidden]` as float32, in dataset row order.
 
-        `layers` picks stored layer indices (default: all, in the stored order). A missing or
-        damaged shard raises CorruptArtefactError; it is never partly used.
+        `layers` picks stored layer indices (default: all, in the stored order). Only those
+        tensors are read from each shard, so a chunk of layers costs its own size in memory.
+        With `checksums` every shard is hashed first (one streamed read of the set); a caller
+        that reads one set in several chunks checks it once with `check` and passes False. A
+        missing or damaged shard raises CorruptArtefactError; it is never partly used.
         """
         stored = record.layers
         wanted = stored if layers is None else list(layers)
         missing = [layer for layer in wanted if layer not in stored]
         if missing:
             raise StoreError(f"activation set {record.key}: layers {missing} are not stored (stored: {stored})")
-        meta = self._meta(record)
+        files = sorted(self._meta(record)["files"])
+        if not files:
+            raise CorruptArtefactError(f"{record.path}: no shards listed in meta.json")
+        self.check(record, checksums=checksums)
         result: torch.Tensor | None = None
         filled = torch.zeros(record.n, dtype=torch.int64)
-        for name, digest in sorted(meta["files"].items()):
-            tensors = self._read_shard(record.path / name, digest)
-            if result is None:
-                hidden = tensors[f"layer.{wanted[0]}"].shape[1]
-                result = torch.empty((len(wanted), record.n, hidden), dtype=torch.float32)
-            rows = tensors["rows"]
-            if len(rows) and (rows.min() < 0 or rows.max() >= record.n):
-                raise CorruptArtefactError(f"{record.path / name}: rows outside the set's {record.n}")
-            filled.index_add_(0, rows, torch.ones_like(rows))
-            for j, layer in enumerate(wanted):
-                result[j, rows] = tensors[f"layer.{layer}"].float()
-        if result is None:
-            raise CorruptArtefactError(f"{record.path}: no shards listed in meta.json")
+        for name in files:
+            with self._open_shard(record.path / name) as shard:
+                rows = shard.get_tensor("rows")
+                if len(rows) and (rows.min() < 0 or rows.max() >= record.n):
+                    raise CorruptArtefactError(f"{record.path / name}: rows outside the set's {record.n}")
+                filled.index_add_(0, rows, torch.ones_like(rows))
+                for j, layer in enumerate(wanted):
+                    states = shard.get_tensor(f"layer.{layer}")
+                    if result is None:
+                        result = torch.empty((len(wanted), record.n, states.shape[1]), dtype=torch.float32)
+                    result[j, rows] = states.float()
         if not (filled == 1).all():  # a shard left out of meta.json, or one listed twice: never uninitialised rows
             row = int(torch.nonzero(filled != 1)[0])
             raise CorruptArtefactError(f"{record.path}: row {row} is stored {int(filled[row])} times in the shards meta.json lists")
         return result
 
+    @staticmethod
+    @contextmanager
+    def _open_shard(path: Path) -> Iterator[Any]:
+        """A shard opened for reading single tensors (memory-mapped); a missing file, bad header
+        or absent tensor is a CorruptArtefactError naming the file."""
+        if not path.is_file():
+            raise CorruptArtefactError(f"{path}: shard is missing")
+        try:
+            with safe_open(path, framework="pt") as handle:
+                yield handle
+        except (OSError, SafetensorError, KeyError) as error:
+            raise CorruptArtefactError(f"{path}: unreadable shard ({error})") from None
+
     def layer_bytes(self, record: ActivationRecord) -> int:
         """Bytes one layer of the set takes in memory as float32 (n x hidden x 4), read from a
         shard's header, so that a caller can load the layers in chunks that fit a budget."""
-        meta = self._meta(record)
-        first = record.path / sorted(meta["files"])[0]
-        if not first.is_file():
-            raise CorruptArtefactError(f"{first}: shard is missing")
-        try:
-            with safe_open(first, framework="pt") as handle:
-                hidden = handle.get_slice(f"layer.{record.layers[0]}").get_shape()[1]
-        except (OSError, SafetensorError, KeyError) as error:
-            raise CorruptArtefactError(f"{first}: unreadable shard header ({error})") from None
+        first = record.path / sorted(self._meta(record)["files"])[0]
+        with self._open_shard(first) as shard:
+            hidden = shard.get_slice(f"layer.{record.layers[0]}").get_shape()[1]
         return record.n * int(hidden) * 4
 
-    def verify(self, record: ActivationRecord, *, checksums: bool = True) -> bool:
-        """Whether every shard of the record is present and (with `checksums`) matches its checksum.
+    def check(self, record: ActivationRecord, *, checksums: bool = True) -> None:
+        """Raise CorruptArtefactError naming the first shard of the record that is missing or
+        (with `checksums`) does not match its checksum.
 
-        Shards are hashed in chunks, not parsed, so checking one costs a read, not twice its size
-        in memory. Without `checksums` only their presence is checked (no read).
+        Shards are hashed in chunks, not parsed, so checking one costs a read, not its size in
+        memory. Without `checksums` only their presence is checked (no read).
         """
+        for name, digest in self._meta(record)["files"].items():
+            path = record.path / name
+            if not path.is_file():
+                raise CorruptArtefactError(f"{path}: shard is missing")
+            if checksums:
+                try:
+                    actual = file_sha256(path)
+                except OSError as error:
+                    raise CorruptArtefactError(f"{path}: unreadable shard ({error})") from None
+                if actual != digest:
+                    raise CorruptArtefactError(f"{path}: checksum mismatch, the file is damaged")
+
+    def verify(self, record: ActivationRecord, *, checksums: bool = True) -> bool:
+        """Whether every shard of the record is present and (with `checksums`) intact; see `check`."""
         try:
-            for name, digest in self._meta(record)["files"].items():
-                path = record.path / name
-                if not path.is_file() or (checksums and file_sha256(path) != digest):
-                    return False
-        except (CorruptArtefactError, OSError):
+            self.check(record, checksums=checksums)
+        except CorruptArtefactError:
             return False
         return True
 
@@ -503,16 +526,6 @@ class ActivationStore:
             return json.loads((record.path / "meta.json").read_text())
         except (OSError, ValueError) as error:
             raise CorruptArtefactError(f"{record.path / 'meta.json'}: unreadable sidecar ({error})") from None
-
-    @staticmethod
-    def _read_shard(path: Path, digest: str) -> dict[str, torch.Tensor]:
-        try:
-            data = path.read_bytes()
-        except OSError:
-            raise CorruptArtefactError(f"{path}: shard is missing") from None
-        if sha256_bytes(data) != digest:
-            raise CorruptArtefactError(f"{path}: checksum mismatch, the file is damaged")
-        return load_safetensors(data)
 
     def remove(self, record: ActivationRecord) -> None:
         """Delete an activation set (e.g. a corrupt one before recomputing it)."""
