@@ -268,10 +268,35 @@ def test_probes_fitted_a_chunk_of_layers_at_a_time_equal_one_fit_of_all(workspac
     original = probes.bag_of_words_scores
     monkeypatch.setattr(probes, "bag_of_words_scores", lambda *args: fits.append(1) or original(*args))
     (workspace.root / BASELINES_TABLE).unlink()
-    monkeypatch.setattr(analysis, "PROBE_CHUNK_BYTES", 2 * workspace.layer_bytes(record))  # two layers a chunk
+    monkeypatch.setattr(analysis, "LAYER_CHUNK_BYTES", 2 * workspace.layer_bytes(record))  # two layers a chunk
     assert analysis.layer_chunks(record.layers, workspace.layer_bytes(record)) == [LAYERS[i : i + 2] for i in range(0, len(LAYERS), 2)]
     chunked = probe_record(workspace, record, folds=3).sort_values("layer").reset_index(drop=True)
     assert len(fits) == 3  # the baselines once (per fold), not once per chunk
     assert chunked["layer"].tolist() == whole["layer"].tolist()
     np.testing.assert_allclose(chunked["accuracy"], whole["accuracy"], atol=1e-12)
     np.testing.assert_allclose(chunked["auroc"], whole["auroc"], atol=1e-6)
+
+
+def test_probes_hash_each_shard_once_however_many_chunks_they_read(workspace, monkeypatch):
+    import trusttrace.analysis as analysis
+    import trusttrace.store as store_module
+
+    record = workspace.records()[0]
+    hashed = []
+    original = store_module.file_sha256
+    monkeypatch.setattr(store_module, "file_sha256", lambda path: hashed.append(path.name) or original(path))
+    monkeypatch.setattr(analysis, "LAYER_CHUNK_BYTES", workspace.layer_bytes(record))  # one layer a chunk
+    probe_record(workspace, record, folds=2)
+    assert sorted(hashed) == sorted(p.name for p in record.path.glob("shard-*"))
+
+
+@pytest.mark.parametrize("estimator", ["nhsic", "gaussian", "ksg"])
+def test_mi_read_a_chunk_of_layers_at_a_time_equals_one_read_of_all(workspace, monkeypatch, estimator):
+    import trusttrace.analysis as analysis
+
+    record = workspace.records()[0]
+    whole = mi_record(workspace, record, estimator=estimator, x_layer=4, folds=3)
+    monkeypatch.setattr(analysis, "LAYER_CHUNK_BYTES", workspace.layer_bytes(record))  # X (layer 4) in the last chunk only
+    chunked = mi_record(workspace, record, estimator=estimator, x_layer=4, folds=3)
+    assert chunked["layer"].tolist() == LAYERS
+    np.testing.assert_allclose(chunked[["i_xt", "i_ty"]].to_numpy(), whole[["i_xt", "i_ty"]].to_numpy(), rtol=1e-12)

@@ -306,3 +306,13 @@ def test_a_flat_or_rising_noisy_series_rarely_counts_as_a_rise_then_fall():
 def test_caveat_is_stated():
     assert "estimator" in ESTIMATOR_CAVEAT and "compression" in ESTIMATOR_CAVEAT
     assert "ESTIMATOR_CAVEAT" in info.__doc__
+
+
+@pytest.mark.parametrize("estimator, copies", [("nhsic", 1), ("gaussian", 1), ("ksg", 5)])
+def test_a_layer_s_estimate_does_not_depend_on_the_layers_estimated_with_it(estimator, copies):
+    acts, labels = plane_data(n=50)
+    rows = np.arange(50) // copies  # ksg on rows in fives: which tie its jitter breaks first matters
+    acts, labels = acts[:, rows], labels[rows]
+    full = information_plane(acts, labels, estimator=estimator, layers=[0, 1, 2, 3], x_layer=1)
+    part = information_plane(acts[[1, 3]], labels, estimator=estimator, layers=[1, 3], x_layer=1)
+    np.testing.assert_allclose(part[["i_xt", "i_ty"]].to_numpy(), full.iloc[[1, 3]][["i_xt", "i_ty"]].to_numpy(), rtol=1e-12)

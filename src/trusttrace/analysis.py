@@ -47,9 +47,10 @@ MI_KEYS = SET_KEYS + ["layer", "estimator", "x_layer", "split", "seed", "folds",
 # What MI rows of former versions were computed with: one 80/20 split (0.2.0 and earlier), every
 # training row (mi_max_rows 0, before 0.5.0).
 MI_LEGACY_SETTINGS = {"folds": 1, "test_size": 0.2, "mi_max_rows": 0}
-# Probes are fitted on chunks of layers holding at most this many bytes of float32 states
-# (peak memory is about 4.5 times that): Amber's toxigen set, 3.4 GB, would otherwise need 15 GB.
-PROBE_CHUNK_BYTES = 2**30
+# Probes and the information plane take a set a chunk of layers at a time, each chunk holding at
+# most this many bytes of float32 states (peak memory is about 4.5 times that): Amber's toxigen
+# set, 3.4 GB, would otherwise need 15 GB.
+LAYER_CHUNK_BYTES = 2**30
 
 
 def holding_lock(function: Callable[..., T]) -> Callable[..., T]:
@@ -91,9 +92,10 @@ def probe_record(
     baseline_setting = dataset_columns | split_setting(resolve_split(split, dataset.groups), folds, test_size, seed) | {"interval": INTERVAL_RULE}
     baselines_done = _has_baselines(read_table(store.root / BASELINES_TABLE), baseline_setting)
     tables, baselines = [], None
+    store.check(record)  # once: each chunk then reads only its own layers
     for chunk in layer_chunks(record.layers, store.layer_bytes(record)):  # each layer's probe is its own
         results = fit_probes(
-            store.load(record, layers=chunk), dataset.labels, split=split, groups=dataset.groups, folds=folds,
+            store.load(record, layers=chunk, checksums=False), dataset.labels, split=split, groups=dataset.groups, folds=folds,
             test_size=test_size, seed=seed, method=method, C=C, backend=backend, device=_device(device),
             statements=None if baselines_done or baselines is not None else dataset.statements, layers=chunk,
         )
@@ -108,9 +110,9 @@ def probe_record(
 
 
 def layer_chunks(layers: list[int], layer_bytes: int) -> list[list[int]]:
-    """`layers` in runs whose float32 states take at most PROBE_CHUNK_BYTES (one layer at least):
-    fitting holds about four and a half times its states, so a set is probed a chunk at a time."""
-    size = max(1, PROBE_CHUNK_BYTES // max(1, layer_bytes))
+    """`layers` in runs whose float32 states take at most LAYER_CHUNK_BYTES (one layer at least):
+    fitting or standardising holds several times its states, so a set is read a chunk at a time."""
+    size = max(1, LAYER_CHUNK_BYTES // max(1, layer_bytes))
     return [layers[start : start + size] for start in range(0, len(layers), size)]
 
 
@@ -134,7 +136,8 @@ def mi_record(
     I(X;T) and I(T;Y) are computed on the training rows of the first fold of the probes'
     split with these `folds`, `test_size` and `seed` (`paper`: the first 80 % of rows, as the
     reference did), or on a seeded subsample of at most `max_rows` of them, recorded in the
-    rows' `mi_max_rows` (0 for every row; steering rows have a `max_rows` of their own). A set
+    rows' `mi_max_rows` (0 for every row; steering rows have a `max_rows` of their own). The
+    set is read a chunk of layers at a time (each with X's layer), as for the probes. A set
     that does not store `x_layer` raises LayerError.
     """
     if x_layer not in record.layers:
@@ -142,10 +145,16 @@ def mi_record(
     dataset = dataset if dataset is not None else store.load_dataset(record)
     kind = resolve_split(split, dataset.groups)
     train = make_splits(dataset.labels, split=kind, groups=dataset.groups, folds=folds, test_size=test_size, seed=seed)[0][0]
-    plane = information_plane(
-        store.load(record), dataset.labels, estimator=estimator, x_layer=x_layer, rows=train,
-        layers=record.layers, device=_device(device), max_rows=max_rows, seed=seed,
-    )
+    store.check(record)
+    planes = []
+    for chunk in layer_chunks(record.layers, store.layer_bytes(record)):  # each layer's coordinates are its own
+        read = chunk if x_layer in chunk else [*chunk, x_layer]
+        plane = information_plane(
+            store.load(record, layers=read, checksums=False), dataset.labels, estimator=estimator, x_layer=x_layer,
+            rows=train, layers=read, device=_device(device), max_rows=max_rows, seed=seed,
+        )
+        planes.append(plane[plane["layer"].isin(chunk)])
+    plane = pd.concat(planes, ignore_index=True)
     setting = split_setting(kind, folds, test_size, seed) | {"mi_max_rows": max_rows or 0}
     rows = _with_provenance(plane.assign(x_layer=x_layer, **setting), record)
     append_table(store.root / MI_TABLE, rows, MI_KEYS, MI_LEGACY_SETTINGS)

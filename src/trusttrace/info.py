@@ -490,7 +490,7 @@ def information_plane(
     if estimator in ("nhsic", "hsic"):
         i_xt, i_ty = _kernel_plane(states, targets, x_index, estimator)
     else:
-        i_xt, i_ty = _sample_plane(states, y[selected], x_index, estimator)
+        i_xt, i_ty = _sample_plane(states, y[selected], layer_ids, x_index, estimator)
     return pd.DataFrame({"layer": layer_ids, "i_xt": i_xt, "i_ty": i_ty, "estimator": estimator, "n": len(selected)})
 
 
@@ -566,21 +566,24 @@ def subsample_rows(rows: np.ndarray, labels: np.ndarray, max_rows: int | None, s
 
 
 def _sample_plane(
-    states: torch.Tensor, labels: np.ndarray, x_index: int, estimator: str
+    states: torch.Tensor, labels: np.ndarray, layer_ids: list[int], x_index: int, estimator: str
 ) -> tuple[np.ndarray, np.ndarray]:
-    """gaussian / ksg layer by layer on the CPU, with X reduced once (gaussian's I(X;X) is +inf)."""
+    """gaussian / ksg layer by layer on the CPU, with X reduced once (gaussian's I(X;X) is +inf).
+
+    ksg's tie-breaking jitter is seeded by the layer's number (and X's apart from T's), so a
+    layer's estimate does not depend on which other layers are estimated with it.
+    """
     samples = states.double().cpu().numpy()
     components = GAUSSIAN_COMPONENTS if estimator == "gaussian" else KSG_COMPONENTS
-    rng = np.random.default_rng(0)
 
-    def reduce(sample: np.ndarray) -> np.ndarray:
+    def reduce(sample: np.ndarray, layer: int, role: int) -> np.ndarray:
         scores = pca_scores(sample, components)
-        return _jitter(scores, rng) if estimator == "ksg" else scores
+        return _jitter(scores, np.random.default_rng((role, layer % 2**64))) if estimator == "ksg" else scores
 
-    x = reduce(samples[x_index])
+    x = reduce(samples[x_index], layer_ids[x_index], 1)
     i_xt, i_ty = [], []
-    for layer in samples:
-        t = reduce(layer)
+    for layer, sample in zip(layer_ids, samples):
+        t = reduce(sample, layer, 0)
         if estimator == "gaussian":
             i_xt.append(gaussian_mi_scores(x, t, discrete=False))
             i_ty.append(gaussian_mi_scores(t, labels, discrete=True))
