@@ -13,7 +13,8 @@ import torch
 import trusttrace as tt
 from conftest import CORPUS
 from trusttrace.data import DatasetCard, TrustDataset
-from trusttrace.errors import DatasetError, EvaluationError, ProbeError, SteeringError, StoreError
+from trusttrace.errors import DatasetError, EvaluationError, LayerError, ProbeError, SteeringError, StoreError
+from trusttrace.models import decoder_layers
 
 CARD = DatasetCard(name="toy", dimension="user", label_1="true", label_0="false", source="test", licence="none")
 N = 40
@@ -197,6 +198,19 @@ def test_an_evaluation_in_a_steer_context_says_it_was_steered(acts, model_factor
     assert tt.evaluate(model, tokenizer, "binary", toy()).settings["steering"] is None  # the context is over
     with pytest.raises(EvaluationError, match="steering must be a Steering"):
         tt.evaluate(model, tokenizer, "binary", toy(), steering=vectors)
+
+
+def test_a_steered_evaluation_records_the_block_steered_as_a_steer_context_does(model_factory, tokenizer):
+    model = model_factory("llama")
+    last = len(decoder_layers(model)) - 1
+    vectors = {-1: torch.ones(model.config.hidden_size)}
+    with tt.steer(model, vectors), pytest.warns(UserWarning, match="steered by a `steer` context"):
+        inside = tt.evaluate(model, tokenizer, "binary", toy())
+    given = tt.evaluate(model, tokenizer, "binary", toy(), steering=tt.Steering(vectors), side_effect_texts=None)
+    assert inside.settings["steering"]["layers"] == given.settings["steering"]["layers"] == str(last)
+    assert set(given.table["layers"]) == {str(last)}
+    with pytest.raises(LayerError, match="layer 7"):
+        tt.evaluate(model, tokenizer, "binary", toy(), steering=tt.Steering({7: vectors[-1]}), side_effect_texts=None)
 
 
 def test_evaluating_the_rows_a_vector_was_built_from_warns(acts, model_factory, tokenizer):

@@ -19,7 +19,7 @@ import warnings
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -301,6 +301,12 @@ class Steering:
             raise LayerError(f"{path}: no vector for layers {missing} (the file holds {sorted(vectors)})")
         return cls({layer: vectors[layer] for layer in chosen}, alpha, positions, provenance)
 
+    def on(self, model: nn.Module) -> Steering:
+        """This setting with its layers named as `model`'s blocks (-1 of 4 blocks is 3), so that
+        what a result records is the block steered, as a `steer` context records it."""
+        blocks = check_layers(list(_vector_map(self.vectors)), len(decoder_layers(model)))
+        return replace(self, vectors=dict(zip(blocks, self.vectors.values())))
+
     def apply(self, model: nn.Module):
         """The `steer` context for this setting on `model`."""
         return steer(model, self.vectors, self.alpha, self.positions, provenance=self.provenance)
@@ -486,15 +492,21 @@ def _past_length(kwargs: dict[str, Any]) -> int:
     return 0
 
 
+def _vector_map(vectors: object) -> Mapping[int, torch.Tensor]:
+    """`vectors` if it maps layers to vectors and is not empty, else a SteeringError."""
+    if not isinstance(vectors, Mapping):
+        raise SteeringError(f"vectors must map layer numbers to vectors, e.g. {{16: vector}}; got a {type(vectors).__name__}")
+    if not vectors:
+        raise SteeringError("no steering vectors given")
+    return vectors
+
+
 def _checked_deltas(
     model: nn.Module, blocks: nn.ModuleList, vectors: Mapping[int, torch.Tensor], alpha: float
 ) -> dict[int, torch.Tensor]:
     """alpha·vector per (normalised) layer, in each block's dtype and device, after checking
     layers (each block once), sizes and that alpha and the vectors are finite."""
-    if not isinstance(vectors, Mapping):
-        raise SteeringError(f"vectors must map layer numbers to vectors, e.g. {{16: vector}}; got a {type(vectors).__name__}")
-    if not vectors:
-        raise SteeringError("no steering vectors given")
+    _vector_map(vectors)
     if not math.isfinite(float(alpha)):
         raise SteeringError(f"alpha {alpha} is not a finite number")
     hidden_size = model_hidden_size(model)

@@ -122,6 +122,7 @@ def evaluate(
             options[name] = value
     if steering is not None and not isinstance(steering, Steering):
         raise EvaluationError(f"steering must be a Steering (vectors, alpha, positions), got a {type(steering).__name__}")
+    steering = steering.on(model) if steering is not None else None  # recorded as the blocks steered
     dataset = resolve_dataset(spec, dataset, data_dir)
     chosen = _resolve_rows(dataset, rows, limit, protocol, seed)
     context = active_steering(model)
