@@ -4,14 +4,14 @@ Writes a synthetic set (`--layers` x `--rows` x `--hidden`, stored in `--dtype`)
 `ActivationStore.save_batches` in batches of 512 rows, as extraction streams them, then reads it
 back in fresh processes so that each read's peak memory is its own:
 
-- `all`: every layer, `store.load(record)` (what steering and the demo's whole-set reads do);
-- `one`: one layer, `store.load(record, layers=[k])` (what a steering unit reads);
+- `all`: every layer, `store.load(record)` (a whole set at once, as a notebook reading a set does);
+- `one`: one layer, `store.load(record, layers=[k])` (what building steering vectors reads);
 - `probe`: `probe_record`, which fits the probes a chunk of layers at a time;
 - `mi`: `mi_record` with the gaussian estimator on at most 500 rows (the estimator is cheap,
   so the time and memory are the store's and the standardisation's).
 
-Peak memory is the process's maximum resident set size less its resident size just before the
-read (Linux). There is no reference protocol to compare with here: the reference kept every
+Peak memory is the process's peak resident size during the read (VmHWM, reset just before it)
+less its resident size before it (Linux); pages of a shard mapped while it is read count too. There is no reference protocol to compare with here: the reference kept every
 state of a dataset in one in-memory list. The point is how memory scales with the set.
 
     python bench/store.py                           # 33 x 4000 x 4096, bfloat16 (about 1.1 GB)
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -81,10 +80,17 @@ def write(root: Path, layers: int, rows: int, hidden: int, dtype: str, seed: int
     return {"key": record.key, "write_s": seconds, "disk_gb": disk / 1e9}
 
 
-def current_rss_kb() -> int:
-    """The process's resident set size now, in KiB (ru_maxrss's unit on Linux)."""
+def memory_kb(field: str) -> int:
+    """A memory figure of this process from /proc/self/status, in KiB: VmRSS (resident now) or
+    VmHWM (the peak since the last reset)."""
     status = Path("/proc/self/status").read_text()
-    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith(f"{field}:")))
+
+
+def reset_peak() -> None:
+    """Start VmHWM again from the current resident size (Linux 4.0+): importing torch and
+    transformers peaks higher than most reads, which would otherwise hide them."""
+    Path("/proc/self/clear_refs").write_text("5")
 
 
 def read(root: Path, key: str, kind: str) -> dict:
@@ -93,7 +99,8 @@ def read(root: Path, key: str, kind: str) -> dict:
 
     store = ActivationStore(root)
     record = store.get(key)
-    base = current_rss_kb()
+    reset_peak()
+    base = memory_kb("VmRSS")
     start = time.perf_counter()
     if kind == "all":
         store.load(record)
@@ -104,8 +111,7 @@ def read(root: Path, key: str, kind: str) -> dict:
     else:
         mi_record(store, record, estimator="gaussian", folds=1, max_rows=500, device="cpu")
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base
-    return {"seconds": seconds, "peak_gb": peak * 1024 / 1e9}
+    return {"seconds": seconds, "peak_gb": (memory_kb("VmHWM") - base) * 1024 / 1e9}
 
 
 def main() -> None:

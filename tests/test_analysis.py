@@ -105,6 +105,19 @@ def test_new_sets_are_added_and_corrupt_sets_skipped(workspace):
     assert fresh.key in set(table["activation_key"])
 
 
+def test_a_set_whose_sidecar_lists_no_shards_is_named_not_a_crash(workspace):
+    import json
+
+    empty = add_set(workspace, 500)
+    meta = json.loads((empty.path / "meta.json").read_text())
+    (empty.path / "meta.json").write_text(json.dumps(meta | {"files": {}}))
+    assert not workspace.verify(empty)
+    for run in (run_probes, run_mi):
+        table, problems = run(workspace, folds=2, progress=False)
+        assert len(problems) == 1 and "no shards listed" in problems[0] and empty.key in problems[0]
+        assert empty.key not in set(table["activation_key"])
+
+
 def test_a_set_too_small_to_split_is_skipped_and_named_and_the_others_are_probed(workspace):
     small = TrustDataset(name="tiny", statements=[f"s{i}" for i in range(6)], labels=np.arange(6) % 2, groups=None,
                          card=CARD, source="test")
@@ -283,8 +296,8 @@ def test_probes_hash_each_shard_once_however_many_chunks_they_read(workspace, mo
 
     record = workspace.records()[0]
     hashed = []
-    original = store_module.file_sha256
-    monkeypatch.setattr(store_module, "file_sha256", lambda path: hashed.append(path.name) or original(path))
+    original = store_module.sha256_file
+    monkeypatch.setattr(store_module, "sha256_file", lambda path: hashed.append(path.name) or original(path))
     monkeypatch.setattr(analysis, "LAYER_CHUNK_BYTES", workspace.layer_bytes(record))  # one layer a chunk
     probe_record(workspace, record, folds=2)
     assert sorted(hashed) == sorted(p.name for p in record.path.glob("shard-*"))

@@ -117,6 +117,24 @@ def test_a_load_reads_only_the_layers_asked_for_and_checksums_cover_every_shard(
     store.check(record, checksums=False)  # present, which is all that is asked
 
 
+def test_a_shard_linked_from_a_blobs_folder_is_still_hashed(tmp_path, statements):
+    store = ActivationStore(tmp_path / "ws")
+    dataset = toy_dataset(statements)
+    record = store.save(torch.randn(3, len(statements), 4), dataset, provenance(len(statements)))
+    shard = next(record.path.glob("shard-*"))
+    blob = tmp_path / "blobs" / ("0" * 64)  # laid out as a Hugging Face cache, whose blob names are their hashes
+    blob.parent.mkdir()
+    data = bytearray(shard.read_bytes())
+    data[-3] ^= 0xFF
+    blob.write_bytes(bytes(data))
+    shard.unlink()
+    shard.symlink_to(blob)
+    with pytest.raises(CorruptArtefactError, match="checksum mismatch"):
+        store.load(record)
+    with pytest.raises(StoreError, match="no layers asked for"):
+        store.load(record, layers=[])
+
+
 def test_shards_stay_within_their_budget_and_a_sidecar_that_loses_one_is_corrupt(tmp_path, statements):
     store = ActivationStore(tmp_path)
     dataset = toy_dataset(statements)

@@ -340,8 +340,13 @@ def file_sha256(path: Path) -> str:
     resolved = path.resolve()
     if resolved.parent.name == "blobs" and len(resolved.name) == 64:
         return resolved.name
+    return sha256_file(resolved)
+
+
+def sha256_file(path: Path) -> str:
+    """The sha256 of a file's bytes, read in chunks: hashing costs a read, not the file's size in memory."""
     digest = hashlib.sha256()
-    with open(resolved, "rb") as handle:
+    with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 24), b""):
             digest.update(chunk)
     return digest.hexdigest()

@@ -17,8 +17,8 @@ Layout of a workspace folder:
 The key of an activation set is a hash of its provenance identity (model, commit, weights,
 dataset hash, position, layers, dtype, ...), so "is it done?" is one `stat`. Every write goes
 to a temporary file or folder first and is renamed into place, so a crash leaves either the
-whole artefact or nothing; every load verifies checksums, so a damaged file is reported and
-never used.
+whole artefact or nothing; a load verifies checksums (once per set where a caller reads it in
+chunks, or a sweep has just verified it), so a damaged file is reported and never used.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from safetensors.torch import save as save_safetensors
 from trusttrace.data import DatasetCard, TrustDataset
 from trusttrace.errors import CorruptArtefactError, StoreError
 from trusttrace.extract import ActivationBatch
-from trusttrace.models import file_sha256
+from trusttrace.models import sha256_file
 from trusttrace.provenance import identity, trusttrace_version
 
 try:
@@ -442,32 +442,32 @@ class ActivationStore:
 
         `layers` picks stored layer indices (default: all, in the stored order). Only those
         tensors are read from each shard, so a chunk of layers costs its own size in memory.
-        With `checksums` every shard is hashed first (one streamed read of the set); a caller
-        that reads one set in several chunks checks it once with `check` and passes False. A
-        missing or damaged shard raises CorruptArtefactError; it is never partly used.
+        With `checksums` every shard is hashed first (one streamed read of the set), so a
+        damaged shard raises CorruptArtefactError and is never partly used; a caller that has
+        just checked the set (see `check`), to read it in several chunks, passes False. A
+        missing shard is an error either way.
         """
         stored = record.layers
         wanted = stored if layers is None else list(layers)
+        if not wanted:
+            raise StoreError(f"activation set {record.key}: no layers asked for (stored: {stored})")
         missing = [layer for layer in wanted if layer not in stored]
         if missing:
             raise StoreError(f"activation set {record.key}: layers {missing} are not stored (stored: {stored})")
-        files = sorted(self._meta(record)["files"])
-        if not files:
-            raise CorruptArtefactError(f"{record.path}: no shards listed in meta.json")
         self.check(record, checksums=checksums)
         result: torch.Tensor | None = None
         filled = torch.zeros(record.n, dtype=torch.int64)
-        for name in files:
+        for name in sorted(self._meta(record)["files"]):
             with self._open_shard(record.path / name) as shard:
-                rows = shard.get_tensor("rows")
+                rows = shard.get_tensor("rows").clone()  # a copy: no view of the mapped file outlives the block
                 if len(rows) and (rows.min() < 0 or rows.max() >= record.n):
                     raise CorruptArtefactError(f"{record.path / name}: rows outside the set's {record.n}")
                 filled.index_add_(0, rows, torch.ones_like(rows))
                 for j, layer in enumerate(wanted):
-                    states = shard.get_tensor(f"layer.{layer}")
                     if result is None:
-                        result = torch.empty((len(wanted), record.n, states.shape[1]), dtype=torch.float32)
-                    result[j, rows] = states.float()
+                        hidden = shard.get_slice(f"layer.{layer}").get_shape()[1]
+                        result = torch.empty((len(wanted), record.n, hidden), dtype=torch.float32)
+                    result[j, rows] = shard.get_tensor(f"layer.{layer}").float()
         if not (filled == 1).all():  # a shard left out of meta.json, or one listed twice: never uninitialised rows
             row = int(torch.nonzero(filled != 1)[0])
             raise CorruptArtefactError(f"{record.path}: row {row} is stored {int(filled[row])} times in the shards meta.json lists")
@@ -489,29 +489,32 @@ class ActivationStore:
     def layer_bytes(self, record: ActivationRecord) -> int:
         """Bytes one layer of the set takes in memory as float32 (n x hidden x 4), read from a
         shard's header, so that a caller can load the layers in chunks that fit a budget."""
-        first = record.path / sorted(self._meta(record)["files"])[0]
-        with self._open_shard(first) as shard:
+        files = sorted(self._meta(record)["files"])
+        if not files:
+            raise CorruptArtefactError(f"{record.path}: no shards listed in meta.json")
+        with self._open_shard(record.path / files[0]) as shard:
             hidden = shard.get_slice(f"layer.{record.layers[0]}").get_shape()[1]
         return record.n * int(hidden) * 4
 
     def check(self, record: ActivationRecord, *, checksums: bool = True) -> None:
-        """Raise CorruptArtefactError naming the first shard of the record that is missing or
-        (with `checksums`) does not match its checksum.
+        """Raise CorruptArtefactError naming the first shard of the record that is missing,
+        unreadable or (with `checksums`) does not match its checksum, or when none is listed.
 
         Shards are hashed in chunks, not parsed, so checking one costs a read, not its size in
         memory. Without `checksums` only their presence is checked (no read).
         """
-        for name, digest in self._meta(record)["files"].items():
+        files = self._meta(record)["files"]
+        if not files:
+            raise CorruptArtefactError(f"{record.path}: no shards listed in meta.json")
+        for name, digest in files.items():
             path = record.path / name
-            if not path.is_file():
-                raise CorruptArtefactError(f"{path}: shard is missing")
-            if checksums:
-                try:
-                    actual = file_sha256(path)
-                except OSError as error:
-                    raise CorruptArtefactError(f"{path}: unreadable shard ({error})") from None
-                if actual != digest:
+            try:
+                if not path.is_file():
+                    raise CorruptArtefactError(f"{path}: shard is missing")
+                if checksums and sha256_file(path) != digest:
                     raise CorruptArtefactError(f"{path}: checksum mismatch, the file is damaged")
+            except OSError as error:
+                raise CorruptArtefactError(f"{path}: unreadable shard ({error})") from None
 
     def verify(self, record: ActivationRecord, *, checksums: bool = True) -> bool:
         """Whether every shard of the record is present and (with `checksums`) intact; see `check`."""
