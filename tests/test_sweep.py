@@ -168,7 +168,7 @@ def test_a_rerun_reads_back_only_the_sets_a_unit_left_to_run_needs(setup, monkey
     damaged = shards[0]
     damaged.write_bytes(damaged.read_bytes()[:-8] + b"damaged!")
     hashed = []
-    monkeypatch.setattr(store_module, "file_sha256", lambda path: hashed.append(path) or "")
+    monkeypatch.setattr(store_module, "sha256_file", lambda path: hashed.append(path) or "")
     assert run_sweep(config, progress=False).ran == 0 and hashed == []  # every unit done: no set is read
     monkeypatch.undo()
 
@@ -178,6 +178,13 @@ def test_a_rerun_reads_back_only_the_sets_a_unit_left_to_run_needs(setup, monkey
     assert [line for line in summary.repaired if "fails its checksum" in line and damaged.parent.name in line]
     next(config.workspace.glob("activations/*/shard-*.safetensors")).unlink()
     assert run_sweep(other, progress=False).ran == 1  # a missing shard is seen without reading any
+
+    hashed = []
+    original = store_module.sha256_file
+    monkeypatch.setattr(store_module, "sha256_file", lambda path: hashed.append(path) or original(path))
+    third = load_config(write_config(root, suite, dataset, mi={"estimator": "hsic"}))
+    assert run_sweep(third, progress=False).ran == 3  # MI on each set: each shard hashed once, not again by the unit
+    assert sorted(hashed) == sorted(config.workspace.glob("activations/*/shard-*.safetensors"))
 
 
 def test_a_damaged_or_deleted_table_is_rebuilt_and_named(setup):

@@ -78,6 +78,7 @@ def probe_record(
     backend: str = "auto",
     device: str | None = None,
     dataset: TrustDataset | None = None,
+    checksums: bool = True,
 ) -> pd.DataFrame:
     """Fit probes on one activation set and write its rows (replacing older ones of the same
     setting) to probes.parquet, and its baselines to probe_baselines.parquet; returns the rows.
@@ -85,14 +86,16 @@ def probe_record(
     `grouped` falls back to random where the dataset has no groups. A missing or corrupt set
     raises CorruptArtefactError (a StoreError). `device` defaults to CUDA when available.
     Baselines depend on the dataset and split only, so they are fitted once per dataset and
-    setting (at its first checkpoint) and kept.
+    setting (at its first checkpoint) and kept. The set's shards are hashed once before the
+    first chunk is read; `checksums=False` skips that for a caller that has just verified or
+    written the set (a sweep), since hashing Amber's sets takes seconds per checkpoint.
     """
     dataset = dataset if dataset is not None else store.load_dataset(record)
     dataset_columns = {key: record.provenance.get(key) for key in ("dataset", "dataset_hash")}
     baseline_setting = dataset_columns | split_setting(resolve_split(split, dataset.groups), folds, test_size, seed) | {"interval": INTERVAL_RULE}
     baselines_done = _has_baselines(read_table(store.root / BASELINES_TABLE), baseline_setting)
     tables, baselines = [], None
-    store.check(record)  # once: each chunk then reads only its own layers
+    store.check(record, checksums=checksums)  # once: each chunk then reads only its own layers
     for chunk in layer_chunks(record.layers, store.layer_bytes(record)):  # each layer's probe is its own
         results = fit_probes(
             store.load(record, layers=chunk, checksums=False), dataset.labels, split=split, groups=dataset.groups, folds=folds,
@@ -110,8 +113,9 @@ def probe_record(
 
 
 def layer_chunks(layers: list[int], layer_bytes: int) -> list[list[int]]:
-    """`layers` in runs whose float32 states take at most LAYER_CHUNK_BYTES (one layer at least):
-    fitting or standardising holds several times its states, so a set is read a chunk at a time."""
+    """`layers` in runs whose float32 states take at most LAYER_CHUNK_BYTES (one layer at least;
+    the information plane reads X's layer with each): fitting or standardising holds several
+    times its states, so a set is read a chunk at a time."""
     size = max(1, LAYER_CHUNK_BYTES // max(1, layer_bytes))
     return [layers[start : start + size] for start in range(0, len(layers), size)]
 
@@ -130,6 +134,7 @@ def mi_record(
     max_rows: int | None = None,
     device: str | None = None,
     dataset: TrustDataset | None = None,
+    checksums: bool = True,
 ) -> pd.DataFrame:
     """The information plane of one activation set, written to mi.parquet; returns its rows.
 
@@ -137,15 +142,15 @@ def mi_record(
     split with these `folds`, `test_size` and `seed` (`paper`: the first 80 % of rows, as the
     reference did), or on a seeded subsample of at most `max_rows` of them, recorded in the
     rows' `mi_max_rows` (0 for every row; steering rows have a `max_rows` of their own). The
-    set is read a chunk of layers at a time (each with X's layer), as for the probes. A set
-    that does not store `x_layer` raises LayerError.
+    set is read a chunk of layers at a time (each with X's layer), and `checksums` is as for
+    `probe_record`. A set that does not store `x_layer` raises LayerError.
     """
     if x_layer not in record.layers:
         raise LayerError(f"x_layer {x_layer} is not stored (stored layers: {record.layers})")
     dataset = dataset if dataset is not None else store.load_dataset(record)
     kind = resolve_split(split, dataset.groups)
     train = make_splits(dataset.labels, split=kind, groups=dataset.groups, folds=folds, test_size=test_size, seed=seed)[0][0]
-    store.check(record)
+    store.check(record, checksums=checksums)
     planes = []
     for chunk in layer_chunks(record.layers, store.layer_bytes(record)):  # each layer's coordinates are its own
         read = chunk if x_layer in chunk else [*chunk, x_layer]

@@ -184,14 +184,14 @@ def steer_dataset(
     """
     config, options = sweep.config, sweep.config.steering
     source = sweep.suite.get(options.source)
-    record = sweep.extract_record(source, dataset)
+    record = sweep.extract_record(source, dataset)  # verified in this run: read below without hashing again
     if record is None:
         raise StoreError(f"no verified activations of {dataset.name} at checkpoint {source.name}: run the extract stage on it")
     missing = [layer for layer in options.layers if layer not in record.layers]
     if missing:
         raise ConfigError(f"steering.layers {missing} are not among the extracted layers {record.layers}")
     vectors, provenance = build_vectors(
-        sweep.store.load(record, layers=options.layers), dataset, options.layers, acts_layers=options.layers,
+        sweep.store.load(record, layers=options.layers, checksums=False), dataset, options.layers, acts_layers=options.layers,
         protocol=config.protocol, scaling=options.scaling, seed=config.seed, source=record.provenance,
     )
     model, tokenizer = model_and_tokenizer

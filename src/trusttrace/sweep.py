@@ -265,6 +265,7 @@ class Sweep:
         probe_record(
             self.store, record, split=self.config.probe_split(), method=options.method, folds=options.folds,
             test_size=options.test_size, seed=self.config.probe_seed(), C=options.C, device=self.config.device,
+            checksums=False,  # verified by extract_record in this run
         )
         return PROBES_TABLE, None
 
@@ -273,6 +274,7 @@ class Sweep:
             self.store, record, estimator=self.config.mi.estimator, x_layer=self.config.mi.x_layer,
             split=self.config.probe_split(), folds=self.config.probes.folds, test_size=self.config.probes.test_size,
             seed=self.config.probe_seed(), max_rows=self.config.mi.max_rows, device=self.config.device,
+            checksums=False,  # verified by extract_record in this run
         )
         return MI_TABLE, None
 
