@@ -329,6 +329,7 @@ def test_every_copy_points_to_the_first_checkpoint_with_its_weights_and_unknown_
         ({"suite": "pythia-3b"}, "unknown suite 'pythia-3b'"),
         ({"datasets": ["nonsense"]}, "unknown dataset 'nonsense'"),
         ({"stages": ["extract", "steering"]}, "key 'steering'"),
+        ({"stages": ["extract"], "keep_activations": False}, "key 'keep_activations'"),
     ],
 )
 def test_config_errors_name_the_key(setup, change, message, capsys):
@@ -349,6 +350,35 @@ def test_unwritable_workspace(setup):
     config = parse_config({"workspace": str(blocker / "ws"), "suite": f"local:{suite}", "datasets": [str(dataset)]})
     with pytest.raises(ConfigError, match="key 'workspace'"):
         check_names(config)
+
+
+def test_without_keep_activations_sets_are_deleted_once_read_and_extracted_again_only_when_needed(setup):
+    root, suite, dataset = setup
+    kept = load_config(write_config(root, suite, dataset))
+    run_sweep(kept, progress=False)
+    steering = {"source": "step_10", "layers": [1], "alphas": [2.0], "max_perplexity": None}
+    config = load_config(write_config(
+        root, suite, dataset, workspace=str(root / "pruned"), keep_activations=False,
+        stages=["extract", "probes", "mi", "steering"], steering=steering,
+    ))
+    summary = run_sweep(config, progress=False)
+    assert summary.ok and summary.ran == 9 + 1
+    store = ActivationStore(config.workspace)
+    assert [record.provenance["checkpoint"] for record in store.records()] == ["step_10"]  # the steering source stays
+    pruned = tables(config.workspace)
+    for name, table in tables(kept.workspace).items():  # the same results as a run that keeps every set
+        columns = [c for c in table.columns if c not in ("activation_key", "trusttrace_version", "created")]
+        pd.testing.assert_frame_equal(pruned[name][columns], table[columns])
+    statuses = {(u.checkpoint, u.stage): u.status for u in Manifest(config.workspace / "manifest.sqlite").units()}
+    assert statuses[("step_0", "extract")] == "pruned" and statuses[("step_10", "extract")] == "done"
+    again = run_sweep(config, progress=False)
+    assert again.ran == 0 and again.repaired == []  # a deleted set no unit reads is not extracted again
+    other = load_config(write_config(
+        root, suite, dataset, workspace=str(root / "pruned"), keep_activations=False, mi={"estimator": "ksg"},
+        stages=["extract", "probes", "mi", "steering"], steering=steering,
+    ))
+    assert run_sweep(other, progress=False).ran == 2 + 3  # step_0 and step_20 extracted again, then MI on all three
+    assert [record.provenance["checkpoint"] for record in store.records()] == ["step_10"]
 
 
 def test_steering_stage_builds_vectors_and_a_grid(setup):

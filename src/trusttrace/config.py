@@ -138,6 +138,7 @@ class SweepConfig(Strict):
     evaluate: Optional[EvaluateOptions] = None
     prefetch: bool = True
     keep_weights: bool = True
+    keep_activations: bool = Field(True, description="false: delete a checkpoint's activation sets once its probe and MI units are done (never the steering source's); a later run that needs one extracts it again")
     disk_budget: Optional[StrictInt] = Field(None, ge=1, description="most checkpoints kept on disk at once")
     retries: StrictInt = Field(2, ge=0)
     trust_remote_code: bool = False
@@ -183,7 +184,7 @@ class SweepConfig(Strict):
         sets probes.seed but no seed (one written before 0.5.0) keeps its meaning: that seed for every split."""
         if "seed" not in self.model_fields_set and self.probes.seed is not None:
             self.seed = self.probes.seed
-        problem = _section_problem(self) or _dataset_name_problem(self) or layer_use_problem(self, _listed_layers(self.layers))
+        problem = _section_problem(self) or _pruning_problem(self) or _dataset_name_problem(self) or layer_use_problem(self, _listed_layers(self.layers))
         if problem:
             raise ConfigError(problem)
         return self
@@ -214,6 +215,14 @@ def _section_problem(config: SweepConfig) -> str | None:
         if stage in config.stages and not given:
             return f"key '{stage}': the {stage} stage needs a '{stage}' section"
     return None
+
+
+def _pruning_problem(config: SweepConfig) -> str | None:
+    """keep_activations: false where no probes or MI stage would read a set before it is deleted."""
+    if config.keep_activations or "probes" in config.stages or "mi" in config.stages:
+        return None
+    return (f"key 'keep_activations': false deletes each activation set once its probes and MI are done, and stages "
+            f"{config.stages} compute neither, so every set would go unused: keep them, or add probes or mi to stages")
 
 
 def _dataset_name(entry: str) -> str:

@@ -2,7 +2,9 @@
 
 A unit is (checkpoint × dataset × stage × the settings its result depends on). Each status
 change is its own transaction, so a process killed at any moment (SIGKILL included) leaves the
-manifest consistent; a unit that was "running" when killed is simply redone.
+manifest consistent; a unit that was "running" when killed is simply redone. Statuses: running,
+done, failed, stale (to redo: its inputs changed) and pruned (an extract unit whose set was
+deleted once read, to be extracted again only if a unit needs it).
 """
 
 from __future__ import annotations
@@ -126,6 +128,10 @@ class Manifest:
             "UPDATE units SET status='failed', error=?, seconds=?, finished=? WHERE unit=?",
             (error, seconds, now_utc(), unit),
         )
+
+    def prune(self, unit: str) -> None:
+        """Mark a done extract unit whose activation set was deleted on purpose (keep_activations: false)."""
+        self._write("UPDATE units SET status='pruned' WHERE unit=? AND status='done'", (unit,))
 
     def mark_stale(self, stage: str) -> int:
         """Mark every done unit of `stage` stale (its table was lost), so the sweep redoes it; returns how many."""

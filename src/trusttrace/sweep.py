@@ -119,13 +119,17 @@ class Sweep:
         self.summary.ran += 1
         return True
 
+    def extract_unit(self, checkpoint: Checkpoint, dataset: TrustDataset) -> str:
+        """The name of this checkpoint's extract unit on `dataset`, with this config's settings."""
+        return self.unit(checkpoint.name, dataset.name, "extract", self.settings("extract", dataset))
+
     def extract_record(self, checkpoint: Checkpoint, dataset: TrustDataset, *, checksums: bool = True) -> ActivationRecord | None:
         """The stored activation set of a done extract unit, if its files verify.
 
         Checksums are read once per sweep: a set verified (or written) in this run is trusted.
         Without `checksums` only the files' presence is checked, for a set no unit left to run reads.
         """
-        row = self.manifest.unit(self.unit(checkpoint.name, dataset.name, "extract", self.settings("extract", dataset)))
+        row = self.manifest.unit(self.extract_unit(checkpoint, dataset))
         if row is None or row.status != "done" or row.artefact is None:
             return None
         record = self.store.get(row.artefact)
@@ -160,8 +164,31 @@ class Sweep:
     # ----- checkpoints ---------------------------------------------------------------
 
     def _pending(self, checkpoint: Checkpoint) -> list[TrustDataset]:
-        """Datasets of this checkpoint whose activations must be (re)extracted."""
-        return [d for d in self.datasets if self.extract_record(checkpoint, d, checksums=self.needs_activations(checkpoint, d)) is None]
+        """Datasets of this checkpoint whose activations must be (re)extracted: a set deleted on
+        purpose (keep_activations: false) only when a unit left to run reads it."""
+        pending = []
+        for dataset in self.datasets:
+            needed = self.needs_activations(checkpoint, dataset)
+            row = self.manifest.unit(self.extract_unit(checkpoint, dataset))
+            if not needed and row is not None and row.status == "pruned":
+                continue
+            if self.extract_record(checkpoint, dataset, checksums=needed) is None:
+                pending.append(dataset)
+        return pending
+
+    def _prune(self, checkpoint: Checkpoint) -> None:
+        """Without keep_activations, delete this checkpoint's sets that no unit left to run reads."""
+        if self.config.keep_activations:
+            return
+        for dataset in self.datasets:
+            unit = self.extract_unit(checkpoint, dataset)
+            row = self.manifest.unit(unit)
+            if row is None or row.status != "done" or self.needs_activations(checkpoint, dataset):
+                continue
+            record = self.store.get(row.artefact) if row.artefact else None
+            if record is not None:
+                self.store.remove(record)
+            self.manifest.prune(unit)
 
     def _extract_checkpoint(self, checkpoint: Checkpoint, prefetcher: Prefetcher, later: list[Checkpoint]) -> None:
         if "extract" not in self.config.stages:
@@ -183,9 +210,8 @@ class Sweep:
                 status="failed", error=message,
             )
             for dataset in pending:
-                settings = self.settings("extract", dataset)
-                unit = self.unit(checkpoint.name, dataset.name, "extract", settings)
-                self.manifest.start(unit, checkpoint.name, dataset.name, "extract", settings)
+                unit = self.extract_unit(checkpoint, dataset)
+                self.manifest.start(unit, checkpoint.name, dataset.name, "extract", self.settings("extract", dataset))
                 self.manifest.fail(unit, f"checkpoint unavailable: {message}")
                 self.summary.failed.append((unit, message))
             return
@@ -363,6 +389,7 @@ class Sweep:
                 later = self.checkpoints[index + 1 :] if self.config.prefetch else []
                 self._extract_checkpoint(checkpoint, prefetcher, later)
                 self._analyse_checkpoint(checkpoint)
+                self._prune(checkpoint)
         finally:
             prefetcher.close()
             bar.close()
