@@ -44,6 +44,7 @@ probes: {method: logreg, folds: 5}
 mi: {estimator: nhsic, x_layer: 0}
 prefetch: true                  # fetch the next checkpoint meanwhile
 keep_weights: false             # delete a checkpoint's files when done
+keep_activations: true          # false: delete its activation sets once probed (not steering's source)
 """
 
 
