@@ -35,8 +35,9 @@ CPU_BATCH_TOKENS = 4096
 LENGTH_SPREAD = 0.2
 
 # With an automatic batch size, one batch's captured states (layers x rows x hidden, in the
-# model's dtype) stay within this many bytes: a GPU's token budget alone would put thousands of short
-# statements in a batch, gigabytes of states on the host (32 x 8000 x 4096 x 2 B for Amber in bfloat16).
+# model's dtype) stay within this many bytes: a GPU's token budget alone would put thousands of
+# short statements in a batch, gigabytes of states on the host (32 x 8000 x 4096 x 2 B for
+# Amber in bfloat16).
 STATE_BATCH_BYTES = 256 * 1024**2
 
 
