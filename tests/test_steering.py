@@ -411,6 +411,21 @@ def test_select_record_knows_a_local_checkpoint_by_its_folder_name():
     assert select_record([local, hub], "step8", "toy", None) is hub
 
 
+def test_select_record_prefers_the_set_storing_the_layers_and_else_names_each_for_set():
+    from trusttrace.cli.steering import select_record
+    from trusttrace.store import ActivationRecord
+
+    base = {"model": "org/m", "checkpoint": "step8", "dataset": "toy", "position": "last", "dtype": "float32"}
+    every = ActivationRecord("aaaa1111", Path("a"), base | {"layers": [0, 1, 2, 3]})
+    last = ActivationRecord("bbbb2222", Path("b"), base | {"layers": [3]})
+    assert select_record([every, last], "step8", "toy", None, [1]) is every
+    with pytest.raises(StoreError, match=r"2 activation sets match .*aaaa1111 \(model org/m, layers 0..3, .*bbbb2222 .*--set KEY"):
+        select_record([every, last], "step8", "toy", None, [3])
+    assert select_record([every, last], "step8", "toy", None, [3], key="bbbb") is last
+    with pytest.raises(StoreError, match="--set 'cccc' names 0"):
+        select_record([every, last], "step8", "toy", None, [3], key="cccc")
+
+
 @pytest.mark.parametrize(
     "arguments, message",
     [

@@ -25,6 +25,7 @@ def steer(
     dataset: str = typer.Option(..., "--dataset", "-d", help="Dataset name the activations were extracted for."),
     layers: str = typer.Option(..., help="Comma-separated layers, e.g. 3,4, or 'all' stored layers."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Source model id, when the workspace holds several."),
+    key: Optional[str] = typer.Option(None, "--set", help="The activation set's key (or its start), when several sets match the rest."),
     scaling: str = typer.Option("std", help="std (unit direction x std of projections; alpha in std units), unit or raw."),
     protocol: str = typer.Option("default", help="default (development half of a grouped split) or paper (reference)."),
     seed: int = typer.Option(0, min=0, help="Seed of the development split."),
@@ -57,7 +58,7 @@ def steer(
 
     parsed = parse_layers(layers, stored=True)
     store = open_workspace(workspace)
-    record = select_record(store.records(), checkpoint, dataset, model)
+    record = select_record(store.records(), checkpoint, dataset, model, None if parsed == "all" else parsed, key)
     chosen = record.layers if parsed == "all" else parsed
     missing = [layer for layer in chosen if layer not in record.layers]
     if missing:
@@ -77,9 +78,16 @@ def steer(
         typer.echo(f"lm-evaluation-harness steering file (alpha {alpha}, all positions) -> {export_lm_eval_path}")
 
 
-def select_record(records: list[ActivationRecord], checkpoint: str, dataset: str, model: str | None) -> ActivationRecord:
+def select_record(
+    records: list[ActivationRecord], checkpoint: str, dataset: str, model: str | None,
+    layers: list[int] | None = None, key: str | None = None,
+) -> ActivationRecord:
     """The one activation set of `checkpoint` and `dataset` (and `model` when given); the checkpoint
-    by its name, its revision, or the folder name of a local one (`extract -m ./runs/step_1000`)."""
+    by its name, its revision, or the folder name of a local one (`extract -m ./runs/step_1000`).
+
+    Where several match (the same checkpoint extracted with other layers, position or dtype),
+    those storing `layers` are preferred, and `key` (a set's key or its start) picks one.
+    """
     matching = [
         record for record in records
         if checkpoint in checkpoint_names(record.provenance) and record.provenance.get("dataset") == dataset
@@ -94,10 +102,25 @@ def select_record(records: list[ActivationRecord], checkpoint: str, dataset: str
         raise StoreError(
             f"no activations for checkpoint {checkpoint!r} and dataset {dataset!r}{excluded}; the workspace holds: {'; '.join(held)}"
         )
+    if key is not None:
+        found = [record for record in found if record.key.startswith(key)]
+        if len(found) != 1:
+            raise StoreError(f"--set {key!r} names {len(found)} of the activation sets of checkpoint {checkpoint!r} and dataset {dataset!r}")
+    if len(found) > 1 and layers is not None:
+        found = [record for record in found if set(layers) <= set(record.layers)] or found
     if len(found) > 1:
-        models = sorted({str(r.provenance.get("model")) for r in found})
-        raise StoreError(f"{len(found)} activation sets match checkpoint {checkpoint!r} and dataset {dataset!r} ({', '.join(models)}); pick one with --model")
+        sets = "; ".join(
+            f"{r.key} (model {r.provenance.get('model')}, layers {_layer_span(r.layers)}, position {r.provenance.get('position')}, "
+            f"dtype {r.provenance.get('dtype')})" for r in found
+        )
+        raise StoreError(f"{len(found)} activation sets match checkpoint {checkpoint!r} and dataset {dataset!r}: {sets}; pick one with --set KEY")
     return found[0]
+
+
+def _layer_span(layers: list[int]) -> str:
+    """Stored layers in short: "0..31" when consecutive, else the list."""
+    consecutive = layers == list(range(layers[0], layers[-1] + 1))
+    return f"{layers[0]}..{layers[-1]}" if consecutive and len(layers) > 2 else ",".join(map(str, layers))
 
 
 def checkpoint_names(provenance: dict) -> set[str]:
