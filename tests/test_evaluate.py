@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from trusttrace.cli.app import app
 from trusttrace.data import DatasetCard, TrustDataset
-from trusttrace.errors import EvaluationError, OfflineError, TrustTraceError
+from trusttrace.errors import EvaluationError, LayerError, OfflineError, SteeringError, TrustTraceError
 from trusttrace.evaluation import evaluate, get_task, side_effects, steering_grid
 from trusttrace.evaluation.binary import parse_answer
 from trusttrace.evaluation.scoring import choice_logprobs, generate_texts
@@ -356,6 +356,19 @@ def test_grid_picks_the_best_setting_within_the_kl_limit(models, tok, capsys):
     assert set(limited.results) == {(last, -30.0), (last, -0.5), (last, 30.0)}
 
 
+def test_a_grid_refuses_a_vector_the_model_cannot_take_before_the_baseline_runs(models, tok, monkeypatch):
+    import trusttrace.evaluation.grid as grid
+
+    model = models("gpt2")
+    ran = []
+    monkeypatch.setattr(grid, "evaluate", lambda *args, **kwargs: ran.append(1))
+    good = torch.zeros(model.config.hidden_size)
+    for vectors, error in (({len(decoder_layers(model)): good}, LayerError), ({0: torch.zeros(3)}, SteeringError)):
+        with pytest.raises(error):
+            steering_grid(model, tok, vectors, [1.0], task="binary", dataset=toy_dataset())
+    assert ran == []
+
+
 def test_rates_count_rows_of_one_group_as_fewer_examples():
     from trusttrace.evaluation.results import rate_row
 
@@ -402,6 +415,7 @@ def test_a_grid_of_settings_that_do_nothing_rarely_finds_a_best(monkeypatch):
         return EvalResult(make_table([rate_row(task, "accuracy", correct)]), records, {})
 
     monkeypatch.setattr(grid_module, "evaluate", fake_evaluate)
+    monkeypatch.setattr(grid_module, "check_settings", lambda *args: None)  # no model here
     dataset = TrustDataset("null", [f"s{i}" for i in range(500)], labels, None, toy_dataset().card, "test")
     naive = found = 0
     for _ in range(20):

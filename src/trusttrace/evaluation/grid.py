@@ -68,6 +68,14 @@ class GridResult:
         return EvalResult(table, records, {**self.baseline.settings, "steering": None, "grid": self.provenance})
 
 
+def check_settings(model: PreTrainedModel, vectors: Mapping[int, torch.Tensor], positions: str) -> None:
+    """The SteeringError or LayerError a grid setting would meet (a layer the model lacks, a vector
+    of the wrong size), raised before the unsteered baseline has spent its time."""
+    for layer, vector in vectors.items():
+        with Steering({layer: vector}, 0.0, positions).apply(model):
+            pass
+
+
 def steering_grid(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -96,6 +104,7 @@ def steering_grid(
     """
     spec = get_task(task)
     dataset = resolve_dataset(spec, dataset, data_dir)
+    check_settings(model, vectors, positions)
     bar = tqdm(total=1 + len(vectors) * len(alphas), desc=f"steering {task}", unit="setting", disable=not progress)
     with bar:
         baseline = evaluate(model, tokenizer, task, dataset, data_dir=data_dir, **options)
