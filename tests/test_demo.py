@@ -57,6 +57,8 @@ def test_report_and_steering_table_are_written(demo):
     assert demo.report.exists() and "Steering" in demo.report.read_text()
     steering = read_table(demo.workspace / "steering.parquet")
     assert set(steering["task"]) == {"claim_endorsement"} and steering["kl"].notna().all()
+    for column in ("source_model", "source_weights_sha256", "dataset_hash", "target_weights_sha256", "seed", "trusttrace_version"):
+        assert steering[column].notna().all(), column  # its provenance, as a sweep's steering rows carry
 
 
 def test_a_demo_workspace_of_an_older_format_is_set_aside_not_refused(tmp_path):

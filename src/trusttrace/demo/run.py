@@ -35,7 +35,7 @@ from trusttrace.evaluation.side_effects import side_effects
 from trusttrace.models import load_model
 from trusttrace.report import write_report
 from trusttrace.steering import Steering, build_vectors, development_rows, save_vectors
-from trusttrace.steering_stage import STEERING_KEYS
+from trusttrace.steering_stage import STEERING_KEYS, run_columns, source_columns, target_columns
 from trusttrace.store import (
     PROBES_TABLE, STEERING_DIR, STEERING_TABLE, WORKSPACE_FILE, WORKSPACE_FORMAT, append_table, read_table, write_json,
 )
@@ -216,7 +216,10 @@ def run_demo(out: str | Path = "trusttrace-demo", *, seed: int = 0, quick: bool 
     table = endorsement(
         model, tokenizer, [data.statements[i] for i in held_out], data.labels[held_out], steering, DEMO_ALPHAS,
         side_texts=world.corpus[:64],
-    ).assign(source_checkpoint=source, target_model=checkpoints[-1].name, dataset=data.name, best=False)
+    ).assign(
+        source_checkpoint=source, dataset=data.name, best=False, **source_columns(steering.provenance),
+        **target_columns(checkpoints[-1].name, model), **run_columns(sweep.config, None),
+    )
     append_table(workspace / STEERING_TABLE, table.assign(task=ENDORSE_TASK), STEERING_KEYS)
     report = write_report(workspace, title="trusttrace demo: a tiny LM learning a world of facts")
     last = accuracy.iloc[-1]
