@@ -82,8 +82,8 @@ def fit_probes(
 
     The rows are split by `make_splits` (`grouped` without groups is `random`; `paper` is one
     fixed 80/20 split); k folds report the mean accuracy over folds. `layers` names the layer
-    each row of `acts` holds (default 0..n_layers-1); `statements` adds the bag-of-words
-    baseline; `device` is where the work runs (default: where `acts` is). See the module
+    each row of `acts` holds (default 0..n_layers-1); `statements` adds the bag-of-words and
+    first-word baselines to the majority class; `device` is where the work runs (default: where `acts` is). See the module
     docstring for the methods and the scaling. Bad input raises ProbeError or LayerError.
     """
     layer_ids = check_shape(acts, layers)

@@ -25,7 +25,8 @@ def report(
 ) -> None:
     """Write an HTML report of WORKSPACE and print its path.
 
-    Sections: probe accuracy, mutual information, steering, dataset cards, provenance and failures.
+    Sections: overview, probe accuracy, mutual information, steering, trust evaluations, dataset cards,
+    provenance and failures.
 
     The page is self-contained (figures embedded); each figure is also written beside it as PNG and SVG.
 

@@ -36,7 +36,7 @@ EVALUATION_COLUMNS = ("task", "metric", "value", "low", "high", "n", "dataset", 
 EVALUATION_CONFIGURATION = (("target_model_id", None), ("target_revision", None), ("protocol", "default"), ("seed", None))
 DEFAULT_CURVE_LAYERS = 4
 IMPROVES = f"beyond chance (a paired one-sided test on the same examples, Holm-corrected over the grid's settings, at {SIGNIFICANCE * 100:g} %)"
-SELECT_HINT = "show another with `trusttrace report --select KEY=VALUE`, e.g. --select folds=10"
+SELECT_HINT = "show another with `trusttrace report --select KEY=VALUE`, a column and one of its values named here"
 MAX_FIGURE_NAME = 100  # characters of a figure's file name before its suffix
 # The probe configuration the figures show where probes.parquet holds several: preferred values
 # first (the defaults), else the smallest; the caption names what was left out.
