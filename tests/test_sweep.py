@@ -419,6 +419,42 @@ def test_hub_checkpoints_are_fetched_ahead_and_keep_their_id(setup):
     assert {r.provenance["commit"] for r in records} == {"step_0", "step_10", "step_20"}
 
 
+def test_without_keep_weights_only_what_the_sweep_downloaded_is_deleted(setup, monkeypatch):
+    import trusttrace.sweep as sweep_module
+    from trusttrace.checkpoints import Checkpoint
+    from trusttrace.sweep import Sweep
+
+    root, suite, dataset = setup
+    folders = {p.name: p for p in suite.iterdir()}
+    deleted = []
+    monkeypatch.setattr(sweep_module, "in_hub_cache", lambda checkpoint: checkpoint.name == "step_10")  # cached by the user
+    monkeypatch.setattr(sweep_module, "delete_fetched", lambda checkpoint, folder: deleted.append(checkpoint.name))
+    config = load_config(write_config(root, suite, dataset, stages=["extract"], keep_weights=False))
+    sweep = Sweep(config, fetcher=lambda checkpoint: folders[checkpoint.name], progress=False)
+    sweep.checkpoints = [Checkpoint(c.name, "org/model", c.name, c.step, c.tokens) for c in sweep.checkpoints]
+    assert sweep.run().ok
+    assert deleted == ["step_0", "step_20"]
+
+
+def test_a_hub_revision_counts_as_cached_when_the_cache_holds_its_config(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    from trusttrace.checkpoints import Checkpoint
+    from trusttrace.prefetch import in_hub_cache
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    repo = tmp_path / "models--org--m"
+    commit = "a" * 40
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "step8").write_text(commit)
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    (repo / "snapshots" / commit / "config.json").write_text("{}")
+    assert in_hub_cache(Checkpoint("step8", "org/m", "step8", 8, None))
+    assert not in_hub_cache(Checkpoint("step9", "org/m", "step9", 9, None))
+    assert not in_hub_cache(Checkpoint("step8", "org/absent", "step8", 8, None))
+    assert in_hub_cache(Checkpoint("local", str(tmp_path), None, None, None))
+
+
 def test_two_suites_with_the_same_checkpoint_names_share_a_workspace(setup, tokenizer):
     root, suite, dataset = setup
     other = make_suite(root / "other", tokenizer, steps=(0, 10, 20))

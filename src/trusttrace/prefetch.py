@@ -98,6 +98,21 @@ class Prefetcher:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
+def in_hub_cache(checkpoint: Checkpoint) -> bool:
+    """Whether a checkpoint is on disk already: a local one, or a Hub revision whose config.json
+    the Hugging Face cache holds. A sweep never deletes such a checkpoint's files, which the
+    user (or another tool) put there."""
+    if is_local(checkpoint):
+        return True
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(checkpoint.model_id, "config.json", revision=checkpoint.revision)
+    except Exception:  # a malformed id or cache: count it as not there, as a fetch would
+        return False
+    return isinstance(found, str)
+
+
 def delete_fetched(checkpoint: Checkpoint, folder: Path) -> None:
     """Remove a fetched Hub checkpoint's files from the cache (never a local checkpoint)."""
     if is_local(checkpoint):

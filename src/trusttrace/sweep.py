@@ -33,7 +33,7 @@ from trusttrace.extract_stage import extract_to_store
 from trusttrace.intervals import INTERVAL_RULE
 from trusttrace.manifest import Manifest, unit_id
 from trusttrace.models import checkpoint_fingerprint, fingerprint_changed, load_model
-from trusttrace.prefetch import Fetcher, Prefetcher, delete_fetched, hub_fetch
+from trusttrace.prefetch import Fetcher, Prefetcher, delete_fetched, hub_fetch, in_hub_cache
 from trusttrace.steering_stage import run_steering_stages
 from trusttrace.store import (
     BASELINES_TABLE, EVALUATE_TABLE, MANIFEST_FILE, MI_TABLE, PROBES_TABLE, STEERING_TABLE, ActivationRecord, ActivationStore,
@@ -79,6 +79,7 @@ class Sweep:
         self.summary = SweepSummary()
         self._kept: list[tuple[Checkpoint, Path]] = []
         self._verified: set[str] = set()
+        self._cached_before: dict[str, bool] = {}  # checkpoint name -> on disk before this sweep fetched it
 
     # ----- units ---------------------------------------------------------------------
 
@@ -198,9 +199,11 @@ class Sweep:
         if not pending:
             return
         try:
+            self._note_cached(checkpoint)
             folder = prefetcher.get(checkpoint)
             upcoming = next((c for c in later if self._pending(c)), None)
             if upcoming is not None:
+                self._note_cached(upcoming)
                 prefetcher.schedule(upcoming)
             model, tokenizer = self._load(checkpoint, folder)
         except Exception as error:  # a failed download or load must not stop the sweep
@@ -230,8 +233,16 @@ class Sweep:
         gc.collect()
         self._release(checkpoint, folder)
 
+    def _note_cached(self, checkpoint: Checkpoint) -> None:
+        """Remember, before its first fetch, whether a checkpoint was on disk already."""
+        if checkpoint.name not in self._cached_before:
+            self._cached_before[checkpoint.name] = in_hub_cache(checkpoint)
+
     def _release(self, checkpoint: Checkpoint, folder: Path) -> None:
-        """Delete fetched files: at once without keep_weights, else the oldest beyond disk_budget."""
+        """Delete fetched files: at once without keep_weights, else the oldest beyond disk_budget;
+        never those of a checkpoint that was on disk before the sweep fetched it."""
+        if self._cached_before.get(checkpoint.name):
+            return
         self._kept.append((checkpoint, folder))
         budget = 0 if not self.config.keep_weights else self.config.disk_budget
         if budget is None:
