@@ -381,6 +381,33 @@ def test_without_keep_activations_sets_are_deleted_once_read_and_extracted_again
     assert [record.provenance["checkpoint"] for record in store.records()] == ["step_10"]
 
 
+def test_a_set_a_kill_left_between_pruning_and_deleting_is_deleted_by_the_next_run(setup, monkeypatch):
+    root, suite, dataset = setup
+    config = load_config(write_config(root, suite, dataset, keep_activations=False))
+
+    def killed(self, record):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ActivationStore, "remove", killed)
+        with pytest.raises(KeyboardInterrupt):
+            run_sweep(config, progress=False)
+    assert len(ActivationStore(config.workspace).records()) == 1
+    assert run_sweep(config, progress=False).ran == 6  # the two checkpoints the kill stopped; step_0 is not redone
+    assert ActivationStore(config.workspace).records() == []
+
+
+def test_a_pruned_workspace_is_named_as_such_and_runs_without_extract(setup, monkeypatch, capsys):
+    root, suite, dataset = setup
+    run_sweep(load_config(write_config(root, suite, dataset, keep_activations=False)), progress=False)
+    analysis_only = load_config(write_config(root, suite, dataset, stages=["probes", "mi"]))
+    assert check_names(analysis_only) == [] and run_sweep(analysis_only, progress=False).ran == 0
+    sys.argv = ["trusttrace", "probe", str(analysis_only.workspace)]
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main()
+    assert exit_info.value.code == 2 and "keep_activations: false deleted them" in capsys.readouterr().err
+
+
 def test_steering_stage_builds_vectors_and_a_grid(setup):
     root, suite, dataset = setup
     steering = {"source": "step_10", "layers": [1, 2], "alphas": [-2.0, 2.0], "max_perplexity": None}
@@ -434,6 +461,29 @@ def test_without_keep_weights_only_what_the_sweep_downloaded_is_deleted(setup, m
     sweep.checkpoints = [Checkpoint(c.name, "org/model", c.name, c.step, c.tokens) for c in sweep.checkpoints]
     assert sweep.run().ok
     assert deleted == ["step_0", "step_20"]
+
+
+def test_a_checkpoint_a_killed_run_downloaded_is_still_the_sweep_s_to_delete_on_resume(setup, monkeypatch):
+    import trusttrace.sweep as sweep_module
+    from trusttrace.checkpoints import Checkpoint
+    from trusttrace.sweep import Sweep
+
+    root, suite, dataset = setup
+    folders = {p.name: p for p in suite.iterdir()}
+    config = load_config(write_config(root, suite, dataset, stages=["extract"], keep_weights=False))
+
+    def hub_sweep() -> Sweep:
+        sweep = Sweep(config, fetcher=lambda checkpoint: folders[checkpoint.name], progress=False)
+        sweep.checkpoints = [Checkpoint(c.name, "org/model", c.name, c.step, c.tokens) for c in sweep.checkpoints]
+        return sweep
+
+    monkeypatch.setattr(sweep_module, "in_hub_cache", lambda checkpoint: False)
+    hub_sweep()._note_cached(Checkpoint("step_10", "org/model", "step_10", 10, 1000))  # then killed while fetching it
+    monkeypatch.setattr(sweep_module, "in_hub_cache", lambda checkpoint: True)  # step_10 is in the cache now, as are the others
+    deleted = []
+    monkeypatch.setattr(sweep_module, "delete_fetched", lambda checkpoint, folder: deleted.append(checkpoint.name))
+    assert hub_sweep().run().ok
+    assert deleted == ["step_10"]
 
 
 def test_a_hub_revision_counts_as_cached_when_the_cache_holds_its_config(tmp_path, monkeypatch):

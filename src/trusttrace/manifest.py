@@ -27,7 +27,7 @@ CREATE TABLE IF NOT EXISTS units (
 CREATE TABLE IF NOT EXISTS checkpoints (
     name TEXT, model TEXT, revision TEXT, step INTEGER, tokens INTEGER,
     commit_sha TEXT, weights_sha256 TEXT, duplicate_of TEXT, status TEXT, error TEXT, fingerprint TEXT,
-    PRIMARY KEY (model, name)
+    cached_before TEXT, PRIMARY KEY (model, name)
 );
 """
 
@@ -72,7 +72,7 @@ class Manifest:
         with closing(self._connect()) as db:
             db.executescript(SCHEMA)
             # Columns added since the first manifests, which lack them.
-            for table, column in (("checkpoints", "fingerprint"), ("units", "settings")):
+            for table, column in (("checkpoints", "fingerprint"), ("units", "settings"), ("checkpoints", "cached_before")):
                 if column not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
                     db.execute(f"ALTER TABLE {table} ADD COLUMN {column} TEXT")
 
@@ -129,6 +129,11 @@ class Manifest:
             (error, seconds, now_utc(), unit),
         )
 
+    def pruned(self) -> int:
+        """How many extract units had their activation set deleted on purpose (keep_activations: false)."""
+        with closing(self._connect()) as db:
+            return db.execute("SELECT COUNT(*) FROM units WHERE status='pruned'").fetchone()[0]
+
     def prune(self, unit: str) -> None:
         """Mark a done extract unit whose activation set was deleted on purpose (keep_activations: false)."""
         self._write("UPDATE units SET status='pruned' WHERE unit=? AND status='done'", (unit,))
@@ -151,6 +156,21 @@ class Manifest:
             "weights_sha256=COALESCE(excluded.weights_sha256, weights_sha256), "
             "fingerprint=COALESCE(excluded.fingerprint, fingerprint)",
             (name, model, revision, step, tokens, commit, weights_sha256, status, error, fingerprint),
+        )
+
+    def cached_before(self, model: str, name: str) -> bool | None:
+        """Whether this checkpoint's files were on disk before the sweep first fetched it (None: not
+        recorded), so that only what the sweep downloaded is deleted, even after a resume."""
+        with closing(self._connect()) as db:
+            row = db.execute("SELECT cached_before FROM checkpoints WHERE model=? AND name=?", (model, name)).fetchone()
+        return None if row is None or row[0] is None else row[0] == "1"
+
+    def record_cached_before(self, name: str, model: str, revision: str | None, cached: bool) -> None:
+        """Record, before the first fetch, whether a checkpoint was on disk already (kept once recorded)."""
+        self._write(
+            "INSERT INTO checkpoints (name, model, revision, status, cached_before) VALUES (?, ?, ?, 'fetching', ?) "
+            "ON CONFLICT(model, name) DO UPDATE SET cached_before=COALESCE(cached_before, excluded.cached_before)",
+            (name, model, revision, "1" if cached else "0"),
         )
 
     def fingerprint(self, model: str, name: str) -> str | None:

@@ -184,12 +184,12 @@ class Sweep:
         for dataset in self.datasets:
             unit = self.extract_unit(checkpoint, dataset)
             row = self.manifest.unit(unit)
-            if row is None or row.status != "done" or self.needs_activations(checkpoint, dataset):
+            if row is None or row.status not in ("done", "pruned") or self.needs_activations(checkpoint, dataset):
                 continue
+            self.manifest.prune(unit)  # first: a set a kill left behind is removed by the next run
             record = self.store.get(row.artefact) if row.artefact else None
             if record is not None:
                 self.store.remove(record)
-            self.manifest.prune(unit)
 
     def _extract_checkpoint(self, checkpoint: Checkpoint, prefetcher: Prefetcher, later: list[Checkpoint]) -> None:
         if "extract" not in self.config.stages:
@@ -234,9 +234,16 @@ class Sweep:
         self._release(checkpoint, folder)
 
     def _note_cached(self, checkpoint: Checkpoint) -> None:
-        """Remember, before its first fetch, whether a checkpoint was on disk already."""
-        if checkpoint.name not in self._cached_before:
-            self._cached_before[checkpoint.name] = in_hub_cache(checkpoint)
+        """Whether a checkpoint was on disk before this workspace's sweeps first fetched it: asked of
+        the cache once and kept in the manifest, so a checkpoint a killed run downloaded is still
+        the sweep's to delete when a later run resumes."""
+        if checkpoint.name in self._cached_before:
+            return
+        cached = self.manifest.cached_before(self.suite.model_id, checkpoint.name)
+        if cached is None:
+            cached = in_hub_cache(checkpoint)
+            self.manifest.record_cached_before(checkpoint.name, self.suite.model_id, checkpoint.revision, cached)
+        self._cached_before[checkpoint.name] = cached
 
     def _release(self, checkpoint: Checkpoint, folder: Path) -> None:
         """Delete fetched files: at once without keep_weights, else the oldest beyond disk_budget;
