@@ -291,6 +291,15 @@ def _config_on_disk(checkpoint: "Checkpoint") -> Path | None:
     return Path(cached) if isinstance(cached, str) else None
 
 
+def pruned_sets(workspace: Path) -> int:
+    """How many of a workspace's activation sets keep_activations: false deleted (0 without a manifest)."""
+    from trusttrace.manifest import Manifest
+    from trusttrace.store import MANIFEST_FILE
+
+    path = workspace / MANIFEST_FILE
+    return Manifest(path).pruned() if path.is_file() else 0
+
+
 def _activations_problem(config: SweepConfig) -> str | None:
     """Stages that read stored activations, without extract, over a workspace that has none."""
     from trusttrace.store import ACTIVATIONS_DIR
@@ -299,8 +308,8 @@ def _activations_problem(config: SweepConfig) -> str | None:
     if "extract" in config.stages or not readers:
         return None
     folder = config.workspace / ACTIVATIONS_DIR
-    if folder.is_dir() and any(folder.iterdir()):
-        return None
+    if folder.is_dir() and any(folder.iterdir()) or pruned_sets(config.workspace):
+        return None  # sets deleted once read: a unit that needs one says so
     return f"key 'stages': {', '.join(readers)} read stored activations and {config.workspace} has none: add extract to stages"
 
 

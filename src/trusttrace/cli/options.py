@@ -56,6 +56,7 @@ def check_data_dir(value: Optional[Path]) -> Optional[Path]:
 def open_workspace(workspace: Path) -> ActivationStore:
     """The store of an existing workspace with activation sets; anything else is an error here
     (a mistyped path must neither become a new empty workspace nor report "0 new rows")."""
+    from trusttrace.config_checks import pruned_sets
     from trusttrace.store import WORKSPACE_FILE, ActivationStore
 
     if workspace.exists() and not workspace.is_dir():
@@ -66,6 +67,9 @@ def open_workspace(workspace: Path) -> ActivationStore:
         raise StoreError(f"{workspace}: not a trusttrace workspace (no {WORKSPACE_FILE}); give the folder `extract` or `run` wrote")
     store = ActivationStore(workspace)
     if not store.records() and not store.broken():
+        if pruned_sets(workspace):
+            raise StoreError(f"{workspace}: no activation sets: keep_activations: false deleted them once probed; "
+                             "run the sweep again with keep_activations: true (or `trusttrace extract`) to extract them")
         raise StoreError(f"{workspace}: no activation sets yet; run `trusttrace extract` or `trusttrace run` first")
     return store
 
