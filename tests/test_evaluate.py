@@ -363,10 +363,21 @@ def test_a_grid_refuses_a_vector_the_model_cannot_take_before_the_baseline_runs(
     ran = []
     monkeypatch.setattr(grid, "evaluate", lambda *args, **kwargs: ran.append(1))
     good = torch.zeros(model.config.hidden_size)
-    for vectors, error in (({len(decoder_layers(model)): good}, LayerError), ({0: torch.zeros(3)}, SteeringError)):
+    for vectors, alphas, error in (
+        ({len(decoder_layers(model)): good}, [1.0], LayerError), ({0: torch.zeros(3)}, [1.0], SteeringError),
+        ({0: good}, [1.0, float("nan")], SteeringError),
+    ):
         with pytest.raises(error):
-            steering_grid(model, tok, vectors, [1.0], task="binary", dataset=toy_dataset())
+            steering_grid(model, tok, vectors, alphas, task="binary", dataset=toy_dataset())
     assert ran == []
+
+
+def test_a_grid_names_its_settings_by_block_as_each_result_does(models, tok):
+    model = models("gpt2")
+    last = len(decoder_layers(model)) - 1
+    grid = steering_grid(model, tok, {-1: answer_direction(model, tok)}, [1.0], task="binary", dataset=toy_dataset(), max_perplexity=None)
+    assert grid.table["layer"].dropna().tolist() == [last] and list(grid.results) == [(last, 1.0)]
+    assert set(grid.results[(last, 1.0)].table["layers"]) == {str(last)}
 
 
 def test_rates_count_rows_of_one_group_as_fewer_examples():
@@ -415,7 +426,7 @@ def test_a_grid_of_settings_that_do_nothing_rarely_finds_a_best(monkeypatch):
         return EvalResult(make_table([rate_row(task, "accuracy", correct)]), records, {})
 
     monkeypatch.setattr(grid_module, "evaluate", fake_evaluate)
-    monkeypatch.setattr(grid_module, "check_settings", lambda *args: None)  # no model here
+    monkeypatch.setattr(grid_module, "check_settings", lambda model, vectors, alphas, positions: dict(vectors))  # no model here
     dataset = TrustDataset("null", [f"s{i}" for i in range(500)], labels, None, toy_dataset().card, "test")
     naive = found = 0
     for _ in range(20):

@@ -29,6 +29,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from trusttrace.data import TrustDataset
 from trusttrace.evaluation.results import EvalResult
+from trusttrace.errors import SteeringError
 from trusttrace.evaluation.runner import evaluate, get_task, resolve_dataset
 from trusttrace.steering import Steering
 
@@ -68,12 +69,19 @@ class GridResult:
         return EvalResult(table, records, {**self.baseline.settings, "steering": None, "grid": self.provenance})
 
 
-def check_settings(model: PreTrainedModel, vectors: Mapping[int, torch.Tensor], positions: str) -> None:
-    """The SteeringError or LayerError a grid setting would meet (a layer the model lacks, a vector
-    of the wrong size), raised before the unsteered baseline has spent its time."""
+def check_settings(
+    model: PreTrainedModel, vectors: Mapping[int, torch.Tensor], alphas: Sequence[float], positions: str
+) -> dict[int, torch.Tensor]:
+    """The vectors keyed by the model's blocks (-1 of 4 is 3, as each result records it), after the
+    SteeringError or LayerError a grid setting would meet (a layer the model lacks, a vector of the
+    wrong size, an alpha that is not finite), raised before the unsteered baseline spends its time."""
+    bad = [alpha for alpha in alphas if not math.isfinite(float(alpha))]
+    if bad:
+        raise SteeringError(f"alpha {bad[0]} is not a finite number")
     for layer, vector in vectors.items():
         with Steering({layer: vector}, 0.0, positions).apply(model):
             pass
+    return dict(Steering(dict(vectors), 0.0, positions).on(model).vectors)
 
 
 def steering_grid(
@@ -104,7 +112,7 @@ def steering_grid(
     """
     spec = get_task(task)
     dataset = resolve_dataset(spec, dataset, data_dir)
-    check_settings(model, vectors, positions)
+    vectors = check_settings(model, vectors, alphas, positions)
     bar = tqdm(total=1 + len(vectors) * len(alphas), desc=f"steering {task}", unit="setting", disable=not progress)
     with bar:
         baseline = evaluate(model, tokenizer, task, dataset, data_dir=data_dir, **options)
