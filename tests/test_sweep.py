@@ -393,6 +393,8 @@ def test_a_set_a_kill_left_between_pruning_and_deleting_is_deleted_by_the_next_r
         with pytest.raises(KeyboardInterrupt):
             run_sweep(config, progress=False)
     assert len(ActivationStore(config.workspace).records()) == 1
+    statuses = {(u.checkpoint, u.stage): u.status for u in Manifest(config.workspace / "manifest.sqlite").units()}
+    assert statuses[("step_0", "extract")] == "pruned"  # marked before the deletion the kill stopped
     assert run_sweep(config, progress=False).ran == 6  # the two checkpoints the kill stopped; step_0 is not redone
     assert ActivationStore(config.workspace).records() == []
 

@@ -78,10 +78,10 @@ def check_settings(
     bad = [alpha for alpha in alphas if not math.isfinite(float(alpha))]
     if bad:
         raise SteeringError(f"alpha {bad[0]} is not a finite number")
-    for layer, vector in vectors.items():
-        with Steering({layer: vector}, 0.0, positions).apply(model):
-            pass
-    return dict(Steering(dict(vectors), 0.0, positions).on(model).vectors)
+    every = Steering(dict(vectors), 0.0, positions).on(model)
+    with every.apply(model):  # steer checks each vector against its block, then the hooks come off
+        pass
+    return dict(every.vectors)
 
 
 def steering_grid(
