@@ -303,7 +303,7 @@ def test_probes_hash_each_shard_once_however_many_chunks_they_read(workspace, mo
     assert sorted(hashed) == sorted(p.name for p in record.path.glob("shard-*"))
 
 
-@pytest.mark.parametrize("estimator", ["nhsic", "gaussian", "ksg"])
+@pytest.mark.parametrize("estimator", ["nhsic", "hsic", "gaussian", "ksg"])
 def test_mi_read_a_chunk_of_layers_at_a_time_equals_one_read_of_all(workspace, monkeypatch, estimator):
     import trusttrace.analysis as analysis
 
@@ -313,3 +313,16 @@ def test_mi_read_a_chunk_of_layers_at_a_time_equals_one_read_of_all(workspace, m
     chunked = mi_record(workspace, record, estimator=estimator, x_layer=4, folds=3)
     assert chunked["layer"].tolist() == LAYERS
     np.testing.assert_allclose(chunked[["i_xt", "i_ty"]].to_numpy(), whole[["i_xt", "i_ty"]].to_numpy(), rtol=1e-12)
+
+
+def test_mi_in_chunks_computes_x_and_y_once_and_each_layer_once(workspace, monkeypatch):
+    import trusttrace.analysis as analysis
+    import trusttrace.info as info
+
+    record = workspace.records()[0]
+    operators = []
+    original = info.nhsic_operator
+    monkeypatch.setattr(info, "nhsic_operator", lambda x: operators.append(x.shape[:-2].numel()) or original(x))
+    monkeypatch.setattr(analysis, "LAYER_CHUNK_BYTES", workspace.layer_bytes(record))  # one layer a chunk
+    mi_record(workspace, record, estimator="nhsic", x_layer=4, folds=3)
+    assert sum(operators) == len(LAYERS) + 2  # every layer T, then X and Y once for all chunks

@@ -316,3 +316,18 @@ def test_a_layer_s_estimate_does_not_depend_on_the_layers_estimated_with_it(esti
     full = information_plane(acts, labels, estimator=estimator, layers=[0, 1, 2, 3], x_layer=1)
     part = information_plane(acts[[1, 3]], labels, estimator=estimator, layers=[1, 3], x_layer=1)
     np.testing.assert_allclose(part[["i_xt", "i_ty"]].to_numpy(), full.iloc[[1, 3]][["i_xt", "i_ty"]].to_numpy(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("estimator", ["nhsic", "hsic", "gaussian", "ksg"])
+def test_a_plane_built_from_one_reference_chunk_by_chunk_equals_the_whole(estimator):
+    acts, labels = plane_data(n=50)
+    rows = np.arange(0, 50, 2)
+    whole = information_plane(acts, labels, estimator=estimator, x_layer=2, rows=rows, layers=[0, 1, 2, 3])
+    reference = info.plane_reference(acts[2], labels, estimator=estimator, x_layer=2, rows=rows)
+    chunks = pd.concat([info.plane_layers(reference, acts[[0, 1]], [0, 1]), info.plane_layers(reference, acts[[2, 3]], [2, 3])])
+    np.testing.assert_allclose(chunks[["i_xt", "i_ty"]].to_numpy(), whole[["i_xt", "i_ty"]].to_numpy(), rtol=1e-12)
+    assert (chunks["n"] == len(rows)).all()
+    with pytest.raises(ProbeError, match="40 rows for a reference of 50"):
+        info.plane_layers(reference, acts[:, :40])
+    with pytest.raises(ProbeError, match=r"tensor \[n, hidden\]"):
+        info.plane_reference(acts, labels)

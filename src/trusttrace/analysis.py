@@ -23,7 +23,7 @@ from trusttrace.baselines import BASELINES
 from trusttrace.data import TrustDataset
 from trusttrace.devices import default_device
 from trusttrace.errors import LayerError, ProbeError, StoreError
-from trusttrace.info import ESTIMATORS, check_max_rows, information_plane
+from trusttrace.info import ESTIMATORS, check_max_rows, plane_layers, plane_reference
 from trusttrace.intervals import INTERVAL_RULE
 from trusttrace.probes import check_options, fit_probes
 from trusttrace.provenance import trusttrace_version
@@ -141,9 +141,9 @@ def mi_record(
     I(X;T) and I(T;Y) are computed on the training rows of the first fold of the probes'
     split with these `folds`, `test_size` and `seed` (`paper`: the first 80 % of rows, as the
     reference did), or on a seeded subsample of at most `max_rows` of them, recorded in the
-    rows' `mi_max_rows` (0 for every row; steering rows have a `max_rows` of their own). The
-    set is read a chunk of layers at a time (each with X's layer), and `checksums` is as for
-    `probe_record`. A set that does not store `x_layer` raises LayerError.
+    rows' `mi_max_rows` (0 for every row; steering rows have a `max_rows` of their own). X's
+    side of the plane is computed once; the set is then read a chunk of layers at a time, and
+    `checksums` is as for `probe_record`. A set that does not store `x_layer` raises LayerError.
     """
     if x_layer not in record.layers:
         raise LayerError(f"x_layer {x_layer} is not stored (stored layers: {record.layers})")
@@ -151,15 +151,17 @@ def mi_record(
     kind = resolve_split(split, dataset.groups)
     train = make_splits(dataset.labels, split=kind, groups=dataset.groups, folds=folds, test_size=test_size, seed=seed)[0][0]
     store.check(record, checksums=checksums)
-    planes = []
-    for chunk in layer_chunks(record.layers, store.layer_bytes(record)):  # each layer's coordinates are its own
-        read = chunk if x_layer in chunk else [*chunk, x_layer]
-        plane = information_plane(
-            store.load(record, layers=read, checksums=False), dataset.labels, estimator=estimator, x_layer=x_layer,
-            rows=train, layers=read, device=_device(device), max_rows=max_rows, seed=seed,
-        )
-        planes.append(plane[plane["layer"].isin(chunk)])
-    plane = pd.concat(planes, ignore_index=True)
+    reference = plane_reference(
+        store.load(record, layers=[x_layer], checksums=False)[0], dataset.labels, estimator=estimator,
+        x_layer=x_layer, rows=train, device=_device(device), max_rows=max_rows, seed=seed,
+    )
+    plane = pd.concat(
+        [
+            plane_layers(reference, store.load(record, layers=chunk, checksums=False), chunk)
+            for chunk in layer_chunks(record.layers, store.layer_bytes(record))
+        ],
+        ignore_index=True,
+    )
     setting = split_setting(kind, folds, test_size, seed) | {"mi_max_rows": max_rows or 0}
     rows = _with_provenance(plane.assign(x_layer=x_layer, **setting), record)
     append_table(store.root / MI_TABLE, rows, MI_KEYS, MI_LEGACY_SETTINGS)

@@ -29,6 +29,7 @@ import math
 import numbers
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -63,6 +64,8 @@ KSG_NEIGHBOURS = 3
 # A covariance eigenvalue at most this share of the largest counts as zero: the covariance is singular.
 SINGULAR_TOLERANCE = 1e-10
 MAX_DISCRETE_VALUES = 20
+# The roles that seed ksg's jitter apart: X's states and a layer T's.
+X_ROLE, T_ROLE = 1, 0
 # Layers of the kernel estimators are processed in chunks of about this many bytes of m x m matrices.
 CHUNK_BYTES = 2**30
 # m x m matrices one layer holds at once in the kernel estimators (measured: about 9.9 for nhsic),
@@ -201,7 +204,11 @@ def centred_median_kernel(x: torch.Tensor) -> torch.Tensor:
 
 def normalised_hsic(t: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """HSIC(T, B) / sqrt(HSIC(T, T) HSIC(B, B)) for each of the [L, m, d] samples t; 0 when constant."""
-    kt, kb = centred_median_kernel(t), centred_median_kernel(b)
+    return kernel_alignment(centred_median_kernel(t), centred_median_kernel(b))
+
+
+def kernel_alignment(kt: torch.Tensor, kb: torch.Tensor) -> torch.Tensor:
+    """<K_t, K_b> / (|K_t| |K_b|) of centred kernels over the last two axes (normalised HSIC); 0 when one is 0."""
     inner = (kt * kb).sum(dim=(-2, -1))
     norms = kt.square().sum(dim=(-2, -1)).sqrt() * kb.square().sum(dim=(-2, -1)).sqrt()
     positive = norms > 0
@@ -470,28 +477,100 @@ def information_plane(
     +inf at T = X (see `gaussian_mi_reduced`). The kernel estimators hold about 12 m x m matrices
     for m rows (and take time as m³); `max_rows` estimates on a subsample of the rows (seeded by
     `seed`, stratified by label), and a set too large for the free memory is refused up front.
+    To estimate a set a chunk of layers at a time, build its `plane_reference` once and pass
+    each chunk to `plane_layers`: the rows are the same as this function's.
     """
+    layer_ids, x_index = _check_plane_acts(acts, layers, x_layer)
+    reference = plane_reference(
+        acts[x_index], labels, estimator=estimator, x_layer=x_layer, rows=rows, device=device,
+        standardize=standardize, dtype=dtype, max_rows=max_rows, seed=seed,
+    )
+    return plane_layers(reference, acts, layer_ids)
+
+
+@dataclass(frozen=True)
+class PlaneReference:
+    """X's and Y's side of an information plane, computed once for every layer T of a set.
+
+    `x` and `y` are what each estimator compares T with: nHSIC operators (nhsic), centred
+    kernels (hsic), PCA scores of X and the labels (gaussian, ksg). `rows` are the rows used,
+    of the `n` a set's states hold.
+    """
+
+    estimator: str
+    x_layer: int
+    n: int
+    rows: np.ndarray
+    x: torch.Tensor | np.ndarray
+    y: torch.Tensor | np.ndarray
+    device: torch.device
+    dtype: torch.dtype
+    standardize: bool
+
+
+def plane_reference(
+    x_states: torch.Tensor,
+    labels: Sequence,
+    *,
+    estimator: str = "nhsic",
+    x_layer: int = 0,
+    rows: Sequence[int] | None = None,
+    device: str | torch.device | None = None,
+    standardize: bool = True,
+    dtype: torch.dtype = torch.float64,
+    max_rows: int | None = None,
+    seed: int = 0,
+) -> PlaneReference:
+    """The X (`x_states` [n, hidden], the states of layer `x_layer`) and Y side of an information
+    plane, with the options of `information_plane`; its kernel-memory check happens here."""
     if estimator not in ESTIMATORS:
         raise ProbeError(f"unknown estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}")
     check_float_dtype(dtype)
-    layer_ids, x_index = _check_plane_acts(acts, layers, x_layer)
-    y = check_labels(labels, acts.shape[1])
-    selected = subsample_rows(_check_rows(rows, acts.shape[1]), y, max_rows, seed)
-    states = to_analysis_device(acts, device)
-    check_finite(states, layer_ids)
-    index = torch.as_tensor(selected, device=states.device)
-    if standardize:  # moments of all rows, one layer at a time: no float64 copy of the whole set
-        moments = [torch.std_mean(layer.to(dtype), dim=0) for layer in states]
-        std, mean = (torch.stack(parts).unsqueeze(1) for parts in zip(*moments))
-        states = states[:, index].to(dtype).sub_(mean).div_(torch.where(std > 0, std, torch.ones_like(std)))
-    else:
-        states = states[:, index].to(dtype)
-    targets = torch.as_tensor(y[selected], device=states.device, dtype=dtype).unsqueeze(-1)
+    if not isinstance(x_states, torch.Tensor) or x_states.ndim != 2:
+        shape = tuple(x_states.shape) if hasattr(x_states, "shape") else type(x_states).__name__
+        raise ProbeError(f"the states of x_layer must be a tensor [n, hidden], got {shape}")
+    y = check_labels(labels, x_states.shape[0])
+    selected = subsample_rows(_check_rows(rows, x_states.shape[0]), y, max_rows, seed)
+    x = _standardized(to_analysis_device(x_states.unsqueeze(0), device), [x_layer], selected, dtype, standardize)[0]
+    m = len(selected)
     if estimator in ("nhsic", "hsic"):
-        i_xt, i_ty = _kernel_plane(states, targets, x_index, estimator)
+        check_kernel_memory(m, x.element_size(), x.device, estimator)
+        targets = torch.as_tensor(y[selected], device=x.device, dtype=dtype).unsqueeze(-1)
+        kernel = nhsic_operator if estimator == "nhsic" else centred_median_kernel
+        x_side, y_side = kernel(x), kernel(targets)
     else:
-        i_xt, i_ty = _sample_plane(states, y[selected], layer_ids, x_index, estimator)
-    return pd.DataFrame({"layer": layer_ids, "i_xt": i_xt, "i_ty": i_ty, "estimator": estimator, "n": len(selected)})
+        x_side, y_side = _reduce(x.double().cpu().numpy(), x_layer, X_ROLE, estimator), y[selected]
+    return PlaneReference(estimator, x_layer, len(y), selected, x_side, y_side, x.device, dtype, standardize)
+
+
+def plane_layers(reference: PlaneReference, acts: torch.Tensor, layers: Sequence[int] | None = None) -> pd.DataFrame:
+    """The information plane's rows (layer, i_xt, i_ty, estimator, n) for the layers of `acts`
+    [n_layers, n, hidden] (named by `layers`, default 0..n_layers-1), against `reference`."""
+    layer_ids = check_shape(acts, layers)
+    if acts.shape[1] != reference.n:
+        raise ProbeError(f"activations of {acts.shape[1]} rows for a reference of {reference.n}")
+    states = _standardized(to_analysis_device(acts, reference.device), layer_ids, reference.rows, reference.dtype, reference.standardize)
+    if reference.estimator in ("nhsic", "hsic"):
+        i_xt, i_ty = _kernel_plane(states, reference)
+    else:
+        i_xt, i_ty = _sample_plane(states, layer_ids, reference)
+    return pd.DataFrame(
+        {"layer": layer_ids, "i_xt": i_xt, "i_ty": i_ty, "estimator": reference.estimator, "n": len(reference.rows)}
+    )
+
+
+def _standardized(
+    states: torch.Tensor, layer_ids: list[int], rows: np.ndarray, dtype: torch.dtype, standardize: bool
+) -> torch.Tensor:
+    """`rows` of each layer of `states` in `dtype`, z-scored (when `standardize`) with the mean and
+    (n-1) std of all rows, one layer at a time: no float64 copy of the whole set."""
+    check_finite(states, layer_ids)
+    index = torch.as_tensor(rows, device=states.device)
+    if not standardize:
+        return states[:, index].to(dtype)
+    moments = [torch.std_mean(layer.to(dtype), dim=0) for layer in states]
+    std, mean = (torch.stack(parts).unsqueeze(1) for parts in zip(*moments))
+    return states[:, index].to(dtype).sub_(mean).div_(torch.where(std > 0, std, torch.ones_like(std)))
 
 
 def _check_plane_acts(acts: torch.Tensor, layers: Sequence[int] | None, x_layer: int) -> tuple[list[int], int]:
@@ -508,25 +587,21 @@ def _check_rows(rows: Sequence[int] | None, n: int) -> np.ndarray:
     return selected
 
 
-def _kernel_plane(
-    states: torch.Tensor, targets: torch.Tensor, x_index: int, estimator: str
-) -> tuple[np.ndarray, np.ndarray]:
-    """Both planes' coordinates for all layers, in chunks of layers that fit CHUNK_BYTES."""
+def _kernel_plane(states: torch.Tensor, reference: PlaneReference) -> tuple[np.ndarray, np.ndarray]:
+    """Both coordinates of every layer of `states`, in chunks of layers that fit CHUNK_BYTES."""
     m = states.shape[1]
-    check_kernel_memory(m, states.element_size(), states.device, estimator)
     chunk = max(1, CHUNK_BYTES // (KERNEL_MATRICES * m * m * states.element_size()))
     i_xt, i_ty = [], []
-    if estimator == "nhsic":
-        r_x, r_y = nhsic_operator(states[x_index]), nhsic_operator(targets)
-        for start in range(0, states.shape[0], chunk):
-            r_t = nhsic_operator(states[start : start + chunk])
-            i_xt.append(nhsic_from_operators(r_x, r_t))
-            i_ty.append(nhsic_from_operators(r_y, r_t))
-    else:
-        for start in range(0, states.shape[0], chunk):
-            block = states[start : start + chunk]
-            i_xt.append(normalised_hsic(block, states[x_index]))
-            i_ty.append(normalised_hsic(block, targets))
+    for start in range(0, states.shape[0], chunk):
+        block = states[start : start + chunk]
+        if reference.estimator == "nhsic":
+            r_t = nhsic_operator(block)
+            i_xt.append(nhsic_from_operators(reference.x, r_t))
+            i_ty.append(nhsic_from_operators(reference.y, r_t))
+        else:
+            k_t = centred_median_kernel(block)
+            i_xt.append(kernel_alignment(k_t, reference.x))
+            i_ty.append(kernel_alignment(k_t, reference.y))
     return torch.cat(i_xt).cpu().numpy(), torch.cat(i_ty).cpu().numpy()
 
 
@@ -565,31 +640,25 @@ def subsample_rows(rows: np.ndarray, labels: np.ndarray, max_rows: int | None, s
     return np.sort(np.concatenate(kept))
 
 
-def _sample_plane(
-    states: torch.Tensor, labels: np.ndarray, layer_ids: list[int], x_index: int, estimator: str
-) -> tuple[np.ndarray, np.ndarray]:
-    """gaussian / ksg layer by layer on the CPU, with X reduced once (gaussian's I(X;X) is +inf).
+def _reduce(sample: np.ndarray, layer: int, role: int, estimator: str) -> np.ndarray:
+    """The PCA scores a sample estimator compares; ksg's tie-breaking jitter is seeded by the
+    layer's number and role (X or T), so a layer's estimate does not depend on which other layers
+    are estimated with it."""
+    scores = pca_scores(sample, GAUSSIAN_COMPONENTS if estimator == "gaussian" else KSG_COMPONENTS)
+    return _jitter(scores, np.random.default_rng((role, layer % 2**64))) if estimator == "ksg" else scores
 
-    ksg's tie-breaking jitter is seeded by the layer's number (and X's apart from T's), so a
-    layer's estimate does not depend on which other layers are estimated with it.
-    """
-    samples = states.double().cpu().numpy()
-    components = GAUSSIAN_COMPONENTS if estimator == "gaussian" else KSG_COMPONENTS
 
-    def reduce(sample: np.ndarray, layer: int, role: int) -> np.ndarray:
-        scores = pca_scores(sample, components)
-        return _jitter(scores, np.random.default_rng((role, layer % 2**64))) if estimator == "ksg" else scores
-
-    x = reduce(samples[x_index], layer_ids[x_index], 1)
+def _sample_plane(states: torch.Tensor, layer_ids: list[int], reference: PlaneReference) -> tuple[np.ndarray, np.ndarray]:
+    """gaussian / ksg layer by layer on the CPU (gaussian's I(X;X) is +inf)."""
     i_xt, i_ty = [], []
-    for layer, sample in zip(layer_ids, samples):
-        t = reduce(sample, layer, 0)
-        if estimator == "gaussian":
-            i_xt.append(gaussian_mi_scores(x, t, discrete=False))
-            i_ty.append(gaussian_mi_scores(t, labels, discrete=True))
+    for layer, sample in zip(layer_ids, states):
+        t = _reduce(sample.double().cpu().numpy(), layer, T_ROLE, reference.estimator)
+        if reference.estimator == "gaussian":
+            i_xt.append(gaussian_mi_scores(reference.x, t, discrete=False))
+            i_ty.append(gaussian_mi_scores(t, reference.y, discrete=True))
         else:
-            i_xt.append(ksg_continuous(x, t))
-            i_ty.append(ksg_discrete(t, labels))
+            i_xt.append(ksg_continuous(reference.x, t))
+            i_ty.append(ksg_discrete(t, reference.y))
     return np.array(i_xt), np.array(i_ty)
 
 
