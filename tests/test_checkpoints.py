@@ -105,11 +105,16 @@ def test_every_first_all_and_names(pythia):
         ([], "empty selection"),
         ("step1001", "suite pythia-160m has no checkpoint 'step1001'; did you mean step1000"),
         (["step0", "main"], "has no checkpoint 'main'"),
+        ([1000], "checkpoint 1000 is not a name; names are text, e.g. 'step0'"),
     ],
 )
 def test_bad_selections_raise_checkpoint_errors(pythia, spec, message):
     with pytest.raises(CheckpointError, match=message):
         pythia.select(spec)
+
+
+def test_names_in_a_list_are_stripped_as_in_a_string(pythia):
+    assert pythia.select(["step1000 ", " step0"]) == pythia.select("step1000 , step0")
 
 
 # ----- OLMo -----------------------------------------------------------------------------

@@ -428,7 +428,7 @@ def test_hub_failures_become_one_line_package_errors(monkeypatch, hub_online, ra
 
 
 def fake_download(monkeypatch, files: list[Path]) -> None:
-    monkeypatch.setattr(hub, "download", lambda repo_id, patterns, context: files)
+    monkeypatch.setattr(hub, "download", lambda repo_id, patterns, context, advice: files)
 
 
 def mc2_parquet(path: Path, records: list[dict]) -> Path:
@@ -540,3 +540,89 @@ def test_cli_unknown_dataset_exits_2_with_one_line(monkeypatch, capsys):
     assert exited.value.code == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "unknown dataset 'stereo'" in error
+
+
+# ----- found in review: the Hub's cache, fallbacks, cards of Hub builds, odd input -------------------
+
+
+def stereoset_parquet(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sentences = {"sentence": ["Stereo.", "Anti.", "Cat."], "gold_label": [1, 0, 2]}
+    pd.DataFrame({"context": ["C1 is here."], "bias_type": ["race"], "sentences": [sentences]}).to_parquet(path)
+    return path
+
+
+def test_offline_a_dataset_in_the_hub_cache_is_built_from_there(monkeypatch, tmp_path):
+    from huggingface_hub import constants
+
+    commit = "a" * 40
+    repo = tmp_path / "hub" / "datasets--McGill-NLP--stereoset"
+    stereoset_parquet(repo / "snapshots" / commit / "intersentence" / "validation-00000-of-00001.parquet")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    data = load_dataset("stereoset", source="hub")
+    assert data.statements == ["C1 is here. Anti.", "C1 is here. Cat."] and data.source == "McGill-NLP/stereoset"
+    with pytest.raises(OfflineError, match="sst2: source='hub' asked for, and the Hugging Face Hub is off .*get sst2.csv from"):
+        load_dataset("sst2", source="hub")  # not cached
+
+
+def test_a_data_folder_that_does_not_exist_is_an_error_not_a_hub_build(monkeypatch, tmp_path):
+    with pytest.raises(DatasetError, match=f"truthfulqa: the data folder {re.escape(str(tmp_path / 'typo'))} \\(--data-dir\\) does not exist"):
+        load_dataset("truthfulqa", data_dir=tmp_path / "typo")
+    monkeypatch.setenv("TRUSTTRACE_DATA", str(tmp_path / "typo"))
+    with pytest.raises(DatasetError, match=r"\(\$TRUSTTRACE_DATA\) does not exist"):
+        load_dataset("truthfulqa")
+
+
+def test_a_hub_build_nobody_asked_for_warns_that_it_is_not_the_study_file(monkeypatch, tmp_path):
+    fake_download(monkeypatch, [stereoset_parquet(tmp_path / "validation.parquet")])
+    with pytest.warns(UserWarning, match=r"stereoset: no .*stereoset.csv, so it was built from the Hugging Face dataset McGill-NLP/stereoset.*get stereoset.csv from"):
+        load_dataset("stereoset", data_dir=tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_dataset("stereoset", source="hub")  # asked for: no warning
+
+
+def test_hub_builds_card_their_own_labels_and_cleanups(monkeypatch, tmp_path):
+    records = [{"question": "Q1?", "mc1_targets": {"Yes.": 1, "No.": 0}, "mc2_targets": {"Yes.": 1, "No.": 0}}]
+    fake_download(monkeypatch, [mc2_parquet(tmp_path / "validation.parquet", records)])
+    truthfulqa = load_dataset("truthfulqa", source="hub")
+    assert "v0" in truthfulqa.card.label_1 and "v1" not in truthfulqa.card.label_1
+    tox = tmp_path / "test.parquet"
+    pd.DataFrame({"text": ["bad", "fine"], "toxicity_human": [4.0, 1.5]}).to_parquet(tox)
+    fake_download(monkeypatch, [tox])
+    assert "toxicity_human" in load_dataset("toxigen", source="hub").card.label_1
+    sst = write(tmp_path / "test.jsonl", '{"text": "a -lrb- good -rrb- film", "label": 1}\n{"text": "bad \\\\/ sad", "label": 0}\n')
+    fake_download(monkeypatch, [sst])
+    sentiment = load_dataset("sst2_sentiment", source="hub")
+    assert sentiment.statements == ["a ( good ) film", "bad / sad"]  # as the local build undoes them
+    assert sentiment.card.cleanups == builtin_cards()["sst2_sentiment"].cleanups
+
+
+def test_groups_mixing_text_and_numbers_are_refused_naming_the_line(tmp_path):
+    path = write(tmp_path / "mixed.jsonl", "\n".join(json.dumps({"statement": f"s{i}", "label": i % 2, "group": g}) for i, g in enumerate([1, "q2", "q2", 3])))
+    with pytest.raises(DatasetError, match=r"mixed.jsonl: line 2: group 'q2' is text, but line 1's group 1 is a number"):
+        load_dataset(path)
+
+
+def test_blank_lines_before_a_csv_header_are_skipped(tmp_path):
+    data = load_dataset(write(tmp_path / "blank.csv", "\n\nstatement,label\na,1\nb,0\n"))
+    assert data.statements == ["a", "b"]
+
+
+def test_a_user_file_named_like_a_built_in_warns(tmp_path):
+    with pytest.warns(UserWarning, match="named like the built-in dataset 'stereoset'.*rename the file"):
+        load_dataset(write(tmp_path / "stereoset.csv", "statement,label\na,1\nb,0\n"))
+
+
+def test_first_word_baseline_refuses_folds_the_data_cannot_fill(tmp_path):
+    data = load_dataset(write(tmp_path / "small.csv", "statement,label,group\na x,1,1\nb y,0,2\nc z,1,3\nd w,0,2\n"))
+    with pytest.raises(DatasetError, match="small has 1 groups of label 0, fewer than 2 folds"):
+        first_word_baseline(data, folds=2)
+    with pytest.raises(DatasetError, match="small has 2 rows of label 0, fewer than 5 folds"):
+        first_word_baseline(data, grouped=False)
+    with pytest.raises(DatasetError, match="folds must be a whole number of at least 2, got 1"):
+        first_word_baseline(data, folds=1)
+

@@ -98,7 +98,10 @@ class CheckpointSuite:
     def _by_names(self, names: list[str]) -> list[Checkpoint]:
         if not names:
             raise CheckpointError(f"empty selection: use {SELECTION_HELP}")
-        wanted = {self.get(name).name for name in names}
+        for name in names:
+            if not isinstance(name, str):
+                raise CheckpointError(f"checkpoint {name!r} is not a name; names are text, e.g. {self.names()[0]!r}")
+        wanted = {self.get(name.strip()).name for name in names}
         return [checkpoint for checkpoint in self.checkpoints if checkpoint.name in wanted]
 
     def _order_keys(self) -> list[int]:

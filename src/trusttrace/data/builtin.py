@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -48,7 +49,6 @@ WHERE_TO_GET = {
 VIOLATION_AT_MOST = -50.0
 ACCEPTABLE_ABOVE = -20.0
 
-PTB_ESCAPES = {"-lrb-": "(", "-rrb-": ")", "\\/": "/", "\\*": "*"}
 TOXIGEN_CR = "_x000D_"
 
 
@@ -82,12 +82,20 @@ def local_paths(name: str, root: Path) -> list[Path]:
 
 
 def load_builtin(name: str, data_dir: str | Path | None = None, source: str = "auto", clean: bool = False) -> TrustDataset:
-    """Build a built-in dataset from the local files, or from the Hub when asked or when they are absent."""
+    """Build a built-in dataset from the local files, or from the Hub when asked or when they are absent.
+
+    A data folder that does not exist is an error rather than a reason to go to the Hub (it is
+    most likely mistyped), and a build from the Hub that was not asked for warns: it is not the
+    study's file (see its card).
+    """
     if source == "hub":
         return _from_hub(name, "source='hub' asked for", clean)
     root = data_root(data_dir)
     if root is None:
         looked = f"no --data-dir or ${DATA_ENV} given"
+    elif not root.is_dir():
+        given = "--data-dir" if data_dir is not None else f"${DATA_ENV}"
+        raise DatasetError(f"{name}: the data folder {root} ({given}) does not exist")
     else:
         paths = local_paths(name, root)
         missing = [path for path in paths if not path.is_file()]
@@ -96,19 +104,26 @@ def load_builtin(name: str, data_dir: str | Path | None = None, source: str = "a
         looked = f"no {missing[0]}"
     if source == "local":
         raise DatasetError(f"{name}: {looked}")
-    return _from_hub(name, looked, clean)
+    dataset = _from_hub(name, looked, clean)
+    warnings.warn(
+        f"{name}: {looked}, so it was built from the Hugging Face dataset {dataset.source}, which differs from "
+        f"the study's file (see its card's quirks); for the study's, get {_where_to_get(name)}",
+        stacklevel=3,
+    )
+    return dataset
 
 
 def _from_hub(name: str, looked: str, clean: bool) -> TrustDataset:
     if name not in hub.HUB_SOURCES:
         raise DatasetError(f"{name}: {looked}, and it has no Hugging Face source; get {_where_to_get(name)}")
-    return _cleaned(hub.load_from_hub(name, looked), clean)
+    return _cleaned(hub.load_from_hub(name, looked, f"get {_where_to_get(name)}"), clean)
 
 
 def _where_to_get(name: str) -> str:
+    """Where a built-in's local files come from, and how to point trusttrace at them."""
     if name in WHERE_TO_GET:
-        return WHERE_TO_GET[name]
-    return f"{STUDY_FILES[name]} from https://github.com/ChnQ/TracingLLM (src/datasets/) and pass --data-dir"
+        return f"{WHERE_TO_GET[name]}, and pass <data> as --data-dir or ${DATA_ENV}"
+    return f"{STUDY_FILES[name]} from {hub.STUDY_FILES_URL} and pass its folder as --data-dir or ${DATA_ENV}"
 
 
 def _build_local(name: str, paths: list[Path]) -> TrustDataset:
@@ -197,9 +212,7 @@ def _sst2_sentiment(path: Path) -> TrustDataset:
             if not line.strip():
                 continue
             label, _, sentence = line.rstrip("\n").partition(" ")
-            for escape, character in PTB_ESCAPES.items():
-                sentence = sentence.replace(escape, character)
-            statements.append(sentence)
+            statements.append(hub.undo_ptb_escapes(sentence))
             labels.append(label)
             places.append(f"line {number}")
     columns = validate(Table(pd.DataFrame({"statement": statements, "label": labels}), places), path)

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from trusttrace.data.cards import CARDS
 from trusttrace.data.dataset import DatasetCard, TrustDataset
 from trusttrace.errors import DatasetError
 
@@ -69,7 +70,7 @@ def _read_csv(path: Path) -> Table:
     """A CSV with a header row, every field kept as text; a row with the wrong field count is an error."""
     with path.open(encoding="utf-8-sig", newline="") as handle:
         reader = csv.reader(handle)
-        header = next(reader, None)
+        header = next((row for row in reader if row), None)  # blank lines before the header are skipped
         if header is None:
             raise DatasetError(f"{path}: empty file, no header row")
         if len(set(header)) != len(header):
@@ -120,7 +121,8 @@ def validate(table: Table, path: Path | str) -> Columns:
     labels = np.array([_label(value, path, table.where(row)) for row, value in enumerate(frame["label"])], dtype=np.int64)
     groups = None
     if "group" in frame.columns:
-        groups = pd.Series([_group(value, path, table.where(row)) for row, value in enumerate(frame["group"])]).to_numpy()
+        values = [_group(value, path, table.where(row)) for row, value in enumerate(frame["group"])]
+        groups = pd.Series(_one_kind(values, path, table)).to_numpy()
     classes = np.unique(labels)
     if classes.size < 2:
         raise DatasetError(f"{path}: every row has label {int(classes[0])}; a probe needs both classes (0 and 1)")
@@ -163,6 +165,20 @@ def _group(value: object, path: Path | str, where: str) -> object:
     return value.item() if isinstance(value, np.generic) else value
 
 
+def _one_kind(groups: list[object], path: Path | str, table: Table) -> list[object]:
+    """`groups` when they are all text or all numbers; else a DatasetError naming the first that
+    differs from the first row's: 1 and "1" would be told apart in one place and not in another."""
+    text = [isinstance(group, str) for group in groups]
+    if all(text) or not any(text):
+        return groups
+    other = text.index(not text[0])
+    kinds = {True: "text", False: "a number"}
+    raise DatasetError(
+        f"{path}: {table.where(other)}: group {groups[other]!r} is {kinds[text[other]]}, but {table.where(0)}'s "
+        f"group {groups[0]!r} is {kinds[text[0]]}; make every group text or every group a number"
+    )
+
+
 def _missing(value: object) -> bool:
     """None, NaN, or pandas' missing markers (pd.NA in nullable columns, NaT)."""
     if value is None or value is pd.NA or value is pd.NaT:
@@ -182,6 +198,13 @@ def load_file(path: Path) -> TrustDataset:
         warnings.warn(
             f"{path}: {repeats} row(s) repeat an earlier statement and the file has no group column; "
             "add one (e.g. the statement itself) so copies stay on one side of a split",
+            stacklevel=3,
+        )
+    if path.stem in CARDS:
+        warnings.warn(
+            f"{path}: a user file named like the built-in dataset {path.stem!r}: its tables and report share that "
+            "name, and where both are in one workspace the report shows them as two versions of one dataset; "
+            "rename the file to keep them apart",
             stacklevel=3,
         )
     card = DatasetCard(

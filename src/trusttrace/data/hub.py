@@ -1,8 +1,9 @@
 """Building the built-in datasets from their Hugging Face sources, for users without the study files.
 
 The Hub copies are the datasets the study started from, not its CSVs, so each build says on its
-card how it differs. Offline (no network, or HF_HUB_OFFLINE=1) every call raises OfflineError
-with a one-line message that says to pass --data-dir or set TRUSTTRACE_DATA instead.
+card how it differs. Offline (no network, or HF_HUB_OFFLINE=1) a dataset already in the Hugging
+Face cache is built from there; any other raises OfflineError with a one-line message that says
+where to get the files instead.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ STUDY_FILES_URL = "https://github.com/ChnQ/TracingLLM (src/datasets/)"
 HUB_PROBE_SECONDS = 3.0  # to wait for the Hub's host before taking this machine as offline
 PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
 UNREACHABLE: list[str] = []  # the Hub's host, once `_host_answers` found it unreachable
+PTB_ESCAPES = {"-lrb-": "(", "-rrb-": ")", "\\/": "/", "\\*": "*"}
 SST2_UPPER_SEED = 0
 SST2_UPPER_WORD_PROBABILITY = 0.2
 
@@ -115,12 +117,15 @@ class HubSource:
     build: Callable[[list[Path]], pd.DataFrame]
     grouping: str | None
     quirks: tuple[str, ...]
+    label_1: str | None = None  # what the labels mean where the build differs from the local card's
+    label_0: str | None = None
 
 
-def load_from_hub(name: str, looked: str) -> TrustDataset:
-    """Download `name`'s Hub source and build it; `looked` says why no local copy was used."""
+def load_from_hub(name: str, looked: str, advice: str) -> TrustDataset:
+    """Download `name`'s Hub source and build it; `looked` says why no local copy was used, and
+    `advice` where to get the local files (said when the Hub cannot help)."""
     spec = HUB_SOURCES[name]
-    files = download(spec.repo_id, spec.patterns, f"{name}: {looked}")
+    files = download(spec.repo_id, spec.patterns, f"{name}: {looked}", advice)
     try:
         frame = spec.build(files)
     except (KeyError, AttributeError, ValueError) as error:
@@ -128,18 +133,19 @@ def load_from_hub(name: str, looked: str) -> TrustDataset:
     where = f"https://huggingface.co/datasets/{spec.repo_id}"
     columns = validate(Table(frame), where)
     groups = None if columns.groups is None else pd.factorize(columns.groups)[0].astype(np.int64)
-    card = replace(CARDS[name], source=where, grouping=spec.grouping, quirks=spec.quirks, url=where)
+    local = CARDS[name]
+    card = replace(
+        local, source=where, grouping=spec.grouping, quirks=spec.quirks, url=where, cleanups=spec_cleanups(name),
+        label_1=spec.label_1 or local.label_1, label_0=spec.label_0 or local.label_0,
+    )
     return TrustDataset(name, columns.statements, columns.labels, groups, card, spec.repo_id)
 
 
-def download(repo_id: str, patterns: tuple[str, ...], context: str) -> list[Path]:
-    """The files of dataset repo `repo_id` matching `patterns`, from the local HF cache or the Hub."""
-    advice = (
-        f"pass --data-dir or set TRUSTTRACE_DATA to the folder holding the study CSVs "
-        f"(e.g. shared/datasets/tracingllm; the exact study files are at {STUDY_FILES_URL})"
-    )
+def download(repo_id: str, patterns: tuple[str, ...], context: str, advice: str) -> list[Path]:
+    """The files of dataset repo `repo_id` matching `patterns`, from the Hub, or from the local
+    HF cache alone when the Hub is off (see `hub_reachable`)."""
     if not hub_reachable():
-        raise OfflineError(f"{context}, and the Hugging Face Hub is off ({offline_reason()}); {advice}")
+        return _cached(repo_id, patterns, f"{context}, and the Hugging Face Hub is off ({offline_reason()}); {advice}")
     try:
         folder = Path(snapshot_download(repo_id, repo_type="dataset", allow_patterns=list(patterns)))
     except GatedRepoError as error:
@@ -153,10 +159,26 @@ def download(repo_id: str, patterns: tuple[str, ...], context: str) -> list[Path
         raise OfflineError(f"{context}, and the Hugging Face Hub cannot be reached ({type(error).__name__}); {advice}") from error
     except HfHubHTTPError as error:
         raise DatasetError(f"{context}; the Hub refused {repo_id} ({first_line(error)})") from error
-    files = sorted(path for pattern in patterns for path in folder.glob(pattern) if path.is_file())
+    files = _matching(folder, patterns)
     if not files:
         raise DatasetError(f"{context}; {repo_id} has no file matching {', '.join(patterns)}")
     return files
+
+
+def _cached(repo_id: str, patterns: tuple[str, ...], offline: str) -> list[Path]:
+    """The files of `repo_id` matching `patterns` in the local HF cache; OfflineError `offline` when none are."""
+    try:
+        folder = Path(snapshot_download(repo_id, repo_type="dataset", allow_patterns=list(patterns), local_files_only=True))
+    except NETWORK_ERRORS as error:
+        raise OfflineError(offline) from error
+    files = _matching(folder, patterns)
+    if not files:
+        raise OfflineError(offline)
+    return files
+
+
+def _matching(folder: Path, patterns: tuple[str, ...]) -> list[Path]:
+    return sorted(path for pattern in patterns for path in folder.glob(pattern) if path.is_file())
 
 
 def read_frames(files: list[Path]) -> pd.DataFrame:
@@ -227,9 +249,24 @@ def upper_random_letters(sentence: str, rng: np.random.Generator) -> str:
 
 
 def sst2_sentiment_rows(files: list[Path]) -> pd.DataFrame:
-    """SetFit's labelled copy of the SST-2 test split: 1 positive, 0 negative."""
+    """SetFit's labelled copy of the SST-2 test split: 1 positive, 0 negative, PTB escapes undone
+    as in the local build."""
     frame = read_frames(files)
-    return pd.DataFrame({"statement": frame["text"], "label": frame["label"]})
+    return pd.DataFrame({"statement": frame["text"].map(undo_ptb_escapes), "label": frame["label"]})
+
+
+def undo_ptb_escapes(sentence: object) -> object:
+    """The Penn Treebank escapes of SST's text (-lrb-, -rrb-, \\/, \\*) as the characters they stand for."""
+    if not isinstance(sentence, str):
+        return sentence
+    for escape, character in PTB_ESCAPES.items():
+        sentence = sentence.replace(escape, character)
+    return sentence
+
+
+def spec_cleanups(name: str) -> tuple[str, ...]:
+    """The cleanups a Hub build applies (the same as the local build's for sst2_sentiment)."""
+    return CARDS[name].cleanups if name == "sst2_sentiment" else ()
 
 
 HUB_SOURCES: dict[str, HubSource] = {
@@ -245,6 +282,8 @@ HUB_SOURCES: dict[str, HubSource] = {
             f"for the exact study file get truthfulqa_train.csv from {STUDY_FILES_URL}",
             "each statement is 'Q: <question>' + a TAB + 'A: <answer>'",
         ),
+        label_1="a correct answer: an MC2 choice labelled 1 in HF truthful_qa's multiple_choice config (TruthfulQA v0)",
+        label_0="an incorrect answer: an MC2 choice labelled 0",
     ),
     "toxigen": HubSource(
         "toxigen/toxigen-data",
@@ -256,6 +295,7 @@ HUB_SOURCES: dict[str, HubSource] = {
             "rule toxicity_human > 2; the study used SafeNLP's 6514-row subset, whose selection rule is undocumented",
             "the repository is gated: accept its terms on the Hub and log in first",
         ),
+        label_1="toxic: mean human toxicity score > 2 on ToxiGen's 1-5 scale (toxigen-data's 'toxicity_human')",
     ),
     "stereoset": HubSource(
         "McGill-NLP/stereoset",
