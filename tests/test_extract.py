@@ -8,13 +8,13 @@ import torch
 
 from trusttrace.errors import LayerError, TrustTraceError
 from trusttrace.extract import extract_activations, plan_batches, reduce_positions
-from trusttrace.models import block_hidden, decoder_layers
+from trusttrace.models import block_hidden, decoder_layers, text_config
 
 
 def one_at_a_time(model, tokenizer, statements, position="last"):
     """The reference protocol: one statement per forward pass, a hook on every block."""
     blocks = decoder_layers(model)
-    out = torch.zeros(len(blocks), len(statements), model.config.get_text_config().hidden_size)
+    out = torch.zeros(len(blocks), len(statements), text_config(model).hidden_size)
     for i, text in enumerate(statements):
         captured = {}
         handles = [

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from trusttrace.cli.app import app
 from trusttrace.data import DatasetCard, TrustDataset
 from trusttrace.errors import LayerError, StoreError, SteeringError
-from trusttrace.models import decoder_layers
+from trusttrace.models import decoder_layers, text_config
 from trusttrace.steering import (
     Steering,
     build_vectors,
@@ -67,7 +67,7 @@ def toy_dataset(n=40, groups=True, name="toy"):
 
 def random_vector(model, seed=0, scale=1.0):
     generator = torch.Generator().manual_seed(seed)
-    return torch.randn(model.config.get_text_config().hidden_size, generator=generator) * scale
+    return torch.randn(text_config(model).hidden_size, generator=generator) * scale
 
 
 def ids_of(tok, text):
