@@ -166,6 +166,30 @@ def test_another_scaling_writes_other_vectors_and_keeps_the_first(setup):
     assert set(pd.read_parquet(config.workspace / STEERING_TABLE)["scaling"]) == {"std", "unit"}
 
 
+def test_a_setting_changed_and_changed_back_keeps_each_setting_s_rows(setup):
+    root, suite, dataset, data = setup
+
+    def run(max_rows: int, max_perplexity: float | None):
+        config = load_config(write_config(
+            root, suite, dataset, data_dir=str(data), stages=["extract", "steering", "evaluate"],
+            steering=STEERING | {"max_rows": max_rows, "max_perplexity": max_perplexity},
+            evaluate=EVALUATE | {"max_rows": max_rows},
+        ))
+        summary = run_sweep(config, progress=False)
+        assert summary.ok, summary.failed
+        return summary, pd.read_parquet(config.workspace / STEERING_TABLE), pd.read_parquet(config.workspace / EVALUATE_TABLE)
+
+    _, steering_a, evaluate_a = run(4, 6.0)
+    run(6, 1e9)
+    summary, steering, evaluate = run(4, 6.0)
+    assert summary.ran == 0  # A's units are done, and A's rows are still there beside B's
+    assert set(steering["max_rows"]) == {4, 6} and set(steering["max_perplexity"]) == {6.0, 1e9}
+    assert set(evaluate["max_rows"]) == {4, 6} and set(evaluate_a["max_rows"]) == {4}
+    pd.testing.assert_frame_equal(
+        steering[steering["max_rows"] == 4].reset_index(drop=True), steering_a.reset_index(drop=True), check_dtype=False
+    )
+
+
 def test_rows_of_an_older_statistical_rule_are_recomputed_and_the_vectors_kept(setup, monkeypatch):
     root, suite, dataset, data = setup
     import trusttrace.evaluation.runner as runner

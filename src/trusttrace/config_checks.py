@@ -48,7 +48,7 @@ def check_names(config: SweepConfig, where: str = "config") -> list[str]:
     problem = (
         _dataset_problem(config)
         or _data_dir_problem(config)
-        or _source_problem(config, suite)
+        or _source_problem(config, suite, checkpoints)
         or _task_problem(config)
         or _block_count_problem(config, checkpoints[0])
         or _activations_problem(config)
@@ -211,16 +211,23 @@ def _hub_model(name: str, suite: "CheckpointSuite") -> str | None:
     return None if Path(model_id).is_dir() else model_id
 
 
-def _source_problem(config: SweepConfig, suite: "CheckpointSuite") -> str | None:
-    """A steering source that is not a checkpoint of the suite."""
+def _source_problem(config: SweepConfig, suite: "CheckpointSuite", checkpoints: list["Checkpoint"]) -> str | None:
+    """A steering source that is not a checkpoint of the suite, or not one the sweep selects (and
+    so extracts): the steering stage would find no activations to build its vectors from."""
     from trusttrace.errors import TrustTraceError
 
     if "steering" not in config.stages:
         return None
     try:
-        suite.get(config.steering.source)
+        source = suite.get(config.steering.source)
     except TrustTraceError as error:
         return f"key 'steering.source': {error}"
+    if source.name not in {checkpoint.name for checkpoint in checkpoints}:
+        selected = ", ".join(checkpoint.name for checkpoint in checkpoints)
+        return (
+            f"key 'steering.source': {source.name} is not among the checkpoints the sweep selects ({selected}), "
+            "so it would have no activations to build vectors from; add it to 'checkpoints'"
+        )
     return None
 
 

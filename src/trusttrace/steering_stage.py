@@ -53,9 +53,10 @@ SOURCE_FIELDS = ("model", "revision", "commit", "weights_sha256", "position", "d
 TARGET_KEYS = ["target_model", "target_model_id", "target_revision"]
 STEERING_KEYS = [
     "source_model", "source_checkpoint", "source_position", "source_dtype", *TARGET_KEYS, "target_dtype",
-    "dataset", "dataset_hash", "task", "protocol", "seed", "scaling", "positions", "layer", "alpha", "metric",
+    "dataset", "dataset_hash", "task", "protocol", "seed", "scaling", "positions", "max_perplexity", "max_rows",
+    "layer", "alpha", "metric",
 ]
-EVALUATE_KEYS = [*TARGET_KEYS, "target_dtype", "task", "dataset_hash", "protocol", "seed", "metric"]
+EVALUATE_KEYS = [*TARGET_KEYS, "target_dtype", "task", "dataset_hash", "protocol", "seed", "max_rows", "metric"]
 
 
 
@@ -230,6 +231,7 @@ def evaluate_task(sweep: "Sweep", task: str, model_and_tokenizer, target_name: s
                       protocol=config.protocol, seed=config.seed)
     table = result.table.assign(
         dataset=result.settings.get("dataset"), dataset_hash=result.settings.get("dataset_hash"),
+        max_rows=config.evaluate.max_rows or 0,  # 0: every held-out row
         **target_columns(target_name, model), **run_columns(config, result.settings.get("template")),
     )
     append_table(sweep.store.root / EVALUATE_TABLE, table, EVALUATE_KEYS)

@@ -7,6 +7,7 @@ Figures are written through a `FigureWriter`, which gives each a unique file nam
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +34,9 @@ EVALUATE_REMEDY = "add evaluate to the stages of `trusttrace run` (or see `trust
 # What an evaluation table shows of evaluate.parquet, in this order, where present.
 EVALUATION_COLUMNS = ("task", "metric", "value", "low", "high", "n", "dataset", "protocol", "seed", "target_revision")
 # Per task, the one configuration an evaluation table shows (besides the dataset version with the most rows).
-EVALUATION_CONFIGURATION = (("target_model_id", None), ("target_revision", None), ("protocol", "default"), ("seed", None))
+EVALUATION_CONFIGURATION = (
+    ("target_model_id", None), ("target_revision", None), ("protocol", "default"), ("seed", None), ("max_rows", 0),
+)
 DEFAULT_CURVE_LAYERS = 4
 IMPROVES = f"beyond chance (a paired one-sided test on the same examples, Holm-corrected over the grid's settings, at {SIGNIFICANCE * 100:g} %)"
 SELECT_HINT = "show another with `trusttrace report --select KEY=VALUE`, a column and one of its values named here"
@@ -370,7 +373,7 @@ def steering_section(ws: Workspace, writer: FigureWriter) -> Section:
     best_rows = []
     for values, group in groups:
         named = dict(zip(keys, values if isinstance(values, tuple) else (values,)))
-        title = " · ".join(f"{k.replace('_', ' ')} {v}" for k, v in named.items()) or "steering grid"
+        title = " · ".join(f"{k.replace('_', ' ')} {v}" for k, v in named.items() if not _blank(v)) or "steering grid"
         section.add(heading(title))
         part, best = _steering_figure(group, writer, named, title)
         section.add(part)
@@ -378,6 +381,11 @@ def steering_section(ws: Workspace, writer: FigureWriter) -> Section:
     if best_rows:
         section.add(heading("Best settings"), table(pd.DataFrame(best_rows)))
     return section
+
+
+def _blank(value: Any) -> bool:
+    """A grid key without a value (a limit left unset is stored as missing): left out of titles."""
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def _steering_figure(group: pd.DataFrame, writer: FigureWriter, named: dict[str, Any], title: str) -> tuple[str, list[dict[str, Any]]]:
