@@ -1,4 +1,4 @@
-"""Other decoder families the study's suites and their fine-tunes use: Mistral, Qwen2, Gemma, OLMo.
+"""Other decoder families the study's suites and their fine-tunes use: Mistral, Qwen2, Gemma, OLMo (and Bloom).
 
 Each is built from a small random config (no download). Block discovery must find their
 decoder layers without per-model code, and batched extraction (with the deepest block's
@@ -16,7 +16,7 @@ from trusttrace.extract import extract_activations
 from trusttrace.models import decoder_layers
 from trusttrace.tiny import BOS_ID, EOS_ID, PAD_ID
 
-FAMILIES = ["mistral", "qwen2", "gemma", "olmo", "olmo2", "qwen3", "gemma2"]
+FAMILIES = ["mistral", "qwen2", "gemma", "olmo", "olmo2", "qwen3", "gemma2", "bloom"]  # bloom's mlp adds the residual it is given
 
 
 def family_model(model_type: str, vocab_size: int):

@@ -198,21 +198,29 @@ def feed_forward_at(block: nn.Module, index: list[torch.Tensor]) -> list[Removab
     Used on the deepest block read at one position: its output elsewhere feeds nothing (later
     blocks do not run), and the feed-forward network acts on each position alone, so the read
     positions come out the same while most of the block's work is skipped. Elsewhere the
-    network's output is zero. A block without an `mlp` module runs whole.
+    network's output is zero. A block without an `mlp` module runs whole. Every argument laid out
+    per position like the hidden states is cut alike: Bloom's network, for one, adds the residual
+    it is given.
     """
     mlp = getattr(block, "mlp", None)
     if not isinstance(mlp, nn.Module):
         return []
     shapes: list[torch.Size] = []
 
-    def before(_module, args):
+    def before(_module, args, kwargs):
         shapes.clear()
         if not args or not isinstance(args[0], torch.Tensor) or args[0].ndim != 3:
             return None
         hidden = args[0]
         shapes.append(hidden.shape)
         rows = torch.arange(hidden.shape[0], device=hidden.device)
-        return (hidden[rows, index[0]].unsqueeze(1), *args[1:])
+
+        def cut(value):
+            if isinstance(value, torch.Tensor) and value.ndim >= 2 and value.shape[:2] == hidden.shape[:2]:
+                return value[rows, index[0]].unsqueeze(1)
+            return value
+
+        return tuple(cut(value) for value in args), {name: cut(value) for name, value in kwargs.items()}
 
     def after(_module, _args, output):
         if not shapes:
@@ -222,7 +230,7 @@ def feed_forward_at(block: nn.Module, index: list[torch.Tensor]) -> list[Removab
         full[torch.arange(full.shape[0], device=full.device), index[0]] = first[:, 0]
         return (full, *output[1:]) if isinstance(output, tuple) else full
 
-    return [mlp.register_forward_pre_hook(before), mlp.register_forward_hook(after)]
+    return [mlp.register_forward_pre_hook(before, with_kwargs=True), mlp.register_forward_hook(after)]
 
 
 def accepts_position_ids(module: nn.Module) -> bool:
