@@ -181,3 +181,31 @@ def test_reduce_positions_under_both_paddings():
     assert reduce_positions(hidden, left, "last").flatten().tolist() == [3.0, 7.0]
     assert reduce_positions(hidden, left, "first").flatten().tolist() == [2.0, 4.0]
     assert reduce_positions(hidden, right, "mean").flatten().tolist() == [0.5, 5.5]
+
+
+def test_a_statement_of_no_tokens_is_one_clear_error(tokenizer):
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    from trusttrace.tiny import SPECIAL_TOKENS, tiny_model
+
+    raw = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    raw.post_processor = None  # no BOS, as GPT-2's and Pythia's tokenizers
+    no_bos = PreTrainedTokenizerFast(tokenizer_object=raw, **SPECIAL_TOKENS)
+    with pytest.raises(TrustTraceError, match=r"statement 1 \(''\) is no tokens to this tokenizer, which adds no BOS"):
+        extract_activations(tiny_model("gpt_neox", len(tokenizer)), no_bos, ["the cat", "", "the red cat"])
+
+
+def test_a_pad_id_the_embedding_lacks_is_passed_over(tokenizer, statements):
+    import copy
+
+    from trusttrace.extract import pad_token_id
+    from trusttrace.tiny import tiny_model
+
+    model = tiny_model("llama", len(tokenizer))
+    added = copy.deepcopy(tokenizer)
+    added.add_special_tokens({"pad_token": "<newpad>"})  # without resizing the model's embeddings
+    assert added.pad_token_id == len(tokenizer) and pad_token_id(added, model) == added.eos_token_id
+    torch.testing.assert_close(
+        extract_activations(model, added, statements, batch_size=4), one_at_a_time(model, added, statements), rtol=1e-4, atol=1e-5
+    )

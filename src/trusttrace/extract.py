@@ -68,6 +68,12 @@ def tokenize_statements(
     the last token survives; a single warning says how many were cut.
     """
     encoded = tokenizer(list(statements), add_special_tokens=True)["input_ids"]
+    empty = [i for i, ids in enumerate(encoded) if not ids]
+    if empty:
+        raise TrustTraceError(
+            f"statement {empty[0]} ({statements[empty[0]]!r}) is no tokens to this tokenizer, which adds no BOS "
+            f"({len(empty)} such statement(s)): it has no state to read"
+        )
     bos = tokenizer.bos_token_id
     cut = np.zeros(len(encoded), dtype=bool)
     for i, ids in enumerate(encoded):
@@ -91,12 +97,23 @@ def sorted_batches(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
-    """The id batches are padded with: the pad token, else EOS, else 0 (padding is masked out)."""
+def pad_token_id(tokenizer: PreTrainedTokenizerBase, model: nn.Module | None = None) -> int:
+    """The id batches are padded with: the pad token, else EOS, else 0 (padding is masked out).
+
+    With `model`, an id its input embedding lacks is passed over (a pad token added to the
+    tokenizer without resizing the model's embeddings would otherwise fail the lookup).
+    """
+    rows = _embedding_rows(model)
     for value in (tokenizer.pad_token_id, tokenizer.eos_token_id):
-        if value is not None:
+        if value is not None and (rows is None or 0 <= value < rows):
             return int(value)
     return 0
+
+
+def _embedding_rows(model: nn.Module | None) -> int | None:
+    """How many token ids the model's input embedding holds, where it says."""
+    embeddings = model.get_input_embeddings() if model is not None and hasattr(model, "get_input_embeddings") else None
+    return getattr(embeddings, "num_embeddings", None)
 
 
 def plan_batches(
@@ -287,7 +304,7 @@ def iter_activations(
     device = next(model.parameters()).device
     base = model.base_model
     pass_positions = accepts_position_ids(base)
-    pad_id = pad_token_id(tokenizer)
+    pad_id = pad_token_id(tokenizer, model)
     side = getattr(tokenizer, "padding_side", "right")
     captured: dict[int, torch.Tensor] = {}
     current_mask: list[torch.Tensor] = []

@@ -125,7 +125,7 @@ def _forward_batches(
     keep_argument = _logits_to_keep_argument(model)
     cache_argument = _cache_argument(model)
     pass_positions = accepts_position_ids(model)
-    pad = pad_token_id(tokenizer)
+    pad = pad_token_id(tokenizer, model)
     with torch.inference_mode(), tqdm(total=len(sequences), desc=desc, unit="seq", disable=None, leave=False) as bar:
         shared, prefix_cache = _prefix_cache(model, sequences, prompt_lengths, cache_argument, device)
         batches = sorted_batches([len(s) - shared for s in sequences], batch_size)
@@ -197,7 +197,7 @@ def generate_texts(
         raise EvaluationError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     encoded, _ = tokenize_statements(tokenizer, prompts, context_length(model, tokenizer) - max_new_tokens)
     device = next(model.parameters()).device
-    pad = pad_token_id(tokenizer)
+    pad = pad_token_id(tokenizer, model)
     config = greedy_config(model, max_new_tokens, pad)
     texts = [""] * len(prompts)
     batches = sorted_batches([len(ids) for ids in encoded], batch_size)

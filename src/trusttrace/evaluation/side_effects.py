@@ -41,7 +41,7 @@ def side_effects(
     tokens = 0
     with torch.inference_mode():
         for rows in sorted_batches([len(ids) for ids in encoded], batch_size):
-            ids, mask, positions = pad_batch([encoded[r] for r in rows], pad_token_id(tokenizer), "left", device)
+            ids, mask, positions = pad_batch([encoded[r] for r in rows], pad_token_id(tokenizer, model), "left", device)
             kwargs = {"input_ids": ids, "attention_mask": mask, "use_cache": False}
             if pass_positions:
                 kwargs["position_ids"] = positions

@@ -77,7 +77,7 @@ def load_classifier(
     if device is not None:
         model.to(device)
     if tokenizer.pad_token_id is None:
-        tokenizer.pad_token_id = pad_token_id(tokenizer)
+        tokenizer.pad_token_id = pad_token_id(tokenizer, model)
     return ToxicityClassifier(model, tokenizer, toxic_index(model, name, toxic_label), classifier_limit(model, tokenizer), name)
 
 
