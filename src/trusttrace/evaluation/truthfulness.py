@@ -64,7 +64,11 @@ def load_mc_questions(path: str | Path | None = None, *, data_dir: str | Path | 
         raise EvaluationError(f"no TruthfulQA MC file at {file}; pass mc_path= or a --data-dir holding upstream/{MC_FILE}")
     from trusttrace.data.hub import download, read_frames
 
-    frame = read_frames(download(HUB_REPO, HUB_PATTERNS, "truthfulqa multiple choice: no local mc_task.json"))
+    advice = (
+        "get data/mc_task.json of https://github.com/sylinrl/TruthfulQA, placed in "
+        f"<data>/upstream/{MC_FILE.as_posix()}, and pass <data> as --data-dir"
+    )
+    frame = read_frames(download(HUB_REPO, HUB_PATTERNS, "truthfulqa multiple choice: no local mc_task.json", advice))
     questions = [
         MCQuestion(row.question, _hub_targets(row.mc1_targets), _hub_targets(row.mc2_targets))
         for row in frame.itertuples()
