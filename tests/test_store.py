@@ -81,8 +81,27 @@ def test_existing_set_is_reused_and_corrupt_set_recomputed(tmp_path, saved_model
     with pytest.raises(CorruptArtefactError, match="checksum mismatch"):
         store.load(first)
     assert not store.verify(first)
-    redone = extract_to_store(model, tokenizer, dataset, store)
+    with pytest.warns(UserWarning, match="checksum mismatch.*: the activation set is damaged and is recomputed"):
+        redone = extract_to_store(model, tokenizer, dataset, store)
     torch.testing.assert_close(store.load(redone), good)
+    (redone.path / "meta.json").write_text("{not json")
+    with pytest.warns(UserWarning, match="meta.json: unreadable sidecar.*is recomputed"):
+        again = extract_to_store(model, tokenizer, dataset, store)
+    assert again.key == first.key and store.verify(again)
+    torch.testing.assert_close(store.load(again), good)
+
+
+def test_models_built_in_memory_are_told_apart_and_a_cast_is_recorded(tmp_path, tokenizer, statements):
+    from trusttrace.tiny import tiny_model
+
+    store, dataset = ActivationStore(tmp_path), toy_dataset(statements)
+    first = extract_to_store(tiny_model("llama", len(tokenizer), seed=0), tokenizer, dataset, store)
+    second_model = tiny_model("llama", len(tokenizer), seed=1)
+    second = extract_to_store(second_model, tokenizer, dataset, store)
+    assert second.key != first.key  # same class and name, other weights
+    torch.testing.assert_close(store.load(second), extract_activations(second_model, tokenizer, statements))
+    cast = extract_to_store(second_model.to(torch.bfloat16), tokenizer, dataset, store)
+    assert cast.provenance["dtype"] == "bfloat16" and cast.key != second.key
 
 
 def test_a_bfloat16_model_s_states_are_stored_as_computed_and_read_back_as_float32(tmp_path, saved_model, statements):

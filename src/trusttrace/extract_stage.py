@@ -7,11 +7,14 @@ for the steering and evaluation units, analysis for probes and MI).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
+from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from trusttrace.data import TrustDataset
+from trusttrace.errors import CorruptArtefactError
 from trusttrace.extract import check_position, iter_activations
 from trusttrace.models import decoder_layers, layer_set
 from trusttrace.provenance import activation_provenance
@@ -39,7 +42,8 @@ def extract_to_store(
     Output is streamed to shards of at most `memory_budget` bytes (or one batch, when a batch is
     larger), so a dataset whose activations do not fit in memory is still extracted; writing
     holds about four shards' worth. `layers` is the set of blocks to store: a block named twice
-    is stored once, in block order. A stored set whose checksums fail is recomputed, never used.
+    is stored once, in block order. A stored set that is damaged (an unreadable sidecar, a
+    missing shard, a checksum that fails) is reported in a warning and recomputed, never used.
     """
     check_position(position)
     chosen = layer_set(layers, len(decoder_layers(model)))  # one selection, however written, is one set
@@ -48,11 +52,24 @@ def extract_to_store(
         position=position, layers=chosen, model_name=model_name, checkpoint=checkpoint, step=step, tokens=tokens,
     )
     with store.locked():
-        existing = store.find(provenance)
-        if existing is not None and store.verify(existing):
+        existing = _intact(store, provenance)
+        if existing is not None:
             return existing
         batches = iter_activations(
             model, tokenizer, dataset.statements, layers=chosen, position=position,
             batch_size=batch_size, progress=progress,
         )
         return store.save_batches(batches, dataset, provenance, shard_bytes=memory_budget)
+
+
+def _intact(store: ActivationStore, provenance: dict[str, Any]) -> ActivationRecord | None:
+    """The stored set of this provenance when it is there and intact; None when it is absent, or
+    damaged (said in a warning: the caller recomputes it in place)."""
+    try:
+        existing = store.find(provenance)
+        if existing is not None:
+            store.check(existing)
+        return existing
+    except CorruptArtefactError as error:
+        warnings.warn(f"{error}: the activation set is damaged and is recomputed", stacklevel=3)
+        return None

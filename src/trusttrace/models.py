@@ -492,18 +492,45 @@ def context_length(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -
 
 
 def describe_source(model: PreTrainedModel) -> dict[str, Any]:
-    """The model's provenance as a dict; for a model built in memory, what can be said of it."""
+    """The model's provenance as a dict; for a model built in memory, what can be said of it.
+
+    The dtype is the one its parameters have now (a model cast after loading is described as
+    cast). A model built in memory has no weight files: its weights checksum is one of its state
+    dict's tensors, so two such models of one class are never taken for each other.
+    """
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
     source = getattr(model, "trusttrace_source", None)
     if source is not None:
-        return source.as_dict()
+        return source.as_dict() | {"dtype": dtype}
     return {
         "model": getattr(model, "name_or_path", "") or type(model).__name__,
         "revision": None,
         "commit": None,
-        "weights_sha256": None,
-        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "weights_sha256": state_checksum(model),
+        "dtype": dtype,
         "tokenizer": None,
         "tokenizer_sha256": None,
         "architecture": type(model).__name__,
     }
+
+
+def state_checksum(model: nn.Module) -> str:
+    """A sha256 over the name, dtype, shape and bytes of every tensor of the model's state dict,
+    one tensor at a time on the CPU.
+
+    Kept on the model with the tensors' storage and in-place version counters, so asking again
+    costs nothing until a tensor is replaced or changed in place.
+    """
+    state = model.state_dict()
+    signature = tuple((name, tensor.data_ptr(), tensor._version, tensor.dtype) for name, tensor in state.items())
+    cached = getattr(model, "_trusttrace_state_checksum", None)
+    if cached is not None and cached[0] == signature:
+        return cached[1]
+    digest = hashlib.sha256()
+    for name, tensor in state.items():
+        flat = tensor.detach().reshape(-1).contiguous().cpu()
+        digest.update(f"{name}:{flat.dtype}:{tuple(tensor.shape)}\n".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+    model._trusttrace_state_checksum = (signature, digest.hexdigest())
+    return digest.hexdigest()
 
