@@ -56,6 +56,10 @@ def test_unknown_dataset_and_non_model_folder(tmp_path, csv_dataset):
     assert result.returncode == 2 and "unknown dataset 'nonsense'" in result.stderr
     result = run_cli("extract", "--model", str(tmp_path), "--dataset", str(csv_dataset), "--out", str(tmp_path / "ws"))
     assert result.returncode == 2 and str(tmp_path) in result.stderr and "Traceback" not in result.stderr
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = run_cli("extract", "--model", str(tmp_path), "--dataset", str(csv_dataset), "--out", str(empty))
+    assert result.returncode == 2 and not any(empty.iterdir())  # an empty folder is made a workspace only after the load
 
 
 def test_a_busy_workspace_is_refused_before_the_model_loads(tmp_path, csv_dataset):

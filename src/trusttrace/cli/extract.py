@@ -53,7 +53,7 @@ def extract(
     root = check_data_dir(data_dir)
     datasets = [load_dataset(name, data_dir=root) for name in dataset]
     with ExitStack() as held:
-        store = ActivationStore(out) if out.exists() else None
+        store = ActivationStore(out) if (out / WORKSPACE_FILE).exists() else None  # an empty folder is not one yet
         if store is not None:
             held.enter_context(store.locked())
         loaded, tokenizer = load_model(model, revision, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
