@@ -286,7 +286,11 @@ def iter_activations(
 ) -> Iterator[ActivationBatch]:
     """Yield the chosen blocks' states batch by batch (rows in length order, not input order),
     in the dtype the model computed them in: a bfloat16 model's states are kept as they are,
-    half the bytes of float32 to move and store, with nothing lost."""
+    half the bytes of float32 to move and store, with nothing lost.
+
+    The reading hooks stay on the model while the generator is paused between batches: run the
+    model for anything else only once it is exhausted or closed (`close()` removes them).
+    """
     check_position(position)
     statements = check_statements(statements)
     for name, value in (("batch_size", batch_size), ("batch_tokens", batch_tokens)):
