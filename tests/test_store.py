@@ -279,3 +279,20 @@ def test_half_written_dataset_snapshot_is_rewritten(tmp_path, statements):
     path.with_suffix(".json").unlink()  # killed between the two files
     store.save_dataset(dataset)
     assert path.with_suffix(".json").exists()
+
+
+def test_a_set_whose_model_config_changed_since_is_recomputed(tmp_path, saved_model, statements):
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(saved_model("llama"), folder)
+    store, dataset = ActivationStore(tmp_path / "ws"), toy_dataset(statements)
+    first = extract_to_store(*load_model(folder, dtype="float32", device="cpu"), dataset, store)
+    assert first.provenance["files_sha256"]
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(config | {"rope_theta": 1000.0}))  # same weights, same key
+    model, tokenizer = load_model(folder, dtype="float32", device="cpu")
+    with pytest.warns(UserWarning, match="config or tokenizer files changed since this set was extracted"):
+        again = extract_to_store(model, tokenizer, dataset, store)
+    assert again.key == first.key and again.provenance["files_sha256"] != first.provenance["files_sha256"]
+    torch.testing.assert_close(store.load(again), extract_activations(model, tokenizer, statements))

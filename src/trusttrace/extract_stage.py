@@ -63,13 +63,21 @@ def extract_to_store(
 
 
 def _intact(store: ActivationStore, provenance: dict[str, Any]) -> ActivationRecord | None:
-    """The stored set of this provenance when it is there and intact; None when it is absent, or
-    damaged (said in a warning: the caller recomputes it in place)."""
+    """The stored set of this provenance when it is there, intact and current; None when it is
+    absent, damaged, or made before the model's config or tokenizer files changed (said in a
+    warning: the caller recomputes it in place)."""
     try:
         existing = store.find(provenance)
         if existing is not None:
             store.check(existing)
-        return existing
     except CorruptArtefactError as error:
         warnings.warn(f"{error}: the activation set is damaged and is recomputed", stacklevel=3)
         return None
+    stored = existing.provenance.get("files_sha256") if existing is not None else None
+    if stored is not None and stored != provenance.get("files_sha256"):
+        warnings.warn(
+            f"{existing.path}: the model's config or tokenizer files changed since this set was extracted; "
+            "it is recomputed", stacklevel=3,
+        )
+        return None
+    return existing

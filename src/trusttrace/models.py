@@ -62,6 +62,7 @@ class ModelSource:
     tokenizer: str
     tokenizer_sha256: str
     architecture: str
+    files_sha256: str | None = None  # a local folder's config and tokenizer files (see `result_files_checksum`)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -146,6 +147,7 @@ def load_model(
         tokenizer=getattr(tokenizer, "name_or_path", name) or name,
         tokenizer_sha256=vocabulary_checksum(tokenizer),
         architecture=type(model).__name__,
+        files_sha256=result_files_checksum(local) if local is not None else None,
     )
     return model, tokenizer
 
@@ -274,6 +276,19 @@ def folder_checksum(folder: Path) -> str | None:
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
+def result_files_checksum(folder: Path) -> str:
+    """One sha256 over the names and bytes of a local model's config and tokenizer files: what
+    besides the weights changes its states (a Hub model's commit says the same of its files)."""
+    digest = hashlib.sha256()
+    for path in _result_files(folder):
+        digest.update(f"{path.name}:{file_sha256(path)}\n".encode())
+    return digest.hexdigest()
+
+
+def _result_files(folder: Path) -> list[Path]:
+    return sorted({path for pattern in RESULT_FILES for path in folder.glob(pattern) if path.is_file()})
+
+
 def checkpoint_fingerprint(folder: Path) -> str | None:
     """Names, sizes and modification times of a local checkpoint's weight files, then of its
     config and tokenizer files, as "WEIGHTS+OTHERS" (None when it holds no weights).
@@ -284,8 +299,7 @@ def checkpoint_fingerprint(folder: Path) -> str | None:
     weights = weight_files(folder)
     if not weights:
         return None
-    others = sorted({path for pattern in RESULT_FILES for path in folder.glob(pattern) if path.is_file()})
-    return f"{_stat_digest(weights)}+{_stat_digest(others)}"
+    return f"{_stat_digest(weights)}+{_stat_digest(_result_files(folder))}"
 
 
 def fingerprint_changed(recorded: str, current: str | None) -> bool:

@@ -83,6 +83,7 @@ def activation_provenance(
         "dtype": source["dtype"],
         "tokenizer": tokenizer_name(tokenizer),
         "tokenizer_sha256": source["tokenizer_sha256"] or vocabulary_checksum(tokenizer),
+        "files_sha256": source.get("files_sha256"),
         "add_special_tokens": True,
         "template": template,
         "trusttrace_version": trusttrace_version(),
