@@ -191,7 +191,7 @@ def test_a_statement_of_no_tokens_is_one_clear_error(tokenizer):
 
     raw = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
     raw.post_processor = None  # no BOS, as GPT-2's and Pythia's tokenizers
-    no_bos = PreTrainedTokenizerFast(tokenizer_object=raw, **SPECIAL_TOKENS)
+    no_bos = PreTrainedTokenizerFast(tokenizer_object=raw, model_input_names=["input_ids", "attention_mask"], **SPECIAL_TOKENS)
     with pytest.raises(TrustTraceError, match=r"statement 1 \(''\) is no tokens to this tokenizer, which adds no BOS"):
         extract_activations(tiny_model("gpt_neox", len(tokenizer)), no_bos, ["the cat", "", "the red cat"])
 

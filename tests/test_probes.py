@@ -87,7 +87,7 @@ def test_paper_scaling_uses_all_rows_and_directions_undo_it():
     for layer in range(2):
         x = acts[layer].double()
         mean, std = x.mean(0), x.std(0)  # all rows, n-1: the reference's z-scoring
-        model = LogisticRegression(tol=1e-12, max_iter=10_000).fit(((x - mean) / std)[:200].numpy(), y[:200])
+        model = LogisticRegression(tol=1e-12, max_iter=10_000, solver="newton-cholesky").fit(((x - mean) / std)[:200].numpy(), y[:200])
         expected = torch.as_tensor(model.coef_[0]) / std
         torch.testing.assert_close(result.directions[layer].double(), expected, rtol=1e-4, atol=1e-6)
         intercept = model.intercept_[0] - float((mean / std) @ torch.as_tensor(model.coef_[0]))

@@ -37,7 +37,8 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 2000) -> PreTrainedT
     tokenizer.post_processor = processors.TemplateProcessing(
         single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos_id)]
     )
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, **SPECIAL_TOKENS)
+    # A causal LM's inputs: without this, transformers before 4.4x also returns token_type_ids, which Llama refuses.
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, model_input_names=["input_ids", "attention_mask"], **SPECIAL_TOKENS)
 
 
 def tiny_config(arch: str, vocab_size: int, hidden: int = 64, layers: int = 4, heads: int = 4, context: int = 128):
