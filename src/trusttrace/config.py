@@ -102,7 +102,7 @@ class MIOptions(Strict):
 
 
 class SteeringOptions(Strict):
-    source: str = Field(..., description="checkpoint whose activations give the vectors")
+    source: str = Field(..., description="checkpoint whose activations give the vectors: one of the selected checkpoints")
     target: str = Field("final", description="'final' (last selected checkpoint), a suite target key, or a model id/path")
     datasets: Optional[list[str]] = Field(None, min_length=1, description="names of the sweep's datasets (default: all)")
     layers: list[StoredLayer] = Field(..., min_length=1)
