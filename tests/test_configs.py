@@ -195,6 +195,20 @@ def test_device_auto_means_the_default(project):
     assert load_config(project({"device": "cuda:1"})).device == "cuda:1"
 
 
+@pytest.mark.parametrize(
+    ("probes", "moot"),
+    [({"folds": 3, "test_size": 0.3}, ["test_size"]), ({"method": "mass_mean", "C": 2.0}, ["C"]),
+     ({"split": "paper", "folds": 5}, ["folds"]), ({"folds": 1, "test_size": 0.3}, []), ({"folds": 5}, [])],
+)
+def test_probe_keys_with_no_effect_are_named_in_a_warning(project, probes, moot):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        load_config(project({"probes": probes}))
+    assert [str(w.message).split("'")[1] for w in caught] == [f"probes.{key}" for key in moot]
+
+
 def test_layers_of_a_hub_suite_are_checked_only_from_the_cache(tmp_path, monkeypatch, hub_online):
     """The block count of a Hub checkpoint comes from a config.json already cached, never a download."""
     import huggingface_hub

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union, get_args
 
@@ -90,6 +91,21 @@ class ProbeOptions(Strict):
     test_size: Number = Field(0.2, gt=0, lt=1)
     seed: Optional[StrictInt] = Field(None, ge=0, description="seed of the probes' folds and MI's rows (default: the sweep's seed)")
     C: Number = Field(1.0, gt=0, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _say_what_has_no_effect(self) -> "ProbeOptions":
+        """Warn of a key given that the other keys make moot: it still names new units, which rerun."""
+        given = self.model_fields_set
+        moot = {
+            "test_size": f"with folds: {self.folds} each fold tests 1/{self.folds} of the rows" if self.folds > 1 else None,
+            "C": "the mass_mean probe has no regularisation" if self.method == "mass_mean" else None,
+        }
+        if self.split == "paper":
+            moot |= {key: "the paper split is the first 80 % of rows, one fold" for key in ("folds", "test_size")}
+        for key, reason in moot.items():
+            if key in given and reason is not None:
+                warnings.warn(f"key 'probes.{key}' has no effect here ({reason}); a changed value still reruns the probes and MI", stacklevel=2)
+        return self
 
 
 class MIOptions(Strict):
