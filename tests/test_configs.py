@@ -125,7 +125,7 @@ STEERING = {"source": "step_10", "layers": [1]}
         pytest.param({"stages": ["extract", "steering"], "steering": {**STEERING, "datasets": ["toy.csv"]}},
                      ["key 'steering.datasets'", "'toy.csv'"], id="steering-dataset-by-file-name"),
         pytest.param({"checkpoints": ["step_0"], "stages": ["extract", "steering"], "steering": STEERING},
-                     ["key 'steering.source'", "step_10 is not among the checkpoints the sweep selects (step_0)", "add it to 'checkpoints'"],
+                     ["key 'steering.source'", "step_10 is not among the checkpoints the sweep selects (step_0) and", "holds no activations of it", "add it to 'checkpoints'"],
                      id="steering-source-not-selected"),
         pytest.param({"stages": ["probes", "mi"]}, ["key 'stages'", "add extract to stages"], id="no-extract-no-activations"),
         pytest.param({"steering": STEERING}, ["key 'steering'", "not in stages", "add it to stages"], id="steering-without-its-stage"),

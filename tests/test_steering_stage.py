@@ -190,6 +190,20 @@ def test_a_setting_changed_and_changed_back_keeps_each_setting_s_rows(setup):
     )
 
 
+def test_a_source_extracted_by_an_earlier_run_need_not_be_selected(setup):
+    from trusttrace.config_checks import check_names
+
+    root, suite, dataset, data = setup
+    sweep(root, suite, dataset, data)  # extracts step_0 and step_10
+    config = load_config(write_config(
+        root, suite, dataset, data_dir=str(data), checkpoints=["step_10"], stages=["steering"],
+        steering=STEERING | {"alphas": [4.0]},
+    ))
+    check_names(config)
+    summary = run_sweep(config, progress=False)
+    assert summary.ok and summary.ran == 1, summary.failed
+
+
 def test_rows_of_an_older_statistical_rule_are_recomputed_and_the_vectors_kept(setup, monkeypatch):
     root, suite, dataset, data = setup
     import trusttrace.evaluation.runner as runner

@@ -222,13 +222,26 @@ def _source_problem(config: SweepConfig, suite: "CheckpointSuite", checkpoints: 
         source = suite.get(config.steering.source)
     except TrustTraceError as error:
         return f"key 'steering.source': {error}"
-    if source.name not in {checkpoint.name for checkpoint in checkpoints}:
+    if source.name not in {checkpoint.name for checkpoint in checkpoints} and not _extracted(config, suite.name, source.name):
         selected = ", ".join(checkpoint.name for checkpoint in checkpoints)
         return (
-            f"key 'steering.source': {source.name} is not among the checkpoints the sweep selects ({selected}), "
-            "so it would have no activations to build vectors from; add it to 'checkpoints'"
+            f"key 'steering.source': {source.name} is not among the checkpoints the sweep selects ({selected}) and "
+            f"{config.workspace} holds no activations of it, so there is nothing to build vectors from; add it to 'checkpoints'"
         )
     return None
+
+
+def _extracted(config: SweepConfig, suite: str, checkpoint: str) -> bool:
+    """Whether the workspace's manifest has a done extract unit of this suite's checkpoint (an
+    earlier run's; whether its settings match the sweep's is checked when the steering unit runs)."""
+    from trusttrace.manifest import Manifest
+    from trusttrace.store import MANIFEST_FILE
+
+    path = config.workspace / MANIFEST_FILE
+    prefix = f"{suite}:{checkpoint}/"
+    return path.is_file() and any(
+        row.stage == "extract" and row.status == "done" and row.unit.startswith(prefix) for row in Manifest(path).units()
+    )
 
 
 def _task_problem(config: SweepConfig) -> str | None:
