@@ -100,8 +100,12 @@ def test_models_built_in_memory_are_told_apart_and_a_cast_is_recorded(tmp_path, 
     second = extract_to_store(second_model, tokenizer, dataset, store)
     assert second.key != first.key  # same class and name, other weights
     torch.testing.assert_close(store.load(second), extract_activations(second_model, tokenizer, statements))
+    with torch.no_grad():
+        next(second_model.parameters()).data.mul_(2.0)  # in place, through .data: no version counter moves
+    changed = extract_to_store(second_model, tokenizer, dataset, store)
+    assert changed.key not in (first.key, second.key)
     cast = extract_to_store(second_model.to(torch.bfloat16), tokenizer, dataset, store)
-    assert cast.provenance["dtype"] == "bfloat16" and cast.key != second.key
+    assert cast.provenance["dtype"] == "bfloat16" and cast.key not in (second.key, changed.key)
 
 
 def test_a_bfloat16_model_s_states_are_stored_as_computed_and_read_back_as_float32(tmp_path, saved_model, statements):

@@ -11,6 +11,7 @@ import hashlib
 import json
 import operator
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -506,11 +507,10 @@ def context_length(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -
 
 
 def describe_source(model: PreTrainedModel) -> dict[str, Any]:
-    """The model's provenance as a dict; for a model built in memory, what can be said of it.
+    """The model's provenance as a dict; for a model built in memory, what can be said of it
+    without reading its weights (see `state_checksum` for where a checksum of them is needed).
 
-    The dtype is the one its parameters have now (a model cast after loading is described as
-    cast). A model built in memory has no weight files: its weights checksum is one of its state
-    dict's tensors, so two such models of one class are never taken for each other.
+    The dtype is the one its parameters have now: a model cast after loading is described as cast.
     """
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
     source = getattr(model, "trusttrace_source", None)
@@ -520,7 +520,7 @@ def describe_source(model: PreTrainedModel) -> dict[str, Any]:
         "model": getattr(model, "name_or_path", "") or type(model).__name__,
         "revision": None,
         "commit": None,
-        "weights_sha256": state_checksum(model),
+        "weights_sha256": None,
         "dtype": dtype,
         "tokenizer": None,
         "tokenizer_sha256": None,
@@ -528,23 +528,24 @@ def describe_source(model: PreTrainedModel) -> dict[str, Any]:
     }
 
 
-def state_checksum(model: nn.Module) -> str:
+def state_checksum(model: nn.Module) -> str | None:
     """A sha256 over the name, dtype, shape and bytes of every tensor of the model's state dict,
-    one tensor at a time on the CPU.
-
-    Kept on the model with the tensors' storage and in-place version counters, so asking again
-    costs nothing until a tensor is replaced or changed in place.
+    one tensor at a time on the CPU: what names a model built (or changed) in memory, which has no
+    weight files. Read afresh on each call, since weights can change in place. None, with a
+    warning, when some weights are offloaded (on the meta device) and cannot be read here.
     """
     state = model.state_dict()
-    signature = tuple((name, tensor.data_ptr(), tensor._version, tensor.dtype) for name, tensor in state.items())
-    cached = getattr(model, "_trusttrace_state_checksum", None)
-    if cached is not None and cached[0] == signature:
-        return cached[1]
+    if any(tensor.is_meta for tensor in state.values()):
+        warnings.warn(
+            f"{type(model).__name__}: some weights are offloaded (meta device), so they cannot be checksummed; "
+            "its activation sets are named by its name and class alone", stacklevel=3,
+        )
+        return None
     digest = hashlib.sha256()
     for name, tensor in state.items():
         flat = tensor.detach().reshape(-1).contiguous().cpu()
         digest.update(f"{name}:{flat.dtype}:{tuple(tensor.shape)}\n".encode())
-        digest.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
-    model._trusttrace_state_checksum = (signature, digest.hexdigest())
+        if flat.numel():
+            digest.update(flat.view(torch.uint8).numpy())
     return digest.hexdigest()
 

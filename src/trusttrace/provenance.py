@@ -14,7 +14,7 @@ from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from trusttrace.models import describe_source, vocabulary_checksum
+from trusttrace.models import describe_source, state_checksum, vocabulary_checksum
 
 # Identity keys: two artefacts with equal values here are the same computation, so a stored
 # one can stand in for a new one (the basis of resume). The checkpoint counts, so that two
@@ -70,7 +70,7 @@ def activation_provenance(
         "model": model_name or source["model"],
         "revision": source["revision"],
         "commit": source["commit"],
-        "weights_sha256": source["weights_sha256"],
+        "weights_sha256": source["weights_sha256"] or state_checksum(model),  # a key needs the weights named
         "architecture": source["architecture"],
         "checkpoint": checkpoint if checkpoint is not None else (source["revision"] or source["model"]),
         "step": step,
