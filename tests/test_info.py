@@ -331,3 +331,13 @@ def test_a_plane_built_from_one_reference_chunk_by_chunk_equals_the_whole(estima
         info.plane_layers(reference, acts[:, :40])
     with pytest.raises(ProbeError, match=r"tensor \[n, hidden\]"):
         info.plane_reference(acts, labels)
+
+
+def test_the_kernel_memory_check_counts_a_chunk_s_states(monkeypatch):
+    acts, labels = plane_data(n_layers=4, n=50, hidden=40)
+    reference = info.plane_reference(acts[0], labels, rows=np.arange(50))
+    kernels = (info.KERNEL_MATRICES + 2) * 50 * 50 * 8
+    monkeypatch.setattr(info, "free_memory", lambda device: kernels + 4 * 50 * 40 * 8 - 1)  # one byte short
+    with pytest.raises(ProbeError, match="and the layers’ standardised rows"):
+        info.plane_layers(reference, acts)
+    info.plane_layers(reference, acts[:3])  # three layers fit

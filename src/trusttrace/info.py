@@ -549,7 +549,11 @@ def plane_layers(reference: PlaneReference, acts: torch.Tensor, layers: Sequence
     layer_ids = check_shape(acts, layers)
     if acts.shape[1] != reference.n:
         raise ProbeError(f"activations of {acts.shape[1]} rows for a reference of {reference.n}")
-    states = _standardized(to_analysis_device(acts, reference.device), layer_ids, reference.rows, reference.dtype, reference.standardize)
+    on_device = to_analysis_device(acts, reference.device)
+    if reference.estimator in ("nhsic", "hsic"):  # the standardised rows of every layer come on top of the kernels
+        m, size = len(reference.rows), torch.empty(0, dtype=reference.dtype).element_size()
+        check_kernel_memory(m, size, on_device.device, reference.estimator, acts.shape[0] * m * acts.shape[2] * size)
+    states = _standardized(on_device, layer_ids, reference.rows, reference.dtype, reference.standardize)
     if reference.estimator in ("nhsic", "hsic"):
         i_xt, i_ty = _kernel_plane(states, reference)
     else:
@@ -605,16 +609,18 @@ def _kernel_plane(states: torch.Tensor, reference: PlaneReference) -> tuple[np.n
     return torch.cat(i_xt).cpu().numpy(), torch.cat(i_ty).cpu().numpy()
 
 
-def check_kernel_memory(m: int, element_size: int, device: torch.device, estimator: str) -> None:
-    """A ProbeError, before any work, when the kernel matrices of `m` rows cannot fit in the memory
-    `device` has free: memory grows as m² (and time as m³), so a large set would otherwise end in
-    an out-of-memory crash, or a kill that a resumed sweep would meet again."""
-    need = (KERNEL_MATRICES + 2) * m * m * element_size
+def check_kernel_memory(m: int, element_size: int, device: torch.device, estimator: str, states_bytes: int = 0) -> None:
+    """A ProbeError, before any work, when the kernel matrices of `m` rows (and `states_bytes` of
+    states beside them) cannot fit in the memory `device` has free: memory grows as m² (and time
+    as m³), so a large set would otherwise end in an out-of-memory crash, or a kill that a resumed
+    sweep would meet again."""
+    need = (KERNEL_MATRICES + 2) * m * m * element_size + states_bytes
     free = free_memory(device)
     if free is not None and need > free:
         raise ProbeError(
             f"{estimator} on {m} rows needs about {need / 1e9:.1f} GB of {device.type} memory ({KERNEL_MATRICES + 2} "
-            f"{m}x{m} matrices) and {free / 1e9:.1f} GB is free: estimate on a subsample with max_rows "
+            f"{m}x{m} matrices{' and the layers’ standardised rows' if states_bytes else ''}) and {free / 1e9:.1f} GB "
+            "is free: estimate on a subsample with max_rows "
             "(mi.max_rows in a config, --max-rows for trusttrace mi), or use the gaussian or ksg estimator"
         )
 
