@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -293,6 +294,10 @@ def test_a_set_whose_model_config_changed_since_is_recomputed(tmp_path, saved_mo
     store, dataset = ActivationStore(tmp_path / "ws"), toy_dataset(statements)
     first = extract_to_store(*load_model(folder, dtype="float32", device="cpu"), dataset, store)
     assert first.provenance["files_sha256"]
+    (folder / "generation_config.json").write_text(json.dumps({"max_new_tokens": 7}))  # changes no state
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert extract_to_store(*load_model(folder, dtype="float32", device="cpu"), dataset, store).key == first.key
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps(config | {"rope_theta": 1000.0}))  # same weights, same key
     model, tokenizer = load_model(folder, dtype="float32", device="cpu")

@@ -41,11 +41,10 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 KNOWN_LAYER_PATHS = ("model.layers", "gpt_neox.layers", "transformer.h", "model.decoder.layers", "transformer.blocks")
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
-# Besides the weights, the files of a local checkpoint that change its results: config and tokenizer.
-RESULT_FILES = (
-    "config.json", "generation_config.json", "tokenizer*", "special_tokens_map.json", "added_tokens.json",
-    "vocab*", "merges.txt", "*.model", "chat_template*",
-)
+# Besides the weights, the files of a local checkpoint that change its hidden states (config and
+# tokenizer), and those that change only what it generates.
+STATE_FILES = ("config.json", "tokenizer*", "special_tokens_map.json", "added_tokens.json", "vocab*", "merges.txt", "*.model")
+RESULT_FILES = (*STATE_FILES, "generation_config.json", "chat_template*")
 
 # transformers renamed from_pretrained's `torch_dtype` to `dtype` in 4.56.
 DTYPE_ARGUMENT = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
@@ -278,16 +277,16 @@ def folder_checksum(folder: Path) -> str | None:
 
 
 def result_files_checksum(folder: Path) -> str:
-    """One sha256 over the names and bytes of a local model's config and tokenizer files: what
-    besides the weights changes its states (a Hub model's commit says the same of its files)."""
+    """One sha256 over the names and bytes of a local model's config and tokenizer files (STATE_FILES):
+    what besides the weights changes its states (a Hub model's commit says the same of its files)."""
     digest = hashlib.sha256()
-    for path in _result_files(folder):
+    for path in _matching_files(folder, STATE_FILES):
         digest.update(f"{path.name}:{file_sha256(path)}\n".encode())
     return digest.hexdigest()
 
 
-def _result_files(folder: Path) -> list[Path]:
-    return sorted({path for pattern in RESULT_FILES for path in folder.glob(pattern) if path.is_file()})
+def _matching_files(folder: Path, patterns: Sequence[str]) -> list[Path]:
+    return sorted({path for pattern in patterns for path in folder.glob(pattern) if path.is_file()})
 
 
 def checkpoint_fingerprint(folder: Path) -> str | None:
@@ -300,7 +299,7 @@ def checkpoint_fingerprint(folder: Path) -> str | None:
     weights = weight_files(folder)
     if not weights:
         return None
-    return f"{_stat_digest(weights)}+{_stat_digest(_result_files(folder))}"
+    return f"{_stat_digest(weights)}+{_stat_digest(_matching_files(folder, RESULT_FILES))}"
 
 
 def fingerprint_changed(recorded: str, current: str | None) -> bool:
