@@ -106,6 +106,7 @@ def test_every_first_all_and_names(pythia):
         ("step1001", "suite pythia-160m has no checkpoint 'step1001'; did you mean step1000"),
         (["step0", "main"], "has no checkpoint 'main'"),
         ([1000], "checkpoint 1000 is not a name; names are text, e.g. 'step0'"),
+        (1000, "selection 1000 is neither text nor a list of names"),
     ],
 )
 def test_bad_selections_raise_checkpoint_errors(pythia, spec, message):

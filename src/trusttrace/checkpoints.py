@@ -78,6 +78,8 @@ class CheckpointSuite:
         first and the last; first:N the first N. Names may repeat; each checkpoint comes once.
         """
         if not isinstance(spec, str):
+            if not isinstance(spec, Sequence):
+                raise CheckpointError(f"selection {spec!r} is neither text nor a list of names: use {SELECTION_HELP}")
             return self._by_names(list(spec))
         text = spec.strip()
         if text == "all":

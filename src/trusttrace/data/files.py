@@ -70,7 +70,7 @@ def _read_csv(path: Path) -> Table:
     """A CSV with a header row, every field kept as text; a row with the wrong field count is an error."""
     with path.open(encoding="utf-8-sig", newline="") as handle:
         reader = csv.reader(handle)
-        header = next((row for row in reader if row), None)  # blank lines before the header are skipped
+        header = next((row for row in reader if any(field.strip() for field in row)), None)  # blank lines before it are skipped
         if header is None:
             raise DatasetError(f"{path}: empty file, no header row")
         if len(set(header)) != len(header):
