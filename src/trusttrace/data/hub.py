@@ -12,6 +12,7 @@ import functools
 import importlib
 import os
 import socket
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -174,6 +175,10 @@ def _cached(repo_id: str, patterns: tuple[str, ...], offline: str) -> list[Path]
     files = _matching(folder, patterns)
     if not files:
         raise OfflineError(offline)
+    warnings.warn(
+        f"{repo_id}: the Hub is off, so it is built from the {len(files)} matching file(s) of the local Hugging Face "
+        "cache; a download cut short would have left some out", stacklevel=4,
+    )
     return files
 
 
