@@ -8,7 +8,11 @@ back in fresh processes so that each read's peak memory is its own:
 - `one`: one layer, `store.load(record, layers=[k])` (what building steering vectors reads);
 - `probe`: `probe_record`, which fits the probes a chunk of layers at a time;
 - `mi`: `mi_record` with the gaussian estimator on at most 500 rows (the estimator is cheap,
-  so the time and memory are the store's and the standardisation's).
+  so the time and memory are the store's and the standardisation's);
+- `mi-nhsic`: `mi_record` with the reference's nHSIC on at most `--mi-rows` rows, where the
+  estimator's m x m inversions (one per layer, and X's and Y's) are most of the time.
+
+`--reads` picks some of them (default: the first four).
 
 Peak memory is the process's peak resident size during the read (VmHWM, reset just before it)
 less its resident size before it (Linux); pages of a shard mapped while it is read count too. There is no reference protocol to compare with here: the reference kept every
@@ -39,7 +43,8 @@ from trusttrace.extract import ActivationBatch  # noqa: E402
 from trusttrace.store import ActivationStore  # noqa: E402
 
 BATCH_ROWS = 512
-READS = ("all", "one", "probe", "mi")
+READS = ("all", "one", "probe", "mi", "mi-nhsic")
+DEFAULT_READS = READS[:4]
 
 
 def synthetic_dataset(rows: int) -> TrustDataset:
@@ -93,7 +98,7 @@ def reset_peak() -> None:
     Path("/proc/self/clear_refs").write_text("5")
 
 
-def read(root: Path, key: str, kind: str) -> dict:
+def read(root: Path, key: str, kind: str, mi_rows: int) -> dict:
     """One read in this process; its time and peak memory above the imports."""
     from trusttrace.analysis import mi_record, probe_record
 
@@ -108,8 +113,10 @@ def read(root: Path, key: str, kind: str) -> dict:
         store.load(record, layers=[record.layers[len(record.layers) // 2]])
     elif kind == "probe":
         probe_record(store, record, split="grouped", folds=1, device="cpu")
-    else:
+    elif kind == "mi":
         mi_record(store, record, estimator="gaussian", folds=1, max_rows=500, device="cpu")
+    else:
+        mi_record(store, record, estimator="nhsic", folds=1, max_rows=mi_rows, device="cpu")
     seconds = time.perf_counter() - start
     return {"seconds": seconds, "peak_gb": (memory_kb("VmHWM") - base) * 1024 / 1e9}
 
@@ -121,27 +128,29 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=4096)
     parser.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--reads", nargs="+", choices=READS, default=list(DEFAULT_READS))
+    parser.add_argument("--mi-rows", type=int, default=2000, help="rows of the mi-nhsic read")
     parser.add_argument("--record", action="store_true", help="append the table to bench/RESULTS.md")
     parser.add_argument("--read", nargs=3, metavar=("ROOT", "KEY", "KIND"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.read:
-        print(json.dumps(read(Path(args.read[0]), args.read[1], args.read[2])))
+        print(json.dumps(read(Path(args.read[0]), args.read[1], args.read[2], args.mi_rows)))
         return
     with tempfile.TemporaryDirectory() as folder:
         written = write(Path(folder), args.layers, args.rows, args.hidden, args.dtype, args.seed)
         set_gb = args.layers * args.rows * args.hidden * 4 / 1e9
         lines = [
-            f"`python bench/store.py --layers {args.layers} --rows {args.rows} --hidden {args.hidden} --dtype {args.dtype}`: "
+            f"`python bench/store.py --layers {args.layers} --rows {args.rows} --hidden {args.hidden} --dtype {args.dtype} "
+            f"--reads {' '.join(args.reads)}{f' --mi-rows {args.mi_rows}' if 'mi-nhsic' in args.reads else ''}`: "
             f"states of {args.dtype} batches, {set_gb:.2f} GB as float32 in memory, {written['disk_gb']:.2f} GB on disk, "
             f"written in {written['write_s']:.1f} s.",
             "",
             "| read | s | peak memory (GB) | peak / set as float32 |",
             "|---|---|---|---|",
         ]
-        for kind in READS:
-            out = subprocess.run(
-                [sys.executable, __file__, "--read", folder, written["key"], kind], check=True, capture_output=True, text=True
-            ).stdout
+        for kind in args.reads:
+            command = [sys.executable, __file__, "--read", folder, written["key"], kind, "--mi-rows", str(args.mi_rows)]
+            out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
             result = json.loads(out.strip().splitlines()[-1])
             lines.append(f"| {kind} | {result['seconds']:.1f} | {result['peak_gb']:.2f} | {result['peak_gb'] / set_gb:.2f}x |")
             print(lines[-1], flush=True)
