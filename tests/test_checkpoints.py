@@ -115,7 +115,12 @@ def test_bad_selections_raise_checkpoint_errors(pythia, spec, message):
 
 
 def test_names_in_a_list_are_stripped_as_in_a_string(pythia):
+    import numpy as np
+
     assert pythia.select(["step1000 ", " step0"]) == pythia.select("step1000 , step0")
+    expected = pythia.select(["step0", "step1000"])
+    for names in ({"step0", "step1000"}, np.array(["step0", "step1000"]), (name for name in ["step0", "step1000"])):
+        assert pythia.select(names) == expected  # any iterable of names
 
 
 # ----- OLMo -----------------------------------------------------------------------------

@@ -609,8 +609,10 @@ def test_groups_mixing_text_and_numbers_are_refused_naming_the_line(tmp_path):
 
 
 def test_blank_lines_before_a_csv_header_are_skipped(tmp_path):
-    data = load_dataset(write(tmp_path / "blank.csv", "\n  \nstatement,label\na,1\nb,0\n"))
+    data = load_dataset(write(tmp_path / "blank.csv", "\n  \nstatement,label\na,1\n\t\nb,0\n  \n"))
     assert data.statements == ["a", "b"]
+    with pytest.raises(DatasetError, match="data row 2 \\(line 3\\): empty statement"):
+        load_dataset(write(tmp_path / "empty_fields.csv", "statement,label\na,1\n,\nb,0\n"))  # a row, not a blank line
 
 
 def test_a_user_file_named_like_a_built_in_warns(tmp_path):

@@ -11,7 +11,7 @@ import difflib
 import json
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,7 +78,7 @@ class CheckpointSuite:
         first and the last; first:N the first N. Names may repeat; each checkpoint comes once.
         """
         if not isinstance(spec, str):
-            if not isinstance(spec, Sequence):
+            if isinstance(spec, (bytes, Mapping)) or not isinstance(spec, Iterable):
                 raise CheckpointError(f"selection {spec!r} is neither text nor a list of names: use {SELECTION_HELP}")
             return self._by_names(list(spec))
         text = spec.strip()

@@ -70,7 +70,7 @@ def _read_csv(path: Path) -> Table:
     """A CSV with a header row, every field kept as text; a row with the wrong field count is an error."""
     with path.open(encoding="utf-8-sig", newline="") as handle:
         reader = csv.reader(handle)
-        header = next((row for row in reader if any(field.strip() for field in row)), None)  # blank lines before it are skipped
+        header = next((row for row in reader if not _blank(row)), None)
         if header is None:
             raise DatasetError(f"{path}: empty file, no header row")
         if len(set(header)) != len(header):
@@ -79,7 +79,7 @@ def _read_csv(path: Path) -> Table:
         end = reader.line_num
         for row in reader:
             start, end = end + 1, reader.line_num  # a quoted field may span several lines
-            if not row:
+            if _blank(row):
                 continue
             lines = f"line {start}" if start == end else f"lines {start}-{end}"
             place = f"data row {len(rows) + 1} ({lines})"
@@ -88,6 +88,11 @@ def _read_csv(path: Path) -> Table:
             rows.append(row)
             places.append(place)
     return Table(pd.DataFrame(rows, columns=header), places)
+
+
+def _blank(row: list[str]) -> bool:
+    """An empty or whitespace-only line (skipped wherever it is); a line of empty fields is a row."""
+    return not row or (len(row) == 1 and not row[0].strip())
 
 
 def _read_jsonl(path: Path) -> Table:
