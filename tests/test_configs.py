@@ -196,16 +196,18 @@ def test_device_auto_means_the_default(project):
 
 
 @pytest.mark.parametrize(
-    ("probes", "moot"),
-    [({"folds": 3, "test_size": 0.3}, ["test_size"]), ({"method": "mass_mean", "C": 2.0}, ["C"]),
-     ({"split": "paper", "folds": 5}, ["folds"]), ({"folds": 1, "test_size": 0.3}, []), ({"folds": 5}, [])],
+    ("keys", "moot"),
+    [({"probes": {"folds": 3, "test_size": 0.3}}, ["test_size"]), ({"probes": {"method": "mass_mean", "C": 2.0}}, ["C"]),
+     ({"probes": {"split": "paper", "folds": 10}}, ["folds"]), ({"protocol": "paper", "probes": {"folds": 10}}, ["folds"]),
+     ({"probes": {"folds": 1, "test_size": 0.3}}, []), ({"probes": {"folds": 5}}, []),
+     ({"probes": {"folds": 5, "test_size": 0.2, "method": "mass_mean", "C": 1.0}}, [])],  # defaults spelt out
 )
-def test_probe_keys_with_no_effect_are_named_in_a_warning(project, probes, moot):
+def test_probe_keys_with_no_effect_are_named_in_a_warning(project, keys, moot):
     import warnings
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        load_config(project({"probes": probes}))
+        load_config(project(keys))
     assert [str(w.message).split("'")[1] for w in caught] == [f"probes.{key}" for key in moot]
 
 

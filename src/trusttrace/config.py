@@ -92,21 +92,6 @@ class ProbeOptions(Strict):
     seed: Optional[StrictInt] = Field(None, ge=0, description="seed of the probes' folds and MI's rows (default: the sweep's seed)")
     C: Number = Field(1.0, gt=0, allow_inf_nan=False)
 
-    @model_validator(mode="after")
-    def _say_what_has_no_effect(self) -> "ProbeOptions":
-        """Warn of a key given that the other keys make moot: it still names new units, which rerun."""
-        given = self.model_fields_set
-        moot = {
-            "test_size": f"with folds: {self.folds} each fold tests 1/{self.folds} of the rows" if self.folds > 1 else None,
-            "C": "the mass_mean probe has no regularisation" if self.method == "mass_mean" else None,
-        }
-        if self.split == "paper":
-            moot |= {key: "the paper split is the first 80 % of rows, one fold" for key in ("folds", "test_size")}
-        for key, reason in moot.items():
-            if key in given and reason is not None:
-                warnings.warn(f"key 'probes.{key}' has no effect here ({reason}); a changed value still reruns the probes and MI", stacklevel=2)
-        return self
-
 
 class MIOptions(Strict):
     estimator: Literal["nhsic", "hsic", "gaussian", "ksg"] = "nhsic"
@@ -204,6 +189,7 @@ class SweepConfig(Strict):
         problem = _section_problem(self) or _pruning_problem(self) or _dataset_name_problem(self) or layer_use_problem(self, _listed_layers(self.layers))
         if problem:
             raise ConfigError(problem)
+        _warn_moot_probe_keys(self)
         return self
 
     def probe_split(self) -> str:
@@ -215,6 +201,23 @@ class SweepConfig(Strict):
     def probe_seed(self) -> int:
         """The seed of the probes' folds (and so of MI's rows): the config's, else the sweep's."""
         return self.seed if self.probes.seed is None else self.probes.seed
+
+
+def _warn_moot_probe_keys(config: SweepConfig) -> None:
+    """Warn of a probes key set to other than its default where the other keys make it moot: a
+    changed value still names new units, which rerun for nothing."""
+    probes = config.probes
+    changed = {key for key in probes.model_fields_set if getattr(probes, key) != ProbeOptions.model_fields[key].default}
+    reasons = {}
+    if config.probe_split() == "paper":
+        reasons |= {key: "the paper split is the first 80 % of rows, one fold" for key in ("folds", "test_size")}
+    elif probes.folds > 1:
+        reasons["test_size"] = f"with folds: {probes.folds} each fold tests 1/{probes.folds} of the rows"
+    if probes.method == "mass_mean":
+        reasons["C"] = "the mass_mean probe has no regularisation"
+    for key in sorted(changed & reasons.keys()):
+        reruns = "the probes" if key == "C" else "the probes and MI"  # MI's rows depend on the split, not on C
+        warnings.warn(f"key 'probes.{key}' has no effect here ({reasons[key]}); another value still reruns {reruns}", stacklevel=2)
 
 
 def is_int(value: Any) -> bool:
