@@ -11,6 +11,7 @@ import pytest
 
 from test_sweep import make_dataset, make_suite, write_config
 from trusttrace.config import load_config
+from trusttrace.errors import ConfigError
 from trusttrace.data import load_dataset
 from trusttrace.evaluation.templates import BINARY_TEMPLATES
 from trusttrace.manifest import Manifest
@@ -202,6 +203,14 @@ def test_a_source_extracted_by_an_earlier_run_need_not_be_selected(setup):
     check_names(config)
     summary = run_sweep(config, progress=False)
     assert summary.ok and summary.ran == 1, summary.failed
+    other = root / "other.csv"
+    shutil.copy(dataset, other)  # a dataset of which step_0 was never extracted
+    config = load_config(write_config(
+        root, suite, dataset, datasets=[str(dataset), str(other)], data_dir=str(data), checkpoints=["step_10"],
+        stages=["steering"], steering=STEERING | {"datasets": ["other"]},
+    ))
+    with pytest.raises(ConfigError, match="step_0 is not among the checkpoints the sweep selects .* for other"):
+        check_names(config)
 
 
 def test_rows_of_an_older_statistical_rule_are_recomputed_and_the_vectors_kept(setup, monkeypatch):

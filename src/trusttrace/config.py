@@ -103,7 +103,7 @@ class MIOptions(Strict):
 
 
 class SteeringOptions(Strict):
-    source: str = Field(..., description="checkpoint whose activations give the vectors: one of the selected checkpoints")
+    source: str = Field(..., description="checkpoint whose activations give the vectors: a selected one, or one an earlier run extracted")
     target: str = Field("final", description="'final' (last selected checkpoint), a suite target key, or a model id/path")
     datasets: Optional[list[str]] = Field(None, min_length=1, description="names of the sweep's datasets (default: all)")
     layers: list[StoredLayer] = Field(..., min_length=1)
@@ -245,7 +245,7 @@ def _pruning_problem(config: SweepConfig) -> str | None:
             f"{config.stages} compute neither, so every set would go unused: keep them, or add probes or mi to stages")
 
 
-def _dataset_name(entry: str) -> str:
+def dataset_name(entry: str) -> str:
     """The name a `datasets` entry gets in the sweep, as load_dataset gives it: a built-in's own, a file's stem."""
     from trusttrace.data.cards import CARDS
 
@@ -266,7 +266,7 @@ def _dataset_name_problem(config: SweepConfig) -> str | None:
     """Two datasets with one name (their units and tables would collide), or steering datasets the sweep lacks."""
     entries: dict[str, str] = {}
     for entry in config.datasets:
-        name = _dataset_name(entry)
+        name = dataset_name(entry)
         if name in entries and entries[name] == entry:
             return f"key 'datasets': {entry!r} is listed twice"
         if name in entries:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from trusttrace.config import SweepConfig, is_dataset_file, is_int, layer_use_problem
+from trusttrace.config import SweepConfig, dataset_name, is_dataset_file, is_int, layer_use_problem
 from trusttrace.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -212,8 +212,9 @@ def _hub_model(name: str, suite: "CheckpointSuite") -> str | None:
 
 
 def _source_problem(config: SweepConfig, suite: "CheckpointSuite", checkpoints: list["Checkpoint"]) -> str | None:
-    """A steering source that is not a checkpoint of the suite, or not one the sweep selects (and
-    so extracts): the steering stage would find no activations to build its vectors from."""
+    """A steering source that is not a checkpoint of the suite, or one the sweep neither selects
+    (and so extracts) nor finds extracted by an earlier run for every steering dataset: the
+    steering stage would have no activations to build its vectors from."""
     from trusttrace.errors import TrustTraceError
 
     if "steering" not in config.stages:
@@ -222,26 +223,30 @@ def _source_problem(config: SweepConfig, suite: "CheckpointSuite", checkpoints: 
         source = suite.get(config.steering.source)
     except TrustTraceError as error:
         return f"key 'steering.source': {error}"
-    if source.name not in {checkpoint.name for checkpoint in checkpoints} and not _extracted(config, suite.name, source.name):
+    if source.name in {checkpoint.name for checkpoint in checkpoints}:
+        return None
+    wanted = config.steering.datasets or [dataset_name(entry) for entry in config.datasets]
+    missing = [name for name in wanted if not _extracted(config, suite.name, source.name, name)]
+    if missing:
         selected = ", ".join(checkpoint.name for checkpoint in checkpoints)
         return (
             f"key 'steering.source': {source.name} is not among the checkpoints the sweep selects ({selected}) and "
-            f"{config.workspace} holds no activations of it, so there is nothing to build vectors from; add it to 'checkpoints'"
+            f"{config.workspace} holds no activations of it for {', '.join(missing)}, so there is nothing to build "
+            "vectors from; add it to 'checkpoints'"
         )
     return None
 
 
-def _extracted(config: SweepConfig, suite: str, checkpoint: str) -> bool:
-    """Whether the workspace's manifest has a done extract unit of this suite's checkpoint (an
-    earlier run's; whether its settings match the sweep's is checked when the steering unit runs)."""
+def _extracted(config: SweepConfig, suite: str, checkpoint: str, dataset: str) -> bool:
+    """Whether the workspace's manifest has a done extract unit of this suite's checkpoint and
+    dataset (an earlier run's; whether its settings match the sweep's is checked when the steering
+    unit runs)."""
     from trusttrace.manifest import Manifest
     from trusttrace.store import MANIFEST_FILE
 
     path = config.workspace / MANIFEST_FILE
-    prefix = f"{suite}:{checkpoint}/"
-    return path.is_file() and any(
-        row.stage == "extract" and row.status == "done" and row.unit.startswith(prefix) for row in Manifest(path).units()
-    )
+    prefix = f"{suite}:{checkpoint}/{dataset}/extract#"
+    return path.is_file() and any(row.status == "done" and row.unit.startswith(prefix) for row in Manifest(path).units())
 
 
 def _task_problem(config: SweepConfig) -> str | None:

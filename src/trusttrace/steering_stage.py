@@ -187,7 +187,11 @@ def steer_dataset(
     source = sweep.suite.get(options.source)
     record = sweep.extract_record(source, dataset)  # verified in this run: read below without hashing again
     if record is None:
-        raise StoreError(f"no verified activations of {dataset.name} at checkpoint {source.name}: run the extract stage on it")
+        remedy = (
+            "run the extract stage on it" if source in sweep.checkpoints
+            else "add it to 'checkpoints', so that the extract stage extracts it"
+        )
+        raise StoreError(f"no verified activations of {dataset.name} at checkpoint {source.name}: {remedy}")
     missing = [layer for layer in options.layers if layer not in record.layers]
     if missing:
         raise ConfigError(f"steering.layers {missing} are not among the extracted layers {record.layers}")
