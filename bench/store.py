@@ -129,10 +129,12 @@ def main() -> None:
     parser.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--reads", nargs="+", choices=READS, default=list(DEFAULT_READS))
-    parser.add_argument("--mi-rows", type=int, default=2000, help="rows of the mi-nhsic read")
+    parser.add_argument("--mi-rows", type=int, default=2000, help="rows of the mi-nhsic read (at least 3)")
     parser.add_argument("--record", action="store_true", help="append the table to bench/RESULTS.md")
     parser.add_argument("--read", nargs=3, metavar=("ROOT", "KEY", "KIND"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.mi_rows < 3:
+        parser.error(f"--mi-rows {args.mi_rows}: the information plane needs at least 3 rows")
     if args.read:
         print(json.dumps(read(Path(args.read[0]), args.read[1], args.read[2], args.mi_rows)))
         return
@@ -150,7 +152,10 @@ def main() -> None:
         ]
         for kind in args.reads:
             command = [sys.executable, __file__, "--read", folder, written["key"], kind, "--mi-rows", str(args.mi_rows)]
-            out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+            done = subprocess.run(command, capture_output=True, text=True)
+            if done.returncode:
+                sys.exit(f"the {kind} read failed:\n{done.stderr}")
+            out = done.stdout
             result = json.loads(out.strip().splitlines()[-1])
             lines.append(f"| {kind} | {result['seconds']:.1f} | {result['peak_gb']:.2f} | {result['peak_gb'] / set_gb:.2f}x |")
             print(lines[-1], flush=True)

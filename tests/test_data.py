@@ -562,8 +562,12 @@ def test_offline_a_dataset_in_the_hub_cache_is_built_from_there(monkeypatch, tmp
     (repo / "refs" / "main").write_text(commit)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hub, "CACHE_NOTED", set())
     with pytest.warns(UserWarning, match="McGill-NLP/stereoset: the Hub is off, so it is built from the 1 matching file"):
         data = load_dataset("stereoset", source="hub")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_dataset("stereoset", source="hub")  # said once per process
     assert data.statements == ["C1 is here. Anti.", "C1 is here. Cat."] and data.source == "McGill-NLP/stereoset"
     with pytest.raises(OfflineError, match="sst2: source='hub' asked for, and the Hugging Face Hub is off .*get sst2.csv from"):
         load_dataset("sst2", source="hub")  # not cached

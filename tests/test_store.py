@@ -305,3 +305,15 @@ def test_a_set_whose_model_config_changed_since_is_recomputed(tmp_path, saved_mo
         again = extract_to_store(model, tokenizer, dataset, store)
     assert again.key == first.key and again.provenance["files_sha256"] != first.provenance["files_sha256"]
     torch.testing.assert_close(store.load(again), extract_activations(model, tokenizer, statements))
+
+
+def test_a_loaded_model_changed_in_memory_is_named_by_its_weights_once_its_source_is_dropped(tmp_path, saved_model, statements):
+    model, tokenizer = load_model(saved_model("gpt2"), dtype="float32", device="cpu")
+    store, dataset = ActivationStore(tmp_path), toy_dataset(statements)
+    loaded = extract_to_store(model, tokenizer, dataset, store)
+    with torch.no_grad():
+        next(model.parameters()).data.add_(1.0)  # a merge in place: the files no longer describe it
+    del model.trusttrace_source
+    changed = extract_to_store(model, tokenizer, dataset, store)
+    assert changed.key != loaded.key
+    torch.testing.assert_close(store.load(changed), extract_activations(model, tokenizer, statements))

@@ -44,6 +44,9 @@ def extract_to_store(
     holds about four shards' worth. `layers` is the set of blocks to store: a block named twice
     is stored once, in block order. A stored set that is damaged (an unreadable sidecar, a
     missing shard, a checksum that fails) is reported in a warning and recomputed, never used.
+    A model from `load_model` is named by the files it was loaded from: one changed in memory
+    afterwards (a LoRA merge, say) should drop its `trusttrace_source` attribute, so that it is
+    named by a checksum of its weights as a model built in memory is.
     """
     check_position(position)
     chosen = layer_set(layers, len(decoder_layers(model)))  # one selection, however written, is one set

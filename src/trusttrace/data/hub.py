@@ -37,7 +37,8 @@ from trusttrace.errors import DatasetError, OfflineError
 STUDY_FILES_URL = "https://github.com/ChnQ/TracingLLM (src/datasets/)"
 HUB_PROBE_SECONDS = 3.0  # to wait for the Hub's host before taking this machine as offline
 PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
-UNREACHABLE: list[str] = []  # the Hub's host, once `_host_answers` found it unreachable
+UNREACHABLE: list[str] = []
+CACHE_NOTED: set[str] = set()  # dataset repositories built offline from the cache in this process, said once  # the Hub's host, once `_host_answers` found it unreachable
 PTB_ESCAPES = {"-lrb-": "(", "-rrb-": ")", "\\/": "/", "\\*": "*"}
 SST2_UPPER_SEED = 0
 SST2_UPPER_WORD_PROBABILITY = 0.2
@@ -175,10 +176,12 @@ def _cached(repo_id: str, patterns: tuple[str, ...], offline: str) -> list[Path]
     files = _matching(folder, patterns)
     if not files:
         raise OfflineError(offline)
-    warnings.warn(
-        f"{repo_id}: the Hub is off, so it is built from the {len(files)} matching file(s) of the local Hugging Face "
-        "cache; a download cut short would have left some out", stacklevel=4,
-    )
+    if repo_id not in CACHE_NOTED:  # once per dataset and process: a sweep loads its datasets more than once
+        CACHE_NOTED.add(repo_id)
+        warnings.warn(
+            f"{repo_id}: the Hub is off, so it is built from the {len(files)} matching file(s) of the local Hugging "
+            "Face cache; a download cut short would have left some out", stacklevel=2,
+        )
     return files
 
 
