@@ -113,9 +113,8 @@ def probe_record(
 
 
 def layer_chunks(layers: list[int], layer_bytes: int) -> list[list[int]]:
-    """`layers` in runs whose float32 states take at most LAYER_CHUNK_BYTES (one layer at least;
-    the information plane reads X's layer with each): fitting or standardising holds several
-    times its states, so a set is read a chunk at a time."""
+    """`layers` in runs whose float32 states take at most LAYER_CHUNK_BYTES (one layer at least):
+    fitting or standardising holds several times its states, so a set is read a chunk at a time."""
     size = max(1, LAYER_CHUNK_BYTES // max(1, layer_bytes))
     return [layers[start : start + size] for start in range(0, len(layers), size)]
 

@@ -226,7 +226,8 @@ def _source_problem(config: SweepConfig, suite: "CheckpointSuite", checkpoints: 
     if source.name in {checkpoint.name for checkpoint in checkpoints}:
         return None
     wanted = config.steering.datasets or [dataset_name(entry) for entry in config.datasets]
-    missing = [name for name in wanted if not _extracted(config, suite.name, source.name, name)]
+    done = _done_units(config)
+    missing = [name for name in wanted if not any(unit.startswith(f"{suite.name}:{source.name}/{name}/extract#") for unit in done)]
     if missing:
         selected = ", ".join(checkpoint.name for checkpoint in checkpoints)
         return (
@@ -237,16 +238,14 @@ def _source_problem(config: SweepConfig, suite: "CheckpointSuite", checkpoints: 
     return None
 
 
-def _extracted(config: SweepConfig, suite: str, checkpoint: str, dataset: str) -> bool:
-    """Whether the workspace's manifest has a done extract unit of this suite's checkpoint and
-    dataset (an earlier run's; whether its settings match the sweep's is checked when the steering
-    unit runs)."""
+def _done_units(config: SweepConfig) -> list[str]:
+    """The names of the workspace's done units (an earlier run's; whether an extract unit's
+    settings match the sweep's is checked when the steering unit runs)."""
     from trusttrace.manifest import Manifest
     from trusttrace.store import MANIFEST_FILE
 
     path = config.workspace / MANIFEST_FILE
-    prefix = f"{suite}:{checkpoint}/{dataset}/extract#"
-    return path.is_file() and any(row.status == "done" and row.unit.startswith(prefix) for row in Manifest(path).units())
+    return [row.unit for row in Manifest(path).units() if row.status == "done"] if path.is_file() else []
 
 
 def _task_problem(config: SweepConfig) -> str | None:

@@ -498,7 +498,6 @@ class PlaneReference:
     """
 
     estimator: str
-    x_layer: int
     n: int
     rows: np.ndarray
     x: torch.Tensor | np.ndarray
@@ -540,7 +539,7 @@ def plane_reference(
         x_side, y_side = kernel(x), kernel(targets)
     else:
         x_side, y_side = _reduce(x.double().cpu().numpy(), x_layer, X_ROLE, estimator), y[selected]
-    return PlaneReference(estimator, x_layer, len(y), selected, x_side, y_side, x.device, dtype, standardize)
+    return PlaneReference(estimator, len(y), selected, x_side, y_side, x.device, dtype, standardize)
 
 
 def plane_layers(reference: PlaneReference, acts: torch.Tensor, layers: Sequence[int] | None = None) -> pd.DataFrame:
@@ -551,7 +550,7 @@ def plane_layers(reference: PlaneReference, acts: torch.Tensor, layers: Sequence
         raise ProbeError(f"activations of {acts.shape[1]} rows for a reference of {reference.n}")
     on_device = to_analysis_device(acts, reference.device)
     if reference.estimator in ("nhsic", "hsic"):  # the standardised rows of every layer come on top of the kernels
-        m, size = len(reference.rows), torch.empty(0, dtype=reference.dtype).element_size()
+        m, size = len(reference.rows), reference.x.element_size()
         check_kernel_memory(m, size, on_device.device, reference.estimator, acts.shape[0] * m * acts.shape[2] * size)
     states = _standardized(on_device, layer_ids, reference.rows, reference.dtype, reference.standardize)
     if reference.estimator in ("nhsic", "hsic"):

@@ -62,7 +62,7 @@ class ModelSource:
     tokenizer: str
     tokenizer_sha256: str
     architecture: str
-    files_sha256: str | None = None  # a local folder's config and tokenizer files (see `result_files_checksum`)
+    files_sha256: str | None = None  # a local folder's config and tokenizer files (see `state_files_checksum`)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -147,7 +147,7 @@ def load_model(
         tokenizer=getattr(tokenizer, "name_or_path", name) or name,
         tokenizer_sha256=vocabulary_checksum(tokenizer),
         architecture=type(model).__name__,
-        files_sha256=result_files_checksum(local) if local is not None else None,
+        files_sha256=state_files_checksum(local) if local is not None else None,
     )
     return model, tokenizer
 
@@ -276,7 +276,7 @@ def folder_checksum(folder: Path) -> str | None:
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
-def result_files_checksum(folder: Path) -> str:
+def state_files_checksum(folder: Path) -> str:
     """One sha256 over the names and bytes of a local model's config and tokenizer files (STATE_FILES):
     what besides the weights changes its states (a Hub model's commit says the same of its files)."""
     digest = hashlib.sha256()

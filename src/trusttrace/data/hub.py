@@ -37,8 +37,8 @@ from trusttrace.errors import DatasetError, OfflineError
 STUDY_FILES_URL = "https://github.com/ChnQ/TracingLLM (src/datasets/)"
 HUB_PROBE_SECONDS = 3.0  # to wait for the Hub's host before taking this machine as offline
 PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
-UNREACHABLE: list[str] = []
-CACHE_NOTED: set[str] = set()  # dataset repositories built offline from the cache in this process, said once  # the Hub's host, once `_host_answers` found it unreachable
+UNREACHABLE: list[str] = []  # the Hub's host, once `_host_answers` found it unreachable
+CACHE_NOTED: set[str] = set()  # dataset repositories built offline from the cache in this process, said once
 PTB_ESCAPES = {"-lrb-": "(", "-rrb-": ")", "\\/": "/", "\\*": "*"}
 SST2_UPPER_SEED = 0
 SST2_UPPER_WORD_PROBABILITY = 0.2
@@ -121,6 +121,7 @@ class HubSource:
     quirks: tuple[str, ...]
     label_1: str | None = None  # what the labels mean where the build differs from the local card's
     label_0: str | None = None
+    cleanups: tuple[str, ...] = ()  # what the build changes in the source's text, as on a card
 
 
 def load_from_hub(name: str, looked: str, advice: str) -> TrustDataset:
@@ -137,7 +138,7 @@ def load_from_hub(name: str, looked: str, advice: str) -> TrustDataset:
     groups = None if columns.groups is None else pd.factorize(columns.groups)[0].astype(np.int64)
     local = CARDS[name]
     card = replace(
-        local, source=where, grouping=spec.grouping, quirks=spec.quirks, url=where, cleanups=spec_cleanups(name),
+        local, source=where, grouping=spec.grouping, quirks=spec.quirks, url=where, cleanups=spec.cleanups,
         label_1=spec.label_1 or local.label_1, label_0=spec.label_0 or local.label_0,
     )
     return TrustDataset(name, columns.statements, columns.labels, groups, card, spec.repo_id)
@@ -272,10 +273,6 @@ def undo_ptb_escapes(sentence: object) -> object:
     return sentence
 
 
-def spec_cleanups(name: str) -> tuple[str, ...]:
-    """The cleanups a Hub build applies (the same as the local build's for sst2_sentiment)."""
-    return CARDS[name].cleanups if name == "sst2_sentiment" else ()
-
 
 HUB_SOURCES: dict[str, HubSource] = {
     "truthfulqa": HubSource(
@@ -334,5 +331,6 @@ HUB_SOURCES: dict[str, HubSource] = {
         sst2_sentiment_rows,
         None,
         ("built from HF SetFit/sst2 (test split, labelled; GLUE's own test split has no labels)",),
+        cleanups=CARDS["sst2_sentiment"].cleanups,  # the local build's: sst2_sentiment_rows undoes the same escapes
     ),
 }
