@@ -79,7 +79,7 @@ def judge_for(server, key, **options):
 
 
 def test_http_judge_sends_the_protocol_and_scores_answers(key):
-    answers = {"Q: a\nA: b\nTrue:": " yes", "Q: c\nA: d\nTrue:": " no", "Q: e\nA: f\nTrue:": "Yes."}
+    answers = {"Q: a\nA: b\nTrue:": " yes", "Q: c\nA: d\nTrue:": " No.", "Q: e\nA: f\nTrue:": "Yes."}
     with Server(lambda body, _: (200, completion(answers[body["prompt"]]), 0)) as server:
         verdicts = judge_for(server, key).judge(list(answers))
     assert verdicts == [Verdict(1), Verdict(0), Verdict(1)]
@@ -110,6 +110,8 @@ def test_http_judge_retries_server_errors_then_succeeds(key):
     [
         ((500, {"error": "down"}, 0), 3, "HTTP 500"),
         ((200, completion(" maybe"), 0), 3, "neither yes nor no"),
+        ((200, completion(" Not sure"), 0), 3, "neither yes nor no"),
+        ((200, completion(None), 0), 3, "not text"),
         ((200, b"<html>not json", 0), 3, "unusable reply"),
         ((200, {"unexpected": True}, 0), 3, "no text in the reply"),
         ((401, {"error": "bad key"}, 0), 1, "HTTP 401"),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import socket
 import time
 import urllib.error
@@ -30,6 +31,7 @@ from trusttrace.models import load_model
 APIS = ("completions", "chat")
 # HTTP statuses worth another try; any other 4xx (bad key, unknown model) will not change.
 RETRY_STATUSES = {408, 409, 425, 429}
+ANSWER_WORDS = {"yes": 1, "no": 0}  # an endpoint's reply, by its first word
 
 
 @dataclass(frozen=True)
@@ -143,19 +145,21 @@ class HTTPJudge:
     def _reply_text(self, reply: Any) -> str:
         try:
             choice = reply["choices"][0]
-            return choice["text"] if self.api == "completions" else choice["message"]["content"]
+            text = choice["text"] if self.api == "completions" else choice["message"]["content"]
         except (KeyError, IndexError, TypeError):
             raise ValueError(f"no {'text' if self.api == 'completions' else 'message'} in the reply") from None
+        if not isinstance(text, str):  # a refusal or a tool call comes back with content null
+            raise ValueError(f"the reply's text is {text!r}, not text")
+        return text
 
 
 def _yes_no(text: str) -> int:
-    """1 for a reply starting with yes, 0 for no; anything else is a ValueError."""
-    word = (text or "").strip().lower()
-    if word.startswith("yes"):
-        return 1
-    if word.startswith("no"):
-        return 0
-    raise ValueError(f"{text[:20]!r} is neither yes nor no")
+    """1 for a reply whose first word is yes, 0 for no ("No." too, not "Not" or "None");
+    anything else is a ValueError."""
+    word = re.match(r"[a-z]*", (text or "").strip().lower()).group()
+    if word in ANSWER_WORDS:
+        return ANSWER_WORDS[word]
+    raise ValueError(f"{(text or '')[:20]!r} is neither yes nor no")
 
 
 def make_judge(
