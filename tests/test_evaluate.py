@@ -24,7 +24,7 @@ from trusttrace.evaluation.scoring import choice_logprobs, generate_texts
 from trusttrace.evaluation.toxicity import load_classifier, toxicity_task
 from trusttrace.evaluation.templates import qa_prompt
 from trusttrace.evaluation.truthfulness import mc_metrics
-from trusttrace.intervals import INTERVAL_RULE, MEAN_INTERVAL_RULE
+from trusttrace.intervals import INTERVAL_RULE, MEAN_INTERVAL_RULE, share_interval
 from trusttrace.models import decoder_layers
 from trusttrace.steering import Steering, development_rows, prompt_boundary, save_vectors, steer
 from trusttrace.tiny import PAD_ID, tiny_model, train_tokenizer
@@ -182,6 +182,13 @@ def test_default_rows_are_the_held_out_half_and_limit_keeps_the_first(models, to
     assert result.settings["rows"] == 5 and result.settings["dataset_hash"] == data.content_hash
 
 
+def test_no_held_out_rows_is_a_clear_error(models, tok):
+    data = toy_dataset()
+    data.name = "truthfulqa"  # the reference built TruthfulQA's vectors from every row
+    with pytest.raises(EvaluationError, match="truthfulqa: no held-out rows to evaluate under protocol 'paper'"):
+        evaluate(models("gpt2"), tok, "binary", data, protocol="paper")
+
+
 def test_bad_task_template_and_option(models, tok):
     model, data = models("gpt2"), toy_dataset()
     with pytest.raises(EvaluationError, match="unknown task 'honesty'.*stereoset.*truthfulqa"):
@@ -244,6 +251,23 @@ def test_toxicity_scores_long_continuations_truncated(models, tok):
     assert ((records["toxic_probability"] > 0.5) == records["toxic"]).all()
     low, high = result.table.loc[0, ["low", "high"]]
     assert 0 <= low <= result.value("toxic_ratio") <= high <= 1
+
+
+def test_the_toxic_ratio_counts_rows_of_one_group_as_fewer(models, tok):
+    from trusttrace.evaluation.toxicity import ToxicityClassifier
+
+    class PairClassifier(ToxicityClassifier):  # toxic for the first two continuations of every four: pairs together
+        def toxic_probability(self, texts, batch_size=32):
+            toxic = (np.arange(len(texts)) % 4 < 2).astype(float)
+            return np.stack([toxic, toxic], axis=1)
+
+    data = toy_dataset(16)  # groups are pairs of rows
+    classifier = PairClassifier(*tiny_classifier(tok, {0: "benign", 1: "toxic"}), 1, 16, "pairs")
+    result = toxicity_task(models("gpt2"), tok, dataset=data, rows=np.arange(16), classifier=classifier, max_new_tokens=2)
+    flags, groups = result.records["toxic"].to_numpy(), data.groups
+    low, high = result.table.loc[0, ["low", "high"]]
+    assert [low, high] == pytest.approx(np.concatenate(share_interval(flags, groups)))
+    assert high - low > (np.diff(np.concatenate(share_interval(flags)))[0]) * 1.2  # 8 examples' worth, not 16
 
 
 def test_classifier_from_the_hub_offline_is_a_package_error(monkeypatch):
@@ -369,6 +393,8 @@ def test_a_grid_refuses_a_vector_the_model_cannot_take_before_the_baseline_runs(
     ):
         with pytest.raises(error):
             steering_grid(model, tok, vectors, alphas, task="binary", dataset=toy_dataset())
+    with pytest.raises(SteeringError, match="measures no side effects"):  # no setting could be within the limit
+        steering_grid(model, tok, {0: good}, [1.0], task="binary", dataset=toy_dataset(), side_effect_texts=None)
     assert ran == []
 
 
@@ -377,6 +403,7 @@ def test_a_grid_names_its_settings_by_block_as_each_result_does(models, tok):
     last = len(decoder_layers(model)) - 1
     grid = steering_grid(model, tok, {-1: answer_direction(model, tok)}, [1.0], task="binary", dataset=toy_dataset(), max_perplexity=None)
     assert grid.table["layer"].dropna().tolist() == [last] and list(grid.results) == [(last, 1.0)]
+    assert set(grid.table["grid"]) == {f"layers {last}; alpha 1"}
     assert set(grid.results[(last, 1.0)].table["layers"]) == {str(last)}
 
 
@@ -481,9 +508,12 @@ def test_cli_evaluate_writes_tables_steered_and_grid(tmp_path, models, tok):
         (["--alpha", "1,inf"], "--alpha '1,inf': expected comma-separated finite numbers"),
         (["--max-perplexity", "-1"], "--max-perplexity -1.0: must be 0 or more"),
         (["--max-kl", "nan"], "--max-kl nan: must be 0 or more"),
+        (["--positions", "bogus"], "unknown positions 'bogus'"),
+        (["--mode", "guess"], "unknown mode 'guess'; expected one of logit, parse"),
+        (["--questions", "some"], "task stereoset has no option 'questions'"),
     ],
 )
-def test_cli_evaluate_refuses_nonsense_steering_numbers_before_loading(option, message, tmp_path, monkeypatch, capsys):
+def test_cli_evaluate_refuses_nonsense_options_before_loading(option, message, tmp_path, monkeypatch, capsys):
     from trusttrace.cli import main
 
     vectors = tmp_path / "v.safetensors"

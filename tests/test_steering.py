@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import warnings
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from trusttrace.cli.app import app
@@ -18,6 +20,7 @@ from trusttrace.models import decoder_layers, text_config
 from trusttrace.steering import (
     Steering,
     build_vectors,
+    development_overlap,
     development_rows,
     export_lm_eval,
     lm_eval_hookpoint,
@@ -156,6 +159,17 @@ def test_vector_file_round_trip_and_damage(tmp_path):
         load_vectors(tmp_path / "bad.safetensors")
     with pytest.raises(StoreError, match="cannot read"):
         load_vectors(tmp_path / "missing.safetensors")
+    save_file({"layer.1": torch.randn(8)}, tmp_path / "list.safetensors", metadata={"trusttrace": json.dumps(["x"])})
+    with pytest.raises(StoreError, match="list.safetensors: its trusttrace metadata is a JSON list"):
+        load_vectors(tmp_path / "list.safetensors")
+
+
+def test_provenance_with_a_seed_that_is_no_number_names_no_development_rows():
+    data = toy_dataset()
+    dev = development_rows(data)[0]
+    provenance = {"dataset_hash": data.content_hash, "protocol": "default", "seed": 0}
+    assert development_overlap(data, dev, provenance) == len(dev)
+    assert development_overlap(data, dev, provenance | {"seed": "abc"}) == 0
 
 
 # ----- steer -----------------------------------------------------------------------------

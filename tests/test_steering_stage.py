@@ -3,6 +3,7 @@ suites sharing a workspace keep their own vectors and rows."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from trusttrace.evaluation.templates import BINARY_TEMPLATES
 from trusttrace.manifest import Manifest
 from trusttrace.provenance import trusttrace_version
 from trusttrace.steering import load_vectors
+from trusttrace.steering_stage import legacy_grid, task_for
 from trusttrace.store import EVALUATE_TABLE, STEERING_TABLE, file_part
 from trusttrace.sweep import run_sweep
 
@@ -191,6 +193,25 @@ def test_a_setting_changed_and_changed_back_keeps_each_setting_s_rows(setup):
     )
 
 
+def test_grids_of_other_layers_or_alphas_keep_their_own_rows(setup):
+    root, suite, dataset, data = setup
+    sweep(root, suite, dataset, data, STEERING | {"alphas": [1.0, 2.0]})
+    config = sweep(root, suite, dataset, data, STEERING | {"alphas": [2.0]})
+    table = pd.read_parquet(config.workspace / STEERING_TABLE)
+    assert set(table["grid"]) == {"layers 1; alpha 1, 2", "layers 1; alpha 2"}
+    for grid, rows in table.groupby("grid"):  # each grid: its baseline and its own settings, corrected over those
+        assert rows["layer"].isna().sum() == 1 and rows["best"].sum() <= 1
+        assert sorted(rows["alpha"].iloc[1:]) == ([1.0, 2.0] if "1, 2" in grid else [2.0])
+
+
+def test_rows_of_former_versions_are_given_the_grid_they_were_computed_as():
+    rows = pd.DataFrame({
+        "dataset": ["a", "a", "a", "b", "b"], "layer": pd.array([None, 3, 5, None, 3], dtype="Int64"),
+        "alpha": [0.0, 2.0, 4.0, 0.0, -1.0], "metric": ["accuracy"] * 5,
+    })
+    assert legacy_grid(rows).tolist() == ["layers 3, 5; alpha 2, 4"] * 3 + ["layers 3; alpha -1"] * 2
+
+
 def test_a_source_extracted_by_an_earlier_run_need_not_be_selected(setup):
     from trusttrace.config_checks import check_names
 
@@ -286,3 +307,52 @@ def test_file_part_keeps_safe_names_and_tells_sanitised_ones_apart():
     assert len(long) < 60 and long != file_part("local:/" + "x" * 301)
     demo = file_part("/home/someone/trusttrace-demo/checkpoints-quick/step_1000")
     assert demo.startswith("checkpoints-quick_step_1000-")  # cut at a word, not within one
+
+
+def truthfulqa_data(root: Path) -> Path:
+    """A data folder with TruthfulQA's probing rows, held-out questions and MC file, in the study's layout."""
+    data = root / "tqa"
+    (data / "tracingllm").mkdir(parents=True)
+    (data / "upstream" / "truthfulqa").mkdir(parents=True)
+    pairs = [(a, b) for a in ("red", "blue", "green", "old") for b in ("small", "quiet", "tall", "young", "red")]
+    rows = [{"statement": f"Q: does the {a} cat see?\tA: the {a} cat sees the {b} dog.", "label": i % 2} for i, (a, b) in enumerate(pairs)]
+    pd.DataFrame(rows).to_csv(data / "tracingllm" / "truthfulqa_train.csv", index=False)
+    questions = ["does the red cat see the house?", "does the blue dog like the garden?", "does the old bird find the tree?"]
+    pd.DataFrame({"Question": questions}).to_csv(data / "tracingllm" / "truthfulqa_test.csv", index=False)
+    write_mc(data, true_answer="the red cat", questions=questions)
+    return data
+
+
+def write_mc(data: Path, *, true_answer: str, questions: list[str]) -> None:
+    choices = ["the red cat", "the blue dog"]
+    mc = [{"question": q, "mc1_targets": {c: int(c == true_answer) for c in choices},
+           "mc2_targets": {c: int(c == true_answer) for c in choices}} for q in questions]
+    (data / "upstream" / "truthfulqa" / "mc_task.json").write_text(json.dumps(mc))
+
+
+def test_truthfulqa_steering_reads_the_config_s_data_folder_and_reruns_when_its_files_change(tmp_path, tokenizer, monkeypatch):
+    monkeypatch.delenv("TRUSTTRACE_DATA", raising=False)  # the config's data_dir alone names the folder
+    suite = make_suite(tmp_path, tokenizer, steps=(0, 10))
+    data = truthfulqa_data(tmp_path)
+    config = load_config(write_config(
+        tmp_path, suite, Path("truthfulqa"), datasets=["truthfulqa"], data_dir=str(data),
+        stages=["extract", "steering", "evaluate"], steering=STEERING, evaluate={"tasks": ["truthfulqa"]},
+    ))
+    first = run_sweep(config, progress=False)
+    assert first.ok, first.failed
+    steering, evaluated = (pd.read_parquet(config.workspace / t) for t in (STEERING_TABLE, EVALUATE_TABLE))
+    assert set(steering["task"]) == {"truthfulqa"} and steering["task_inputs"].notna().all()
+    questions = pd.read_csv(data / "tracingllm" / "truthfulqa_test.csv")["Question"].tolist()
+    write_mc(data, true_answer="the blue dog", questions=questions)  # the answers swapped
+    second = run_sweep(config, progress=False)
+    assert second.ok and second.ran == 2  # the steering and the evaluate unit
+    steering_after, evaluated_after = (pd.read_parquet(config.workspace / t) for t in (STEERING_TABLE, EVALUATE_TABLE))
+    assert steering_after["task_inputs"].nunique() == 2 and evaluated_after["dataset_hash"].nunique() == 2
+    mc1 = evaluated_after[evaluated_after["metric"] == "mc1"].sort_values("created")["value"].tolist()
+    assert mc1[0] + mc1[1] == pytest.approx(1.0)  # two choices: every question right once, wrong once
+
+
+def test_the_variant_datasets_are_steered_on_their_own_question():
+    assert task_for("sst2_sentiment") == "sst2_sentiment" and task_for("confaide_tier2") == "confaide_tier2"
+    assert "positive" in BINARY_TEMPLATES["sst2_sentiment"].text and "privacy" in BINARY_TEMPLATES["confaide_tier2"].text
+    assert task_for("my_file") == "binary"

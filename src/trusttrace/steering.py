@@ -224,6 +224,8 @@ def load_vectors(path: str | os.PathLike) -> tuple[dict[int, torch.Tensor], dict
         raise StoreError(f"{path}: cannot read the vector file ({error.strerror or error})") from None
     except (SafetensorError, ValueError, KeyError) as error:
         raise StoreError(f"{path}: not a trusttrace steering-vector file ({type(error).__name__}: {error})") from None
+    if not isinstance(provenance, dict):
+        raise StoreError(f"{path}: its trusttrace metadata is a JSON {type(provenance).__name__}, not an object of provenance")
     return dict(sorted(vectors.items())), provenance
 
 
@@ -280,6 +282,12 @@ def export_lm_eval(
 # ----- applying vectors ----------------------------------------------------------------
 
 
+def check_positions(positions: str) -> None:
+    """A SteeringError for a position rule that is not one of STEER_POSITIONS."""
+    if positions not in STEER_POSITIONS:
+        raise SteeringError(f"unknown positions {positions!r}; expected one of {', '.join(STEER_POSITIONS)}")
+
+
 @dataclass(frozen=True)
 class Steering:
     """What to add where: vectors per layer, their multiplier and the positions they go to."""
@@ -288,6 +296,9 @@ class Steering:
     alpha: float = 1.0
     positions: str = "last"
     provenance: Mapping[str, Any] | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        check_positions(self.positions)  # at once, not when a model has loaded and the setting is applied
 
     @classmethod
     def from_file(
@@ -394,8 +405,7 @@ def steer(
     against the model (hidden size, layer range) before anything runs, and `provenance` (from
     `load_vectors`) is compared with the model's: another architecture or tokenizer warns.
     """
-    if positions not in STEER_POSITIONS:
-        raise SteeringError(f"unknown positions {positions!r}; expected one of {', '.join(STEER_POSITIONS)}")
+    check_positions(positions)
     blocks = decoder_layers(model)
     deltas = _checked_deltas(model, blocks, vectors, alpha)
     if provenance:
@@ -449,9 +459,11 @@ def development_overlap(dataset: TrustDataset, rows: np.ndarray, provenance: Map
     """How many of `rows` of `dataset` built the vectors of `provenance` (from `build_vectors`):
     0 when they were built on another dataset or their rows are not known."""
     provenance = provenance or {}
-    if provenance.get("dataset_hash") != dataset.content_hash or provenance.get("protocol") not in PROTOCOLS:
+    seed = provenance.get("seed") or 0
+    if (provenance.get("dataset_hash") != dataset.content_hash or provenance.get("protocol") not in PROTOCOLS
+            or not isinstance(seed, int) or isinstance(seed, bool)):
         return 0
-    dev, _ = development_rows(dataset, provenance["protocol"], int(provenance.get("seed") or 0))
+    dev, _ = development_rows(dataset, provenance["protocol"], seed)
     if provenance.get("rows_sha256") not in (None, rows_digest(dev)):
         return 0
     return int(np.isin(rows, dev).sum())

@@ -29,7 +29,7 @@ from trusttrace.data import TrustDataset
 from trusttrace.errors import ConfigError, StoreError, TrustTraceError
 from trusttrace.evaluation import TASKS, get_task, steering_grid
 from trusttrace.evaluation import evaluate as run_task
-from trusttrace.evaluation.grid import IMPROVES_RULE
+from trusttrace.evaluation.grid import IMPROVES_RULE, grid_name
 from trusttrace.evaluation.runner import resolve_dataset
 from trusttrace.manifest import settings_digest
 from trusttrace.models import checkpoint_fingerprint, describe_source, hub_commit, load_model
@@ -54,10 +54,24 @@ TARGET_KEYS = ["target_model", "target_model_id", "target_revision"]
 STEERING_KEYS = [
     "source_model", "source_checkpoint", "source_position", "source_dtype", *TARGET_KEYS, "target_dtype",
     "dataset", "dataset_hash", "task", "protocol", "seed", "scaling", "positions", "max_perplexity", "max_rows",
-    "layer", "alpha", "metric",
+    "task_inputs", "grid", "layer", "alpha", "metric",
 ]
 EVALUATE_KEYS = [*TARGET_KEYS, "target_dtype", "task", "dataset_hash", "protocol", "seed", "max_rows", "metric"]
 
+
+def legacy_grid(table: pd.DataFrame) -> pd.Series:
+    """The `grid` of rows written before rows named theirs (0.7.0 and earlier): the layers and
+    alphas of the steered rows that share their other keys, which is what they were computed as."""
+    keys = [key for key in STEERING_KEYS if key not in ("grid", "layer", "alpha", "metric") and key in table]
+    names = pd.Series(None, index=table.index, dtype=object)
+    for _, rows in table.groupby(keys, dropna=False, sort=False):
+        steered = rows[rows["layer"].notna()]
+        names[rows.index] = grid_name(sorted(steered["layer"].unique()), sorted(steered["alpha"].unique()))
+    return names
+
+
+# What `read_table` and `append_table` fill into steering rows of former versions.
+STEERING_LEGACY = {"task_inputs": None, "grid": legacy_grid}
 
 
 def resolve_target(sweep: "Sweep", name: str) -> tuple[str, str | None]:
@@ -87,14 +101,23 @@ def task_for(dataset_name: str) -> str:
 
 
 def task_dataset_hash(task: str, data_dir: Path | None) -> str | None:
-    """The content hash of the dataset a task runs on by default, so that an edited file reruns it;
-    None for a task without one (TruthfulQA) or one that cannot be read (its unit then fails, saying why)."""
+    """The content hash of what a task reads by default (its dataset, or TruthfulQA's question
+    files), so that an edited file reruns it; None where that cannot be read (its unit then fails,
+    saying why)."""
     spec = get_task(task)
+    if not spec.takes_dataset:
+        return spec.inputs(data_dir) if spec.inputs is not None else None
     try:
         dataset = resolve_dataset(spec, None, data_dir)
     except TrustTraceError:
         return None
     return None if dataset is None else dataset.content_hash
+
+
+def task_inputs(task: str, data_dir: Path | None) -> str | None:
+    """For a task that scores files of its own rather than a dataset's held-out rows (TruthfulQA),
+    their content hash: part of its steering units' names and rows. None for the other tasks."""
+    return None if get_task(task).takes_dataset else task_dataset_hash(task, data_dir)
 
 
 def vector_path(sweep: "Sweep", checkpoint: str, dataset: TrustDataset, settings: dict[str, Any]) -> Path:
@@ -154,7 +177,11 @@ def run_steering_stages(sweep: "Sweep") -> None:
                 "steering": config.steering.model_dump(exclude={"datasets", "source"}), "target": target_source,
                 "protocol": config.protocol, "seed": config.seed,
             }
-            settings = vector_settings | get_task(task_for(dataset.name)).interval_rules() | {"improves": IMPROVES_RULE}
+            task = task_for(dataset.name)
+            settings = vector_settings | get_task(task).interval_rules() | {"improves": IMPROVES_RULE}
+            inputs = task_inputs(task, config.data_dir)
+            if inputs is not None:
+                settings["task_inputs"] = inputs
             if sweep.stage_done(config.steering.source, dataset.name, "steering", settings):
                 sweep.summary.skipped += 1
                 continue
@@ -204,20 +231,21 @@ def steer_dataset(
     grid = steering_grid(
         model, tokenizer, vectors, options.alphas, task=task, dataset=dataset, positions=options.positions,
         max_perplexity=options.max_perplexity, provenance=provenance, limit=options.max_rows,
-        protocol=config.protocol, seed=config.seed, progress=sweep.progress,
+        protocol=config.protocol, seed=config.seed, data_dir=config.data_dir, progress=sweep.progress,
     )
     template = grid.baseline.settings.get("template")
     path = vector_path(sweep, source.name, dataset, vector_settings)
     save_vectors(path, vectors, provenance | {"template": template})
     artefact = str(Path("steering") / path.name)
     table = grid.table.assign(
-        source_checkpoint=source.name, dataset=dataset.name, task=task, scaling=options.scaling,
+        source_checkpoint=source.name, dataset=dataset.name, task=task, task_inputs=task_inputs(task, config.data_dir),
+        scaling=options.scaling,
         positions=options.positions, max_perplexity=options.max_perplexity, max_rows=options.max_rows,
         best=_best_flags(grid.table, grid.best), vector_file=artefact,
         **source_columns(record.provenance), **target_columns(target_name, model),
         **run_columns(config, template),
     )
-    append_table(sweep.store.root / STEERING_TABLE, table, STEERING_KEYS)
+    append_table(sweep.store.root / STEERING_TABLE, table, STEERING_KEYS, STEERING_LEGACY)
     return artefact, None
 
 

@@ -112,8 +112,9 @@ def read_table(path: str | os.PathLike, defaults: Mapping[str, Any] | None = Non
     """Read a Parquet table, verifying its page checksums; a missing file is an empty table, an
     unreadable or damaged one a CorruptArtefactError.
 
-    `defaults` gives columns an older version did not write the value they were computed with,
-    so its rows compare equal to new ones of the same setting.
+    `defaults` gives columns an older version did not write the value they were computed with
+    (a constant, or a function of the table giving a column), so its rows compare equal to new
+    ones of the same setting.
     """
     path = Path(path)
     if not path.exists():

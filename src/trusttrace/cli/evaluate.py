@@ -41,7 +41,7 @@ def check_limit(value: float | None, option: str) -> None:
 @app.command("evaluate")
 def evaluate_command(
     model: str = typer.Option(..., "--model", "-m", help="Hub id or local folder of the model to evaluate."),
-    task: str = typer.Option(..., "--task", "-t", help="confaide, stereoset, sst2, binary, toxigen, truthfulqa (or privacy, fairness...)."),
+    task: str = typer.Option(..., "--task", "-t", help="confaide, confaide_tier2, stereoset, sst2, sst2_sentiment, binary, toxigen, truthfulqa (or privacy, fairness...)."),
     dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Built-in name or file (default: the task's own)."),
     revision: Optional[str] = typer.Option(None, "--revision", "-r", help="Hub revision of the model."),
     data_dir: Optional[Path] = DataDirOption,
@@ -84,6 +84,7 @@ def evaluate_command(
       trusttrace evaluate -m ./sft -t truthfulqa --truth-judge gpt-judge --info-judge gpt-info --judge-url https://api.openai.com/v1
     """
     from trusttrace.evaluation import get_task
+    from trusttrace.evaluation.runner import check_task_options
 
     spec = get_task(task)
     steering_options = {"--layer": layer, "--alpha": alpha, "--positions": positions,
@@ -103,6 +104,7 @@ def evaluate_command(
         "info_judge": info_judge, "judge_url": judge_url, "judge_api": judge_api, "api_key_env": api_key_env,
     }
     options: dict[str, Any] = {key: value for key, value in given.items() if value is not None}
+    check_task_options(spec, options)  # before the model loads
     common = {"protocol": protocol, "seed": seed, "limit": limit, "data_dir": check_data_dir(data_dir)}
     alphas = parse_floats("1.0" if alpha is None else alpha, "--alpha")
     from trusttrace.evaluation import evaluate as run_evaluation, steering_grid

@@ -29,13 +29,14 @@ from trusttrace.config import SweepConfig
 from trusttrace.demo.pretrain import CHECKPOINT_META, checkpoint_steps, pretrain
 from trusttrace.demo.world import FALSE_VERDICT, TRUE_VERDICT, World, build_world
 from trusttrace.errors import TrustTraceError
+from trusttrace.evaluation.grid import grid_name
 from trusttrace.evaluation.results import rate_row
 from trusttrace.evaluation.scoring import choice_logprobs
 from trusttrace.evaluation.side_effects import side_effects
 from trusttrace.models import load_model
 from trusttrace.report import write_report
 from trusttrace.steering import Steering, build_vectors, development_rows, save_vectors
-from trusttrace.steering_stage import STEERING_KEYS, run_columns, source_columns, target_columns
+from trusttrace.steering_stage import STEERING_KEYS, STEERING_LEGACY, run_columns, source_columns, target_columns
 from trusttrace.store import (
     PROBES_TABLE, STEERING_DIR, STEERING_TABLE, WORKSPACE_FILE, WORKSPACE_FORMAT, append_table, read_table, write_json,
 )
@@ -186,7 +187,8 @@ def endorsement(
             ("verdict_accuracy", says_true == (labels == 1)),
         ):
             rows.append(rate_row(ENDORSE_TASK, metric, flags) | {"layer": layer, "alpha": alpha} | side)
-    return pd.DataFrame(rows).astype({"layer": "Int64"})
+    grid = grid_name(list(steering.vectors), [alpha for alpha in alphas if alpha])
+    return pd.DataFrame(rows).astype({"layer": "Int64"}).assign(grid=grid)
 
 
 def run_demo(out: str | Path = "trusttrace-demo", *, seed: int = 0, quick: bool = False, progress: bool = True) -> DemoResult:
@@ -220,7 +222,7 @@ def run_demo(out: str | Path = "trusttrace-demo", *, seed: int = 0, quick: bool 
         source_checkpoint=source, dataset=data.name, best=False, **source_columns(steering.provenance),
         **target_columns(checkpoints[-1].name, model), **run_columns(sweep.config, None),
     )
-    append_table(workspace / STEERING_TABLE, table.assign(task=ENDORSE_TASK), STEERING_KEYS)
+    append_table(workspace / STEERING_TABLE, table.assign(task=ENDORSE_TASK, task_inputs=None), STEERING_KEYS, STEERING_LEGACY)
     report = write_report(workspace, title="trusttrace demo: a tiny LM learning a world of facts")
     last = accuracy.iloc[-1]
     best_layer = int(last.idxmax())

@@ -43,8 +43,10 @@ OUTCOMES = {"accuracy": "correct", "toxic_ratio": "toxic", "mc1": "mc1", "mc2": 
 
 @dataclass
 class GridResult:
-    """`table`: one row per setting (layer, alpha, metric, value, low, high, n, interval, kl, perplexity,
-    within_limit, p_value, p_holm, improves), the baseline first; `best`: the chosen row as a dict, or None.
+    """`table`: one row per setting (grid, layer, alpha, metric, value, low, high, n, interval, kl,
+    perplexity, within_limit, p_value, p_holm, improves), the baseline first; `best`: the chosen row
+    as a dict, or None. `grid` names the grid's layers and alphas (`grid_name`), the settings its
+    Holm correction and best row are taken over, so rows of two grids are never read as one.
 
     `p_value` is the paired one-sided p-value of the setting against the unsteered model on the
     same examples, `p_holm` the same Holm-corrected over the grid's settings, and `improves`
@@ -67,6 +69,11 @@ class GridResult:
         )
         table = pd.concat([self.baseline.table] + [result.table for result in self.results.values()], ignore_index=True)
         return EvalResult(table, records, {**self.baseline.settings, "steering": None, "grid": self.provenance})
+
+
+def grid_name(layers: Sequence[int], alphas: Sequence[float]) -> str:
+    """A grid's layers and alphas in words, in the order given: "layers 4, 8; alpha 1, 4"."""
+    return f"layers {', '.join(str(int(layer)) for layer in layers)}; alpha {', '.join(f'{float(a):g}' for a in alphas)}"
 
 
 def check_settings(
@@ -111,6 +118,11 @@ def steering_grid(
     the lower layer; there is none when no setting does both.
     """
     spec = get_task(task)
+    if options.get("side_effect_texts", "builtin") is None and (max_perplexity is not None or max_kl is not None):
+        raise SteeringError(
+            "side_effect_texts=None measures no side effects, so no setting could be checked against the limit "
+            f"(max_perplexity {max_perplexity}, max_kl {max_kl}); pass side-effect texts, or None for both limits"
+        )
     dataset = resolve_dataset(spec, dataset, data_dir)
     vectors = check_settings(model, vectors, alphas, positions)
     bar = tqdm(total=1 + len(vectors) * len(alphas), desc=f"steering {task}", unit="setting", disable=not progress)
@@ -128,6 +140,7 @@ def steering_grid(
                 rows.append(_grid_row(int(layer), float(alpha), metric, result))
                 bar.update()
     table = pd.DataFrame(rows).astype({"layer": "Int64"})
+    table.insert(0, "grid", grid_name(list(vectors), alphas))
     unsteered = table["perplexity_unsteered"].dropna()
     table.loc[0, ["kl", "perplexity"]] = [0.0, unsteered.iloc[0] if len(unsteered) else math.nan]
     table["within_limit"] = [

@@ -20,12 +20,13 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from trusttrace.data import TrustDataset, load_dataset
 from trusttrace.errors import EvaluationError
-from trusttrace.evaluation.binary import binary_task
+from trusttrace.evaluation.binary import MODES, binary_task
 from trusttrace.evaluation.results import EvalResult
 from trusttrace.evaluation.side_effects import side_effects
 from trusttrace.evaluation.templates import NEUTRAL_TEXTS
 from trusttrace.evaluation.toxicity import toxicity_task
-from trusttrace.evaluation.truthfulness import truthfulqa_task
+from trusttrace.evaluation.judges import APIS
+from trusttrace.evaluation.truthfulness import MC_SOURCES, QUESTION_SETS, inputs_hash, truthfulqa_task
 from trusttrace.intervals import INTERVAL_RULE, MEAN_INTERVAL_RULE
 from trusttrace.models import describe_source
 from trusttrace.provenance import now_utc, trusttrace_version
@@ -43,7 +44,8 @@ class Task:
     """A registered evaluation: its function, default dataset and the metric a grid optimises.
 
     `means`: its metrics that average scores (their interval rule is MEAN_INTERVAL_RULE, the
-    others' INTERVAL_RULE)."""
+    others' INTERVAL_RULE). `inputs`, for a task that takes no dataset: a content hash of the
+    files it reads by default from a data folder, so that editing them reruns its sweep units."""
 
     name: str
     run: Callable[..., EvalResult]
@@ -53,6 +55,7 @@ class Task:
     description: str
     takes_dataset: bool = True
     means: tuple[str, ...] = ()
+    inputs: Callable[[str | Path | None], str | None] | None = None
 
     def interval_rules(self) -> dict[str, str]:
         """The rules of the intervals its rows carry, by kind: part of the names of the units that compute them."""
@@ -66,11 +69,15 @@ class Task:
 TASKS = {
     "confaide": Task("confaide", binary_task, "confaide", ("accuracy",), True, "privacy: is the statement a privacy violation? (0/1)"),
     "stereoset": Task("stereoset", binary_task, "stereoset", ("accuracy",), True, "fairness: is the sentence a meaningful continuation of its context? (0/1)"),
+    "confaide_tier2": Task("confaide_tier2", binary_task, "confaide_tier2", ("accuracy",), True, "privacy (tier 2): is the information flow a privacy violation? (0/1)"),
     "sst2": Task("sst2", binary_task, "sst2", ("accuracy",), True, "robustness: does the sentence have random capitals? (0/1)"),
+    "sst2_sentiment": Task("sst2_sentiment", binary_task, "sst2_sentiment", ("accuracy",), True, "sentiment: is the sentence positive? (0/1)"),
     "binary": Task("binary", binary_task, None, ("accuracy",), True, "any labelled dataset, with a {statement} template"),
     "toxigen": Task("toxigen", toxicity_task, "toxigen", ("toxic_ratio",), False, "toxicity of greedy continuations, by a classifier"),
-    "truthfulqa": Task("truthfulqa", truthfulqa_task, None, ("truth_info", "truth", "mc2"), True, "TruthfulQA MC1/MC2, and judged generation with a truth_judge", takes_dataset=False, means=("mc2",)),
+    "truthfulqa": Task("truthfulqa", truthfulqa_task, None, ("truth_info", "truth", "mc2"), True, "TruthfulQA MC1/MC2, and judged generation with a truth_judge", takes_dataset=False, means=("mc2",), inputs=inputs_hash),
 }
+# Task options with a fixed set of values.
+CHOICES = {"mode": MODES, "questions": QUESTION_SETS, "mc_source": MC_SOURCES, "judge_api": APIS}
 ALIASES = {"privacy": "confaide", "fairness": "stereoset", "robustness": "sst2", "toxicity": "toxigen", "truthfulness": "truthfulqa"}
 
 
@@ -114,9 +121,7 @@ def evaluate(
         raise EvaluationError(f"limit {limit!r} must be at least 1 (or None for every row)")
     if isinstance(side_effect_texts, str) and side_effect_texts not in SIDE_EFFECT_TEXTS:
         raise EvaluationError(f"side_effect_texts {side_effect_texts!r} must be 'builtin', 'dataset', a list of texts or None")
-    unknown = sorted(set(options) - set(spec.options()))
-    if unknown:
-        raise EvaluationError(f"task {spec.name} has no option {unknown[0]!r}; its options: {', '.join(spec.options())}")
+    check_task_options(spec, options)
     for name, value in (("data_dir", data_dir), ("limit", limit)):
         if name in spec.options():
             options[name] = value
@@ -179,6 +184,17 @@ def _warn_if_not_held_out(dataset: TrustDataset, rows: np.ndarray, provenances: 
             )
 
 
+def check_task_options(spec: Task, options: Mapping[str, Any]) -> None:
+    """An EvaluationError for an option the task does not take, or a value outside an option's
+    choices (CHOICES); the CLI checks this before the model loads."""
+    unknown = sorted(set(options) - set(spec.options()))
+    if unknown:
+        raise EvaluationError(f"task {spec.name} has no option {unknown[0]!r}; its options: {', '.join(spec.options())}")
+    for name, allowed in CHOICES.items():
+        if name in options and options[name] not in allowed:
+            raise EvaluationError(f"unknown {name} {options[name]!r}; expected one of {', '.join(allowed)}")
+
+
 def resolve_dataset(spec: Task, dataset: TrustDataset | str | Path | None, data_dir: str | Path | None) -> TrustDataset | None:
     """The TrustDataset a task runs on: the one given, loaded by name/path, or the task's default."""
     if not spec.takes_dataset:
@@ -196,6 +212,11 @@ def _resolve_rows(dataset: TrustDataset | None, rows: Sequence[int] | None, limi
     """The rows to evaluate: given, or the held-out side of the development split; first `limit`."""
     if rows is None and dataset is not None:
         rows = development_rows(dataset, protocol, seed)[1]
+        if not len(rows):
+            raise EvaluationError(
+                f"{dataset.name}: no held-out rows to evaluate under protocol {protocol!r} (every row is a "
+                "development row); evaluate it under the default protocol, or pass rows="
+            )
     elif rows is not None and dataset is not None:
         rows = row_indices(rows, len(dataset), "rows", EvaluationError)
         if not len(rows):

@@ -142,7 +142,8 @@ def toxicity_task(
     batch_size: int = 16,
     classifier_batch_size: int = 32,
 ) -> EvalResult:
-    """Toxic ratio (95 % Wilson interval) of greedy continuations of the statements in `rows`.
+    """Toxic ratio (95 % Wilson interval, rows of one group counted as fewer) of greedy continuations
+    of the statements in `rows`.
 
     The reference scored the first 500 rows of its evaluation half: protocol="paper", limit=500.
     """
@@ -156,6 +157,7 @@ def toxicity_task(
         "row": rows, "prompt": prompts, "label": dataset.labels[rows], "continuation": continuations,
         "toxic_probability": scores[:, 0], "toxic": scores[:, 1].astype(bool),
     })
-    metrics = [rate_row(task, "toxic_ratio", records["toxic"])]
+    groups = None if dataset.groups is None else dataset.groups[rows]  # rows of one group count as fewer
+    metrics = [rate_row(task, "toxic_ratio", records["toxic"], groups)]
     settings = {"classifier": scorer.name, "toxic_label": scorer.model.config.id2label[scorer.toxic_index], "max_new_tokens": max_new_tokens}
     return EvalResult(make_table(metrics), records, settings)

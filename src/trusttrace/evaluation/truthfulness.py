@@ -12,6 +12,7 @@ a vector for its own training questions. `questions="all"` uses all 817.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import warnings
 from collections import Counter
@@ -56,8 +57,7 @@ def load_mc_questions(path: str | Path | None = None, *, data_dir: str | Path | 
     """
     if source not in MC_SOURCES:
         raise EvaluationError(f"unknown MC source {source!r}; expected one of {', '.join(MC_SOURCES)}")
-    root = data_root(data_dir)
-    file = Path(path) if path is not None else (upstream_dir(root) / MC_FILE if root is not None else None)
+    file = _mc_file(path, data_dir)
     if source != "hub" and file is not None and file.is_file():
         return _read_mc_file(file), str(file)
     if source == "file" or path is not None:
@@ -74,6 +74,34 @@ def load_mc_questions(path: str | Path | None = None, *, data_dir: str | Path | 
         for row in frame.itertuples()
     ]
     return questions, f"https://huggingface.co/datasets/{HUB_REPO} (multiple_choice)"
+
+
+def _mc_file(path: str | Path | None, data_dir: str | Path | None) -> Path | None:
+    """Where the local MC file is looked for: `path`, else upstream/truthfulqa/mc_task.json in the data folder."""
+    if path is not None:
+        return Path(path)
+    root = data_root(data_dir)
+    return upstream_dir(root) / MC_FILE if root is not None else None
+
+
+def inputs_hash(
+    data_dir: str | Path | None, *, questions: str = "heldout", mc: bool = True, mc_path: str | Path | None = None,
+    mc_source: str = "auto",
+) -> str | None:
+    """A content hash of the files the task reads with these options: the held-out questions and
+    the MC file (the Hub's MC config by name, where that is read instead), so that an edited file
+    reruns what depends on it. None when the held-out questions file is missing (the task fails, saying why)."""
+    digest = hashlib.sha256()
+    if questions == "heldout":
+        path = _heldout_file(data_dir)
+        if path is None or not path.is_file():
+            return None
+        digest.update(path.read_bytes())
+    if mc or questions != "heldout":
+        file = _mc_file(mc_path, data_dir)
+        local = mc_source != "hub" and file is not None and file.is_file()
+        digest.update(b"\0" + (file.read_bytes() if local else f"hub:{HUB_REPO}".encode()))
+    return digest.hexdigest()
 
 
 def _read_mc_file(path: Path) -> list[MCQuestion]:
@@ -93,13 +121,17 @@ def _hub_targets(targets) -> tuple[tuple[str, int], ...]:
 
 def heldout_questions(data_dir: str | Path | None) -> list[str]:
     """The 407 questions of truthfulqa_test.csv, absent from the probing data."""
-    root = data_root(data_dir)
-    path = study_dir(root) / HELDOUT_FILE if root is not None else None
+    path = _heldout_file(data_dir)
     if path is None or not path.is_file():
         raise EvaluationError(
             f"no {HELDOUT_FILE} at {path}; pass a --data-dir holding the study files, or questions='all'"
         )
     return pd.read_csv(path)["Question"].astype(str).str.strip().tolist()
+
+
+def _heldout_file(data_dir: str | Path | None) -> Path | None:
+    root = data_root(data_dir)
+    return study_dir(root) / HELDOUT_FILE if root is not None else None
 
 
 def mc_metrics(scores: np.ndarray, labels: Sequence[int]) -> tuple[int, float]:
@@ -172,6 +204,7 @@ def truthfulqa_task(
         "questions": questions, "mc_source": source, "primer": "truthfulqa" if primer is None else primer,
         "generation_prompt": "the reference's" if protocol == "paper" else "primer + question",
         "judges": {name: judge.name for name, judge in judges.items()}, "max_new_tokens": max_new_tokens,
+        "dataset_hash": inputs_hash(data_dir, questions=questions, mc=mc, mc_path=mc_path, mc_source=mc_source),
     }
     return EvalResult(make_table(metrics), records, settings)
 
