@@ -228,6 +228,19 @@ def test_cli_probe_and_mi_take_c_and_the_held_out_share(workspace, monkeypatch, 
     capsys.readouterr()
 
 
+def test_probes_of_another_solver_are_kept_apart_and_older_rows_recognised(workspace):
+    stopped, _ = run_probes(workspace, split="paper", backend="sklearn", progress=False)
+    both, _ = run_probes(workspace, split="paper", backend="torch", progress=False)  # the optimum: other accuracies
+    assert len(both) == 2 * len(stopped) and set(both["solver"]) == {"lbfgs_100", "optimum"}
+    path = workspace.root / PROBES_TABLE
+    write_table(path, stopped.drop(columns="solver"))  # as 0.7.0 wrote the paper split's `auto` rows
+    stamp = path.stat().st_mtime_ns
+    again, problems = run_probes(workspace, split="paper", progress=False)
+    assert problems == [] and path.stat().st_mtime_ns == stamp and set(again["solver"]) == {"lbfgs_100"}
+    probe_record(workspace, workspace.records()[0], split="paper")  # one set again: its rows replaced, not doubled
+    assert len(read_table(path)) == len(stopped)
+
+
 def test_mi_rows_of_an_older_table_are_recognised_not_recomputed(workspace):
     run_mi(workspace, estimator="gaussian", split="paper", progress=False)  # 0.2.0's default split
     path = workspace.root / MI_TABLE

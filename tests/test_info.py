@@ -285,6 +285,21 @@ def test_turning_points():
     assert 9 not in set(turning_points(unbounded)["layer"])  # I(X;X) = inf has no peak
     with pytest.raises(ProbeError, match="lacks column\\(s\\) step"):
         turning_points(table.drop(columns="step"))
+    with pytest.raises(ProbeError, match="2 rows of layer 0 at step 0: pass the rows of one series"):
+        turning_points(pd.concat([table, table.assign(i_xt=0.0)]))  # two settings' rows, say: never one series
+
+
+def test_a_dip_on_a_plateau_is_no_fall_beyond_noise():
+    """Where most second differences are 0 their median deviation is 0 too: any dip would pass."""
+    steps = list(range(0, 1200, 100))
+    series = {
+        0: [1, 2, 3, 4, 5, 5, 5, 5, 5, 5, 5, 5 - 1e-9],  # saturates, then a rounding dip
+        1: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 10.999],  # rises straight, the last value a little lower
+        2: [0.98, 0.99, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.99999],  # HSIC-like saturation
+    }
+    table = pd.DataFrame([{"step": s, "layer": layer, "i_xt": v} for layer, values in series.items() for s, v in zip(steps, values)])
+    points = turning_points(table)
+    assert (points["noise"] > 0).all() and not points["interior"].any()
 
 
 def test_a_flat_or_rising_noisy_series_rarely_counts_as_a_rise_then_fall():

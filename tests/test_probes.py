@@ -13,7 +13,7 @@ from sklearn.metrics import roc_auc_score
 from trusttrace import probes
 from trusttrace.errors import LayerError, ProbeError
 from trusttrace.probes import fit_probes, roc_auc
-from trusttrace.splits import make_splits
+from trusttrace.splits import held_out_folds, make_splits
 
 
 def separable(n_layers=6, n=300, hidden=20, seed=0):
@@ -77,6 +77,9 @@ def test_paper_protocol_matches_the_reference_pipeline():
         direction = torch.as_tensor(model.coef_[0]) / acts[layer].double().std(0)
         torch.testing.assert_close(result.directions[layer].double(), direction, rtol=1e-4, atol=1e-6)
     assert (result.table["n_train"] == n_train).all() and (result.table["folds"] == 1).all()
+    assert set(result.table["solver"]) == {"lbfgs_100"}
+    assert set(fit_probes(acts, y, split="paper", backend="torch").table["solver"]) == {"optimum"}
+    assert set(fit_probes(acts, y, split="paper", method="mass_mean").table["solver"]) == {"closed_form"}
 
 
 def test_paper_scaling_uses_all_rows_and_directions_undo_it():
@@ -124,9 +127,12 @@ def test_grouped_split_keeps_groups_together_and_covers_every_row_once():
     for train, test in splits:
         assert not set(groups[train]) & set(groups[test])
         assert abs(y[test].mean() - y.mean()) < 0.15
-    single = make_splits(y, split="grouped", groups=groups, folds=1, test_size=0.25, seed=1)
-    (train, test), = single
-    assert not set(groups[train]) & set(groups[test]) and abs(len(test) / 200 - 0.25) < 0.05
+    for test_size in (0.25, 0.3, 0.4, 0.6):  # whole group folds: one of four, three of ten, two and three of five
+        (train, test), = make_splits(y, split="grouped", groups=groups, folds=1, test_size=test_size, seed=1)
+        assert not set(groups[train]) & set(groups[test]) and abs(len(test) / 200 - test_size) < 0.03
+    assert held_out_folds(0.2, 50) == (1, 5) and held_out_folds(0.4, 50) == (2, 5) and held_out_folds(0.05, 10) == (1, 10)
+    (train, test), = make_splits(y, split="grouped", groups=groups, folds=1, test_size=0.2, seed=1)
+    assert np.array_equal(test, np.sort(make_splits(y, split="grouped", groups=groups, folds=5, seed=1)[0][1]))
 
 
 def test_random_split_is_stratified_and_seeded():
@@ -229,8 +235,9 @@ def test_signal_shows_in_the_table_and_baselines():
     statements = [f"{'alpha' if label else 'beta'} item{i % 5}" for i, label in enumerate(y)]
     result = fit_probes(acts, y, split="random", folds=3, statements=statements)
     table = result.table
-    assert list(table.columns) == ["layer", "method", "split", "seed", "folds", "accuracy", "acc_low",
+    assert list(table.columns) == ["layer", "method", "solver", "split", "seed", "folds", "accuracy", "acc_low",
                                    "acc_high", "auroc", "n_train", "n_test", "interval"]
+    assert set(table["solver"]) == {"optimum"}
     assert table["accuracy"].iloc[-1] > 0.9 and table["accuracy"].iloc[0] < 0.7
     assert table["auroc"].iloc[-1] > 0.95
     base = result.baselines.set_index("baseline")

@@ -25,7 +25,7 @@ from trusttrace.devices import default_device
 from trusttrace.errors import LayerError, ProbeError, StoreError
 from trusttrace.info import ESTIMATORS, check_max_rows, plane_layers, plane_reference
 from trusttrace.intervals import INTERVAL_RULE
-from trusttrace.probes import check_options, fit_probes
+from trusttrace.probes import check_options, fit_probes, solver
 from trusttrace.provenance import trusttrace_version
 from trusttrace.splits import check_split_options, make_splits, resolve_split
 from trusttrace.store import (
@@ -41,9 +41,18 @@ PROVENANCE_COLUMNS = [
     "position", "dtype", "tokenizer", "template",
 ]
 SET_KEYS = ["activation_key", "model", "revision", "checkpoint", "step", "tokens", "dataset", "dataset_hash"]
-PROBE_KEYS = SET_KEYS + ["layer", "method", "split", "seed", "folds", "test_size", "C"]
+PROBE_KEYS = SET_KEYS + ["layer", "method", "solver", "split", "seed", "folds", "test_size", "C"]
 BASELINE_KEYS = ["dataset", "dataset_hash", "baseline", "split", "seed", "folds", "test_size"]
 MI_KEYS = SET_KEYS + ["layer", "estimator", "x_layer", "split", "seed", "folds", "test_size", "mi_max_rows"]
+
+
+def legacy_solver(table: pd.DataFrame) -> pd.Series:
+    """The `solver` of probe rows written before rows named theirs (0.7.0 and earlier): the one
+    `backend="auto"` (the sweep's, and the CLI's default) chooses for their method and split."""
+    return pd.Series([solver(m, "auto", s) for m, s in zip(table["method"], table["split"])], index=table.index, dtype=object)
+
+
+PROBE_LEGACY_SETTINGS = {"solver": legacy_solver}
 # What MI rows of former versions were computed with: one 80/20 split (0.2.0 and earlier), every
 # training row (mi_max_rows 0, before 0.5.0).
 MI_LEGACY_SETTINGS = {"folds": 1, "test_size": 0.2, "mi_max_rows": 0}
@@ -105,7 +114,7 @@ def probe_record(
         tables.append(results.table)
         baselines = results.baselines if baselines is None else baselines
     rows = _with_provenance(pd.concat(tables, ignore_index=True).assign(test_size=test_size, C=C), record)
-    append_table(store.root / PROBES_TABLE, rows, PROBE_KEYS)
+    append_table(store.root / PROBES_TABLE, rows, PROBE_KEYS, PROBE_LEGACY_SETTINGS)
     if not baselines_done:
         baselines = baselines.assign(test_size=test_size, **dataset_columns, trusttrace_version=trusttrace_version())
         append_table(store.root / BASELINES_TABLE, baselines, BASELINE_KEYS)
@@ -189,7 +198,8 @@ def run_probes(
     resolve_split(split, None)
 
     def setting(kind: str) -> dict[str, Any]:
-        return {"method": method, "C": C, "interval": INTERVAL_RULE} | split_setting(kind, folds, test_size, seed)
+        fitted_by = {"solver": solver(method, backend, kind)}
+        return {"method": method, "C": C, "interval": INTERVAL_RULE} | fitted_by | split_setting(kind, folds, test_size, seed)
 
     def compute(record: ActivationRecord, dataset: TrustDataset) -> None:
         probe_record(
@@ -198,7 +208,7 @@ def run_probes(
         )
 
     with store.locked():  # once for the whole workspace: a busy one is one error, not one per set
-        return _run_all(store, store.root / PROBES_TABLE, split, setting, compute, progress, "probe")
+        return _run_all(store, store.root / PROBES_TABLE, split, setting, compute, progress, "probe", PROBE_LEGACY_SETTINGS)
 
 
 def run_mi(

@@ -686,6 +686,13 @@ def turning_points(mi_table: pd.DataFrame) -> pd.DataFrame:
     missing = {"step", "layer", "i_xt"} - set(mi_table.columns)
     if missing:
         raise ProbeError(f"MI table lacks column(s) {', '.join(sorted(missing))}")
+    counts = mi_table.groupby(["layer", "step"]).size()
+    if (counts > 1).any():
+        (layer, step), count = next((key, n) for key, n in counts.items() if n > 1)
+        raise ProbeError(
+            f"the MI table holds {count} rows of layer {layer} at step {step}: pass the rows of one series "
+            "(one model, dataset, estimator, x_layer and split), as the report does"
+        )
     finite = mi_table[np.isfinite(mi_table["i_xt"].astype(float))]
     rows = []
     for layer, group in finite.dropna(subset=["step"]).sort_values("step", kind="stable").groupby("layer"):
@@ -704,8 +711,12 @@ def turning_points(mi_table: pd.DataFrame) -> pd.DataFrame:
 def series_noise(values: np.ndarray) -> float:
     """The noise standard deviation of a series measured at successive checkpoints, from its
     second differences (which a smooth trend barely moves): 1.4826 × their median absolute
-    deviation / √6. NaN below MIN_TURNING_CHECKPOINTS values."""
+    deviation / √6. Where more than half of them are equal (a plateau, a saturated estimator, a
+    straight stretch) that is 0, which would make any dip a fall beyond noise: then 1.2533 × their
+    mean absolute deviation / √6 (both are σ for Gaussian noise). NaN below MIN_TURNING_CHECKPOINTS values."""
     if len(values) < MIN_TURNING_CHECKPOINTS:
         return math.nan
     second = np.diff(values, n=2)
-    return float(1.4826 * np.median(np.abs(second - np.median(second))) / math.sqrt(6))
+    robust = 1.4826 * np.median(np.abs(second - np.median(second)))
+    spread = robust if robust > 0 else 1.2533 * np.mean(np.abs(second - np.mean(second)))
+    return float(spread / math.sqrt(6))

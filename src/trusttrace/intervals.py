@@ -43,7 +43,8 @@ def effective_rows(flags: np.ndarray, groups: np.ndarray | None) -> np.ndarray:
     Without groups, n. With groups, n divided by the design effect: the variance of the share
     estimated from the groups' totals (the ratio estimator's, with the G/(G-1) correction) over
     the binomial variance p(1-p)/n. The design effect is taken as at least 1, so groups never
-    narrow an interval; flags all 1 (or all 0) count as n.
+    narrow an interval; flags all 1 (or all 0) count as n. Rows of a single group are one
+    example, whatever their flags: nothing tells their variance.
     """
     flags = np.atleast_2d(np.asarray(flags, dtype=float))
     n = flags.shape[-1]

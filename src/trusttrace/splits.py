@@ -24,6 +24,10 @@ SPLITS = ("grouped", "random", "paper")
 PAPER_TRAIN_FRACTION = 0.8
 
 Split = tuple[np.ndarray, np.ndarray]
+# A one-fold grouped split holds out whole group folds: their share may miss `test_size` by this
+# much, and is made of at most this many folds.
+SHARE_TOLERANCE = 0.01
+MAX_SHARE_FOLDS = 100
 
 
 def check_labels(labels: Sequence, n: int | None = None) -> np.ndarray:
@@ -153,13 +157,13 @@ def _random_splits(y: np.ndarray, folds: int, test_size: float, seed: int) -> li
 
 @functools.lru_cache(maxsize=32)
 def _grouped_splits(y: tuple[int, ...], groups: tuple[str, ...], folds: int, test_size: float, seed: int) -> list[Split]:
-    """Stratified group k-fold; with one fold, the first fold of round(1/test_size) folds.
+    """Stratified group k-fold; with one fold, the first `held` of `n_splits` folds held out
+    together (`held_out_folds`).
 
     Cached (callers get sorted copies): scikit-learn's group assignment is a Python loop over
     groups, and a sweep asks for the same dataset's splits at every checkpoint.
     """
-    n_splits = folds if folds > 1 else max(2, round(1 / test_size))
-    n_splits = min(n_splits, len(set(groups)))
+    held, n_splits = (0, min(folds, len(set(groups)))) if folds > 1 else held_out_folds(test_size, len(set(groups)))
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     rows = np.arange(len(y))
     try:
@@ -168,4 +172,20 @@ def _grouped_splits(y: tuple[int, ...], groups: tuple[str, ...], folds: int, tes
             splits = list(splitter.split(rows, np.asarray(y), np.asarray(groups)))
     except ValueError as error:
         raise ProbeError(f"cannot make a grouped split of {len(y)} rows into {n_splits} fold(s): {error}") from None
-    return splits if folds > 1 else splits[:1]
+    if folds > 1:
+        return splits
+    test = np.concatenate([test for _, test in splits[:held]])
+    return [(np.setdiff1d(rows, test), test)]
+
+
+def held_out_folds(test_size: float, n_groups: int) -> tuple[int, int]:
+    """(held, n_splits): a one-fold grouped split holds out `held` of `n_splits` group folds, so
+    about `test_size` of the rows. One of round(1/test_size) folds where that is within
+    SHARE_TOLERANCE of `test_size` (0.2: one of five), else the fewest folds that are (0.4: two of
+    five); never more folds than groups, the nearest share they allow where none is that close."""
+    n_splits = min(max(2, round(1 / test_size)), n_groups)
+    if abs(1 / n_splits - test_size) <= SHARE_TOLERANCE:
+        return 1, n_splits
+    shares = [(min(max(1, round(test_size * n)), n - 1), n) for n in range(2, min(n_groups, MAX_SHARE_FOLDS) + 1)]
+    close = [share for share in shares if abs(share[0] / share[1] - test_size) <= SHARE_TOLERANCE]
+    return close[0] if close else min(shares, key=lambda share: abs(share[0] / share[1] - test_size))

@@ -112,10 +112,10 @@ class TimeAxis:
 
 
 def time_axis(frame: pd.DataFrame) -> tuple[TimeAxis, pd.DataFrame]:
-    """The time axis for `frame` (needs `checkpoint`; uses `step`, else `tokens`, when complete)
-    and `frame` with an `x` column in that axis."""
+    """The time axis for `frame` (needs `checkpoint`; uses `step`, else `tokens`, when complete and
+    one value per checkpoint) and `frame` with an `x` column in that axis."""
     for column, label in (("step", "training step"), ("tokens", "tokens seen")):
-        if column in frame and len(frame) and frame[column].notna().all():
+        if column in frame and len(frame) and frame[column].notna().all() and frame.groupby(column)["checkpoint"].nunique().max() == 1:
             values = frame[column].astype(float)
             positive = np.unique(values[values > 0])
             if len(positive) >= 2 and positive[-1] / positive[0] >= 100:

@@ -43,7 +43,9 @@ SELECT_HINT = "show another with `trusttrace report --select KEY=VALUE`, a colum
 MAX_FIGURE_NAME = 100  # characters of a figure's file name before its suffix
 # The probe configuration the figures show where probes.parquet holds several: preferred values
 # first (the defaults), else the smallest; the caption names what was left out.
-PROBE_CONFIGURATION = (("method", "logreg"), ("split", "grouped"), ("folds", 5), ("test_size", 0.2), ("C", 1.0), ("seed", None))
+PROBE_CONFIGURATION = (
+    ("method", "logreg"), ("solver", "optimum"), ("split", "grouped"), ("folds", 5), ("test_size", 0.2), ("C", 1.0), ("seed", None),
+)
 # Columns that name one steering grid, when present: the steering table's keys but layer and α
 # (so rows the table keeps apart are never drawn as one grid), and the demo's source and target.
 STEERING_GROUPS = (*(key for key in STEERING_KEYS if key not in ("layer", "alpha")), "source", "target")
