@@ -6,6 +6,7 @@ import json
 import shutil
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -252,13 +253,20 @@ def test_failed_checkpoint_does_not_stop_the_others(setup, capsys):
     }
 
 
-def test_duplicate_weights_are_flagged(tmp_path, tokenizer):
-    suite = make_suite(tmp_path, tokenizer, duplicate=(0, 10))
+def test_duplicate_weights_are_flagged_against_the_earlier_step_not_name(tmp_path, tokenizer):
+    suite = make_suite(tmp_path, tokenizer, steps=(2, 10, 20), duplicate=(2, 10))  # by name, step_10 sorts first
     config = load_config(write_config(tmp_path, suite, make_dataset(tmp_path), stages=["extract"]))
     summary = run_sweep(config, progress=False)
-    assert summary.duplicates == {"step_10": "step_0"}
-    rows = {row["name"]: row["duplicate_of"] for row in Manifest(config.workspace / "manifest.sqlite").checkpoints()}
-    assert rows == {"step_0": None, "step_10": "step_0", "step_20": None}
+    assert summary.duplicates == {"step_10": "step_2"}
+    manifest = Manifest(config.workspace / "manifest.sqlite")
+    rows = [(row["name"], row["step"], row["tokens"], row["duplicate_of"]) for row in manifest.checkpoints()]
+    assert rows == [("step_2", 2, 200, None), ("step_10", 10, 1000, "step_2"), ("step_20", 20, 2000, None)]
+
+    with sqlite3.connect(config.workspace / "manifest.sqlite") as db:  # as 0.7.0 left them: no step, no tokens
+        db.execute("UPDATE checkpoints SET step=NULL, tokens=NULL")
+    db.close()
+    run_sweep(config, progress=False)
+    assert [(row["name"], row["step"], row["tokens"], row["duplicate_of"]) for row in manifest.checkpoints()] == rows
 
 
 @pytest.mark.parametrize("edit", ["config", "tokenizer"])
@@ -293,7 +301,6 @@ def test_a_fingerprint_of_an_older_form_is_renewed_without_redoing(setup):
 
 
 def test_a_manifest_of_an_older_form_gains_the_columns_it_lacks(tmp_path):
-    import sqlite3
 
     path = tmp_path / "manifest.sqlite"
     with sqlite3.connect(path) as db:  # as the first versions wrote it
@@ -528,7 +535,6 @@ def test_a_device_this_machine_lacks_stops_the_sweep_before_any_work(setup):
 
 
 def test_an_older_manifest_gains_the_fingerprint_column(tmp_path):
-    import sqlite3
     from contextlib import closing
 
     with closing(sqlite3.connect(tmp_path / "manifest.sqlite")) as db:  # the checkpoints table as 0.2.0 made it

@@ -12,12 +12,16 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+from collections.abc import Iterable
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trusttrace.provenance import earlier_copies, now_utc
+
+if TYPE_CHECKING:
+    from trusttrace.checkpoints import Checkpoint
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS units (
@@ -152,7 +156,8 @@ class Manifest:
         self._write(
             "INSERT INTO checkpoints (name, model, revision, step, tokens, commit_sha, weights_sha256, status, error, fingerprint) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(model, name) DO UPDATE SET status=excluded.status, "
-            "error=excluded.error, commit_sha=COALESCE(excluded.commit_sha, commit_sha), "
+            "error=excluded.error, revision=COALESCE(excluded.revision, revision), step=COALESCE(excluded.step, step), "
+            "tokens=COALESCE(excluded.tokens, tokens), commit_sha=COALESCE(excluded.commit_sha, commit_sha), "
             "weights_sha256=COALESCE(excluded.weights_sha256, weights_sha256), "
             "fingerprint=COALESCE(excluded.fingerprint, fingerprint)",
             (name, model, revision, step, tokens, commit, weights_sha256, status, error, fingerprint),
@@ -191,6 +196,18 @@ class Manifest:
             return db.execute(
                 "UPDATE units SET status='stale' WHERE substr(unit, 1, length(?)) = ? AND status='done'", (prefix, prefix)
             ).rowcount
+
+    def fill_steps(self, model: str, checkpoints: Iterable[Checkpoint]) -> None:
+        """Give `model`'s recorded checkpoints their step and tokens where a row lacks them (rows
+        first written before the checkpoint loaded, by 0.7.0 and earlier), so that they are
+        ordered by training step, not by name."""
+        with closing(self._connect()) as db:
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany(
+                "UPDATE checkpoints SET step=COALESCE(step, ?), tokens=COALESCE(tokens, ?) WHERE model=? AND name=?",
+                [(c.step, c.tokens, model, c.name) for c in checkpoints],
+            )
+            db.execute("COMMIT")
 
     def mark_duplicates(self, model: str) -> dict[str, str]:
         """Flag `model`'s checkpoints whose weights equal an earlier one's; returns {name: duplicate_of}."""

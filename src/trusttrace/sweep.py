@@ -411,6 +411,7 @@ class Sweep:
         finally:
             prefetcher.close()
             bar.close()
+        self.manifest.fill_steps(self.suite.model_id, self.checkpoints)
         self.summary.duplicates = self.manifest.mark_duplicates(self.suite.model_id)
         if "steering" in self.config.stages or "evaluate" in self.config.stages:
             run_steering_stages(self)
