@@ -365,13 +365,30 @@ def test_probe_figures_keep_one_folds_and_C_setting_and_its_own_baselines():
     assert kept["accuracy"].tolist() == [0.7]
     assert others == "folds 1; C 0.1"
     versions = pd.concat([frame.assign(dataset_hash="new"), frame.iloc[:1].assign(dataset_hash="old", accuracy=0.1)])
-    kept, _, others = pick_configuration(versions, (dataset_version(versions), *PROBE_CONFIGURATION))
-    assert kept["accuracy"].tolist() == [0.7] and others.startswith("dataset_hash old")
+    kept, _, others = pick_configuration(versions, (dataset_version(versions, {}), *PROBE_CONFIGURATION))
+    assert kept["accuracy"].tolist() == [0.7] and others.startswith("other versions of the dataset file, dataset_hash old (shown: new)")
+    times = {"old": "2026-11-28T10:00:00Z", "new": "2026-11-27T10:00:00Z"}  # the file was changed back, and rerun
+    kept, _, others = pick_configuration(versions, (dataset_version(versions, times), *PROBE_CONFIGURATION))
+    assert kept["accuracy"].tolist() == [0.1] and others.startswith("other versions of the dataset file, dataset_hash new (shown: old)")
     baselines = pd.DataFrame({
         "dataset": "d", "dataset_hash": ["h", "h", "old"], "baseline": "majority", "split": "grouped", "seed": 0,
         "folds": [5, 1, 5], "test_size": 0.2, "accuracy": [0.5, 0.6, 0.55],
     })
     assert baseline_values(baselines, "d", "m", chosen, {"h"}) == {"majority": 0.5}
+
+
+def test_a_dataset_version_was_last_used_when_its_last_unit_set_or_row_was_made(tmp_path):
+    from trusttrace.report.inputs import Workspace
+
+    empty = pd.DataFrame()
+    units = pd.DataFrame({
+        "settings": ['{"dataset_hash": "a"}', '{"dataset_hash": "b"}', '{"dataset_hash": "a"}', "not json", None],
+        "finished": ["2026-01-01T00:00:00Z", "2026-01-03T00:00:00Z", "2026-01-02T00:00:00Z", "2026-01-09T00:00:00Z", None],
+    })
+    evaluations = pd.DataFrame({"dataset_hash": ["c"], "created": ["2026-01-05T00:00:00Z"]})
+    ws = Workspace(tmp_path, empty, empty, empty, empty, evaluations, units, empty,
+                   provenance=[{"dataset_hash": "a", "created": "2026-01-04T00:00:00Z"}])
+    assert ws.dataset_times == {"a": "2026-01-04T00:00:00Z", "b": "2026-01-03T00:00:00Z", "c": "2026-01-05T00:00:00Z"}
 
 
 def test_time_axis_is_log_when_steps_span_orders_of_magnitude():
@@ -454,7 +471,12 @@ def test_evaluations_show_one_dataset_version_and_name_the_rest(tmp_path):
     page = write_report(tmp_path).read_text()
     evaluations = page.split("<h2>Trust evaluations</h2>")[1].split("<h2>")[0]
     assert "target model final (/m/final)" in evaluations
-    assert ">0.7<" in evaluations and ">0.6<" not in evaluations and "also holds stereoset: dataset_hash old" in evaluations
+    assert ">0.7<" in evaluations and ">0.6<" not in evaluations
+    assert "also holds stereoset: other versions of the dataset file, dataset_hash old (shown: new)" in evaluations
+    dated = pd.DataFrame(rows).assign(created=["2026-11-28T10:00:00Z", "2026-11-27T10:00:00Z", "2026-11-27T10:00:00Z"])
+    write_table(tmp_path / "evaluate.parquet", dated)  # the old version evaluated again last: the file as it is now
+    evaluations = write_report(tmp_path).read_text().split("<h2>Trust evaluations</h2>")[1].split("<h2>")[0]
+    assert ">0.6<" in evaluations and ">0.7<" not in evaluations and "(shown: old)" in evaluations
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ import json
 import sqlite3
 from contextlib import closing
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,32 @@ class Workspace:
 
     def _frames(self) -> list[pd.DataFrame]:
         return [self.probes, self.mi, self.steering, self.checkpoints]
+
+    @cached_property
+    def dataset_times(self) -> dict[str, str]:
+        """When each dataset version (content hash) was last used: the latest time a unit that
+        names it finished, an activation set of it was stored, or a steering or evaluation row of
+        it was made (ISO-8601 UTC, so they compare as text)."""
+        times: list[tuple[Any, Any]] = [(p.get("dataset_hash"), p.get("created")) for p in self.provenance]
+        for frame in (self.steering, self.evaluations):
+            if {"dataset_hash", "created"} <= set(frame.columns):
+                times += list(zip(frame["dataset_hash"], frame["created"]))
+        if {"settings", "finished"} <= set(self.units.columns):
+            times += [(_settings(text).get("dataset_hash"), finished) for text, finished in zip(self.units["settings"], self.units["finished"])]
+        latest: dict[str, str] = {}
+        for version, time in times:
+            if isinstance(version, str) and isinstance(time, str):
+                latest[version] = max(time, latest.get(version, time))
+        return latest
+
+
+def _settings(text: Any) -> dict[str, Any]:
+    """A unit's settings JSON as a dict (empty when absent or not an object)."""
+    try:
+        value = json.loads(text) if isinstance(text, str) else None
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def read_workspace(root: str | Path) -> Workspace:

@@ -148,14 +148,15 @@ def probe_section(ws: Workspace, writer: FigureWriter, layers: list[int] | None)
     probes = with_checkpoint(ws.probes)
     for (model, dataset), group in probes.groupby(["model", "dataset"], sort=True):
         section.add(heading(f"{dataset} · {model}"))
-        section.add(*_probe_figures(group, ws.baselines, writer, layers, model=model, dataset=dataset))
+        section.add(*_probe_figures(group, ws.baselines, writer, layers, model=model, dataset=dataset, times=ws.dataset_times))
     return section
 
 
 def _probe_figures(
-    group: pd.DataFrame, baselines: pd.DataFrame, writer: FigureWriter, layers: list[int] | None, *, model: str, dataset: str
+    group: pd.DataFrame, baselines: pd.DataFrame, writer: FigureWriter, layers: list[int] | None, *, model: str, dataset: str,
+    times: dict[str, str],
 ) -> list[str]:
-    data, chosen, others = pick_configuration(group, (dataset_version(group), *extraction_choices(group), *PROBE_CONFIGURATION))
+    data, chosen, others = pick_configuration(group, (dataset_version(group, times), *extraction_choices(group), *PROBE_CONFIGURATION))
     axis, data = figures.time_axis(data)
     order = checkpoint_order(data)
     grid = data.pivot_table(index="layer", columns="checkpoint", values="accuracy", aggfunc="mean").reindex(columns=order).sort_index()
@@ -210,14 +211,21 @@ def pick_configuration(
         chosen[column] = value
         frame = frame[frame[column] == value]
         rest = [str(v) for v in values if v != value]
-        if rest:
+        if rest and column == "dataset_hash":
+            others.append(f"other versions of the dataset file, dataset_hash {', '.join(rest)} (shown: {value})")
+        elif rest:
             others.append(f"{column} {', '.join(rest)}")
     return frame, chosen, "; ".join(others)
 
 
-def dataset_version(group: pd.DataFrame) -> tuple[str, Any]:
-    """The configuration choice of a dataset's content: the version with the most rows, when the
-    table holds several (a file changed under the same name); its rows are never averaged with another's."""
+def dataset_version(group: pd.DataFrame, times: dict[str, str]) -> tuple[str, Any]:
+    """The configuration choice of a dataset's content, when the table holds several versions (a
+    file changed under the same name): the one last used (`Workspace.dataset_times`), which is
+    the file as it is now after a rerun, else the one with the most rows. Rows of two versions
+    are never averaged."""
+    versions = [v for v in group["dataset_hash"].dropna().unique() if v in times] if "dataset_hash" in group else []
+    if len(versions) > 1:
+        return ("dataset_hash", max(versions, key=lambda version: times[version]))
     return most_rows(group, "dataset_hash")
 
 
@@ -288,15 +296,16 @@ def mi_section(ws: Workspace, writer: FigureWriter, layers: list[int] | None) ->
     mi = with_checkpoint(ws.mi)
     for (model, dataset, estimator), group in mi.groupby(["model", "dataset", "estimator"], sort=True):
         section.add(heading(f"{dataset} · {model} · estimator {estimator}"))
-        section.add(*_mi_figures(group, writer, layers, model=model, dataset=dataset, estimator=estimator))
+        section.add(*_mi_figures(group, writer, layers, model=model, dataset=dataset, estimator=estimator, times=ws.dataset_times))
     return section
 
 
 def _mi_figures(
-    group: pd.DataFrame, writer: FigureWriter, layers: list[int] | None, *, model: str, dataset: str, estimator: str
+    group: pd.DataFrame, writer: FigureWriter, layers: list[int] | None, *, model: str, dataset: str, estimator: str,
+    times: dict[str, str],
 ) -> list[str]:
     data, chosen, others = pick_configuration(group, (
-        dataset_version(group), *extraction_choices(group), ("x_layer", None), ("split", None), ("seed", None), ("folds", 5), ("test_size", 0.2),
+        dataset_version(group, times), *extraction_choices(group), ("x_layer", None), ("split", None), ("seed", None), ("folds", 5), ("test_size", 0.2),
         ("mi_max_rows", 0),
     ))
     chosen.pop("dataset_hash", None)
@@ -435,7 +444,7 @@ def evaluation_section(ws: Workspace) -> Section:
     for model, group in models:
         shown, left_out = [], []
         for task, rows in group.groupby("task", sort=True):
-            rows, _, others = pick_configuration(rows, (dataset_version(rows), most_rows(rows, "target_dtype"), *EVALUATION_CONFIGURATION))
+            rows, _, others = pick_configuration(rows, (dataset_version(rows, ws.dataset_times), most_rows(rows, "target_dtype"), *EVALUATION_CONFIGURATION))
             shown.append(rows)
             left_out += [f"{task}: {others}"] if others else []
         rows = pd.concat(shown)
