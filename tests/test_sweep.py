@@ -472,6 +472,100 @@ def test_without_keep_weights_only_what_the_sweep_downloaded_is_deleted(setup, m
     assert deleted == ["step_0", "step_20"]
 
 
+def test_a_snapshot_the_cache_held_under_another_branch_is_never_deleted(setup, monkeypatch):
+    """Pythia's step143000 is main: a user who had main cached has its commit on disk, though
+    not under the branch name the sweep fetches."""
+    import trusttrace.sweep as sweep_module
+    from trusttrace.checkpoints import Checkpoint
+    from trusttrace.sweep import Sweep
+
+    root, suite, dataset = setup
+    folders = {p.name: p for p in suite.iterdir()}  # a folder's name stands for its snapshot's commit
+    deleted = []
+    monkeypatch.setattr(sweep_module, "in_hub_cache", lambda checkpoint: False)
+    monkeypatch.setattr(sweep_module, "cached_commits", lambda model_id: {"step_20"})
+    monkeypatch.setattr(sweep_module, "delete_fetched", lambda checkpoint, folder: deleted.append(checkpoint.name))
+    config = load_config(write_config(root, suite, dataset, stages=["extract"], keep_weights=False))
+    sweep = Sweep(config, fetcher=lambda checkpoint: folders[checkpoint.name], progress=False)
+    sweep.checkpoints = [Checkpoint(c.name, "org/model", c.name, c.step, c.tokens) for c in sweep.checkpoints]
+    assert sweep.run().ok
+    assert deleted == ["step_0", "step_10"]
+
+
+def test_the_cache_is_scanned_once_so_a_half_download_stays_the_sweep_s(tmp_path):
+    manifest = Manifest(tmp_path / "manifest.sqlite")
+    manifest.record_cached_before("step1", "org/m", "step1", cached=False)
+    manifest.record_checkpoint("step1", "org/m", "step1", 1, None, status="done", commit="c1")  # fetched by an older run
+    assert manifest.held_commits("org/m", lambda: {"c0", "c1"}) == {"c0"}
+    assert manifest.held_commits("org/m", lambda: {"c0", "c1", "c2"}) == {"c0"}  # c2: a killed run's download
+    assert manifest.held_commits("org/other", set) == set()
+
+
+def test_the_prefetcher_hands_over_results_and_errors_and_never_holds_the_process(tmp_path):
+    import threading
+
+    from trusttrace.checkpoints import Checkpoint
+    from trusttrace.errors import CheckpointError
+    from trusttrace.prefetch import Prefetcher
+
+    release = threading.Event()
+
+    def fetch(checkpoint):
+        if checkpoint.name == "bad":
+            raise CheckpointError("no such revision")
+        if checkpoint.name == "slow":
+            release.wait(30)
+        return tmp_path / checkpoint.name
+
+    prefetcher = Prefetcher(fetch, retries=0)
+    checkpoint = lambda name: Checkpoint(name, "org/m", name, None, None)  # noqa: E731
+    prefetcher.schedule(checkpoint("a"))
+    assert prefetcher.get(checkpoint("a")) == tmp_path / "a"
+    with pytest.raises(CheckpointError, match="no such revision"):
+        prefetcher.get(checkpoint("bad"))
+    prefetcher.schedule(checkpoint("slow"))
+    prefetcher.close()  # returns while the download runs, in a thread that does not keep the process alive
+    running = [t for t in threading.enumerate() if t.name == "trusttrace-prefetch-slow"]
+    assert running and all(t.daemon for t in running)
+    release.set()
+
+
+def fake_cache(root: Path, refs: dict[str, str]) -> Path:
+    """A Hugging Face cache holding org/m with these refs (branch -> commit), each snapshot a config.json."""
+    repo = root / "models--org--m"
+    (repo / "refs").mkdir(parents=True)
+    for branch, commit in refs.items():
+        (repo / "refs" / branch).write_text(commit)
+        (repo / "snapshots" / commit).mkdir(parents=True, exist_ok=True)
+        (repo / "snapshots" / commit / "config.json").write_text("{}")
+    return repo
+
+
+def test_the_cache_s_commits_are_listed_and_a_cached_revision_is_fetched_offline(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    import trusttrace.prefetch as prefetch
+    from trusttrace.checkpoints import Checkpoint
+    from trusttrace.errors import OfflineError
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    repo = fake_cache(tmp_path, {"main": "a" * 40, "step8": "b" * 40})
+    assert prefetch.cached_commits("org/m") == {"a" * 40, "b" * 40}
+    assert prefetch.cached_commits("org/absent") == set() and prefetch.cached_commits(str(tmp_path)) == set()
+    monkeypatch.setattr(prefetch, "hub_reachable", lambda: False)
+    folder = prefetch.hub_fetch(Checkpoint("step8", "org/m", "step8", 8, None))
+    assert folder.resolve() == (repo / "snapshots" / ("b" * 40)).resolve()
+    calls = []
+
+    def missing():
+        calls.append(1)
+        return prefetch.hub_fetch(Checkpoint("step9", "org/m", "step9", 9, None))
+
+    with pytest.raises(OfflineError, match="not cached"):
+        prefetch.with_retries(missing, retries=2)
+    assert len(calls) == 1  # offline, trying again cannot help
+
+
 def test_a_checkpoint_a_killed_run_downloaded_is_still_the_sweep_s_to_delete_on_resume(setup, monkeypatch):
     import trusttrace.sweep as sweep_module
     from trusttrace.checkpoints import Checkpoint
@@ -502,12 +596,7 @@ def test_a_hub_revision_counts_as_cached_when_the_cache_holds_its_config(tmp_pat
     from trusttrace.prefetch import in_hub_cache
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
-    repo = tmp_path / "models--org--m"
-    commit = "a" * 40
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "step8").write_text(commit)
-    (repo / "snapshots" / commit).mkdir(parents=True)
-    (repo / "snapshots" / commit / "config.json").write_text("{}")
+    fake_cache(tmp_path, {"step8": "a" * 40})
     assert in_hub_cache(Checkpoint("step8", "org/m", "step8", 8, None))
     assert not in_hub_cache(Checkpoint("step9", "org/m", "step9", 9, None))
     assert not in_hub_cache(Checkpoint("step8", "org/absent", "step8", 8, None))

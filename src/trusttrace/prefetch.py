@@ -8,18 +8,20 @@ checkpoints need no fetching. Failed fetches are retried with backoff, then repo
 from __future__ import annotations
 
 import shutil
+import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
 
 from trusttrace.checkpoints import Checkpoint
 from trusttrace.data.hub import NETWORK_ERRORS, hub_reachable
 from trusttrace.errors import CheckpointError, OfflineError
 
-# Only what loading needs: configs, tokenizer files and one format of weights (safetensors
-# where the revision has them, else PyTorch .bin files, as in older Pythia revisions).
-SUPPORT_PATTERNS = ["*.json", "*.model", "*.txt", "*.tiktoken", "tokenizer*"]
+# Only what loading needs: configs, tokenizer files, a repository's model code (small; run only
+# with trust_remote_code) and one format of weights (safetensors where the revision has them,
+# else PyTorch .bin files, as in older Pythia revisions).
+SUPPORT_PATTERNS = ["*.json", "*.model", "*.txt", "*.tiktoken", "tokenizer*", "*.py"]
 
 Fetcher = Callable[[Checkpoint], Path]
 
@@ -29,12 +31,14 @@ def is_local(checkpoint: Checkpoint) -> bool:
 
 
 def hub_fetch(checkpoint: Checkpoint) -> Path:
-    """Download a Hub checkpoint's loading files into the Hugging Face cache; returns the snapshot folder."""
+    """Download a Hub checkpoint's loading files into the Hugging Face cache; returns the snapshot
+    folder. Where the Hub cannot be reached, the cached snapshot of the revision, if any."""
     from huggingface_hub import list_repo_files, snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError, RevisionNotFoundError
 
-    hub_reachable()
     try:
+        if not hub_reachable():
+            return Path(snapshot_download(checkpoint.model_id, revision=checkpoint.revision, local_files_only=True))
         files = list_repo_files(checkpoint.model_id, revision=checkpoint.revision)
         patterns = SUPPORT_PATTERNS + weight_patterns(files)
         folder = snapshot_download(checkpoint.model_id, revision=checkpoint.revision, allow_patterns=patterns)
@@ -62,7 +66,7 @@ def with_retries(action: Callable[[], Path], retries: int, backoff: float = 2.0)
     for attempt in range(retries + 1):
         try:
             return action()
-        except (CheckpointError, KeyboardInterrupt):
+        except (CheckpointError, OfflineError, KeyboardInterrupt):  # trying again cannot help
             raise
         except Exception:
             if attempt == retries:
@@ -72,20 +76,31 @@ def with_retries(action: Callable[[], Path], retries: int, backoff: float = 2.0)
 
 
 class Prefetcher:
-    """Fetch checkpoints in a background thread, one at a time, while the caller works on another."""
+    """Fetch checkpoints in background threads while the caller works on another (the sweep asks
+    for one ahead). The threads are daemons: a sweep that stops (Ctrl-C, an error) exits at once
+    instead of waiting for a download of gigabytes nobody will use; the Hugging Face cache resumes
+    its partial files on the next fetch."""
 
     def __init__(self, fetcher: Fetcher = hub_fetch, retries: int = 2):
         self._fetcher = fetcher
         self._retries = retries
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trusttrace-prefetch")
         self._futures: dict[str, Future] = {}
 
     def schedule(self, checkpoint: Checkpoint) -> None:
         """Start fetching `checkpoint` unless it is already under way."""
-        if checkpoint.name not in self._futures:
-            self._futures[checkpoint.name] = self._pool.submit(
-                with_retries, lambda: fetch(checkpoint, self._fetcher), self._retries
-            )
+        if checkpoint.name in self._futures:
+            return
+        future: Future = Future()
+
+        def work() -> None:
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(with_retries(lambda: fetch(checkpoint, self._fetcher), self._retries))
+                except BaseException as error:  # handed to the caller of get()
+                    future.set_exception(error)
+
+        self._futures[checkpoint.name] = future
+        threading.Thread(target=work, name=f"trusttrace-prefetch-{checkpoint.name}", daemon=True).start()
 
     def get(self, checkpoint: Checkpoint) -> Path:
         """The checkpoint's local folder, waiting for (or starting) its fetch; errors propagate."""
@@ -93,9 +108,10 @@ class Prefetcher:
         return self._futures.pop(checkpoint.name).result()
 
     def close(self) -> None:
+        """Stop waiting for fetches under way: their results are not needed."""
         for future in self._futures.values():
             future.cancel()
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._futures.clear()
 
 
 def in_hub_cache(checkpoint: Checkpoint) -> bool:
@@ -111,6 +127,22 @@ def in_hub_cache(checkpoint: Checkpoint) -> bool:
     except Exception:  # a malformed id or cache: count it as not there, as a fetch would
         return False
     return isinstance(found, str)
+
+
+def cached_commits(model_id: str) -> set[str]:
+    """The commits of `model_id` whose snapshots the Hugging Face cache holds (none for a local
+    folder or an unreadable cache). A revision fetched under a new branch name may be one of them
+    (Pythia's step143000 is main): its files were there before and are not the sweep's to delete."""
+    if Path(model_id).is_dir():
+        return set()
+    from huggingface_hub import constants
+    from huggingface_hub.file_download import repo_folder_name
+
+    try:
+        snapshots = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=model_id, repo_type="model") / "snapshots"
+        return {folder.name for folder in snapshots.iterdir() if folder.is_dir()}
+    except (OSError, ValueError):
+        return set()
 
 
 def delete_fetched(checkpoint: Checkpoint, folder: Path) -> None:
