@@ -262,6 +262,22 @@ def test_dataset_files_are_relative_to_the_config(project, monkeypatch, tmp_path
     assert code == 0, err
 
 
+def test_model_folders_and_home_paths_are_resolved_and_a_mistyped_target_refused(project, monkeypatch, tmp_path_factory, capsys):
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("HOME", str(home))
+    path = project({"workspace": "~/ws", "data_dir": "~/data", "stages": ["evaluate"],
+                    "evaluate": {"model": "suite/step_10", "tasks": ["sst2"]}})
+    (home / "data").mkdir()
+    monkeypatch.chdir(tmp_path_factory.mktemp("elsewhere"))
+    config = load_config(path)
+    assert (config.workspace, config.data_dir) == (home / "ws", home / "data")
+    assert config.evaluate.model == str(path.parent / "suite" / "step_10")  # a folder beside the config
+    hub = load_config(project({"stages": ["evaluate"], "evaluate": {"model": "LLM360/AmberChat", "tasks": ["sst2"]}}))
+    assert hub.evaluate.model == "LLM360/AmberChat"  # an id stays an id
+    assert_refused(project({"stages": ["evaluate"], "evaluate": {"model": "../suite/step_1000", "tasks": ["sst2"]}}), capsys,
+                   "key 'evaluate.model': ../suite/step_1000 is neither a local model folder nor a Hub model id")
+
+
 # ----- --check reads the datasets and splits them as the run will, and names what it leaves to run time -----
 
 

@@ -13,6 +13,7 @@ import torch
 
 from trusttrace.errors import CheckpointError, LayerError, ModelError, OfflineError
 from trusttrace.models import check_layers, decoder_layers, folder_checksum, layer_set, load_model
+from trusttrace.tiny import tiny_model
 
 
 def test_load_local_folder_in_requested_dtype(arch, saved_model):
@@ -192,6 +193,28 @@ def test_a_hub_revision_resolves_to_its_commit_online_and_from_the_cache_offline
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     assert hub_commit("org/chat") == "abc123" and len(asked) == 1  # offline: the cache's main, no Hub call
     assert hub_commit("org/other") is None
+
+
+def test_a_model_loaded_from_the_hub_cache_records_its_commit_and_weights(tmp_path, monkeypatch, tokenizer):
+    """transformers 5 no longer keeps the commit on the config: it is read from the cache snapshot."""
+    from huggingface_hub import constants
+
+    from trusttrace.models import hub_commit
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    commit = "c" * 40
+    repo = tmp_path / "models--org--tiny"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    snapshot = repo / "snapshots" / commit
+    tiny_model("llama", len(tokenizer), seed=0).save_pretrained(snapshot)
+    tokenizer.save_pretrained(snapshot)
+    model, _ = load_model("org/tiny", dtype="float32", device="cpu")
+    source = model.trusttrace_source
+    assert (source.model, source.revision, source.commit) == ("org/tiny", None, commit)
+    assert source.weights_sha256 == folder_checksum(snapshot) is not None
+    with pytest.raises(ModelError, match="neither a local model folder nor a Hub model id"):
+        hub_commit("../not/a/folder")
 
 
 def test_a_set_of_layers_to_store_names_each_block_once_in_block_order():

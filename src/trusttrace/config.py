@@ -319,9 +319,11 @@ def yaml_problem(error: yaml.YAMLError) -> str:
 
 
 def load_config(path: str | os.PathLike) -> SweepConfig:
-    """Read and validate a YAML config; relative paths in it are relative to the file's folder.
+    """Read and validate a YAML config; relative paths in it are relative to the file's folder,
+    and `~` is the home folder.
 
-    Those are the workspace, data_dir, a local: suite and dataset files (built-in names stay names).
+    Those are the workspace, data_dir, a local: suite, dataset files (built-in names stay names)
+    and a steering target or evaluate model that names a folder there (Hub ids stay ids).
     """
     path = Path(path)
     try:
@@ -338,12 +340,27 @@ def load_config(path: str | os.PathLike) -> SweepConfig:
         raise ConfigError(f"{path}: the config must be a mapping of keys to values")
     config = parse_config(raw, where=str(path))
     base = path.resolve().parent
-    updates = {"workspace": base / config.workspace, "datasets": [_from_folder(entry, base) for entry in config.datasets]}
+    updates: dict[str, Any] = {
+        "workspace": base / config.workspace.expanduser(), "datasets": [_from_folder(entry, base) for entry in config.datasets],
+    }
     if config.data_dir is not None:
-        updates["data_dir"] = base / config.data_dir
+        updates["data_dir"] = base / config.data_dir.expanduser()
+    if config.steering is not None:
+        updates["steering"] = config.steering.model_copy(update={"target": _model_folder(config.steering.target, base)})
+    if config.evaluate is not None:
+        updates["evaluate"] = config.evaluate.model_copy(update={"model": _model_folder(config.evaluate.model, base)})
     if config.suite.startswith(LOCAL_PREFIX) and not Path(config.suite.removeprefix(LOCAL_PREFIX)).expanduser().is_absolute():
         updates["suite"] = LOCAL_PREFIX + str(base / config.suite.removeprefix(LOCAL_PREFIX))
     return config.model_copy(update=updates)
+
+
+def _model_folder(name: str, base: Path) -> str:
+    """A model named by a path: absolute, or under `base` when that folder exists there; anything
+    else (a Hub id, 'final', a suite target key) unchanged."""
+    path = Path(name).expanduser()
+    if path.is_absolute():
+        return str(path)
+    return str(base / path) if (base / path).is_dir() else name
 
 
 def _from_folder(entry: str, base: Path) -> str:

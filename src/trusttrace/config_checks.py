@@ -48,6 +48,7 @@ def check_names(config: SweepConfig, where: str = "config") -> list[str]:
     problem = (
         _dataset_problem(config)
         or _data_dir_problem(config)
+        or _target_problem(config, suite)
         or _source_problem(config, suite, checkpoints)
         or _task_problem(config)
         or _block_count_problem(config, checkpoints[0])
@@ -186,15 +187,36 @@ def _split_sizes(dataset: "TrustDataset", kind: str) -> str:
     return sizes
 
 
-def _hub_target_notes(config: SweepConfig, suite: "CheckpointSuite") -> list[str]:
-    """Steering targets and evaluate models that name Hub models: validation reads no Hub, the stage's load checks them."""
+def _targets(config: SweepConfig) -> dict[str, str]:
+    """The models the steering and evaluate stages load, by config key."""
     targets = {}
     if config.steering is not None:
         targets["steering.target"] = config.steering.target
     if config.evaluate is not None:
         targets["evaluate.model"] = config.evaluate.model
+    return targets
+
+
+def _target_problem(config: SweepConfig, suite: "CheckpointSuite") -> str | None:
+    """A steering target or evaluate model that is neither a local folder nor a Hub model id (a
+    mistyped path): the stage would fail only after the sweep's other work."""
+    from huggingface_hub.utils import validate_repo_id
+
+    for key, name in _targets(config).items():
+        model_id = _hub_model(name, suite)
+        if model_id is None:
+            continue
+        try:
+            validate_repo_id(model_id)
+        except ValueError:
+            return f"key '{key}': {model_id} is neither a local model folder nor a Hub model id"
+    return None
+
+
+def _hub_target_notes(config: SweepConfig, suite: "CheckpointSuite") -> list[str]:
+    """Steering targets and evaluate models that name Hub models: validation reads no Hub, the stage's load checks them."""
     notes = []
-    for key, name in targets.items():
+    for key, name in _targets(config).items():
         model_id = _hub_model(name, suite)
         if model_id is not None:
             shown = name if model_id == name else f"{name} ({model_id})"

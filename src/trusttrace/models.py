@@ -136,12 +136,12 @@ def load_model(
         except OSError as error:
             raise hub_model_error(name, revision, error) from None
         check_loaded_weights(name, loading)
-        weights_sha256 = local_checksum.result() if local_checksum is not None else weights_checksum(model)
+        weights_sha256 = local_checksum.result() if local_checksum is not None else weights_checksum(model, revision)
     model.eval()
     model.trusttrace_source = ModelSource(
         model=name,
         revision=revision,
-        commit=getattr(config, "_commit_hash", None),
+        commit=loaded_commit(model, revision) if local is None else None,
         weights_sha256=weights_sha256,
         dtype=str(torch_dtype).removeprefix("torch."),
         tokenizer=getattr(tokenizer, "name_or_path", name) or name,
@@ -249,14 +249,15 @@ def hub_model_error(name: str, revision: str | None, error: OSError) -> Exceptio
     return ModelError(f"{where}: cannot load the model ({first_line(error)})")
 
 
-def weights_checksum(model: PreTrainedModel) -> str | None:
-    """A checksum of the weight files the model was loaded from (None for an in-memory model).
+def weights_checksum(model: PreTrainedModel, revision: str | None = None) -> str | None:
+    """A checksum of the weight files the model was loaded from (None for an in-memory model);
+    `revision` is the one it was loaded at, for a Hub model (see `loaded_commit`).
 
     Files in the Hugging Face cache are stored under their sha256 (the blob name), so they are
     not re-read; local files are hashed once. The result is one sha256 over name:digest lines,
     identical for identical weights, which is how duplicate revisions are found.
     """
-    folder = _weights_folder(model)
+    folder = _weights_folder(model, revision)
     return None if folder is None else folder_checksum(folder)
 
 
@@ -319,17 +320,36 @@ def _stat_digest(files: list[Path]) -> str:
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
-def _weights_folder(model: PreTrainedModel) -> Path | None:
+def _weights_folder(model: PreTrainedModel, revision: str | None) -> Path | None:
     """The folder of the weight files: the local path, or the Hub cache snapshot."""
     name = getattr(model, "name_or_path", "") or ""
     if name and Path(name).is_dir():
         return Path(name)
+    commit = loaded_commit(model, revision)
+    return cached_snapshot(name, commit) if name and commit else None
+
+
+def loaded_commit(model: PreTrainedModel, revision: str | None) -> str | None:
+    """The Hub commit a model loaded at `revision` came from: the one its config records
+    (transformers 4 does), else the cache snapshot that `revision` (main when None) names, which
+    is what the load just read (transformers 5 records none); None for a model not from the Hub."""
     commit = getattr(model.config, "_commit_hash", None)
-    if not name or not commit:
-        return None
+    if commit:
+        return commit
+    name = getattr(model, "name_or_path", "") or ""
+    snapshot = cached_snapshot(name, revision) if name and not Path(name).is_dir() else None
+    return snapshot.name if snapshot is not None else None
+
+
+def cached_snapshot(model_id: str, revision: str | None) -> Path | None:
+    """The Hugging Face cache's snapshot folder of a Hub revision (a branch, tag or commit; main
+    when None), or None when the cache lacks it or `model_id` is no Hub id."""
     from huggingface_hub import try_to_load_from_cache
 
-    config = try_to_load_from_cache(name, "config.json", revision=commit)
+    try:
+        config = try_to_load_from_cache(model_id, "config.json", revision=revision)
+    except ValueError:  # HFValidationError: not a repository id
+        return None
     return Path(config).parent if isinstance(config, str) else None
 
 
@@ -337,16 +357,20 @@ def hub_commit(model_id: str, revision: str | None = None) -> str | None:
     """The commit a Hub revision (main when None) resolves to: asked of the Hub when it can be
     reached, else the one the local cache holds (what an offline load would use); None when
     neither knows. A moved branch thus names another commit."""
-    from huggingface_hub import HfApi, try_to_load_from_cache
-    from huggingface_hub.utils import HfHubHTTPError
+    from huggingface_hub import HfApi
+    from huggingface_hub.utils import HfHubHTTPError, validate_repo_id
 
+    try:
+        validate_repo_id(model_id)
+    except ValueError:
+        raise ModelError(f"{model_id}: neither a local model folder nor a Hub model id") from None
     if hub_reachable():
         try:
             return HfApi().model_info(model_id, revision=revision).sha
         except (*NETWORK_ERRORS, HfHubHTTPError):
             pass
-    cached = try_to_load_from_cache(model_id, "config.json", revision=revision)
-    return Path(cached).parent.name if isinstance(cached, str) else None
+    snapshot = cached_snapshot(model_id, revision)
+    return snapshot.name if snapshot is not None else None
 
 
 def file_sha256(path: Path) -> str:
