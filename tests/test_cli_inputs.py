@@ -254,6 +254,13 @@ def test_check_output_accepts_new_and_existing_paths_of_the_right_kind(tmp_path)
     assert check_output(None, "--out", folder=True) is None
     assert check_output(tmp_path, "--out", folder=True) == tmp_path
     assert check_output(tmp_path / "a" / "b.safetensors", "--out", folder=False) == tmp_path / "a" / "b.safetensors"
+    assert list(tmp_path.iterdir()) == []  # checked by making a folder there, and removing it
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc, where no folder can be made")
+def test_an_output_folder_that_cannot_be_made_is_refused_before_any_work():
+    with pytest.raises(TrustTraceError, match="--out /proc/trusttrace/report: cannot write in /proc"):
+        check_output(Path("/proc/trusttrace/report"), "--out", folder=True)
 
 
 # ----- nothing created by bad input --------------------------------------------------------------------

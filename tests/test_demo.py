@@ -54,7 +54,9 @@ def test_the_truth_direction_moves_the_verdicts_with_alpha(demo):
 
 
 def test_report_and_steering_table_are_written(demo):
-    assert demo.report.exists() and "Steering" in demo.report.read_text()
+    page = demo.report.read_text()
+    assert page.count("endorse_true_claims against steering strength") == 1  # the steering figure's caption
+    assert "these rows were not tested against the unsteered model" in page and "Holm-corrected p" not in page
     steering = read_table(demo.workspace / "steering.parquet")
     assert set(steering["task"]) == {"claim_endorsement"} and steering["kl"].notna().all()
     for column in ("source_model", "source_weights_sha256", "dataset_hash", "target_weights_sha256", "seed", "trusttrace_version"):

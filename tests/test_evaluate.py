@@ -382,6 +382,7 @@ def test_grid_picks_the_best_setting_within_the_kl_limit(models, tok, capsys):
 
 def test_a_grid_refuses_a_vector_the_model_cannot_take_before_the_baseline_runs(models, tok, monkeypatch):
     import trusttrace.evaluation.grid as grid
+    from trusttrace.evaluation.grid import limit_text
 
     model = models("gpt2")
     ran = []
@@ -393,6 +394,7 @@ def test_a_grid_refuses_a_vector_the_model_cannot_take_before_the_baseline_runs(
     ):
         with pytest.raises(error):
             steering_grid(model, tok, vectors, alphas, task="binary", dataset=toy_dataset())
+    assert limit_text(6.0, None) == "perplexity <= 6" and limit_text(None, 0.5) == "KL <= 0.5"
     with pytest.raises(SteeringError, match="measures no side effects"):  # no setting could be within the limit
         steering_grid(model, tok, {0: good}, [1.0], task="binary", dataset=toy_dataset(), side_effect_texts=None)
     assert ran == []

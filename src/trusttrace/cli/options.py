@@ -7,6 +7,8 @@ torch is imported only when a device is checked, so `--help` stays fast.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
@@ -42,6 +44,11 @@ def check_output(path: Optional[Path], option: str, *, folder: bool) -> Optional
     blocking = next((parent for parent in path.parents if parent.exists() and not parent.is_dir()), None)
     if blocking is not None:
         raise TrustTraceError(f"{option} {path}: {blocking} is a file, not a folder")
+    existing = next(folder for folder in (path if folder else path.parent, *path.parents) if folder.exists())
+    try:  # what the writes will need: to make folders and files there (read-only, /proc...)
+        os.rmdir(tempfile.mkdtemp(prefix=".trusttrace-check-", dir=existing))
+    except OSError as error:
+        raise TrustTraceError(f"{option} {path}: cannot write in {existing} ({error.strerror or error})") from None
     return path
 
 

@@ -160,11 +160,16 @@ def steering_grid(
             f"no steering setting within the limit improves on the unsteered {metric} of {unsteered_value:.3g} beyond "
             f"chance (paired one-sided test, Holm-corrected over {len(table) - 1} settings, level {SIGNIFICANCE})"
             if within else
-            f"no steering setting stays within the limit (perplexity <= {max_perplexity}, KL <= {max_kl}); "
+            f"no steering setting stays within the limit ({limit_text(max_perplexity, max_kl)}); "
             f"the unsteered perplexity is {table.loc[0, 'perplexity']:.3g}",
             stacklevel=2,
         )
     return GridResult(table, best, results, baseline, dict(provenance or {}))
+
+
+def limit_text(max_perplexity: float | None, max_kl: float | None) -> str:
+    """The side-effect limit in words: "perplexity <= 6, KL <= 0.5", leaving out a limit not set."""
+    return ", ".join(f"{name} <= {limit:g}" for name, limit in (("perplexity", max_perplexity), ("KL", max_kl)) if limit is not None)
 
 
 def _grid_row(layer: int | None, alpha: float, metric: str, result: EvalResult) -> dict[str, Any]:

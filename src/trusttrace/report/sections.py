@@ -412,6 +412,8 @@ def _steering_figure(group: pd.DataFrame, writer: FigureWriter, named: dict[str,
     best = steered[steered["best"].fillna(False).astype(bool)][columns] if "best" in steered else steered.iloc[:0][columns]
     if "best" not in steered:
         verdict = f"{STEERING_TABLE} has no best flag, so no setting is marked."
+    elif best.empty and not ("p_holm" in steered and steered["p_holm"].notna().any()):
+        verdict = "No setting is marked best: these rows were not tested against the unsteered model."
     elif best.empty:
         verdict = f"No setting is marked best: none both stayed within the side-effect limit and improved on the unsteered model {IMPROVES}."
     else:
