@@ -208,7 +208,18 @@ def test_probe_keys_with_no_effect_are_named_in_a_warning(project, keys, moot):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         load_config(project(keys))
-    assert [str(w.message).split("'")[1] for w in caught] == [f"probes.{key}" for key in moot]
+    named = [str(w.message).split("'")[1] for w in caught if str(w.message).startswith("key 'probes.")]
+    assert named == [f"probes.{key}" for key in moot]
+
+
+def test_a_paper_protocol_extracting_other_than_float32_is_warned_of(project):
+    import warnings
+
+    for dtype, warned in (("auto", True), ("bfloat16", True), ("float32", False)):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            load_config(project({"protocol": "paper", "dtype": dtype}))
+        assert any("set dtype: float32 to reproduce" in str(w.message) for w in caught) == warned, dtype
 
 
 def test_layers_of_a_hub_suite_are_checked_only_from_the_cache(tmp_path, monkeypatch, hub_online):

@@ -38,7 +38,7 @@ data_dir: shared/datasets       # or $TRUSTTRACE_DATA
 layers: all
 position: last
 dtype: auto                     # bf16 on a GPU, fp32 on the CPU
-protocol: default               # or paper (the study's protocol)
+protocol: default               # or paper (the study's splits, probe fit, templates; with dtype: float32)
 seed: 0                         # every split: probes' folds, steering and evaluation rows
 stages: [extract, probes, mi]
 probes: {method: logreg, folds: 5}
@@ -190,6 +190,11 @@ class SweepConfig(Strict):
         if problem:
             raise ConfigError(problem)
         _warn_moot_probe_keys(self)
+        if self.protocol == "paper" and self.dtype != "float32" and "extract" in self.stages:
+            warnings.warn(
+                f"protocol: paper with dtype: {self.dtype}: the study extracted float32 states (dtype: auto is bfloat16 "
+                "on a GPU); set dtype: float32 to reproduce its representations", stacklevel=2,
+            )
         return self
 
     def probe_split(self) -> str:
