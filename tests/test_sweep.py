@@ -121,6 +121,20 @@ def test_a_local_checkpoint_whose_weights_are_replaced_is_redone(setup):
     assert [r.provenance["weights_sha256"] for r in sets] == list(set(step_0["weights_sha256"]))
     assert run_sweep(config, progress=False).ran == 0  # recorded again: nothing more to redo
 
+
+def test_a_local_checkpoint_whose_weights_were_deleted_keeps_its_results(setup):
+    root, suite, dataset = setup
+    config = load_config(write_config(root, suite, dataset))
+    run_sweep(config, progress=False)
+    before = pd.read_parquet(config.workspace / "probes.parquet")
+    (suite / "step_20" / "model.safetensors").unlink()  # to free the disk: nothing replaced them
+    summary = run_sweep(config, progress=False)
+    assert summary.ok and summary.ran == 0 and summary.repaired == []
+    assert summary.notes == ["the weight files of step_20 are gone; their results are kept, and a unit still to run on them "
+                             "fails until the files are back"]
+    pd.testing.assert_frame_equal(pd.read_parquet(config.workspace / "probes.parquet"), before)
+
+
 def test_a_changed_setting_or_dataset_reruns_what_depends_on_it(setup):
     root, suite, dataset = setup
     run_sweep(load_config(write_config(root, suite, dataset)), progress=False)

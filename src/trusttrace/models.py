@@ -303,11 +303,9 @@ def checkpoint_fingerprint(folder: Path) -> str | None:
     return f"{_stat_digest(weights)}+{_stat_digest(_matching_files(folder, RESULT_FILES))}"
 
 
-def fingerprint_changed(recorded: str, current: str | None) -> bool:
+def fingerprint_changed(recorded: str, current: str) -> bool:
     """Whether a folder's `checkpoint_fingerprint` now differs from one recorded earlier. One
     recorded before config and tokenizer files were included (no "+") is compared on the weights."""
-    if current is None:
-        return True
     return (current if "+" in recorded else current.split("+")[0]) != recorded
 
 

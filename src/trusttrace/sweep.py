@@ -55,6 +55,7 @@ class SweepSummary:
     skipped: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
     repaired: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
     duplicates: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -333,16 +334,23 @@ class Sweep:
         last load. Steering and evaluation units read checkpoints of the suite too: they are
         redone as well.
         """
-        changed = []
+        changed, gone = [], []
         for checkpoint in self.checkpoints:
             before = self.manifest.fingerprint(self.suite.model_id, checkpoint.name) if checkpoint.revision is None else None
             if before is None:
                 continue
             current = checkpoint_fingerprint(Path(checkpoint.model_id))
-            if fingerprint_changed(before, current):
+            if current is None:  # deleted to free the disk, say: nothing replaced the weights its results came from
+                gone.append(checkpoint.name)
+            elif fingerprint_changed(before, current):
                 changed.append(checkpoint.name)
             elif current != before:  # recorded in an older form, from the weights alone
                 self.manifest.set_fingerprint(self.suite.model_id, checkpoint.name, current)
+        if gone:
+            self.summary.notes.append(
+                f"the weight files of {', '.join(gone)} are gone; their results are kept, and a unit still to run "
+                "on them fails until the files are back"
+            )
         if not changed:
             return
         for name in changed:

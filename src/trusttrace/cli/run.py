@@ -48,6 +48,8 @@ def run(
     )
     for repair in summary.repaired:
         typer.echo(f"repaired: {repair}", err=True)
+    for note in summary.notes:
+        typer.echo(f"note: {note}", err=True)
     for name, duplicate_of in summary.duplicates.items():
         typer.echo(f"note: checkpoint {name} has the same weights as {duplicate_of}")
     for unit, error in summary.failed:
