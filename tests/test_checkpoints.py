@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from trusttrace import checkpoints
-from trusttrace.checkpoints import Checkpoint, CheckpointSuite, checkpoint_suite, list_suites, parse_olmo_branch
+from trusttrace.checkpoints import Checkpoint, CheckpointSuite, checkpoint_suite, list_suites, local_step, parse_olmo_branch
 from trusttrace.cli.app import app
 from trusttrace.errors import CheckpointError, OfflineError
 
@@ -188,6 +188,18 @@ def test_local_suite_orders_folders_by_step_and_reads_tokens(tmp_path):
     assert all(c.revision is None and Path(c.model_id) == (tmp_path / c.name).resolve() for c in suite.checkpoints)
     assert [c.name for c in suite.select("log:3")] == ["ckpt_005", "step_100", "checkpoint-2000"]
 
+
+
+@pytest.mark.parametrize(
+    ("name", "step"),
+    [
+        ("checkpoint_7b_step1000", 1000), ("epoch=1-step=500", 500), ("ckpt_10_step_20", 20), ("iter_0001000", 1000),
+        ("global_step120", 120), ("model-500", 500), ("checkpoint-1e3", None), ("pretrain_step_100k", None),
+        ("run-1-500", None),
+    ],
+)
+def test_the_step_in_a_folder_name_is_the_one_after_step_and_a_whole_number(name, step):
+    assert local_step(name) == step
 
 
 def test_a_trainer_that_did_not_count_tokens_leaves_them_unknown(tmp_path):

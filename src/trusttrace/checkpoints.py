@@ -29,7 +29,10 @@ OLMO_REPOS = {"olmo-7b": "allenai/OLMo-7B-hf", "olmo-1b": "allenai/OLMo-1B-hf"}
 OLMO_TARGETS = {"olmo-7b": {"sft": "allenai/OLMo-7B-SFT-hf", "instruct": "allenai/OLMo-7B-Instruct-hf"}, "olmo-1b": {}}
 OLMO_BRANCH = re.compile(r"^(?:stage1-)?step(\d+)-tokens(\d+)B$")
 LOCAL_PREFIX = "local:"
-LOCAL_STEP = re.compile(r"(?:step|ckpt|checkpoint|iter|iteration)[-_]?(\d+)", re.IGNORECASE)
+# A step in a folder name: after a keyword (step=500, ckpt_005, checkpoint-2000), a whole number
+# (not the 7 of "7b", not "100k"); else the name's only whole number.
+LOCAL_STEP = re.compile(r"(step|ckpt|checkpoint|iteration|iter)[-_=]?(\d+)(?![A-Za-z\d])", re.IGNORECASE)
+WHOLE_NUMBER = re.compile(r"(?<![A-Za-z\d])\d+(?![A-Za-z\d])")
 SELECTION_HELP = "a name, a comma-separated list of names, 'all', 'every:K', 'log:N' or 'first:N'"
 
 
@@ -238,11 +241,14 @@ def olmo_suite(name: str) -> CheckpointSuite:
 
 
 def local_step(folder_name: str) -> int | None:
-    """The step in a checkpoint folder's name: after step/ckpt/checkpoint/iter, else its only number."""
-    match = LOCAL_STEP.search(folder_name)
-    if match:
-        return int(match[1])
-    numbers = re.findall(r"\d+", folder_name)
+    """The step in a checkpoint folder's name: the last number after "step", else after
+    ckpt/checkpoint/iter(ation), else its only whole number; None when that is not clear
+    ("checkpoint-1e3", "run-1-500") and the suite names the folder in its error."""
+    matches = LOCAL_STEP.findall(folder_name)
+    if matches:
+        steps = [number for keyword, number in matches if keyword.lower() == "step"] or [number for _, number in matches]
+        return int(steps[-1])
+    numbers = WHOLE_NUMBER.findall(folder_name)
     return int(numbers[0]) if len(numbers) == 1 else None
 
 
