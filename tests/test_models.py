@@ -34,6 +34,17 @@ def test_same_weights_same_checksum(saved_model, tmp_path, model_factory, tokeni
     assert first.trusttrace_source.weights_sha256 == second.trusttrace_source.weights_sha256
 
 
+def test_a_trainer_checkpoint_s_optimizer_and_run_state_are_not_weights(tmp_path):
+    (tmp_path / "model.safetensors").write_bytes(b"weights")
+    plain = folder_checksum(tmp_path)
+    for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth", "training_args.bin"):
+        (tmp_path / name).write_bytes(name.encode())  # what transformers' Trainer saves beside them
+    assert folder_checksum(tmp_path) == plain
+    (tmp_path / "model.safetensors").unlink()
+    (tmp_path / "pytorch_model.bin").write_bytes(b"weights")  # an older checkpoint: its .bin files are the weights
+    assert folder_checksum(tmp_path) == hashlib.sha256(f"pytorch_model.bin:{hashlib.sha256(b'weights').hexdigest()}".encode()).hexdigest()
+
+
 def test_folder_checksum_covers_every_weight_file_by_name_and_content(tmp_path):
     """Shards are hashed in parallel; the result is one sha256 over sorted name:sha256 lines."""
     shards = {f"model-0000{i}-of-00003.safetensors": bytes([i]) * (1000 + i) for i in range(1, 4)}

@@ -266,9 +266,20 @@ def weight_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.name.endswith(WEIGHT_SUFFIXES)) if folder.is_dir() else []
 
 
-def folder_checksum(folder: Path) -> str | None:
-    """The weights checksum of the weight files in `folder` (None when it holds none), files hashed in parallel."""
+def loaded_weight_files(folder: Path) -> list[Path]:
+    """The weight files transformers loads from `folder`: its safetensors files where it has any,
+    else its PyTorch .bin files. A Trainer checkpoint's optimizer.pt, scheduler.pt, rng_state.pth
+    and training_args.bin are not weights: hashing them would cost twice the weights' time and
+    tell identical weights apart."""
     files = weight_files(folder)
+    safetensors = [path for path in files if path.suffix == ".safetensors"]
+    return safetensors or [path for path in files if path.suffix == ".bin" and path.name != "training_args.bin"]
+
+
+def folder_checksum(folder: Path) -> str | None:
+    """The weights checksum of the weight files in `folder` that a load reads (`loaded_weight_files`;
+    None when it holds none), files hashed in parallel."""
+    files = loaded_weight_files(folder)
     if not files:
         return None
     with ThreadPoolExecutor(max_workers=min(len(files), os.cpu_count() or 1)) as pool:
