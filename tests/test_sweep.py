@@ -544,6 +544,18 @@ def test_the_prefetcher_hands_over_results_and_errors_and_never_holds_the_proces
     release.set()
 
 
+def test_a_snapshot_file_whose_shared_blob_was_deleted_is_found(tmp_path):
+    from trusttrace.prefetch import broken_links
+
+    (tmp_path / "blob").write_text("{}")
+    (tmp_path / "snapshot").mkdir()
+    (tmp_path / "snapshot" / "config.json").symlink_to(tmp_path / "blob")
+    (tmp_path / "snapshot" / "model.safetensors").write_bytes(b"weights")
+    assert broken_links(tmp_path / "snapshot") == []
+    (tmp_path / "blob").unlink()  # deleted with an older revision that shared it
+    assert broken_links(tmp_path / "snapshot") == [tmp_path / "snapshot" / "config.json"]
+
+
 def fake_cache(root: Path, refs: dict[str, str]) -> Path:
     """A Hugging Face cache holding org/m with these refs (branch -> commit), each snapshot a config.json."""
     repo = root / "models--org--m"

@@ -42,6 +42,8 @@ def hub_fetch(checkpoint: Checkpoint) -> Path:
         files = list_repo_files(checkpoint.model_id, revision=checkpoint.revision)
         patterns = SUPPORT_PATTERNS + weight_patterns(files)
         folder = snapshot_download(checkpoint.model_id, revision=checkpoint.revision, allow_patterns=patterns)
+        if broken_links(Path(folder)):  # a file shared with a revision deleted meanwhile: fetched again
+            folder = snapshot_download(checkpoint.model_id, revision=checkpoint.revision, allow_patterns=patterns)
     except RevisionNotFoundError:
         raise CheckpointError(f"{checkpoint.model_id}: unknown revision {checkpoint.revision!r}") from None
     except (LocalEntryNotFoundError, *NETWORK_ERRORS):
@@ -49,6 +51,13 @@ def hub_fetch(checkpoint: Checkpoint) -> Path:
             f"{checkpoint.model_id}@{checkpoint.revision}: the Hub cannot be reached and the checkpoint is not cached"
         ) from None
     return Path(folder)
+
+
+def broken_links(folder: Path) -> list[Path]:
+    """Files of a cache snapshot whose blob is gone. Revisions share blobs (the same config and
+    tokenizer files): one the sweep deletes while the next is downloading can take a blob the new
+    snapshot has just linked to, and downloading again restores it."""
+    return [path for path in folder.rglob("*") if path.is_symlink() and not path.exists()]
 
 
 def weight_patterns(files: list[str]) -> list[str]:
