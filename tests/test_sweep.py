@@ -478,6 +478,7 @@ def test_without_keep_weights_only_what_the_sweep_downloaded_is_deleted(setup, m
     folders = {p.name: p for p in suite.iterdir()}
     deleted = []
     monkeypatch.setattr(sweep_module, "in_hub_cache", lambda checkpoint: checkpoint.name == "step_10")  # cached by the user
+    monkeypatch.setattr(sweep_module, "snapshot_refs", lambda model_id: {name: {name} for name in folders})
     monkeypatch.setattr(sweep_module, "delete_fetched", lambda checkpoint, folder: deleted.append(checkpoint.name))
     config = load_config(write_config(root, suite, dataset, stages=["extract"], keep_weights=False))
     sweep = Sweep(config, fetcher=lambda checkpoint: folders[checkpoint.name], progress=False)
@@ -497,22 +498,14 @@ def test_a_snapshot_the_cache_held_under_another_branch_is_never_deleted(setup, 
     folders = {p.name: p for p in suite.iterdir()}  # a folder's name stands for its snapshot's commit
     deleted = []
     monkeypatch.setattr(sweep_module, "in_hub_cache", lambda checkpoint: False)
-    monkeypatch.setattr(sweep_module, "cached_commits", lambda model_id: {"step_20"})
+    refs = {"step_0": {"step_0"}, "step_10": {"step_10"}, "step_20": {"step_20", "main"}}  # main: the user's, before or since
+    monkeypatch.setattr(sweep_module, "snapshot_refs", lambda model_id: refs)
     monkeypatch.setattr(sweep_module, "delete_fetched", lambda checkpoint, folder: deleted.append(checkpoint.name))
     config = load_config(write_config(root, suite, dataset, stages=["extract"], keep_weights=False))
     sweep = Sweep(config, fetcher=lambda checkpoint: folders[checkpoint.name], progress=False)
     sweep.checkpoints = [Checkpoint(c.name, "org/model", c.name, c.step, c.tokens) for c in sweep.checkpoints]
     assert sweep.run().ok
     assert deleted == ["step_0", "step_10"]
-
-
-def test_the_cache_is_scanned_once_so_a_half_download_stays_the_sweep_s(tmp_path):
-    manifest = Manifest(tmp_path / "manifest.sqlite")
-    manifest.record_cached_before("step1", "org/m", "step1", cached=False)
-    manifest.record_checkpoint("step1", "org/m", "step1", 1, None, status="done", commit="c1")  # fetched by an older run
-    assert manifest.held_commits("org/m", lambda: {"c0", "c1"}) == {"c0"}
-    assert manifest.held_commits("org/m", lambda: {"c0", "c1", "c2"}) == {"c0"}  # c2: a killed run's download
-    assert manifest.held_commits("org/other", set) == set()
 
 
 def test_the_prefetcher_hands_over_results_and_errors_and_never_holds_the_process(tmp_path):
@@ -556,6 +549,28 @@ def test_a_snapshot_file_whose_shared_blob_was_deleted_is_found(tmp_path):
     assert broken_links(tmp_path / "snapshot") == [tmp_path / "snapshot" / "config.json"]
 
 
+def test_a_network_error_during_a_download_is_tried_again(tmp_path, monkeypatch, hub_online):
+    import huggingface_hub
+
+    import trusttrace.prefetch as prefetch
+    from trusttrace.checkpoints import Checkpoint
+
+    calls = []
+
+    def listing(model_id, revision=None):
+        calls.append(revision)
+        if len(calls) == 1:
+            raise TimeoutError("read timed out")
+        return ["config.json", "model.safetensors"]
+
+    monkeypatch.setattr(prefetch, "hub_reachable", lambda: True)
+    monkeypatch.setattr(huggingface_hub, "list_repo_files", listing)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda model_id, revision=None, allow_patterns=None: str(tmp_path))
+    checkpoint = Checkpoint("step8", "org/m", "step8", 8, None)
+    assert prefetch.with_retries(lambda: prefetch.hub_fetch(checkpoint), retries=2, backoff=0.0) == tmp_path
+    assert calls == ["step8", "step8"]
+
+
 def fake_cache(root: Path, refs: dict[str, str]) -> Path:
     """A Hugging Face cache holding org/m with these refs (branch -> commit), each snapshot a config.json."""
     repo = root / "models--org--m"
@@ -567,7 +582,7 @@ def fake_cache(root: Path, refs: dict[str, str]) -> Path:
     return repo
 
 
-def test_the_cache_s_commits_are_listed_and_a_cached_revision_is_fetched_offline(tmp_path, monkeypatch):
+def test_the_cache_s_snapshots_are_listed_with_their_refs_and_a_cached_revision_is_fetched_offline(tmp_path, monkeypatch):
     from huggingface_hub import constants
 
     import trusttrace.prefetch as prefetch
@@ -575,9 +590,10 @@ def test_the_cache_s_commits_are_listed_and_a_cached_revision_is_fetched_offline
     from trusttrace.errors import OfflineError
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
-    repo = fake_cache(tmp_path, {"main": "a" * 40, "step8": "b" * 40})
-    assert prefetch.cached_commits("org/m") == {"a" * 40, "b" * 40}
-    assert prefetch.cached_commits("org/absent") == set() and prefetch.cached_commits(str(tmp_path)) == set()
+    repo = fake_cache(tmp_path, {"main": "a" * 40, "step143000": "a" * 40, "step8": "b" * 40})
+    (repo / "snapshots" / ("c" * 40)).mkdir()  # fetched by its commit: no ref names it
+    assert prefetch.snapshot_refs("org/m") == {"a" * 40: {"main", "step143000"}, "b" * 40: {"step8"}, "c" * 40: set()}
+    assert prefetch.snapshot_refs("org/absent") == {} and prefetch.snapshot_refs(str(tmp_path)) == {}
     monkeypatch.setattr(prefetch, "hub_reachable", lambda: False)
     folder = prefetch.hub_fetch(Checkpoint("step8", "org/m", "step8", 8, None))
     assert folder.resolve() == (repo / "snapshots" / ("b" * 40)).resolve()
@@ -607,6 +623,7 @@ def test_a_checkpoint_a_killed_run_downloaded_is_still_the_sweep_s_to_delete_on_
         return sweep
 
     monkeypatch.setattr(sweep_module, "in_hub_cache", lambda checkpoint: False)
+    monkeypatch.setattr(sweep_module, "snapshot_refs", lambda model_id: {name: {name} for name in folders})
     hub_sweep()._note_cached(Checkpoint("step_10", "org/model", "step_10", 10, 1000))  # then killed while fetching it
     monkeypatch.setattr(sweep_module, "in_hub_cache", lambda checkpoint: True)  # step_10 is in the cache now, as are the others
     deleted = []

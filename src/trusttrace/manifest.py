@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +33,6 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     commit_sha TEXT, weights_sha256 TEXT, duplicate_of TEXT, status TEXT, error TEXT, fingerprint TEXT,
     cached_before TEXT, PRIMARY KEY (model, name)
 );
-CREATE TABLE IF NOT EXISTS cache_scans (model TEXT PRIMARY KEY, commits TEXT, scanned TEXT);
 """
 
 
@@ -171,23 +170,13 @@ class Manifest:
             row = db.execute("SELECT cached_before FROM checkpoints WHERE model=? AND name=?", (model, name)).fetchone()
         return None if row is None or row[0] is None else row[0] == "1"
 
-    def held_commits(self, model: str, scan: Callable[[], set[str]]) -> set[str]:
-        """The snapshot commits of `model` the cache held before this workspace's sweeps fetched
-        any: `scan()` (`prefetch.cached_commits`) when a sweep first asks, kept from then on, so
-        that a snapshot a killed run left half-downloaded is still the sweep's to delete. A
-        workspace of 0.7.0 or earlier is scanned at its next run, less the commits its sweeps
-        recorded as fetched."""
+    def fetched_revisions(self, model: str) -> set[str]:
+        """The revisions of `model` a sweep of this workspace fetched (not on disk before it)."""
         with closing(self._connect()) as db:
-            row = db.execute("SELECT commits FROM cache_scans WHERE model=?", (model,)).fetchone()
-            if row is not None:
-                return set(json.loads(row[0]))
-            fetched = db.execute(
-                "SELECT commit_sha FROM checkpoints WHERE model=? AND cached_before='0' AND commit_sha IS NOT NULL", (model,)
+            rows = db.execute(
+                "SELECT revision FROM checkpoints WHERE model=? AND cached_before='0' AND revision IS NOT NULL", (model,)
             ).fetchall()
-        held = scan() - {commit for (commit,) in fetched}
-        self._write("INSERT OR IGNORE INTO cache_scans (model, commits, scanned) VALUES (?, ?, ?)",
-                    (model, json.dumps(sorted(held)), now_utc()))
-        return held
+        return {revision for (revision,) in rows}
 
     def record_cached_before(self, name: str, model: str, revision: str | None, cached: bool) -> None:
         """Record, before the first fetch, whether a checkpoint was on disk already (kept once recorded)."""

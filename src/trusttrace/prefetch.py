@@ -15,7 +15,7 @@ from concurrent.futures import Future
 from pathlib import Path
 
 from trusttrace.checkpoints import Checkpoint
-from trusttrace.data.hub import NETWORK_ERRORS, hub_reachable
+from trusttrace.data.hub import hub_reachable
 from trusttrace.errors import CheckpointError, OfflineError
 
 # Only what loading needs: configs, tokenizer files, a repository's model code (small; run only
@@ -32,13 +32,19 @@ def is_local(checkpoint: Checkpoint) -> bool:
 
 def hub_fetch(checkpoint: Checkpoint) -> Path:
     """Download a Hub checkpoint's loading files into the Hugging Face cache; returns the snapshot
-    folder. Where the Hub cannot be reached, the cached snapshot of the revision, if any."""
+    folder. Where the Hub cannot be reached, the cached snapshot of the revision, or an
+    OfflineError; a network error during a download propagates, for `with_retries` to try again."""
     from huggingface_hub import list_repo_files, snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError, RevisionNotFoundError
 
-    try:
-        if not hub_reachable():
+    if not hub_reachable():
+        try:
             return Path(snapshot_download(checkpoint.model_id, revision=checkpoint.revision, local_files_only=True))
+        except LocalEntryNotFoundError:
+            raise OfflineError(
+                f"{checkpoint.model_id}@{checkpoint.revision}: the Hub cannot be reached and the checkpoint is not cached"
+            ) from None
+    try:
         files = list_repo_files(checkpoint.model_id, revision=checkpoint.revision)
         patterns = SUPPORT_PATTERNS + weight_patterns(files)
         folder = snapshot_download(checkpoint.model_id, revision=checkpoint.revision, allow_patterns=patterns)
@@ -46,10 +52,6 @@ def hub_fetch(checkpoint: Checkpoint) -> Path:
             folder = snapshot_download(checkpoint.model_id, revision=checkpoint.revision, allow_patterns=patterns)
     except RevisionNotFoundError:
         raise CheckpointError(f"{checkpoint.model_id}: unknown revision {checkpoint.revision!r}") from None
-    except (LocalEntryNotFoundError, *NETWORK_ERRORS):
-        raise OfflineError(
-            f"{checkpoint.model_id}@{checkpoint.revision}: the Hub cannot be reached and the checkpoint is not cached"
-        ) from None
     return Path(folder)
 
 
@@ -138,20 +140,24 @@ def in_hub_cache(checkpoint: Checkpoint) -> bool:
     return isinstance(found, str)
 
 
-def cached_commits(model_id: str) -> set[str]:
-    """The commits of `model_id` whose snapshots the Hugging Face cache holds (none for a local
-    folder or an unreadable cache). A revision fetched under a new branch name may be one of them
-    (Pythia's step143000 is main): its files were there before and are not the sweep's to delete."""
+def snapshot_refs(model_id: str) -> dict[str, set[str]]:
+    """The commits of `model_id` whose snapshots the Hugging Face cache holds, each with the refs
+    (branches, tags) that name it; none for a local folder or an unreadable cache. A commit can
+    have several: Pythia's step143000 is main, and a user who fetched main holds it already."""
     if Path(model_id).is_dir():
-        return set()
+        return {}
     from huggingface_hub import constants
     from huggingface_hub.file_download import repo_folder_name
 
     try:
-        snapshots = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=model_id, repo_type="model") / "snapshots"
-        return {folder.name for folder in snapshots.iterdir() if folder.is_dir()}
+        repo = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=model_id, repo_type="model")
+        found: dict[str, set[str]] = {folder.name: set() for folder in (repo / "snapshots").iterdir() if folder.is_dir()}
+        refs = repo / "refs"
+        for ref in (path for path in refs.rglob("*") if path.is_file()) if refs.is_dir() else ():
+            found.setdefault(ref.read_text().strip(), set()).add(ref.relative_to(refs).as_posix())
+        return found
     except (OSError, ValueError):
-        return set()
+        return {}
 
 
 def delete_fetched(checkpoint: Checkpoint, folder: Path) -> None:

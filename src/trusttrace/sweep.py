@@ -33,7 +33,7 @@ from trusttrace.extract_stage import extract_to_store
 from trusttrace.intervals import INTERVAL_RULE
 from trusttrace.manifest import Manifest, unit_id
 from trusttrace.models import checkpoint_fingerprint, fingerprint_changed, load_model
-from trusttrace.prefetch import Fetcher, Prefetcher, cached_commits, delete_fetched, hub_fetch, in_hub_cache
+from trusttrace.prefetch import Fetcher, Prefetcher, delete_fetched, hub_fetch, in_hub_cache, snapshot_refs
 from trusttrace.steering_stage import run_steering_stages
 from trusttrace.store import (
     BASELINES_TABLE, EVALUATE_TABLE, MANIFEST_FILE, MI_TABLE, PROBES_TABLE, STEERING_TABLE, ActivationRecord, ActivationStore,
@@ -81,7 +81,6 @@ class Sweep:
         self._kept: list[tuple[Checkpoint, Path]] = []
         self._verified: set[str] = set()
         self._cached_before: dict[str, bool] = {}  # checkpoint name -> on disk before this sweep fetched it
-        self._held_commits: set[str] = set()  # snapshot commits on disk that no sweep here fetched
 
     # ----- units ---------------------------------------------------------------------
 
@@ -247,10 +246,17 @@ class Sweep:
             self.manifest.record_cached_before(checkpoint.name, self.suite.model_id, checkpoint.revision, cached)
         self._cached_before[checkpoint.name] = cached
 
+    def _fetched_alone(self, commit: str) -> bool:
+        """Whether a snapshot is this workspace's sweeps' alone: every ref naming its commit is a
+        revision they fetched. Another ref (the user's main, which Pythia's step143000 also is)
+        or none (fetched by its commit) means someone else holds it too."""
+        refs = snapshot_refs(self.suite.model_id).get(commit, set())
+        return bool(refs) and refs <= self.manifest.fetched_revisions(self.suite.model_id)
+
     def _release(self, checkpoint: Checkpoint, folder: Path) -> None:
         """Delete fetched files: at once without keep_weights, else the oldest beyond disk_budget;
         never those of a checkpoint that was on disk before the sweep fetched it."""
-        if self._cached_before.get(checkpoint.name) or folder.name in self._held_commits:
+        if self._cached_before.get(checkpoint.name) or not self._fetched_alone(folder.name):
             return
         self._kept.append((checkpoint, folder))
         budget = 0 if not self.config.keep_weights else self.config.disk_budget
@@ -408,8 +414,6 @@ class Sweep:
         start = time.perf_counter()
         self.check_tables()
         self.check_local_weights()
-        # Snapshots the cache held before this workspace's sweeps fetched any: another branch's, the user's.
-        self._held_commits = self.manifest.held_commits(self.suite.model_id, lambda: cached_commits(self.suite.model_id))
         prefetcher = Prefetcher(self.fetcher, retries=self.config.retries)
         bar = tqdm(self.checkpoints, desc="checkpoints", unit="ckpt", disable=not self.progress)
         try:
