@@ -234,6 +234,18 @@ def test_dataset_cards_are_shown(page):
     assert "No card for truth" in cards
 
 
+def test_two_activation_sets_of_one_checkpoint_are_drawn_once(tmp_path):
+    """A checkpoint extracted again (another `layers` list) has two sets' rows of one configuration."""
+    ActivationStore(tmp_path)
+    mi, probes = mi_rows().assign(activation_key="a"), probe_rows().assign(activation_key="a")
+    write_table(tmp_path / "mi.parquet", pd.concat([mi, mi.assign(activation_key="b")]))
+    write_table(tmp_path / "probes.parquet", pd.concat([probes, probes.assign(activation_key="b")]))
+    page = write_report(tmp_path).read_text()
+    write_table(tmp_path / "mi.parquet", mi)
+    write_table(tmp_path / "probes.parquet", probes)
+    assert page.count("<figure") == write_report(tmp_path).read_text().count("<figure") > 0
+
+
 def test_missing_inputs_are_named_with_the_command_that_makes_them(tmp_path):
     store = ActivationStore(tmp_path)
     card = DatasetCard(name="mini", dimension="truthfulness", label_1="true", label_0="false", source="test", licence="CC0")

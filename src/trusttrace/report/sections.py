@@ -157,6 +157,7 @@ def _probe_figures(
     times: dict[str, str],
 ) -> list[str]:
     data, chosen, others = pick_configuration(group, (dataset_version(group, times), *extraction_choices(group), *PROBE_CONFIGURATION))
+    data = one_set_per_checkpoint(data)
     axis, data = figures.time_axis(data)
     order = checkpoint_order(data)
     grid = data.pivot_table(index="layer", columns="checkpoint", values="accuracy", aggfunc="mean").reindex(columns=order).sort_index()
@@ -216,6 +217,13 @@ def pick_configuration(
         elif rest:
             others.append(f"{column} {', '.join(rest)}")
     return frame, chosen, "; ".join(others)
+
+
+def one_set_per_checkpoint(data: pd.DataFrame) -> pd.DataFrame:
+    """One row per checkpoint and layer: the last written, where two activation sets of one
+    checkpoint share the configuration shown (extracted again with another `layers` list, say;
+    their shared layers hold the same states)."""
+    return data.drop_duplicates(["checkpoint", "layer"], keep="last") if {"checkpoint", "layer"} <= set(data.columns) else data
 
 
 def dataset_version(group: pd.DataFrame, times: dict[str, str]) -> tuple[str, Any]:
@@ -309,6 +317,7 @@ def _mi_figures(
         ("mi_max_rows", 0),
     ))
     chosen.pop("dataset_hash", None)
+    data = one_set_per_checkpoint(data)
     if layers is not None:
         data = data[data["layer"].isin(layers)]
     finite = data.groupby("layer")["i_xt"].transform(lambda values: np.isfinite(values.astype(float)).any())
