@@ -314,6 +314,27 @@ def test_a_fingerprint_of_an_older_form_is_renewed_without_redoing(setup):
     assert manifest.fingerprint(model, "step_10") == current == checkpoint_fingerprint(suite / "step_10")
 
 
+def test_a_trainer_checkpoint_is_fingerprinted_by_its_weights_not_its_optimizer_state(setup):
+    from trusttrace.models import _matching_files, _stat_digest, RESULT_FILES, weight_files
+
+    root, suite, dataset = setup
+    for folder in suite.iterdir():
+        torch.save({"state": 1}, folder / "optimizer.pt")  # as transformers' Trainer saves beside the weights
+    config = load_config(write_config(root, suite, dataset))
+    run_sweep(config, progress=False)
+    manifest = Manifest(config.workspace / "manifest.sqlite")
+    model, folder = str(suite.resolve()), suite / "step_10"
+    current = manifest.fingerprint(model, "step_10")
+    every = f"{_stat_digest(weight_files(folder))}+{_stat_digest(_matching_files(folder, RESULT_FILES))}"
+    manifest.set_fingerprint(model, "step_10", every)  # as 0.7.0 recorded it: the optimizer state counted as weights
+    again = run_sweep(config, progress=False)
+    assert again.ran == 0 and not again.repaired and manifest.fingerprint(model, "step_10") == current
+    (folder / "optimizer.pt").unlink()  # freeing the disk: the weights are unchanged
+    (suite / "step_20" / "model.safetensors").unlink()  # the weights gone, the optimizer state left
+    summary = run_sweep(config, progress=False)
+    assert summary.ran == 0 and not summary.repaired and "the weight files of step_20 are gone" in summary.notes[0]
+
+
 def test_a_manifest_of_an_older_form_gains_the_columns_it_lacks(tmp_path):
 
     path = tmp_path / "manifest.sqlite"

@@ -302,22 +302,25 @@ def _matching_files(folder: Path, patterns: Sequence[str]) -> list[Path]:
 
 
 def checkpoint_fingerprint(folder: Path) -> str | None:
-    """Names, sizes and modification times of a local checkpoint's weight files, then of its
-    config and tokenizer files, as "WEIGHTS+OTHERS" (None when it holds no weights).
+    """Names, sizes and modification times of a local checkpoint's weight files (those a load
+    reads), then of its config and tokenizer files, as "WEIGHTS+OTHERS" (None when it holds no weights).
 
     Not a checksum: a cheap sign, read on every sweep, that a local checkpoint's files were
     replaced since its units ran (hashing them again would cost as much as loading them).
     """
-    weights = weight_files(folder)
+    weights = loaded_weight_files(folder)
     if not weights:
         return None
     return f"{_stat_digest(weights)}+{_stat_digest(_matching_files(folder, RESULT_FILES))}"
 
 
-def fingerprint_changed(recorded: str, current: str) -> bool:
-    """Whether a folder's `checkpoint_fingerprint` now differs from one recorded earlier. One
-    recorded before config and tokenizer files were included (no "+") is compared on the weights."""
-    return (current if "+" in recorded else current.split("+")[0]) != recorded
+def fingerprint_matches(recorded: str, folder: Path) -> bool:
+    """Whether `folder`'s files are those a fingerprint recorded earlier describes, in the form
+    recorded: this one's, that of 0.7.0 and earlier (every .bin/.pt/.pth file counted as weights,
+    a Trainer's optimizer state included) or the first (weight files alone, no "+")."""
+    every = weight_files(folder)
+    others = _stat_digest(_matching_files(folder, RESULT_FILES))
+    return recorded in {checkpoint_fingerprint(folder), f"{_stat_digest(every)}+{others}", _stat_digest(every)}
 
 
 def _stat_digest(files: list[Path]) -> str:

@@ -32,7 +32,7 @@ from trusttrace.errors import CorruptArtefactError, StoreError, TrustTraceError
 from trusttrace.extract_stage import extract_to_store
 from trusttrace.intervals import INTERVAL_RULE
 from trusttrace.manifest import Manifest, unit_id
-from trusttrace.models import checkpoint_fingerprint, fingerprint_changed, load_model
+from trusttrace.models import checkpoint_fingerprint, fingerprint_matches, load_model
 from trusttrace.prefetch import Fetcher, Prefetcher, delete_fetched, hub_fetch, in_hub_cache, snapshot_refs
 from trusttrace.steering_stage import run_steering_stages
 from trusttrace.store import (
@@ -345,12 +345,13 @@ class Sweep:
             before = self.manifest.fingerprint(self.suite.model_id, checkpoint.name) if checkpoint.revision is None else None
             if before is None:
                 continue
-            current = checkpoint_fingerprint(Path(checkpoint.model_id))
+            folder = Path(checkpoint.model_id)
+            current = checkpoint_fingerprint(folder)
             if current is None:  # deleted to free the disk, say: nothing replaced the weights its results came from
                 gone.append(checkpoint.name)
-            elif fingerprint_changed(before, current):
+            elif not fingerprint_matches(before, folder):
                 changed.append(checkpoint.name)
-            elif current != before:  # recorded in an older form, from the weights alone
+            elif current != before:  # recorded in an older form
                 self.manifest.set_fingerprint(self.suite.model_id, checkpoint.name, current)
         if gone:
             self.summary.notes.append(
