@@ -200,6 +200,11 @@ def test_bad_task_template_and_option(models, tok):
     with pytest.raises(EvaluationError, match="needs a dataset"):
         evaluate(model, tok, "binary")
     assert get_task("fairness").name == "stereoset"
+    from trusttrace.evaluation.runner import check_task_options
+
+    check_task_options(get_task("stereoset"), {"mode": None})  # None is the task's default, passed through
+    with pytest.raises(EvaluationError, match="unknown mode 'guess'"):
+        check_task_options(get_task("stereoset"), {"mode": "guess"})
 
 
 # ----- toxicity ----------------------------------------------------------------------------

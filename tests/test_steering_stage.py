@@ -18,6 +18,7 @@ from trusttrace.evaluation.templates import BINARY_TEMPLATES
 from trusttrace.manifest import Manifest
 from trusttrace.provenance import trusttrace_version
 from trusttrace.steering import load_vectors
+from trusttrace.evaluation.grid import grid_name
 from trusttrace.steering_stage import legacy_grid, task_for
 from trusttrace.store import EVALUATE_TABLE, STEERING_TABLE, file_part
 from trusttrace.sweep import run_sweep
@@ -210,6 +211,7 @@ def test_rows_of_former_versions_are_given_the_grid_they_were_computed_as():
         "alpha": [0.0, 2.0, 4.0, 0.0, -1.0], "metric": ["accuracy"] * 5,
     })
     assert legacy_grid(rows).tolist() == ["layers 3, 5; alpha 2, 4"] * 3 + ["layers 3; alpha -1"] * 2
+    assert grid_name([5, 3, 3], [4, 2.0]) == "layers 3, 5; alpha 2, 4"  # as the legacy rows name it, in any order
 
 
 def test_a_source_extracted_by_an_earlier_run_need_not_be_selected(setup):

@@ -72,8 +72,10 @@ class GridResult:
 
 
 def grid_name(layers: Sequence[int], alphas: Sequence[float]) -> str:
-    """A grid's layers and alphas in words, in the order given: "layers 4, 8; alpha 1, 4"."""
-    return f"layers {', '.join(str(int(layer)) for layer in layers)}; alpha {', '.join(f'{float(a):g}' for a in alphas)}"
+    """A grid's layers and alphas in words, each sorted once: "layers 4, 8; alpha -2, 2" (so a
+    config listing them in another order names the same grid)."""
+    shown_layers = ", ".join(str(layer) for layer in sorted({int(layer) for layer in layers}))
+    return f"layers {shown_layers}; alpha {', '.join(f'{alpha:g}' for alpha in sorted({float(a) for a in alphas}))}"
 
 
 def check_settings(

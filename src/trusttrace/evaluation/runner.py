@@ -191,7 +191,7 @@ def check_task_options(spec: Task, options: Mapping[str, Any]) -> None:
     if unknown:
         raise EvaluationError(f"task {spec.name} has no option {unknown[0]!r}; its options: {', '.join(spec.options())}")
     for name, allowed in CHOICES.items():
-        if name in options and options[name] not in allowed:
+        if options.get(name) is not None and options[name] not in allowed:  # None: the task's default
             raise EvaluationError(f"unknown {name} {options[name]!r}; expected one of {', '.join(allowed)}")
 
 
