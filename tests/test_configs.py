@@ -285,6 +285,8 @@ def test_model_folders_and_home_paths_are_resolved_and_a_mistyped_target_refused
     assert config.evaluate.model == str(path.parent / "suite" / "step_10")  # a folder beside the config
     hub = load_config(project({"stages": ["evaluate"], "evaluate": {"model": "LLM360/AmberChat", "tasks": ["sst2"]}}))
     assert hub.evaluate.model == "LLM360/AmberChat"  # an id stays an id
+    (path.parent / "final").mkdir()  # a folder named like the keyword does not shadow it
+    assert load_config(project({"stages": ["evaluate"], "evaluate": {"tasks": ["sst2"]}})).evaluate.model == "final"
     assert_refused(project({"stages": ["evaluate"], "evaluate": {"model": "../suite/step_1000", "tasks": ["sst2"]}}), capsys,
                    "key 'evaluate.model': ../suite/step_1000 is neither a local model folder nor a Hub model id")
 

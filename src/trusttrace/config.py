@@ -360,8 +360,11 @@ def load_config(path: str | os.PathLike) -> SweepConfig:
 
 
 def _model_folder(name: str, base: Path) -> str:
-    """A model named by a path: absolute, or under `base` when that folder exists there; anything
-    else (a Hub id, 'final', a suite target key) unchanged."""
+    """A model written as a path (with a folder separator, or starting with . or ~): absolute, or
+    under `base` when that folder exists there. A bare name ('final', a suite target key such as
+    'chat', a Hub id without an owner) is never taken for a folder beside the config."""
+    if not (os.sep in name or "/" in name or name.startswith((".", "~"))):
+        return name
     path = Path(name).expanduser()
     if path.is_absolute():
         return str(path)
