@@ -19,8 +19,8 @@ from trusttrace.manifest import Manifest
 from trusttrace.provenance import trusttrace_version
 from trusttrace.steering import load_vectors
 from trusttrace.evaluation.grid import grid_name
-from trusttrace.steering_stage import legacy_grid, task_for
-from trusttrace.store import EVALUATE_TABLE, STEERING_TABLE, file_part
+from trusttrace.steering_stage import UNNAMED_TASKS, legacy_grid, task_for
+from trusttrace.store import EVALUATE_TABLE, STEERING_TABLE, file_part, write_table
 from trusttrace.sweep import run_sweep
 
 STEERING = {"source": "step_0", "layers": [1], "alphas": [2.0], "max_perplexity": None, "max_rows": 4}
@@ -344,17 +344,20 @@ def test_truthfulqa_steering_reads_the_config_s_data_folder_and_reruns_when_its_
     assert first.ok, first.failed
     steering, evaluated = (pd.read_parquet(config.workspace / t) for t in (STEERING_TABLE, EVALUATE_TABLE))
     assert set(steering["task"]) == {"truthfulqa"} and steering["task_inputs"].notna().all()
+    write_table(config.workspace / STEERING_TABLE, steering.drop(columns=["task_inputs", "grid"]))  # as 0.7.0 wrote it
     questions = pd.read_csv(data / "tracingllm" / "truthfulqa_test.csv")["Question"].tolist()
     write_mc(data, true_answer="the blue dog", questions=questions)  # the answers swapped
     second = run_sweep(config, progress=False)
     assert second.ok and second.ran == 2  # the steering and the evaluate unit
     steering_after, evaluated_after = (pd.read_parquet(config.workspace / t) for t in (STEERING_TABLE, EVALUATE_TABLE))
-    assert steering_after["task_inputs"].nunique() == 2 and evaluated_after["dataset_hash"].nunique() == 2
+    assert len(steering_after) == len(steering)  # the rows of unknown inputs replaced, not kept beside as another grid
+    assert steering_after["task_inputs"].nunique() == 1 and evaluated_after["dataset_hash"].nunique() == 2
     mc1 = evaluated_after[evaluated_after["metric"] == "mc1"].sort_values("created")["value"].tolist()
     assert mc1[0] + mc1[1] == pytest.approx(1.0)  # two choices: every question right once, wrong once
 
 
 def test_the_variant_datasets_are_steered_on_their_own_question():
     assert task_for("sst2_sentiment") == "sst2_sentiment" and task_for("confaide_tier2") == "confaide_tier2"
+    assert "sst2_sentiment" not in UNNAMED_TASKS and "confaide_tier2" not in UNNAMED_TASKS  # their units name the task
     assert "positive" in BINARY_TEMPLATES["sst2_sentiment"].text and "privacy" in BINARY_TEMPLATES["confaide_tier2"].text
     assert task_for("my_file") == "binary"

@@ -135,6 +135,16 @@ def test_a_local_checkpoint_whose_weights_were_deleted_keeps_its_results(setup):
     pd.testing.assert_frame_equal(pd.read_parquet(config.workspace / "probes.parquet"), before)
 
 
+def test_a_one_fold_grouped_split_whose_rule_changed_names_its_units(setup):
+    from trusttrace.sweep import Sweep
+
+    root, suite, dataset = setup
+    for test_size, named in ((0.2, None), (0.4, "2 of 5 group folds")):  # 0.7.0 held out one of 2 folds for 0.4
+        config = load_config(write_config(root, suite, dataset, probes={"folds": 1, "test_size": test_size, "seed": 0}))
+        sweep = Sweep(config, progress=False)
+        assert [sweep.settings(stage, sweep.datasets[0]).get("held_out") for stage in ("probes", "mi")] == [named, named]
+
+
 def test_a_changed_setting_or_dataset_reruns_what_depends_on_it(setup):
     root, suite, dataset = setup
     run_sweep(load_config(write_config(root, suite, dataset)), progress=False)

@@ -178,6 +178,16 @@ def _grouped_splits(y: tuple[int, ...], groups: tuple[str, ...], folds: int, tes
     return [(np.setdiff1d(rows, test), test)]
 
 
+def held_out_rule(test_size: float, n_groups: int) -> str | None:
+    """How a one-fold grouped split holds out `test_size`, where that differs from 0.7.0 and
+    earlier (one of round(1/test_size) folds, whatever its share): part of the names of the
+    sweep units it makes, so their results are not mixed with the former rule's. None where the
+    rule is unchanged (0.2, 0.25, 0.5...)."""
+    former = (1, min(max(2, round(1 / test_size)), n_groups))
+    held = held_out_folds(test_size, n_groups)
+    return None if held == former else f"{held[0]} of {held[1]} group folds"
+
+
 def held_out_folds(test_size: float, n_groups: int) -> tuple[int, int]:
     """(held, n_splits): a one-fold grouped split holds out `held` of `n_splits` group folds, so
     about `test_size` of the rows. One of round(1/test_size) folds where that is within

@@ -19,7 +19,7 @@ template when it has one, the protocol, seed, interval rule and trusttrace versi
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -72,6 +72,28 @@ def legacy_grid(table: pd.DataFrame) -> pd.Series:
 
 # What `read_table` and `append_table` fill into steering rows of former versions.
 STEERING_LEGACY = {"task_inputs": None, "grid": legacy_grid}
+# The tasks a dataset was steered on before its units named the task (0.7.0 and earlier): the
+# datasets of any other task (sst2_sentiment's and confaide_tier2's, then scored on `binary`)
+# name it, so that those units run again on their own question.
+UNNAMED_TASKS = ("binary", "confaide", "stereoset", "sst2", "toxigen", "truthfulqa")
+
+
+def legacy_rows_of(table: pd.DataFrame) -> Callable[[pd.DataFrame], pd.Series]:
+    """The rows of former versions that the grid `table` replaces: with no `task_inputs` (written
+    before TruthfulQA's inputs named its rows) and otherwise the same keys but grid, layer and alpha."""
+    first = table.iloc[0]
+    keys = [key for key in STEERING_KEYS if key not in ("task_inputs", "grid", "layer", "alpha", "metric")]
+
+    def superseded(existing: pd.DataFrame) -> pd.Series:
+        mask = existing["task_inputs"].isna() if "task_inputs" in existing else pd.Series(True, index=existing.index)
+        for key in keys:
+            value = first.get(key)
+            if key not in existing:
+                return pd.Series(False, index=existing.index)
+            mask &= existing[key].isna() if pd.isna(value) else existing[key] == value
+        return mask
+
+    return superseded
 
 
 def resolve_target(sweep: "Sweep", name: str) -> tuple[str, str | None]:
@@ -182,6 +204,8 @@ def run_steering_stages(sweep: "Sweep") -> None:
             inputs = task_inputs(task, config.data_dir)
             if inputs is not None:
                 settings["task_inputs"] = inputs
+            if task not in UNNAMED_TASKS:
+                settings["task"] = task
             if sweep.stage_done(config.steering.source, dataset.name, "steering", settings):
                 sweep.summary.skipped += 1
                 continue
@@ -245,7 +269,9 @@ def steer_dataset(
         **source_columns(record.provenance), **target_columns(target_name, model),
         **run_columns(config, template),
     )
-    append_table(sweep.store.root / STEERING_TABLE, table, STEERING_KEYS, STEERING_LEGACY)
+    inputs = table["task_inputs"].iloc[0]
+    append_table(sweep.store.root / STEERING_TABLE, table, STEERING_KEYS, STEERING_LEGACY,
+                 superseded=legacy_rows_of(table) if inputs is not None else None)
     return artefact, None
 
 

@@ -128,13 +128,17 @@ def read_table(path: str | os.PathLike, defaults: Mapping[str, Any] | None = Non
 
 
 def append_table(
-    path: str | os.PathLike, rows: pd.DataFrame, key_columns: Iterable[str], defaults: Mapping[str, Any] | None = None
+    path: str | os.PathLike, rows: pd.DataFrame, key_columns: Iterable[str], defaults: Mapping[str, Any] | None = None,
+    superseded: Callable[[pd.DataFrame], pd.Series] | None = None,
 ) -> pd.DataFrame:
     """Add `rows` to the table at `path`, replacing rows with the same key; returns the table.
 
-    `defaults` fills key columns older rows lack (see `read_table`).
+    `defaults` fills key columns older rows lack (see `read_table`); `superseded` marks older
+    rows the new ones replace although their keys differ (a key an older version left empty).
     """
     existing = read_table(path, defaults)
+    if superseded is not None and len(existing):
+        existing = existing[~superseded(existing)]
     combined = pd.concat([existing, rows], ignore_index=True) if len(existing) else rows.reset_index(drop=True)
     keys = [c for c in key_columns if c in combined.columns]
     combined = combined.drop_duplicates(subset=keys, keep="last").reset_index(drop=True)

@@ -20,6 +20,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -34,6 +35,7 @@ from trusttrace.intervals import INTERVAL_RULE
 from trusttrace.manifest import Manifest, unit_id
 from trusttrace.models import checkpoint_fingerprint, fingerprint_matches, load_model
 from trusttrace.prefetch import Fetcher, Prefetcher, delete_fetched, hub_fetch, in_hub_cache, snapshot_refs
+from trusttrace.splits import held_out_rule, resolve_split
 from trusttrace.steering_stage import run_steering_stages
 from trusttrace.store import (
     BASELINES_TABLE, EVALUATE_TABLE, MANIFEST_FILE, MI_TABLE, PROBES_TABLE, STEERING_TABLE, ActivationRecord, ActivationStore,
@@ -92,13 +94,23 @@ class Sweep:
         if stage == "extract":
             return extract
         if stage == "probes":
-            return extract | config.probes.model_dump() | {"split": config.probe_split(), "seed": config.probe_seed(), "interval": INTERVAL_RULE}
+            return extract | config.probes.model_dump() | {
+                "split": config.probe_split(), "seed": config.probe_seed(), "interval": INTERVAL_RULE,
+            } | self._held_out(dataset)
         if stage == "mi":  # on the training rows of the probes' first fold
             probes = config.probes
             return extract | config.mi.model_dump(exclude_none=True) | {  # max_rows named only when set
                 "split": config.probe_split(), "seed": config.probe_seed(), "folds": probes.folds, "test_size": probes.test_size,
-            }
+            } | self._held_out(dataset)
         raise ValueError(f"no settings for stage {stage!r}")
+
+    def _held_out(self, dataset: TrustDataset) -> dict[str, str]:
+        """The one-fold grouped split's rule, where it differs from 0.7.0's (see `held_out_rule`)."""
+        probes = self.config.probes
+        if probes.folds != 1 or resolve_split(self.config.probe_split(), dataset.groups) != "grouped":
+            return {}
+        rule = held_out_rule(probes.test_size, len(np.unique(np.asarray(dataset.groups).astype(str))))
+        return {} if rule is None else {"held_out": rule}
 
     def unit(self, checkpoint: str, dataset: str, stage: str, settings: dict[str, Any]) -> str:
         return unit_id(self.suite.name, checkpoint, dataset, stage, settings)
