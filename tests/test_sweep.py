@@ -500,43 +500,37 @@ def test_hub_checkpoints_are_fetched_ahead_and_keep_their_id(setup):
     assert {r.provenance["commit"] for r in records} == {"step_0", "step_10", "step_20"}
 
 
-def test_without_keep_weights_only_what_the_sweep_downloaded_is_deleted(setup, monkeypatch):
+def deleted_by_a_hub_sweep(setup, monkeypatch, *, cached: set[str], refs: dict[str, set[str]]) -> list[str]:
+    """The checkpoints a sweep without keep_weights deletes, over the local suite posing as Hub
+    revisions: `cached` were in the cache before it, `refs` names each snapshot's refs (a
+    folder's name standing for its commit)."""
     import trusttrace.sweep as sweep_module
     from trusttrace.checkpoints import Checkpoint
     from trusttrace.sweep import Sweep
 
     root, suite, dataset = setup
     folders = {p.name: p for p in suite.iterdir()}
-    deleted = []
-    monkeypatch.setattr(sweep_module, "in_hub_cache", lambda checkpoint: checkpoint.name == "step_10")  # cached by the user
-    monkeypatch.setattr(sweep_module, "snapshot_refs", lambda model_id: {name: {name} for name in folders})
-    monkeypatch.setattr(sweep_module, "delete_fetched", lambda checkpoint, folder: deleted.append(checkpoint.name))
-    config = load_config(write_config(root, suite, dataset, stages=["extract"], keep_weights=False))
-    sweep = Sweep(config, fetcher=lambda checkpoint: folders[checkpoint.name], progress=False)
-    sweep.checkpoints = [Checkpoint(c.name, "org/model", c.name, c.step, c.tokens) for c in sweep.checkpoints]
-    assert sweep.run().ok
-    assert deleted == ["step_0", "step_20"]
-
-
-def test_a_snapshot_the_cache_held_under_another_branch_is_never_deleted(setup, monkeypatch):
-    """Pythia's step143000 is main: a user who had main cached has its commit on disk, though
-    not under the branch name the sweep fetches."""
-    import trusttrace.sweep as sweep_module
-    from trusttrace.checkpoints import Checkpoint
-    from trusttrace.sweep import Sweep
-
-    root, suite, dataset = setup
-    folders = {p.name: p for p in suite.iterdir()}  # a folder's name stands for its snapshot's commit
-    deleted = []
-    monkeypatch.setattr(sweep_module, "in_hub_cache", lambda checkpoint: False)
-    refs = {"step_0": {"step_0"}, "step_10": {"step_10"}, "step_20": {"step_20", "main"}}  # main: the user's, before or since
+    deleted: list[str] = []
+    monkeypatch.setattr(sweep_module, "in_hub_cache", lambda checkpoint: checkpoint.name in cached)
     monkeypatch.setattr(sweep_module, "snapshot_refs", lambda model_id: refs)
     monkeypatch.setattr(sweep_module, "delete_fetched", lambda checkpoint, folder: deleted.append(checkpoint.name))
     config = load_config(write_config(root, suite, dataset, stages=["extract"], keep_weights=False))
     sweep = Sweep(config, fetcher=lambda checkpoint: folders[checkpoint.name], progress=False)
     sweep.checkpoints = [Checkpoint(c.name, "org/model", c.name, c.step, c.tokens) for c in sweep.checkpoints]
     assert sweep.run().ok
-    assert deleted == ["step_0", "step_10"]
+    return deleted
+
+
+def test_without_keep_weights_only_what_the_sweep_downloaded_is_deleted(setup, monkeypatch):
+    refs = {name: {name} for name in ("step_0", "step_10", "step_20")}
+    assert deleted_by_a_hub_sweep(setup, monkeypatch, cached={"step_10"}, refs=refs) == ["step_0", "step_20"]
+
+
+def test_a_snapshot_the_cache_held_under_another_branch_is_never_deleted(setup, monkeypatch):
+    """Pythia's step143000 is main: a user who has main cached holds its commit, though not under
+    the branch name the sweep fetches (whether main came before the sweep or since)."""
+    refs = {"step_0": {"step_0"}, "step_10": {"step_10"}, "step_20": {"step_20", "main"}}
+    assert deleted_by_a_hub_sweep(setup, monkeypatch, cached=set(), refs=refs) == ["step_0", "step_10"]
 
 
 def test_the_prefetcher_hands_over_results_and_errors_and_never_holds_the_process(tmp_path):
