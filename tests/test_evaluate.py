@@ -203,6 +203,8 @@ def test_bad_task_template_and_option(models, tok):
     from trusttrace.evaluation.runner import check_task_options
 
     check_task_options(get_task("stereoset"), {"mode": None})  # None is the task's default, passed through
+    with pytest.raises(EvaluationError, match="unknown questions None"):  # a set of questions is: None is not
+        check_task_options(get_task("truthfulqa"), {"questions": None})
     with pytest.raises(EvaluationError, match="unknown mode 'guess'"):
         check_task_options(get_task("stereoset"), {"mode": "guess"})
 

@@ -13,7 +13,7 @@ from sklearn.metrics import roc_auc_score
 from trusttrace import probes
 from trusttrace.errors import LayerError, ProbeError
 from trusttrace.probes import fit_probes, roc_auc
-from trusttrace.splits import held_out_folds, make_splits
+from trusttrace.splits import held_out_folds, held_out_rule, make_splits
 
 
 def separable(n_layers=6, n=300, hidden=20, seed=0):
@@ -131,6 +131,8 @@ def test_grouped_split_keeps_groups_together_and_covers_every_row_once():
         (train, test), = make_splits(y, split="grouped", groups=groups, folds=1, test_size=test_size, seed=1)
         assert not set(groups[train]) & set(groups[test]) and abs(len(test) / 200 - test_size) < 0.03
     assert held_out_folds(0.2, 50) == (1, 5) and held_out_folds(0.4, 50) == (2, 5) and held_out_folds(0.05, 10) == (1, 10)
+    assert held_out_rule(0.2, 50) is None and held_out_rule(0.4, 50) == "2 of 5 group folds"
+    assert held_out_rule(0.4, 1) is None and held_out_rule(0.4, 0) is None  # too few groups: make_splits refuses them
     (train, test), = make_splits(y, split="grouped", groups=groups, folds=1, test_size=0.2, seed=1)
     assert np.array_equal(test, np.sort(make_splits(y, split="grouped", groups=groups, folds=5, seed=1)[0][1]))
 

@@ -500,10 +500,10 @@ def test_hub_checkpoints_are_fetched_ahead_and_keep_their_id(setup):
     assert {r.provenance["commit"] for r in records} == {"step_0", "step_10", "step_20"}
 
 
-def deleted_by_a_hub_sweep(setup, monkeypatch, *, cached: set[str], refs: dict[str, set[str]]) -> list[str]:
+def deleted_by_a_hub_sweep(setup, monkeypatch, *, cached: set[str], refs) -> list[str]:
     """The checkpoints a sweep without keep_weights deletes, over the local suite posing as Hub
     revisions: `cached` were in the cache before it, `refs` names each snapshot's refs (a
-    folder's name standing for its commit)."""
+    folder's name standing for its commit), or gives them from the names fetched so far."""
     import trusttrace.sweep as sweep_module
     from trusttrace.checkpoints import Checkpoint
     from trusttrace.sweep import Sweep
@@ -512,24 +512,39 @@ def deleted_by_a_hub_sweep(setup, monkeypatch, *, cached: set[str], refs: dict[s
     folders = {p.name: p for p in suite.iterdir()}
     deleted: list[str] = []
     monkeypatch.setattr(sweep_module, "in_hub_cache", lambda checkpoint: checkpoint.name in cached)
-    monkeypatch.setattr(sweep_module, "snapshot_refs", lambda model_id: refs)
+    fetched: list[str] = []
+    monkeypatch.setattr(sweep_module, "snapshot_refs", lambda model_id: refs(fetched) if callable(refs) else refs)
     monkeypatch.setattr(sweep_module, "delete_fetched", lambda checkpoint, folder: deleted.append(checkpoint.name))
     config = load_config(write_config(root, suite, dataset, stages=["extract"], keep_weights=False))
-    sweep = Sweep(config, fetcher=lambda checkpoint: folders[checkpoint.name], progress=False)
+    sweep = Sweep(config, fetcher=lambda checkpoint: fetched.append(checkpoint.name) or folders[checkpoint.name], progress=False)
     sweep.checkpoints = [Checkpoint(c.name, "org/model", c.name, c.step, c.tokens) for c in sweep.checkpoints]
     assert sweep.run().ok
     return deleted
 
 
 def test_without_keep_weights_only_what_the_sweep_downloaded_is_deleted(setup, monkeypatch):
-    refs = {name: {name} for name in ("step_0", "step_10", "step_20")}
+    def refs(fetched: list[str]) -> dict[str, set[str]]:  # the user's step_10, and what the sweep fetched
+        return {"step_10": {"step_10"}} | {name: {name} for name in fetched}
+
     assert deleted_by_a_hub_sweep(setup, monkeypatch, cached={"step_10"}, refs=refs) == ["step_0", "step_20"]
 
 
 def test_a_snapshot_the_cache_held_under_another_branch_is_never_deleted(setup, monkeypatch):
     """Pythia's step143000 is main: a user who has main cached holds its commit, though not under
     the branch name the sweep fetches (whether main came before the sweep or since)."""
-    refs = {"step_0": {"step_0"}, "step_10": {"step_10"}, "step_20": {"step_20", "main"}}
+    def refs(fetched: list[str]) -> dict[str, set[str]]:
+        return {"step_20": {"main"}} | {name: {name} | ({"main"} if name == "step_20" else set()) for name in fetched}
+
+    assert deleted_by_a_hub_sweep(setup, monkeypatch, cached=set(), refs=refs) == ["step_0", "step_10"]
+
+
+def test_a_snapshot_the_cache_held_under_no_ref_is_never_deleted(setup, monkeypatch):
+    """Fetched by its commit (or left when main moved on), step_20's commit has no ref until the
+    sweep's fetch of its branch writes one: seen before that fetch, it stays the user's."""
+
+    def refs(fetched: list[str]) -> dict[str, set[str]]:
+        return {name: {name} for name in fetched} | ({} if "step_20" in fetched else {"step_20": set()})
+
     assert deleted_by_a_hub_sweep(setup, monkeypatch, cached=set(), refs=refs) == ["step_0", "step_10"]
 
 
@@ -648,9 +663,11 @@ def test_a_checkpoint_a_killed_run_downloaded_is_still_the_sweep_s_to_delete_on_
         return sweep
 
     monkeypatch.setattr(sweep_module, "in_hub_cache", lambda checkpoint: False)
-    monkeypatch.setattr(sweep_module, "snapshot_refs", lambda model_id: {name: {name} for name in folders})
+    cache: dict[str, set[str]] = {}  # empty before the first run
+    monkeypatch.setattr(sweep_module, "snapshot_refs", lambda model_id: cache)
     hub_sweep()._note_cached(Checkpoint("step_10", "org/model", "step_10", 10, 1000))  # then killed while fetching it
-    monkeypatch.setattr(sweep_module, "in_hub_cache", lambda checkpoint: True)  # step_10 is in the cache now, as are the others
+    cache.update({name: {name} for name in folders})  # step_10 is in the cache now, as are the others
+    monkeypatch.setattr(sweep_module, "in_hub_cache", lambda checkpoint: True)
     deleted = []
     monkeypatch.setattr(sweep_module, "delete_fetched", lambda checkpoint, folder: deleted.append(checkpoint.name))
     assert hub_sweep().run().ok

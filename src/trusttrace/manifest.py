@@ -33,6 +33,7 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     commit_sha TEXT, weights_sha256 TEXT, duplicate_of TEXT, status TEXT, error TEXT, fingerprint TEXT,
     cached_before TEXT, PRIMARY KEY (model, name)
 );
+CREATE TABLE IF NOT EXISTS held_snapshots (model TEXT, commit_sha TEXT, PRIMARY KEY (model, commit_sha));
 """
 
 
@@ -177,6 +178,20 @@ class Manifest:
                 "SELECT revision FROM checkpoints WHERE model=? AND cached_before='0' AND revision IS NOT NULL", (model,)
             ).fetchall()
         return {revision for (revision,) in rows}
+
+    def hold_snapshots(self, model: str, commits: Iterable[str]) -> None:
+        """Record snapshot commits of `model` the cache held that no sweep here fetched (the user's),
+        seen before a checkpoint's first fetch: never deleted, whatever refs later name them."""
+        with closing(self._connect()) as db:
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany("INSERT OR IGNORE INTO held_snapshots (model, commit_sha) VALUES (?, ?)", [(model, c) for c in commits])
+            db.execute("COMMIT")
+
+    def held_snapshots(self, model: str) -> set[str]:
+        """The snapshot commits of `model` recorded by `hold_snapshots`."""
+        with closing(self._connect()) as db:
+            rows = db.execute("SELECT commit_sha FROM held_snapshots WHERE model=?", (model,)).fetchall()
+        return {commit for (commit,) in rows}
 
     def record_cached_before(self, name: str, model: str, revision: str | None, cached: bool) -> None:
         """Record, before the first fetch, whether a checkpoint was on disk already (kept once recorded)."""

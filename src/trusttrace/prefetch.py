@@ -153,7 +153,8 @@ def snapshot_refs(model_id: str) -> dict[str, set[str]]:
         repo = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=model_id, repo_type="model")
         found: dict[str, set[str]] = {folder.name: set() for folder in (repo / "snapshots").iterdir() if folder.is_dir()}
         refs = repo / "refs"
-        for ref in (path for path in refs.rglob("*") if path.is_file()) if refs.is_dir() else ():
+        # A ref's atomic write leaves NAME.<hex>.tmp behind when killed: not a ref.
+        for ref in (path for path in refs.rglob("*") if path.is_file() and path.suffix != ".tmp") if refs.is_dir() else ():
             found.setdefault(ref.read_text().strip(), set()).add(ref.relative_to(refs).as_posix())
         return found
     except (OSError, ValueError):

@@ -182,7 +182,9 @@ def held_out_rule(test_size: float, n_groups: int) -> str | None:
     """How a one-fold grouped split holds out `test_size`, where that differs from 0.7.0 and
     earlier (one of round(1/test_size) folds, whatever its share): part of the names of the
     sweep units it makes, so their results are not mixed with the former rule's. None where the
-    rule is unchanged (0.2, 0.25, 0.5...)."""
+    rule is unchanged (0.2, 0.25, 0.5...), or there are too few groups to split (make_splits says so)."""
+    if n_groups < 2:
+        return None
     former = (1, min(max(2, round(1 / test_size)), n_groups))
     held = held_out_folds(test_size, n_groups)
     return None if held == former else f"{held[0]} of {held[1]} group folds"

@@ -255,15 +255,23 @@ class Sweep:
         cached = self.manifest.cached_before(self.suite.model_id, checkpoint.name)
         if cached is None:
             cached = in_hub_cache(checkpoint)
+            self.manifest.hold_snapshots(self.suite.model_id, self._others_snapshots())
             self.manifest.record_cached_before(checkpoint.name, self.suite.model_id, checkpoint.revision, cached)
         self._cached_before[checkpoint.name] = cached
 
+    def _others_snapshots(self) -> set[str]:
+        """The snapshots in the cache now that are not this workspace's sweeps' alone (see `_fetched_alone`)."""
+        fetched = self.manifest.fetched_revisions(self.suite.model_id)
+        return {commit for commit, refs in snapshot_refs(self.suite.model_id).items() if not refs or not refs <= fetched}
+
     def _fetched_alone(self, commit: str) -> bool:
         """Whether a snapshot is this workspace's sweeps' alone: every ref naming its commit is a
-        revision they fetched. Another ref (the user's main, which Pythia's step143000 also is)
-        or none (fetched by its commit) means someone else holds it too."""
-        refs = snapshot_refs(self.suite.model_id).get(commit, set())
-        return bool(refs) and refs <= self.manifest.fetched_revisions(self.suite.model_id)
+        revision they fetched, and it was not in the cache, held by another, before a fetch of
+        theirs. Another ref (the user's main, which Pythia's step143000 also is), none (fetched
+        by its commit), or an earlier sighting means someone else holds it too."""
+        model = self.suite.model_id
+        refs = snapshot_refs(model).get(commit, set())
+        return bool(refs) and refs <= self.manifest.fetched_revisions(model) and commit not in self.manifest.held_snapshots(model)
 
     def _release(self, checkpoint: Checkpoint, folder: Path) -> None:
         """Delete fetched files: at once without keep_weights, else the oldest beyond disk_budget;

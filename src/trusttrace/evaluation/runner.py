@@ -190,8 +190,11 @@ def check_task_options(spec: Task, options: Mapping[str, Any]) -> None:
     unknown = sorted(set(options) - set(spec.options()))
     if unknown:
         raise EvaluationError(f"task {spec.name} has no option {unknown[0]!r}; its options: {', '.join(spec.options())}")
+    defaults = {name: parameter.default for name, parameter in inspect.signature(spec.run).parameters.items()}
     for name, allowed in CHOICES.items():
-        if options.get(name) is not None and options[name] not in allowed:  # None: the task's default
+        if name not in options or (options[name] is None and defaults.get(name) is None):  # None where that is the default
+            continue
+        if options[name] not in allowed:
             raise EvaluationError(f"unknown {name} {options[name]!r}; expected one of {', '.join(allowed)}")
 
 
