@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from test_sweep import make_dataset, make_suite, write_config
 from trusttrace.config import load_config
@@ -261,8 +262,8 @@ def test_a_replaced_local_target_and_another_dtype_are_evaluated_again(setup, mo
     target = root / "chat"
     shutil.copytree(suite / "step_10", target)
     asked = []
-    identity = stage.target_identity
-    monkeypatch.setattr(stage, "target_identity", lambda sweep, name: asked.append(name) or identity(sweep, name))
+    identities = stage.target_identities
+    monkeypatch.setattr(stage, "target_identities", lambda sweep, name: asked.append(name) or identities(sweep, name))
 
     def run(**extra):
         config = load_config(write_config(
@@ -288,6 +289,29 @@ def test_a_replaced_local_target_and_another_dtype_are_evaluated_again(setup, mo
     assert pd.read_parquet(config.workspace / STEERING_TABLE)["max_perplexity"].isna().all()  # as configured: no limit
 
 
+def test_a_local_target_named_in_a_former_fingerprint_form_is_not_evaluated_again(setup, monkeypatch):
+    """0.7.0 fingerprinted a Trainer folder's optimizer state too: its units stay done."""
+    import trusttrace.steering_stage as stage
+    from trusttrace.models import fingerprint_forms
+
+    root, suite, dataset, data = setup
+    target = root / "trained"
+    shutil.copytree(suite / "step_10", target)
+    torch.save({"state": 1}, target / "optimizer.pt")
+    current, former, _ = fingerprint_forms(target)
+    forms = stage.target_identities
+    monkeypatch.setattr(stage, "target_identities", lambda sweep, name: [(str(target), None, former)])  # as 0.7.0 named it
+    steering = STEERING | {"target": str(target)}
+    sweep(root, suite, dataset, data, steering)
+    monkeypatch.setattr(stage, "target_identities", forms)
+    config = load_config(write_config(
+        root, suite, dataset, data_dir=str(data), stages=["extract", "steering", "evaluate"], steering=steering,
+        evaluate=EVALUATE | {"model": str(target)},
+    ))
+    again = run_sweep(config, progress=False)
+    assert again.ok and again.ran == 1 and current != former  # the evaluate unit only: it ran under another model before
+
+
 def test_a_hub_target_is_named_by_the_commit_its_branch_resolves_to(monkeypatch):
     from types import SimpleNamespace
 
@@ -295,9 +319,9 @@ def test_a_hub_target_is_named_by_the_commit_its_branch_resolves_to(monkeypatch)
 
     sweep = SimpleNamespace(suite=SimpleNamespace(targets={"chat": "org/chat"}), checkpoints=[])
     monkeypatch.setattr(stage, "hub_commit", lambda model_id, revision: "c1")
-    before = stage.target_identity(sweep, "chat")
+    before = stage.target_identities(sweep, "chat")
     monkeypatch.setattr(stage, "hub_commit", lambda model_id, revision: "c2")  # main moved
-    assert before == ("org/chat", None, "c1") and stage.target_identity(sweep, "chat") == ("org/chat", None, "c2")
+    assert before == [("org/chat", None, "c1")] and stage.target_identities(sweep, "chat") == [("org/chat", None, "c2")]
 
 
 def test_file_part_keeps_safe_names_and_tells_sanitised_ones_apart():

@@ -314,13 +314,21 @@ def checkpoint_fingerprint(folder: Path) -> str | None:
     return f"{_stat_digest(weights)}+{_stat_digest(_matching_files(folder, RESULT_FILES))}"
 
 
-def fingerprint_matches(recorded: str, folder: Path) -> bool:
-    """Whether `folder`'s files are those a fingerprint recorded earlier describes, in the form
-    recorded: this one's, that of 0.7.0 and earlier (every .bin/.pt/.pth file counted as weights,
-    a Trainer's optimizer state included) or the first (weight files alone, no "+")."""
+def fingerprint_forms(folder: Path) -> list[str]:
+    """`folder`'s `checkpoint_fingerprint`, then the same files in the forms former versions
+    recorded: that of 0.7.0 and earlier (every .bin/.pt/.pth file counted as weights, a Trainer's
+    optimizer state included) and the first (weight files alone, no "+"). None when it holds no weights."""
+    current = checkpoint_fingerprint(folder)
+    if current is None:
+        return []
     every = weight_files(folder)
     others = _stat_digest(_matching_files(folder, RESULT_FILES))
-    return recorded in {checkpoint_fingerprint(folder), f"{_stat_digest(every)}+{others}", _stat_digest(every)}
+    return list(dict.fromkeys([current, f"{_stat_digest(every)}+{others}", _stat_digest(every)]))
+
+
+def fingerprint_matches(recorded: str, folder: Path) -> bool:
+    """Whether `folder`'s files are those a fingerprint recorded earlier, in any form, describes."""
+    return recorded in fingerprint_forms(folder)
 
 
 def _stat_digest(files: list[Path]) -> str:

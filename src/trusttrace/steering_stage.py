@@ -32,7 +32,7 @@ from trusttrace.evaluation import evaluate as run_task
 from trusttrace.evaluation.grid import IMPROVES_RULE, grid_name
 from trusttrace.evaluation.runner import resolve_dataset
 from trusttrace.manifest import settings_digest
-from trusttrace.models import checkpoint_fingerprint, describe_source, hub_commit, load_model
+from trusttrace.models import describe_source, fingerprint_forms, hub_commit, load_model
 from trusttrace.provenance import now_utc, trusttrace_version
 from trusttrace.steering import build_vectors, save_vectors
 from trusttrace.store import EVALUATE_TABLE, STEERING_DIR, STEERING_TABLE, append_table, file_part
@@ -106,15 +106,23 @@ def resolve_target(sweep: "Sweep", name: str) -> tuple[str, str | None]:
     return name, None
 
 
-def target_identity(sweep: "Sweep", name: str) -> tuple[str, str | None, str | None]:
+def target_identities(sweep: "Sweep", name: str) -> list[tuple[str, str | None, str | None]]:
     """What a target's results depend on, for unit names: its id or path, revision and, for a local
     folder, its files' fingerprint, for a Hub model the commit its revision resolves to, so that a
-    target whose files are replaced, or whose branch moved, is evaluated again."""
+    target whose files are replaced, or whose branch moved, is evaluated again. For a local folder
+    the same files' fingerprints in former forms follow (`fingerprint_forms`): a unit done under
+    one of them is done, not redone because the form changed."""
     model_id, revision = resolve_target(sweep, name)
     folder = Path(model_id)
     if revision is None and folder.is_dir():
-        return model_id, revision, checkpoint_fingerprint(folder)
-    return model_id, revision, hub_commit(model_id, revision)
+        return [(model_id, revision, form) for form in fingerprint_forms(folder)] or [(model_id, revision, None)]
+    return [(model_id, revision, hub_commit(model_id, revision))]
+
+
+def done_for_any(sweep: "Sweep", unit: tuple[str, str, str], settings: dict[str, Any], identities: list[tuple]) -> bool:
+    """Whether the unit (checkpoint, dataset, stage) is done with `settings`, their "target"
+    being any of the target's `identities`."""
+    return any(sweep.stage_done(*unit, settings | {"target": identity}) for identity in identities)
 
 
 def task_for(dataset_name: str) -> str:
@@ -184,16 +192,16 @@ def run_steering_stages(sweep: "Sweep") -> None:
                                       trust_remote_code=config.trust_remote_code)
         return loaded[name]
 
-    identities: dict[str, tuple] = {}
+    known: dict[str, list[tuple]] = {}
 
-    def identity(name: str) -> tuple:  # asked once: for a Hub target it is a call to the Hub
-        if name not in identities:
-            identities[name] = target_identity(sweep, name)
-        return identities[name]
+    def identities(name: str) -> list[tuple]:  # asked once: for a Hub target it is a call to the Hub
+        if name not in known:
+            known[name] = target_identities(sweep, name)
+        return known[name]
 
     if "steering" in config.stages:
         names = config.steering.datasets or [d.name for d in sweep.datasets]
-        target_source = identity(target_name)
+        target_source = identities(target_name)[0]
         for dataset in (d for d in sweep.datasets if d.name in names):
             vector_settings = sweep.settings("extract", dataset) | {
                 "steering": config.steering.model_dump(exclude={"datasets", "source"}), "target": target_source,
@@ -206,19 +214,19 @@ def run_steering_stages(sweep: "Sweep") -> None:
                 settings["task_inputs"] = inputs
             if task not in UNNAMED_TASKS:
                 settings["task"] = task
-            if sweep.stage_done(config.steering.source, dataset.name, "steering", settings):
+            if done_for_any(sweep, (config.steering.source, dataset.name, "steering"), settings, identities(target_name)):
                 sweep.summary.skipped += 1
                 continue
             sweep.run_unit(config.steering.source, dataset.name, "steering", settings,
                            lambda d=dataset, v=vector_settings: steer_dataset(sweep, d, target(target_name), target_name, v))
     if "evaluate" in config.stages:
         common = {
-            "evaluate": config.evaluate.model_dump(exclude={"tasks"}), "target": identity(config.evaluate.model),
+            "evaluate": config.evaluate.model_dump(exclude={"tasks"}), "target": identities(config.evaluate.model)[0],
             "dtype": config.dtype, "protocol": config.protocol, "seed": config.seed,
         }
         for task in config.evaluate.tasks:
             settings = common | get_task(task).interval_rules() | {"dataset_hash": task_dataset_hash(task, config.data_dir)}
-            if sweep.stage_done(config.evaluate.model, task, "evaluate", settings):
+            if done_for_any(sweep, (config.evaluate.model, task, "evaluate"), settings, identities(config.evaluate.model)):
                 sweep.summary.skipped += 1
                 continue
             sweep.run_unit(config.evaluate.model, task, "evaluate", settings,
