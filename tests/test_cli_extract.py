@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import pandas as pd
 import pytest
@@ -30,6 +31,11 @@ def test_extract_writes_an_activation_set(tmp_path, saved_model, csv_dataset):
     (record,) = ActivationStore(tmp_path / "ws").records()
     assert record.layers == [0, 2] and record.n == 7
     assert record.provenance["dataset"] == "toy" and record.provenance["dtype"] == "float32"
+    assert f"toy: 7 statements x 2 layers -> {record.path}" in result.stdout
+    time.sleep(1.1)  # `created` is kept to the second
+    again = run_cli("extract", "--model", str(saved_model("gpt_neox")), "--dataset", str(csv_dataset),
+                    "--out", str(tmp_path / "ws"), "--layers", "0,2", "--dtype", "float32")
+    assert again.returncode == 0 and f"toy: 7 statements x 2 layers reused from {record.path}" in again.stdout
 
 
 @pytest.mark.parametrize(

@@ -313,6 +313,13 @@ def test_unknown_layers_are_refused(workspace, tmp_path):
         write_report(workspace, out_dir=tmp_path, layers=[1, 99])
 
 
+def test_unknown_layers_are_refused_naming_the_gaps_between_those_stored(tmp_path):
+    ActivationStore(tmp_path)
+    write_table(tmp_path / "probes.parquet", probe_rows().query("layer != 1"))
+    with pytest.raises(LayerError, match=r"layers \[1\] are not in .* \(layers there: 0, 2"):
+        write_report(tmp_path, out_dir=tmp_path / "report", layers=[1])
+
+
 def test_chosen_layers_are_drawn(workspace, tmp_path):
     page = write_report(workspace, out_dir=tmp_path, layers=[1, 2]).read_text()
     assert "for layers 1, 2;" in page

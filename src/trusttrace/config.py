@@ -30,7 +30,7 @@ DEVICE = re.compile(r"cpu|mps|cuda(:\d+)?")
 MERGE_TAG = "tag:yaml.org,2002:merge"
 
 EXAMPLE = """\
-workspace: runs/pythia-160m     # activations, tables, manifest, report
+workspace: runs/pythia-160m     # activations, tables, manifest, report (paths: relative to this file)
 suite: pythia-160m              # amber, pythia-SIZE, olmo-7b, local:DIR
 checkpoints: "log:12"           # names, all, every:K, log:N, first:N
 datasets: [truthfulqa, toxigen, confaide, stereoset, sst2]   # or files, relative to this one

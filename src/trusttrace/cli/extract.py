@@ -43,6 +43,7 @@ def extract(
     from trusttrace.models import decoder_layers, layer_set, load_model
     from trusttrace.store import WORKSPACE_FILE, ActivationStore
     from trusttrace.extract_stage import extract_to_store
+    from trusttrace.provenance import now_utc
 
     check_output(out, "--out", folder=True)
     if out.is_dir() and not (out / WORKSPACE_FILE).exists() and any(out.iterdir()):
@@ -62,9 +63,12 @@ def extract(
             store = ActivationStore(out)
             held.enter_context(store.locked())
         for data in datasets:
+            started = now_utc()
             record = extract_to_store(
                 loaded, tokenizer, data, store, layers=chosen, position=position,
                 batch_size=batch_size, checkpoint=revision, progress=True,
             )
             layers = len(record.layers)
-            typer.echo(f"{data.name}: {record.n} statements x {layers} layer{'s' if layers != 1 else ''} -> {record.path}")
+            reused = record.provenance.get("created", started) < started  # stored by an earlier run: nothing extracted
+            shape = f"{record.n} statements x {layers} layer{'s' if layers != 1 else ''}"
+            typer.echo(f"{data.name}: {shape} {'reused from' if reused else '->'} {record.path}")

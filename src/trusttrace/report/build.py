@@ -89,4 +89,5 @@ def check_layers(ws: Workspace, layers: list[int] | None) -> None:
     known = {int(v) for frame in (ws.probes, ws.mi) if "layer" in frame for v in frame["layer"].dropna().unique()}
     unknown = [layer for layer in layers if layer not in known]
     if known and unknown:
-        raise LayerError(f"layers {unknown} are not in the workspace's probe or MI tables (layers there: {min(known)}..{max(known)})")
+        there = f"{min(known)}..{max(known)}" if len(known) == max(known) - min(known) + 1 else ", ".join(map(str, sorted(known)))
+        raise LayerError(f"layers {unknown} are not in the workspace's probe or MI tables (layers there: {there})")
