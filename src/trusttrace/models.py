@@ -317,7 +317,7 @@ def checkpoint_fingerprint(folder: Path) -> str | None:
 def fingerprint_forms(folder: Path) -> list[str]:
     """`folder`'s `checkpoint_fingerprint`, then the same files in the forms former versions
     recorded: that of 0.7.0 and earlier (every .bin/.pt/.pth file counted as weights, a Trainer's
-    optimizer state included) and the first (weight files alone, no "+"). None when it holds no weights."""
+    optimizer state included) and the first (weight files alone, no "+"). Empty when it holds no weights."""
     current = checkpoint_fingerprint(folder)
     if current is None:
         return []
