@@ -185,7 +185,7 @@ def held_out_rule(test_size: float, n_groups: int) -> str | None:
     rule is unchanged (0.2, 0.25, 0.5...), or there are too few groups to split (make_splits says so)."""
     if n_groups < 2:
         return None
-    former = (1, min(max(2, round(1 / test_size)), n_groups))
+    former = (1, _fold_count(test_size, n_groups))
     held = held_out_folds(test_size, n_groups)
     return None if held == former else f"{held[0]} of {held[1]} group folds"
 
@@ -195,9 +195,14 @@ def held_out_folds(test_size: float, n_groups: int) -> tuple[int, int]:
     about `test_size` of the rows. One of round(1/test_size) folds where that is within
     SHARE_TOLERANCE of `test_size` (0.2: one of five), else the fewest folds that are (0.4: two of
     five); never more folds than groups, the nearest share they allow where none is that close."""
-    n_splits = min(max(2, round(1 / test_size)), n_groups)
+    n_splits = _fold_count(test_size, n_groups)
     if abs(1 / n_splits - test_size) <= SHARE_TOLERANCE:
         return 1, n_splits
     shares = [(min(max(1, round(test_size * n)), n - 1), n) for n in range(2, min(n_groups, MAX_SHARE_FOLDS) + 1)]
     close = [share for share in shares if abs(share[0] / share[1] - test_size) <= SHARE_TOLERANCE]
     return close[0] if close else min(shares, key=lambda share: abs(share[0] / share[1] - test_size))
+
+
+def _fold_count(test_size: float, n_groups: int) -> int:
+    """round(1/test_size) folds, at least two and at most one per group (0.7.0 held out one of them)."""
+    return min(max(2, round(1 / test_size)), n_groups)

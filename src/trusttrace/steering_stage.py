@@ -218,7 +218,7 @@ def run_steering_stages(sweep: "Sweep") -> None:
                 sweep.summary.skipped += 1
                 continue
             sweep.run_unit(config.steering.source, dataset.name, "steering", settings,
-                           lambda d=dataset, v=vector_settings: steer_dataset(sweep, d, target(target_name), target_name, v))
+                           lambda d=dataset, v=vector_settings, i=inputs: steer_dataset(sweep, d, target(target_name), target_name, v, i))
     if "evaluate" in config.stages:
         common = {
             "evaluate": config.evaluate.model_dump(exclude={"tasks"}), "target": identities(config.evaluate.model)[0],
@@ -234,10 +234,12 @@ def run_steering_stages(sweep: "Sweep") -> None:
 
 
 def steer_dataset(
-    sweep: "Sweep", dataset: TrustDataset, model_and_tokenizer, target_name: str, vector_settings: dict[str, Any]
+    sweep: "Sweep", dataset: TrustDataset, model_and_tokenizer, target_name: str, vector_settings: dict[str, Any],
+    inputs: str | None,
 ) -> tuple[str, None]:
     """Vectors from the source checkpoint's activations of `dataset`, and their layers × α grid;
-    `vector_settings` (what the vectors depend on) name their file.
+    `vector_settings` (what the vectors depend on) name their file, `inputs` is the task's
+    `task_inputs` (as the unit's settings hold it).
 
     The vectors are saved after the grid ran, so their provenance names the template the grid
     evaluated with.
@@ -270,14 +272,12 @@ def steer_dataset(
     save_vectors(path, vectors, provenance | {"template": template})
     artefact = str(Path("steering") / path.name)
     table = grid.table.assign(
-        source_checkpoint=source.name, dataset=dataset.name, task=task, task_inputs=task_inputs(task, config.data_dir),
-        scaling=options.scaling,
+        source_checkpoint=source.name, dataset=dataset.name, task=task, task_inputs=inputs, scaling=options.scaling,
         positions=options.positions, max_perplexity=options.max_perplexity, max_rows=options.max_rows,
         best=_best_flags(grid.table, grid.best), vector_file=artefact,
         **source_columns(record.provenance), **target_columns(target_name, model),
         **run_columns(config, template),
     )
-    inputs = table["task_inputs"].iloc[0]
     append_table(sweep.store.root / STEERING_TABLE, table, STEERING_KEYS, STEERING_LEGACY,
                  superseded=legacy_rows_of(table) if inputs is not None else None)
     return artefact, None

@@ -123,7 +123,7 @@ def steering_grid(
     if options.get("side_effect_texts", "builtin") is None and (max_perplexity is not None or max_kl is not None):
         raise SteeringError(
             "side_effect_texts=None measures no side effects, so no setting could be checked against the limit "
-            f"(max_perplexity {max_perplexity}, max_kl {max_kl}); pass side-effect texts, or None for both limits"
+            f"({limit_text(max_perplexity, max_kl)}); pass side-effect texts, or None for both limits"
         )
     dataset = resolve_dataset(spec, dataset, data_dir)
     vectors = check_settings(model, vectors, alphas, positions)
