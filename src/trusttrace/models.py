@@ -343,22 +343,27 @@ def _stat_digest(files: list[Path]) -> str:
 def _weights_folder(model: PreTrainedModel, revision: str | None) -> Path | None:
     """The folder of the weight files: the local path, or the Hub cache snapshot."""
     name = getattr(model, "name_or_path", "") or ""
-    if name and Path(name).is_dir():
-        return Path(name)
-    commit = loaded_commit(model, revision)
-    return cached_snapshot(name, commit) if name and commit else None
+    return Path(name) if name and Path(name).is_dir() else _hub_snapshot(model, revision)
 
 
 def loaded_commit(model: PreTrainedModel, revision: str | None) -> str | None:
-    """The Hub commit a model loaded at `revision` came from: the one its config records
-    (transformers 4 does), else the cache snapshot that `revision` (main when None) names, which
-    is what the load just read (transformers 5 records none); None for a model not from the Hub."""
+    """The Hub commit a model loaded at `revision` came from (see `_hub_snapshot`); None for a
+    model not from the Hub."""
     commit = getattr(model.config, "_commit_hash", None)
     if commit:
         return commit
-    name = getattr(model, "name_or_path", "") or ""
-    snapshot = cached_snapshot(name, revision) if name and not Path(name).is_dir() else None
+    snapshot = _hub_snapshot(model, revision)
     return snapshot.name if snapshot is not None else None
+
+
+def _hub_snapshot(model: PreTrainedModel, revision: str | None) -> Path | None:
+    """The cache snapshot a Hub model was loaded from: that of the commit its config records
+    (transformers 4 does), else the one `revision` (main when None) names, which is what the load
+    just read (transformers 5 records no commit); None for a local or in-memory model."""
+    name = getattr(model, "name_or_path", "") or ""
+    if not name or Path(name).is_dir():
+        return None
+    return cached_snapshot(name, getattr(model.config, "_commit_hash", None) or revision)
 
 
 def cached_snapshot(model_id: str, revision: str | None) -> Path | None:
