@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from trusttrace.errors import LayerError, TrustTraceError
-from trusttrace.extract import extract_activations, plan_batches, reduce_positions
+from trusttrace.extract import extract_activations, iter_activations, plan_batches, reduce_positions
 from trusttrace.models import block_hidden, decoder_layers, text_config
 
 
@@ -156,6 +156,20 @@ def test_the_sidecar_counts_truncated_statements(tokenizer, tmp_path):
     assert ActivationStore(tmp_path).records()[0].provenance["truncated"] == 2
     elsewhere = ActivationStore(tmp_path / "api").save(torch.zeros(2, 4, 3), data, record.provenance | {"layers": [0, 1]})
     assert elsewhere.provenance["truncated"] is None  # states extracted outside the store: not known
+
+def test_a_batch_is_handed_over_once_the_next_is_queued(model_factory, tokenizer, statements):
+    """So that on a GPU the caller's work on a batch overlaps the next forward pass."""
+    model = model_factory("llama")
+    forwards = []
+    handle = model.base_model.register_forward_pre_hook(lambda *_: forwards.append(len(forwards)))
+    try:
+        handed = [len(forwards) for _ in iter_activations(model, tokenizer, statements, batch_size=2)]
+    finally:
+        handle.remove()
+    batches = len(forwards)
+    assert batches == -(-len(statements) // 2) >= 3
+    assert handed == list(range(2, batches + 1)) + [batches]  # batch k comes after forward k + 1 ran
+
 
 def test_batches_by_token_budget_cover_every_row_once():
     lengths = [5, 1, 9, 3, 3, 7, 2]

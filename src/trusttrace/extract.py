@@ -2,8 +2,9 @@
 
 One forward pass per batch reads every chosen block through forward hooks. Each hook reduces
 its block's output to one vector per statement at once (the last real token, the first, or the
-mean), so memory never holds more than the output plus one batch's states. Statements are
-sorted by length so that batches carry little padding, and the LM head is never run.
+mean), so memory never holds more than the output plus two batches' states (the one handed
+over and the one being computed). Statements are sorted by length so that batches carry little
+padding, and the LM head is never run.
 """
 
 from __future__ import annotations
@@ -327,23 +328,38 @@ def iter_activations(
     shared_mlp = sum(getattr(block, "mlp", None) is getattr(blocks[deepest], "mlp", None) for block in blocks) > 1
     if position != "mean" and not shared_mlp:
         handles += feed_forward_at(blocks[deepest], read)
+
+    def launch(rows: np.ndarray) -> torch.Tensor:
+        """Queue one batch's forward pass; its states `[layers, rows, hidden]` on the model's device."""
+        ids, mask, positions = pad_batch([encoded[r] for r in rows], pad_id, side, device)
+        reading = statement_mask(ids, mask, tokenizer.bos_token_id)
+        current_mask[:] = [reading]
+        read[:] = [position_index(reading, position)] if position != "mean" else []
+        captured.clear()
+        kwargs = {"position_ids": positions} if pass_positions else {}
+        try:
+            base(input_ids=ids, attention_mask=mask, use_cache=False, **kwargs)
+        except _StopForward:
+            pass
+        return torch.stack([captured[layer] for layer in chosen])
+
     try:
         bar = tqdm(total=len(statements), desc="extract", unit="stmt", disable=not progress)
         with torch.inference_mode(), bar:
+            # A batch is handed over only once the next one is queued: on a GPU, which runs
+            # queued work while Python goes on, the caller's work on a batch (converting,
+            # scattering, writing a shard) then overlaps the next forward pass.
+            done: ActivationBatch | None = None
             for rows in batches:
-                ids, mask, positions = pad_batch([encoded[r] for r in rows], pad_id, side, device)
-                reading = statement_mask(ids, mask, tokenizer.bos_token_id)
-                current_mask[:] = [reading]
-                read[:] = [position_index(reading, position)] if position != "mean" else []
-                captured.clear()
-                kwargs = {"position_ids": positions} if pass_positions else {}
-                try:
-                    base(input_ids=ids, attention_mask=mask, use_cache=False, **kwargs)
-                except _StopForward:
-                    pass
-                states = torch.stack([captured[layer] for layer in chosen]).cpu()
-                yield ActivationBatch(rows=np.asarray(rows), states=states, truncated=int(cut[rows].sum()))
-                bar.update(len(rows))
+                states = launch(rows)
+                if done is not None:
+                    yield done
+                    bar.update(len(done.rows))
+                    done = None  # released before the next batch's states come to the host
+                done = ActivationBatch(rows=np.asarray(rows), states=states.cpu(), truncated=int(cut[rows].sum()))
+            if done is not None:
+                yield done
+                bar.update(len(done.rows))
     finally:
         for handle in handles:
             handle.remove()
@@ -376,5 +392,7 @@ def extract_activations(
     ):
         if result is None:
             result = torch.empty((batch.states.shape[0], len(statements), batch.states.shape[2]), dtype=torch.float32)
-        result[:, torch.from_numpy(batch.rows)] = batch.states.float()
+        rows = torch.from_numpy(batch.rows)
+        for layer, states in zip(result, batch.states):  # layer by layer: a quarter of the time of one scatter
+            layer[rows] = states.float()
     return result
