@@ -221,6 +221,13 @@ def test_upstream_files_with_bad_lines(tmp_path):
     folder = write_upstream(tmp_path / "c", ["-60"], sentiment="1 fine .\nx odd .\n")
     with pytest.raises(DatasetError, match="stsa.binary.test.txt: line 2: label 'x' is not 0 or 1"):
         load_dataset("sst2_sentiment", data_dir=folder)
+    for rating in ("nan", "-180"):
+        with pytest.raises(DatasetError, match=f"tier_2_labels.txt: line 2: rating '{rating}' is not a number from -100 to 100"):
+            load_dataset("confaide_tier2", data_dir=write_upstream(tmp_path / rating, ["-60", rating]))
+    folder = write_upstream(tmp_path / "latin", ["-60"])
+    (folder.parent / "upstream" / "sst2" / "stsa.binary.test.txt").write_bytes(b"1 fine .\n0 a caf\xe9 film .\n")
+    with pytest.raises(DatasetError, match="stsa.binary.test.txt: line 2 is not UTF-8 text"):
+        load_dataset("sst2_sentiment", data_dir=folder)
     good = load_dataset("sst2_sentiment", data_dir=write_upstream(tmp_path / "d", ["-60"]))
     assert good.statements == ["good film .", "bad ( very ) film ."] and good.labels.tolist() == [1, 0]
 
@@ -325,6 +332,9 @@ def test_user_csv_jsonl_and_parquet_load_with_their_stem_as_name(tmp_path):
         ("int.jsonl", '{"statement": "a", "label": 3}\n{"statement": "b", "label": 0}\n', "int.jsonl: line 1: label 3 is not 0 or 1"),
         ("null.jsonl", '{"statement": null, "label": 1}\n', "null.jsonl: line 1: missing statement"),
         ("glist.jsonl", '{"statement": "a", "label": 1, "group": [1, 2]}\n', "glist.jsonl: line 1: group [1, 2] is not one text or number"),
+        ("gbool.jsonl", '{"statement": "a", "label": 1, "group": 1}\n{"statement": "b", "label": 0, "group": true}\n', "gbool.jsonl: line 2: group True is not one text or number"),
+        ("gbig.jsonl", '{"statement": "a", "label": 1, "group": 100000000000000000000}\n', "gbig.jsonl: line 1: group 100000000000000000000 does not fit a 64-bit integer"),
+        ("ginf.jsonl", '{"statement": "a", "label": 1, "group": Infinity}\n', "ginf.jsonl: line 1: group inf is not a finite number"),
         ("notes.txt", "statement,label\n", "notes.txt: unsupported file type '.txt'"),
         ("broken.parquet", "not parquet", "broken.parquet: cannot read the file"),
         ("multi.csv", 'statement,label\n"two\nlines",1\nb,7\n', "multi.csv: data row 2 (line 4): label '7' is not 0 or 1"),
@@ -610,6 +620,15 @@ def test_groups_mixing_text_and_numbers_are_refused_naming_the_line(tmp_path):
     path = write(tmp_path / "mixed.jsonl", "\n".join(json.dumps({"statement": f"s{i}", "label": i % 2, "group": g}) for i, g in enumerate([1, "q2", "q2", 3])))
     with pytest.raises(DatasetError, match=r"mixed.jsonl: line 2: group 'q2' is text, but line 1's group 1 is a number"):
         load_dataset(path)
+
+
+def test_a_group_column_spelled_otherwise_is_not_read_and_says_so(tmp_path):
+    with pytest.warns(UserWarning, match="groups.csv: 'groups' is not read as the group column"):
+        assert load_dataset(write(tmp_path / "groups.csv", "statement,label,groups\na,1,x\nb,0,x\n")).groups is None
+    indexed = pd.DataFrame({"statement": ["a", "b"], "label": [1, 0]}, index=pd.Index(["x", "x"], name="group"))
+    indexed.to_parquet(tmp_path / "indexed.parquet")
+    with pytest.warns(UserWarning, match="indexed.parquet: 'group' is not read as the group column"):
+        load_dataset(tmp_path / "indexed.parquet")
 
 
 def test_blank_lines_before_a_csv_header_are_skipped(tmp_path):

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -14,7 +15,7 @@ import torch
 from safetensors import safe_open
 
 from trusttrace.data import DatasetCard, TrustDataset
-from trusttrace.errors import CorruptArtefactError, StoreError
+from trusttrace.errors import CorruptArtefactError, DatasetError, StoreError
 from trusttrace.extract import ActivationBatch, extract_activations, iter_activations
 from trusttrace.models import load_model
 from trusttrace.store import WORKSPACE_FILE, ActivationStore, append_table, read_table
@@ -284,6 +285,15 @@ def test_half_written_dataset_snapshot_is_rewritten(tmp_path, statements):
     path.with_suffix(".json").unlink()  # killed between the two files
     store.save_dataset(dataset)
     assert path.with_suffix(".json").exists()
+
+
+def test_a_dataset_whose_rows_parquet_cannot_hold_is_refused_before_anything_is_written(tmp_path, statements):
+    dataset = toy_dataset(statements[:3])
+    mixed = replace(dataset, groups=np.array([True, 1, 2], dtype=object))  # as built in memory, unchecked
+    store = ActivationStore(tmp_path)
+    with pytest.raises(DatasetError, match=f"{dataset.name}: its rows cannot be stored as a table"):
+        store.save_dataset(mixed)
+    assert not any(store.datasets_dir.glob("*"))
 
 
 def test_a_set_whose_model_config_changed_since_is_recomputed(tmp_path, saved_model, statements):

@@ -39,12 +39,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as save_safetensors
 
 from trusttrace.data import DatasetCard, TrustDataset
-from trusttrace.errors import CorruptArtefactError, StoreError
+from trusttrace.data.hub import first_line
+from trusttrace.errors import CorruptArtefactError, DatasetError, StoreError
 from trusttrace.extract import ActivationBatch
 from trusttrace.models import sha256_file
 from trusttrace.provenance import identity, trusttrace_version
@@ -103,9 +105,14 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 def write_table(path: str | os.PathLike, frame: pd.DataFrame) -> None:
     """Write a DataFrame as Parquet with page checksums, atomically."""
+    atomic_write_bytes(path, table_bytes(frame))
+
+
+def table_bytes(frame: pd.DataFrame) -> bytes:
+    """A DataFrame as Parquet bytes with page checksums."""
     buffer = io.BytesIO()
     frame.to_parquet(buffer, index=False, write_page_checksum=True)
-    atomic_write_bytes(path, buffer.getvalue())
+    return buffer.getvalue()
 
 
 def read_table(path: str | os.PathLike, defaults: Mapping[str, Any] | None = None) -> pd.DataFrame:
@@ -547,9 +554,13 @@ class ActivationStore:
         """Keep a copy of the dataset's rows and card, keyed by its content hash."""
         path = self.datasets_dir / f"{dataset.content_hash}.parquet"
         if not (path.exists() and path.with_suffix(".json").exists()):
+            try:  # rows Parquet cannot hold fail here, before anything is written
+                table = table_bytes(dataset.to_frame())
+            except (pa.ArrowException, OverflowError) as error:
+                raise DatasetError(f"{dataset.name}: its rows cannot be stored as a table ({first_line(error)})") from None
             # The card first: the table's presence is what says the snapshot is complete.
             write_json(path.with_suffix(".json"), {"name": dataset.name, "source": dataset.source, "card": asdict(dataset.card)})
-            write_table(path, dataset.to_frame())
+            atomic_write_bytes(path, table)
         return path
 
     def load_dataset(self, record: ActivationRecord) -> TrustDataset:

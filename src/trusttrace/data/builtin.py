@@ -7,6 +7,7 @@ local copy the names are built from their Hugging Face sources (see hub.py).
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import warnings
@@ -207,14 +208,11 @@ CLEANUPS: dict[str, tuple[str, Callable[[str], str]]] = {
 def _sst2_sentiment(path: Path) -> TrustDataset:
     """stsa.binary.test: one '<label> <sentence>' per line; PTB escapes undone to match GLUE's text."""
     statements, labels, places = [], [], []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            label, _, sentence = line.rstrip("\n").partition(" ")
-            statements.append(hub.undo_ptb_escapes(sentence))
-            labels.append(label)
-            places.append(f"line {number}")
+    for number, line in _lines(path):
+        label, _, sentence = line.partition(" ")
+        statements.append(hub.undo_ptb_escapes(sentence))
+        labels.append(label)
+        places.append(f"line {number}")
     columns = validate(Table(pd.DataFrame({"statement": statements, "label": labels}), places), path)
     return TrustDataset("sst2_sentiment", columns.statements, columns.labels, None, CARDS["sst2_sentiment"], str(path))
 
@@ -243,9 +241,21 @@ def _confaide_tier2(vignettes: Path, stories: Path, ratings: Path) -> TrustDatas
 
 
 def _lines(path: Path) -> list[tuple[int, str]]:
-    """Non-blank lines of a text file with their 1-based line numbers."""
-    with path.open(encoding="utf-8") as handle:
-        return [(number, line.rstrip("\n")) for number, line in enumerate(handle, start=1) if line.strip()]
+    """Non-blank lines of a UTF-8 text file with their 1-based line numbers; a file that cannot be
+    read, or a line that is not UTF-8, is a DatasetError naming it."""
+    try:
+        raw = path.read_bytes()
+    except OSError as error:
+        raise DatasetError(f"{path}: cannot read the file ({error.strerror or error})") from None
+    lines = []
+    for number, line in enumerate(raw.split(b"\n"), start=1):
+        try:
+            text = line.decode("utf-8").rstrip("\r")
+        except UnicodeDecodeError as error:
+            raise DatasetError(f"{path}: line {number} is not UTF-8 text ({error.reason} at byte {error.start})") from None
+        if text.strip():
+            lines.append((number, text))
+    return lines
 
 
 def _scenario(line: str, path: Path, number: int) -> str:
@@ -257,7 +267,11 @@ def _scenario(line: str, path: Path, number: int) -> str:
 
 
 def _rating(line: str, path: Path, number: int) -> float:
+    """One mean human rating, on ConfAIde's scale of -100 (a violation) to 100 (acceptable)."""
     try:
-        return float(line)
-    except ValueError as error:
-        raise DatasetError(f"{path}: line {number}: rating {line.strip()!r} is not a number") from error
+        value = float(line)
+    except ValueError:
+        value = math.nan
+    if not -100 <= value <= 100:  # also false for NaN
+        raise DatasetError(f"{path}: line {number}: rating {line.strip()!r} is not a number from -100 to 100")
+    return value

@@ -23,6 +23,7 @@ from trusttrace.errors import DatasetError
 
 SUFFIXES = (".csv", ".jsonl", ".parquet")
 _LABEL_TEXT = {"0": 0, "1": 1, "0.0": 0, "1.0": 1, "false": 0, "true": 1}
+INT64_MIN, INT64_MAX = int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max)
 
 
 @dataclass(frozen=True)
@@ -125,6 +126,7 @@ def validate(table: Table, path: Path | str) -> Columns:
     statements = [_statement(value, path, table.where(row)) for row, value in enumerate(frame["statement"])]
     labels = np.array([_label(value, path, table.where(row)) for row, value in enumerate(frame["label"])], dtype=np.int64)
     groups = None
+    _warn_of_unread_groups(frame, path)
     if "group" in frame.columns:
         values = [_group(value, path, table.where(row)) for row, value in enumerate(frame["group"])]
         groups = pd.Series(_one_kind(values, path, table)).to_numpy()
@@ -163,11 +165,21 @@ def _label(value: object, path: Path | str, where: str) -> int:
 
 
 def _group(value: object, path: Path | str, where: str) -> object:
+    """One group id: text, a whole number that fits 64 bits, or a finite number.
+
+    A boolean is refused, not read as 0 or 1: true and 1 would be one group in a split and two
+    in the content hash.
+    """
     if _missing(value) or (isinstance(value, str) and not value.strip()):
         raise DatasetError(f"{path}: {where}: missing group")
-    if not isinstance(value, (str, int, float, np.generic)):
+    value = value.item() if isinstance(value, np.generic) else value
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise DatasetError(f"{path}: {where}: group {value!r} is not one text or number")
-    return value.item() if isinstance(value, np.generic) else value
+    if isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX:
+        raise DatasetError(f"{path}: {where}: group {value} does not fit a 64-bit integer; write it as text")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise DatasetError(f"{path}: {where}: group {value!r} is not a finite number")
+    return value
 
 
 def _one_kind(groups: list[object], path: Path | str, table: Table) -> list[object]:
@@ -182,6 +194,21 @@ def _one_kind(groups: list[object], path: Path | str, table: Table) -> list[obje
         f"{path}: {table.where(other)}: group {groups[other]!r} is {kinds[text[other]]}, but {table.where(0)}'s "
         f"group {groups[0]!r} is {kinds[text[0]]}; make every group text or every group a number"
     )
+
+
+def _warn_of_unread_groups(frame: pd.DataFrame, path: Path | str) -> None:
+    """Warn when the table has no `group` column but one spelled otherwise (`Group`, `groups`) or a
+    Parquet index named so: it is not read, and a grouped split then falls back to a random one."""
+    if "group" in frame.columns:
+        return
+    names = [str(column) for column in frame.columns] + ([str(frame.index.name)] if frame.index.name is not None else [])
+    near = [name for name in names if name.strip().lower() in ("group", "groups", "group_id")]
+    if near:
+        warnings.warn(
+            f"{path}: {near[0]!r} is not read as the group column (only 'group' is); rename it, or the rows "
+            "have no groups and a grouped split falls back to a random one",
+            stacklevel=4,
+        )
 
 
 def _missing(value: object) -> bool:

@@ -286,6 +286,9 @@ HUB_SOURCES: dict[str, HubSource] = {
             "questions, 2224 of its 2263 rows also v0's; the other 407 questions are its test questions)",
             f"for the exact study file get truthfulqa_train.csv from {STUDY_FILES_URL}",
             "each statement is 'Q: <question>' + a TAB + 'A: <answer>'",
+            "the answers of a question are adjacent, so the paper protocol's unshuffled 80/20 split puts few "
+            "questions on both sides, where the study's file (451 of its 453 test rows share a question with "
+            "training rows) leaks: paper-protocol accuracies on this build are not comparable with the study's",
         ),
         label_1="a correct answer: an MC2 choice labelled 1 in HF truthful_qa's multiple_choice config (TruthfulQA v0)",
         label_0="an incorrect answer: an MC2 choice labelled 0",
@@ -323,6 +326,9 @@ HUB_SOURCES: dict[str, HubSource] = {
             "built from HF stanfordnlp/sst2 (test split); the upper-casing is re-drawn (seed 0: each word "
             "with probability 0.2 gets one random letter upper-cased, at least one word per sentence), so the "
             "letters differ from the study's file and no pair is identical",
+            "a sentence and its copy are adjacent, so the paper protocol's unshuffled 80/20 split puts at most "
+            "one twin pair on both sides, where the study's file (605 of its 729 test rows have their twin in "
+            "training) leaks: paper-protocol accuracies on this build are not comparable with the study's",
         ),
     ),
     "sst2_sentiment": HubSource(
