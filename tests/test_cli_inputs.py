@@ -346,6 +346,45 @@ def test_a_missing_data_dir_is_an_error(tmp_path, monkeypatch, capsys):
     assert_one_line(run_cli(monkeypatch, capsys, "datasets"), f"--data-dir {missing} (or $TRUSTTRACE_DATA): no such folder")
 
 
+def test_paths_that_are_files_are_named_as_files(tmp_path, csv_dataset, monkeypatch, capsys):
+    assert_one_line(run_cli(monkeypatch, capsys, "report", csv_dataset), f"{csv_dataset}: a file, not a workspace folder")
+    assert_one_line(run_cli(monkeypatch, capsys, "datasets", "--data-dir", csv_dataset), f"--data-dir {csv_dataset} (or $TRUSTTRACE_DATA): a file, not a folder")
+
+
+def test_report_checks_its_default_folder_before_any_work(tmp_path, monkeypatch, capsys):
+    ws = tmp_path / "ws"
+    ActivationStore(ws)
+    (ws / "report").write_text("not a folder")
+    assert_one_line(run_cli(monkeypatch, capsys, "report", ws), f"--out {ws / 'report'}: exists and is not a folder")
+
+
+@pytest.mark.parametrize("marker", ["[]", '"x"', "null"])
+def test_a_workspace_marker_that_is_not_an_object_is_one_clear_error(marker, tmp_path, monkeypatch, capsys):
+    ws = tmp_path / "ws"
+    ActivationStore(ws)
+    (ws / "trusttrace-workspace.json").write_text(marker)
+    for verb in (["probe"], ["report"]):
+        assert_one_line(run_cli(monkeypatch, capsys, verb[0], ws), "unreadable workspace marker")
+
+
+def test_a_workspace_that_cannot_be_locked_is_one_clear_error(tmp_path, workspace, monkeypatch, capsys):
+    import shutil
+
+    ws = shutil.copytree(workspace, tmp_path / "ws")
+    (ws / ".lock").unlink(missing_ok=True)
+    (ws / ".lock").mkdir()  # as unopenable as a read-only workspace's lock, even for root
+    assert_one_line(run_cli(monkeypatch, capsys, "probe", ws), f"{ws}: cannot lock the workspace")
+
+
+def test_non_finite_or_nonsense_numbers_are_refused_up_front(tmp_path, workspace, csv_dataset, monkeypatch, capsys):
+    export = ["steer", workspace, "-c", "step7", "-d", "toy", "--layers", "1", "--export-lm-eval", tmp_path / "x.pt"]
+    for alpha in ("nan", "inf"):
+        assert_one_line(run_cli(monkeypatch, capsys, *export, "--alpha", alpha), f"--alpha {alpha}: expected a finite number")
+    assert not (tmp_path / "x.pt").exists()
+    args = ["evaluate", "-m", tmp_path / "never-loaded", "-t", "binary", "-d", csv_dataset, "--max-new-tokens", "-3"]
+    assert_refused(run_cli(monkeypatch, capsys, *args), "--max-new-tokens")
+
+
 def test_the_evaluate_function_stays_the_function_whatever_is_imported_first():
     """A sweep imports the evaluation package before anyone calls tt.evaluate: the name must not become a module."""
     import subprocess

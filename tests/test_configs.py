@@ -135,11 +135,30 @@ STEERING = {"source": "step_10", "layers": [1]}
         pytest.param({"batch_size": True}, ["key 'batch_size'", "valid integer", "(got True)"], id="boolean-as-integer"),
         pytest.param({"probes": {"C": True}}, ["key 'probes.C'", "not true/false"], id="boolean-as-number"),
         pytest.param({"seed": -1}, ["key 'seed'", "greater than or equal to 0"], id="negative-seed"),
+        pytest.param({"stages": ["extract", "steering"], "steering": {**STEERING, "alphas": [float("nan"), 2]}},
+                     ["key 'steering.alphas.0'", "finite number"], id="non-finite-alpha"),
+        pytest.param({"stages": ["extract", "steering"], "steering": {**STEERING, "layers": [1, 2, 1]}},
+                     ["key 'steering.layers'", "layers [1] are named more than once"], id="steering-layer-twice"),
+        pytest.param({"stages": ["extract", "steering"], "steering": {**STEERING, "target": "./a"}},
+                     ["key 'steering.target'", "a folder without config.json, so not a saved model"], id="target-folder-not-a-model"),
+        pytest.param({"workspace": "b"}, ["key 'workspace'", "holds other files and is not a trusttrace workspace"],
+                     id="workspace-among-other-files"),
         pytest.param({"probes": {"seed": -1}}, ["key 'probes.seed'", "greater than or equal to 0"], id="negative-probes-seed"),
     ],
 )
 def test_config_is_refused_up_front(project, capsys, changes, fragments):
     assert_refused(project(changes), capsys, *fragments)
+
+
+def test_an_encoder_as_evaluate_model_and_a_config_that_is_not_text_are_refused(project, tmp_path, capsys):
+    encoder = tmp_path / "bert"
+    encoder.mkdir()
+    (encoder / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    assert_refused(project({"stages": ["extract", "evaluate"], "evaluate": {"model": "./bert", "tasks": ["sst2"]}}), capsys,
+                   "key 'evaluate.model'", "an encoder (BertConfig, is_decoder false), not a causal language model")
+    path = project()
+    path.write_bytes(b"\xff\xfe\x00\x01")
+    assert_refused(path, capsys, "cannot read the config (not UTF-8 text")
 
 
 def test_two_datasets_with_one_name_are_refused(project, tmp_path, capsys):
@@ -185,6 +204,9 @@ def test_x_layer_conflict_matters_only_with_the_mi_stage(project, capsys):
 
 
 def test_stages_without_extract_pass_over_stored_activations(project, tmp_path, capsys):
+    from trusttrace.store import ActivationStore
+
+    ActivationStore(tmp_path / "ws")
     (tmp_path / "ws" / "activations" / "some-set").mkdir(parents=True)
     code, err = run_check(project({"stages": ["probes", "mi"]}), capsys)
     assert code == 0, err

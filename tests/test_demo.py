@@ -11,6 +11,7 @@ import pytest
 from trusttrace.checkpoints import checkpoint_suite
 from trusttrace.demo import build_world, run_demo
 from trusttrace.demo.run import set_aside_if_incompatible
+from trusttrace.errors import TrustTraceError
 from trusttrace.evaluation.scoring import choice_logprobs
 from trusttrace.models import load_model
 from trusttrace.store import WORKSPACE_FILE, ActivationStore, read_table
@@ -81,3 +82,10 @@ def test_the_steering_source_is_an_earlier_checkpoint_never_the_final_one():
     assert emerged_checkpoint(rising) == ("step_100", 1)
     late = pd.DataFrame({0: [0.5, 0.55, 0.62, 0.75], 1: [0.5, 0.58, 0.6, 0.8]}, index=index)
     assert emerged_checkpoint(late) == ("step_100", 0)  # only the final one reaches 0.7: the best earlier one
+
+
+def test_the_demo_will_not_write_among_other_files(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(TrustTraceError, match="holds other files and is not a demo folder"):
+        run_demo(tmp_path, quick=True, progress=False)
+    assert [path.name for path in tmp_path.iterdir()] == ["notes.txt"]

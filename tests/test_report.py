@@ -568,3 +568,19 @@ def test_cli_select(two_folds_workspace, tmp_path, monkeypatch, capsys):
     capsys.readouterr()
     assert run_cli(monkeypatch, "report", str(two_folds_workspace), "--out", str(tmp_path / "bad"), "--select", "folds") == 2
     assert "expected KEY=VALUE" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
+def test_work_a_stopped_run_left_open_is_shown_as_interrupted(tmp_path):
+    from trusttrace.manifest import Manifest
+    from trusttrace.report.inputs import read_workspace
+
+    store = ActivationStore(tmp_path / "ws")
+    manifest = Manifest(store.root / "manifest.sqlite")
+    manifest.start("step_1/toy/extract#abc", "step_1", "toy", "extract")
+    manifest.record_cached_before("step_2", "m", None, cached=False)  # 'fetching' until the sweep loads it
+    with store.locked():  # a sweep running now: its unit is running
+        assert read_workspace(store.root).units["status"].tolist() == ["running"]
+    ws = read_workspace(store.root)
+    assert ws.units["status"].tolist() == ["interrupted"] and ws.checkpoints["status"].tolist() == ["interrupted"]
+    page = write_report(store.root).read_text()
+    assert "started by a run that stopped before finishing it; the next run redoes it" in page

@@ -20,7 +20,7 @@ import yaml
 from trusttrace.cli import main as cli_main
 from trusttrace.config import load_config, parse_config
 from trusttrace.config_checks import check_names
-from trusttrace.errors import ConfigError, ModelError
+from trusttrace.errors import ConfigError, CorruptArtefactError, ModelError
 from trusttrace.manifest import Manifest, settings_digest, unit_id
 from trusttrace.store import ActivationStore
 from trusttrace.sweep import run_sweep
@@ -730,3 +730,10 @@ def test_a_changed_checkpoint_marks_only_its_own_suites_units(tmp_path):
         manifest.finish(unit, 1.0)
     assert manifest.mark_checkpoint_stale("pythia-70m", "step1000") == 1
     assert [manifest.unit(unit).status for unit in units] == ["stale", "done"]
+
+
+def test_a_damaged_manifest_is_one_clear_error(tmp_path):
+    path = tmp_path / "manifest.sqlite"
+    path.write_text("garbage")
+    with pytest.raises(CorruptArtefactError, match="manifest.sqlite: unreadable manifest .*move it aside and run again"):
+        Manifest(path)

@@ -107,11 +107,20 @@ class SteeringOptions(Strict):
     target: str = Field("final", description="'final' (last selected checkpoint), a suite target key, or a model id/path")
     datasets: Optional[list[str]] = Field(None, min_length=1, description="names of the sweep's datasets (default: all)")
     layers: list[StoredLayer] = Field(..., min_length=1)
-    alphas: list[Number] = Field(default_factory=lambda: [-4.0, -2.0, 0.0, 2.0, 4.0], min_length=1)
+    alphas: list[Annotated[Number, Field(allow_inf_nan=False)]] = Field(default_factory=lambda: [-4.0, -2.0, 0.0, 2.0, 4.0], min_length=1)
     scaling: Literal["std", "unit", "raw"] = "std"
     positions: Literal["last", "all", "prompt", "generated"] = "last"
     max_perplexity: Optional[Number] = Field(6.0, gt=0)
     max_rows: Optional[StrictInt] = Field(None, ge=1, description="evaluate on at most this many held-out rows")
+
+    @field_validator("layers")
+    @classmethod
+    def _each_layer_once(cls, layers: list[int]) -> list[int]:
+        """A layer named twice would be steered and tested twice in one grid."""
+        repeated = sorted({layer for layer in layers if layers.count(layer) > 1})
+        if repeated:
+            raise PydanticCustomError("repeated_layers", "layers {repeated} are named more than once: name each layer once", {"repeated": repeated})
+        return layers
 
 
 class EvaluateOptions(Strict):
@@ -335,6 +344,8 @@ def load_config(path: str | os.PathLike) -> SweepConfig:
         raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
     except OSError as error:
         raise ConfigError(f"{path}: cannot read the config ({error.strerror or error})") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: cannot read the config (not UTF-8 text: {error.reason} at byte {error.start})") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML ({yaml_problem(error)})") from None
     except ConfigError as error:

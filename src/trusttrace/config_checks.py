@@ -199,12 +199,22 @@ def _targets(config: SweepConfig) -> dict[str, str]:
 
 def _target_problem(config: SweepConfig, suite: "CheckpointSuite") -> str | None:
     """A steering target or evaluate model that is neither a local folder nor a Hub model id (a
-    mistyped path): the stage would fail only after the sweep's other work."""
+    mistyped path), or a local folder that holds no causal LM's config: the stage would fail only
+    after the sweep's other work."""
     from huggingface_hub.utils import validate_repo_id
 
+    from trusttrace.errors import TrustTraceError
+    from trusttrace.models import check_local_model
+
     for key, name in _targets(config).items():
-        model_id = _hub_model(name, suite)
-        if model_id is None:
+        if name == "final":
+            continue
+        model_id = suite.targets.get(name, name)
+        if Path(model_id).is_dir():
+            try:
+                check_local_model(model_id, config.trust_remote_code)
+            except TrustTraceError as error:
+                return f"key '{key}': {error}"
             continue
         try:
             validate_repo_id(model_id)
@@ -360,10 +370,15 @@ def _activations_problem(config: SweepConfig) -> str | None:
 
 
 def _workspace_problem(config: SweepConfig) -> str | None:
-    """A workspace that is not, and cannot be made, a writable folder."""
-    if _writable(config.workspace):
-        return None
-    return f"key 'workspace': {config.workspace} is not a writable folder"
+    """A workspace that is not, and cannot be made, a writable folder, or a folder of other files."""
+    from trusttrace.store import foreign_folder
+
+    if not _writable(config.workspace):
+        return f"key 'workspace': {config.workspace} is not a writable folder"
+    if foreign_folder(config.workspace):
+        return (f"key 'workspace': {config.workspace} holds other files and is not a trusttrace workspace; "
+                "choose a new or empty folder")
+    return None
 
 
 def _writable(folder: Path) -> bool:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from trusttrace.errors import CorruptArtefactError
 from trusttrace.provenance import earlier_copies, now_utc
 
 if TYPE_CHECKING:
@@ -74,12 +75,18 @@ class Manifest:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        with closing(self._connect()) as db:
-            db.executescript(SCHEMA)
-            # Columns added since the first manifests, which lack them.
-            for table, column in (("checkpoints", "fingerprint"), ("units", "settings"), ("checkpoints", "cached_before")):
-                if column not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
-                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column} TEXT")
+        try:
+            with closing(self._connect()) as db:
+                db.executescript(SCHEMA)
+                # Columns added since the first manifests, which lack them.
+                for table, column in (("checkpoints", "fingerprint"), ("units", "settings"), ("checkpoints", "cached_before")):
+                    if column not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
+                        db.execute(f"ALTER TABLE {table} ADD COLUMN {column} TEXT")
+        except sqlite3.DatabaseError as error:
+            raise CorruptArtefactError(
+                f"{self.path}: unreadable manifest ({error}); move it aside and run again "
+                "(stored activation sets are found by their content and reused)"
+            ) from None
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=30, isolation_level=None)

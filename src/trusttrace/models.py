@@ -171,6 +171,13 @@ def _local_folder(model_id: str | os.PathLike, revision: str | None) -> Path | N
     return None
 
 
+def check_local_model(folder: str | os.PathLike, trust_remote_code: bool = False) -> None:
+    """A ModelError unless `folder` holds a causal LM's config, read without loading its weights:
+    the cheap part of `load_model`'s checks, for a config to be checked before a long run."""
+    local = _local_folder(folder, None)
+    check_causal(str(local), _load_config(str(local), None, trust_remote_code), trust_remote_code)
+
+
 def check_causal(name: str, config, trust_remote_code: bool) -> None:
     """A ModelError unless `config` describes a decoder-only causal LM.
 

@@ -263,6 +263,8 @@ def export_lm_eval(
     the harness reads nothing else. Note the harness adds the vector at every position
     (trusttrace's positions="all"), not only the last.
     """
+    if not math.isfinite(float(alpha)):
+        raise SteeringError(f"alpha {alpha} is not a finite number")
     config = {
         lm_eval_hookpoint(int(layer), model=model, architecture=architecture): {
             "steering_vector": torch.as_tensor(vector).detach().float().cpu().contiguous(),

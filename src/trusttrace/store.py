@@ -103,6 +103,27 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
 
 
+def writer_active(root: Path) -> bool:
+    """Whether a trusttrace process holds the workspace's lock now: a sweep or extraction is
+    writing to it (False where locks are not supported)."""
+    if fcntl is None:
+        return False
+    try:
+        with open(root / LOCK_FILE) as handle:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+def foreign_folder(path: Path) -> bool:
+    """Whether `path` is a folder that holds other files and is not a workspace: one trusttrace
+    would fill with its own folders among somebody's files."""
+    return path.is_dir() and not (path / WORKSPACE_FILE).exists() and any(path.iterdir())
+
+
 def write_table(path: str | os.PathLike, frame: pd.DataFrame) -> None:
     """Write a DataFrame as Parquet with page checksums, atomically."""
     atomic_write_bytes(path, table_bytes(frame))
@@ -231,7 +252,11 @@ class ActivationStore:
             finally:
                 self._lock_depth -= 1
             return
-        with open(self.root / LOCK_FILE, "a+") as handle:
+        try:
+            handle = open(self.root / LOCK_FILE, "a+")
+        except OSError as error:
+            raise StoreError(f"{self.root}: cannot lock the workspace ({error.strerror or error}); it must be writable") from None
+        with handle:
             if fcntl is not None:
                 try:
                     fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -268,9 +293,12 @@ class ActivationStore:
         marker = self.root / WORKSPACE_FILE
         if marker.exists():
             try:
-                found = json.loads(marker.read_text()).get("format")
+                content = json.loads(marker.read_text())
             except (OSError, ValueError) as error:
                 raise StoreError(f"{marker}: unreadable workspace marker ({error})") from None
+            if not isinstance(content, dict):
+                raise StoreError(f"{marker}: unreadable workspace marker (a JSON {type(content).__name__}, not an object)")
+            found = content.get("format")
             if found != WORKSPACE_FORMAT:
                 raise StoreError(
                     f"{self.root}: workspace format {found!r} was made by an incompatible trusttrace version "

@@ -57,7 +57,7 @@ def evaluate_command(
     batch_size: Optional[int] = typer.Option(None, min=1, help="Prompts per batch."),
     mode: Optional[str] = typer.Option(None, help="Binary tasks: logit (default) or parse."),
     template: Optional[str] = typer.Option(None, help="Binary tasks: prompt with a {statement} placeholder."),
-    max_new_tokens: Optional[int] = typer.Option(None, help="Generation length (toxigen 64, truthfulqa 50, parse 2)."),
+    max_new_tokens: Optional[int] = typer.Option(None, min=1, help="Generation length (toxigen 64, truthfulqa 50, parse 2)."),
     classifier: Optional[str] = typer.Option(None, help="Toxigen: classifier id or path (default tomh/toxigen_roberta)."),
     toxic_label: Optional[str] = typer.Option(None, help="Toxigen: the classifier's toxic label, e.g. LABEL_1."),
     questions: Optional[str] = typer.Option(None, help="TruthfulQA: heldout (407, default) or all (817)."),

@@ -41,12 +41,12 @@ def extract(
     from trusttrace.data import load_dataset
     from trusttrace.extract import check_position
     from trusttrace.models import decoder_layers, layer_set, load_model
-    from trusttrace.store import WORKSPACE_FILE, ActivationStore
+    from trusttrace.store import WORKSPACE_FILE, ActivationStore, foreign_folder
     from trusttrace.extract_stage import extract_to_store
     from trusttrace.provenance import now_utc
 
     check_output(out, "--out", folder=True)
-    if out.is_dir() and not (out / WORKSPACE_FILE).exists() and any(out.iterdir()):
+    if foreign_folder(out):
         raise StoreError(f"--out {out}: a folder that holds other files and is not a trusttrace workspace; choose a new or empty folder")
     check_position(position)
     parsed = parse_layers(layers)

@@ -56,7 +56,8 @@ def check_data_dir(value: Optional[Path]) -> Optional[Path]:
     """The --data-dir option normalised; a folder that does not exist is an error, not an empty catalogue."""
     path = data_dir_path(value)
     if path is not None and not path.is_dir():
-        raise DatasetError(f"--data-dir {path} (or $TRUSTTRACE_DATA): no such folder")
+        problem = "a file, not a folder" if path.exists() else "no such folder"
+        raise DatasetError(f"--data-dir {path} (or $TRUSTTRACE_DATA): {problem}")
     return path
 
 

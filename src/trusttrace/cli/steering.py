@@ -5,6 +5,7 @@ torch and transformers are imported inside the command, so `--help` answers at o
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
@@ -52,6 +53,8 @@ def steer(
     if alpha is not None and export_lm_eval_path is None:
         raise EvaluationError("--alpha is the coefficient of the --export-lm-eval file; without it, choose α when you evaluate "
                               "(`trusttrace evaluate --vectors FILE --alpha A`)")
+    if alpha is not None and not math.isfinite(alpha):
+        raise EvaluationError(f"--alpha {alpha}: expected a finite number")
     check_output(export_lm_eval_path, "--export-lm-eval", folder=False)
     from trusttrace.steering import build_vectors, export_lm_eval, save_vectors
     from trusttrace.store import STEERING_DIR

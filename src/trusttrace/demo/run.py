@@ -192,9 +192,14 @@ def endorsement(
 
 
 def run_demo(out: str | Path = "trusttrace-demo", *, seed: int = 0, quick: bool = False, progress: bool = True) -> DemoResult:
-    """Run the demo into `out` (checkpoints, workspace, report) and return what it found."""
+    """Run the demo into `out` (checkpoints, workspace, report) and return what it found.
+
+    `out` is a new or empty folder, or one an earlier demo wrote (its work is reused).
+    """
     start = time.perf_counter()
     out = Path(out)
+    if out.is_dir() and any(out.iterdir()) and not (out / "world").is_dir():
+        raise TrustTraceError(f"{out}: a folder that holds other files and is not a demo folder; choose a new or empty folder")
     torch.manual_seed(seed)
     world = build_world(seed=seed)
     dataset = world.write_probing_csv(out / "world" / f"facts-seed{seed}.csv")

@@ -21,8 +21,11 @@ import pandas as pd
 from trusttrace.errors import CorruptArtefactError, StoreError
 from trusttrace.store import (
     BASELINES_TABLE, DATASETS_DIR, EVALUATE_TABLE, MANIFEST_FILE, MI_TABLE, PROBES_TABLE, STEERING_TABLE, WORKSPACE_FILE,
-    ActivationStore, read_table,
+    ActivationStore, read_table, writer_active,
 )
+
+# The status shown for a unit left "running" (a checkpoint left "fetching") by a run that stopped.
+INTERRUPTED = "interrupted"
 
 
 @dataclass
@@ -89,8 +92,11 @@ def read_workspace(root: str | Path) -> Workspace:
     """Read every report input that exists in the workspace folder `root`."""
     root = Path(root)
     if not root.is_dir():
-        raise StoreError(f"{root}: no such workspace folder")
+        raise StoreError(f"{root}: {'a file, not a workspace folder' if root.exists() else 'no such workspace folder'}")
     units, checkpoints = read_manifest(root / MANIFEST_FILE)
+    if not writer_active(root):  # work a stopped run left open: the next run redoes it
+        units = units.replace({"status": {"running": INTERRUPTED}}) if "status" in units else units
+        checkpoints = checkpoints.replace({"status": {"fetching": INTERRUPTED}}) if "status" in checkpoints else checkpoints
     return Workspace(
         root=root,
         probes=read_table(root / PROBES_TABLE),

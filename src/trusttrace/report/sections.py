@@ -23,7 +23,7 @@ from trusttrace.report import figures
 from trusttrace.report.html import (
     Section, bullet_list, definition_list, esc, figure, heading, link, missing, paragraph, span, table,
 )
-from trusttrace.report.inputs import Workspace, checkpoint_order, missing_columns, short, with_checkpoint
+from trusttrace.report.inputs import INTERRUPTED, Workspace, checkpoint_order, missing_columns, short, with_checkpoint
 from trusttrace.steering_stage import STEERING_KEYS
 from trusttrace.store import BASELINES_TABLE, EVALUATE_TABLE, MANIFEST_FILE, MI_TABLE, PROBES_TABLE, STEERING_TABLE
 
@@ -569,6 +569,8 @@ def _failures(ws: Workspace) -> list[str]:
         parts.append(table(counts))
     failed_units = ws.units[ws.units["status"] == "failed"] if "status" in ws.units else ws.units.iloc[:0]
     failed_checkpoints = ws.checkpoints[ws.checkpoints["status"] == "failed"] if "status" in ws.checkpoints else ws.checkpoints.iloc[:0]
+    if INTERRUPTED in set(ws.units.get("status", ())) | set(ws.checkpoints.get("status", ())):
+        parts.append(paragraph(f"'{INTERRUPTED}': started by a run that stopped before finishing it; the next run redoes it."))
     if failed_units.empty and failed_checkpoints.empty:
         parts.append(paragraph("No failed units or checkpoints."))
         return parts
