@@ -355,7 +355,7 @@ def test_report_checks_its_default_folder_before_any_work(tmp_path, monkeypatch,
     ws = tmp_path / "ws"
     ActivationStore(ws)
     (ws / "report").write_text("not a folder")
-    assert_one_line(run_cli(monkeypatch, capsys, "report", ws), f"--out {ws / 'report'}: exists and is not a folder")
+    assert_one_line(run_cli(monkeypatch, capsys, "report", ws), f"the report folder (no --out given) {ws / 'report'}: exists and is not a folder")
 
 
 @pytest.mark.parametrize("marker", ["[]", '"x"', "null"])

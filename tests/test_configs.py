@@ -161,6 +161,24 @@ def test_an_encoder_as_evaluate_model_and_a_config_that_is_not_text_are_refused(
     assert_refused(path, capsys, "cannot read the config (not UTF-8 text")
 
 
+def test_a_workspace_may_be_the_configs_own_folder_or_hold_hidden_files(project, tmp_path, capsys):
+    code, err = run_check(project({"workspace": "."}), capsys)  # beside the config and its data, on purpose
+    assert code == 0, err
+    (tmp_path / "fresh").mkdir()
+    (tmp_path / "fresh" / ".gitkeep").touch()
+    (tmp_path / "fresh" / "lost+found").mkdir()
+    code, err = run_check(project({"workspace": "fresh"}), capsys)
+    assert code == 0, err
+
+
+def test_a_target_folder_whose_config_is_malformed_is_refused(project, tmp_path, capsys):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("null")
+    assert_refused(project({"stages": ["extract", "evaluate"], "evaluate": {"model": "./broken", "tasks": ["sst2"]}}), capsys,
+                   "key 'evaluate.model'", "cannot read a model config")
+
+
 def test_two_datasets_with_one_name_are_refused(project, tmp_path, capsys):
     first, second = str(tmp_path / "a" / "toy.csv"), str(tmp_path / "b" / "toy.csv")
     assert_refused(project({"datasets": [first, second]}), capsys,

@@ -224,6 +224,8 @@ def test_upstream_files_with_bad_lines(tmp_path):
     for rating in ("nan", "-180"):
         with pytest.raises(DatasetError, match=f"tier_2_labels.txt: line 2: rating '{rating}' is not a number from -100 to 100"):
             load_dataset("confaide_tier2", data_dir=write_upstream(tmp_path / rating, ["-60", rating]))
+    folder = write_upstream(tmp_path / "cr", ["-60"], sentiment="1 good .\r0 bad .\r")  # old Mac line ends
+    assert load_dataset("sst2_sentiment", data_dir=folder).statements == ["good .", "bad ."]
     folder = write_upstream(tmp_path / "latin", ["-60"])
     (folder.parent / "upstream" / "sst2" / "stsa.binary.test.txt").write_bytes(b"1 fine .\n0 a caf\xe9 film .\n")
     with pytest.raises(DatasetError, match="stsa.binary.test.txt: line 2 is not UTF-8 text"):
@@ -332,7 +334,7 @@ def test_user_csv_jsonl_and_parquet_load_with_their_stem_as_name(tmp_path):
         ("int.jsonl", '{"statement": "a", "label": 3}\n{"statement": "b", "label": 0}\n', "int.jsonl: line 1: label 3 is not 0 or 1"),
         ("null.jsonl", '{"statement": null, "label": 1}\n', "null.jsonl: line 1: missing statement"),
         ("glist.jsonl", '{"statement": "a", "label": 1, "group": [1, 2]}\n', "glist.jsonl: line 1: group [1, 2] is not one text or number"),
-        ("gbool.jsonl", '{"statement": "a", "label": 1, "group": 1}\n{"statement": "b", "label": 0, "group": true}\n', "gbool.jsonl: line 2: group True is not one text or number"),
+        ("gbool.jsonl", '{"statement": "a", "label": 1, "group": 1}\n{"statement": "b", "label": 0, "group": true}\n', "gbool.jsonl: line 2: group True is a boolean, but line 1's group 1 is a number"),
         ("gbig.jsonl", '{"statement": "a", "label": 1, "group": 100000000000000000000}\n', "gbig.jsonl: line 1: group 100000000000000000000 does not fit a 64-bit integer"),
         ("ginf.jsonl", '{"statement": "a", "label": 1, "group": Infinity}\n', "ginf.jsonl: line 1: group inf is not a finite number"),
         ("notes.txt", "statement,label\n", "notes.txt: unsupported file type '.txt'"),
@@ -620,6 +622,11 @@ def test_groups_mixing_text_and_numbers_are_refused_naming_the_line(tmp_path):
     path = write(tmp_path / "mixed.jsonl", "\n".join(json.dumps({"statement": f"s{i}", "label": i % 2, "group": g}) for i, g in enumerate([1, "q2", "q2", 3])))
     with pytest.raises(DatasetError, match=r"mixed.jsonl: line 2: group 'q2' is text, but line 1's group 1 is a number"):
         load_dataset(path)
+
+
+def test_groups_that_are_all_booleans_load(tmp_path):
+    rows = "\n".join(json.dumps({"statement": f"s{i}", "label": i % 2, "group": i < 2}) for i in range(4))
+    assert load_dataset(write(tmp_path / "flags.jsonl", rows)).groups.tolist() == [True, True, False, False]
 
 
 def test_a_group_column_spelled_otherwise_is_not_read_and_says_so(tmp_path):

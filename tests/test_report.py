@@ -584,3 +584,15 @@ def test_work_a_stopped_run_left_open_is_shown_as_interrupted(tmp_path):
     assert ws.units["status"].tolist() == ["interrupted"] and ws.checkpoints["status"].tolist() == ["interrupted"]
     page = write_report(store.root).read_text()
     assert "started by a run that stopped before finishing it; the next run redoes it" in page
+
+
+def test_without_file_locks_running_work_is_shown_as_running(tmp_path, monkeypatch):
+    """Where no lock tells a live sweep from a stopped one, nothing is called interrupted."""
+    import trusttrace.store
+    from trusttrace.manifest import Manifest
+    from trusttrace.report.inputs import read_workspace
+
+    store = ActivationStore(tmp_path / "ws")
+    Manifest(store.root / "manifest.sqlite").start("step_1/toy/extract#abc", "step_1", "toy", "extract")
+    monkeypatch.setattr(trusttrace.store, "fcntl", None)
+    assert read_workspace(store.root).units["status"].tolist() == ["running"]

@@ -20,7 +20,7 @@ import yaml
 from trusttrace.cli import main as cli_main
 from trusttrace.config import load_config, parse_config
 from trusttrace.config_checks import check_names
-from trusttrace.errors import ConfigError, CorruptArtefactError, ModelError
+from trusttrace.errors import ConfigError, CorruptArtefactError, ModelError, StoreError
 from trusttrace.manifest import Manifest, settings_digest, unit_id
 from trusttrace.store import ActivationStore
 from trusttrace.sweep import run_sweep
@@ -737,3 +737,7 @@ def test_a_damaged_manifest_is_one_clear_error(tmp_path):
     path.write_text("garbage")
     with pytest.raises(CorruptArtefactError, match="manifest.sqlite: unreadable manifest .*move it aside and run again"):
         Manifest(path)
+    (tmp_path / "folder.sqlite").mkdir()  # cannot be opened, as in a read-only folder: not damage, no advice to move it
+    with pytest.raises(StoreError, match="folder.sqlite: cannot open the manifest") as refused:
+        Manifest(tmp_path / "folder.sqlite")
+    assert not isinstance(refused.value, CorruptArtefactError)

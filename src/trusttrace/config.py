@@ -341,7 +341,7 @@ def load_config(path: str | os.PathLike) -> SweepConfig:
     """
     path = Path(path)
     try:
-        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
     except OSError as error:
         raise ConfigError(f"{path}: cannot read the config ({error.strerror or error})") from None
     except UnicodeDecodeError as error:

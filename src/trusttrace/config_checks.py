@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 READS_ACTIVATIONS = ("probes", "mi", "steering")  # stages that read what extract stored
 
 
-def check_names(config: SweepConfig, where: str = "config") -> list[str]:
+def check_names(config: SweepConfig, where: str = "config", config_file: Path | None = None) -> list[str]:
     """Check what the config names against what exists, reading only what is on disk already.
 
     The suite and its checkpoints, the datasets (their rows, and the probes' split of them), the
@@ -35,7 +35,8 @@ def check_names(config: SweepConfig, where: str = "config") -> list[str]:
     count (when its config.json is local or in the Hub cache), stored activations for stages that
     read them, a writable workspace. Nothing is downloaded, written or started. Returns the checks
     left to run time (layers whose model config is not on disk, built-in datasets a run would build
-    from the Hub, Hub target models, a device this machine lacks), one line each.
+    from the Hub, Hub target models, a device this machine lacks), one line each. `config_file`,
+    the config's own file, lets its folder be the workspace although it holds other files.
     """
     from trusttrace.checkpoints import checkpoint_suite
     from trusttrace.errors import TrustTraceError
@@ -53,7 +54,7 @@ def check_names(config: SweepConfig, where: str = "config") -> list[str]:
         or _task_problem(config)
         or _block_count_problem(config, checkpoints[0])
         or _activations_problem(config)
-        or _workspace_problem(config)
+        or _workspace_problem(config, config_file)
         or _rows_problem(config)
     )
     if problem:
@@ -369,13 +370,15 @@ def _activations_problem(config: SweepConfig) -> str | None:
     return f"key 'stages': {', '.join(readers)} read stored activations and {config.workspace} has none: add extract to stages"
 
 
-def _workspace_problem(config: SweepConfig) -> str | None:
-    """A workspace that is not, and cannot be made, a writable folder, or a folder of other files."""
+def _workspace_problem(config: SweepConfig, config_file: Path | None) -> str | None:
+    """A workspace that is not, and cannot be made, a writable folder, or a folder of other files
+    (but the config's own folder: `workspace: .` says so on purpose)."""
     from trusttrace.store import foreign_folder
 
     if not _writable(config.workspace):
         return f"key 'workspace': {config.workspace} is not a writable folder"
-    if foreign_folder(config.workspace):
+    own_folder = config_file is not None and Path(config_file).resolve().parent == config.workspace.resolve()
+    if not own_folder and foreign_folder(config.workspace):
         return (f"key 'workspace': {config.workspace} holds other files and is not a trusttrace workspace; "
                 "choose a new or empty folder")
     return None

@@ -341,7 +341,9 @@ def iter_activations(
             base(input_ids=ids, attention_mask=mask, use_cache=False, **kwargs)
         except _StopForward:
             pass
-        return torch.stack([captured[layer] for layer in chosen])
+        states = torch.stack([captured[layer] for layer in chosen])
+        captured.clear()
+        return states
 
     try:
         bar = tqdm(total=len(statements), desc="extract", unit="stmt", disable=not progress)
@@ -357,6 +359,7 @@ def iter_activations(
                     bar.update(len(done.rows))
                     done = None  # released before the next batch's states come to the host
                 done = ActivationBatch(rows=np.asarray(rows), states=states.cpu(), truncated=int(cut[rows].sum()))
+                del states  # on a GPU, its device copy: not kept through the next forward pass
             if done is not None:
                 yield done
                 bar.update(len(done.rows))

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trusttrace.errors import CorruptArtefactError
+from trusttrace.errors import CorruptArtefactError, StoreError
 from trusttrace.provenance import earlier_copies, now_utc
 
 if TYPE_CHECKING:
@@ -82,7 +82,9 @@ class Manifest:
                 for table, column in (("checkpoints", "fingerprint"), ("units", "settings"), ("checkpoints", "cached_before")):
                     if column not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
                         db.execute(f"ALTER TABLE {table} ADD COLUMN {column} TEXT")
-        except sqlite3.DatabaseError as error:
+        except sqlite3.OperationalError as error:  # a read-only folder, a full disk: not damage, keep the file
+            raise StoreError(f"{self.path}: cannot open the manifest ({error})") from None
+        except sqlite3.DatabaseError as error:  # not a database, or a damaged one
             raise CorruptArtefactError(
                 f"{self.path}: unreadable manifest ({error}); move it aside and run again "
                 "(stored activation sets are found by their content and reused)"

@@ -46,6 +46,11 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 STATE_FILES = ("config.json", "tokenizer*", "special_tokens_map.json", "added_tokens.json", "vocab*", "merges.txt", "*.model")
 RESULT_FILES = (*STATE_FILES, "generation_config.json", "chat_template*")
 
+try:  # huggingface_hub 1.x checks the types of a config's fields (transformers 5)
+    from huggingface_hub.errors import StrictDataclassError
+except ImportError:
+    StrictDataclassError = TypeError
+
 # transformers renamed from_pretrained's `torch_dtype` to `dtype` in 4.56.
 DTYPE_ARGUMENT = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
 
@@ -227,7 +232,7 @@ def _load_config(name: str, revision: str | None, trust_remote_code: bool):
     """The model's config, with package errors for a missing model, revision or network."""
     try:
         return AutoConfig.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)
-    except ValueError as error:
+    except (ValueError, TypeError, AttributeError, StrictDataclassError) as error:  # also a config.json of wrong shape or types
         raise ModelError(f"{name}: cannot read a model config ({first_line(error)})") from None
     except OSError as error:
         raise hub_model_error(name, revision, error) from None

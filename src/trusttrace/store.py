@@ -103,11 +103,11 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
 
 
-def writer_active(root: Path) -> bool:
+def writer_active(root: Path) -> bool | None:
     """Whether a trusttrace process holds the workspace's lock now: a sweep or extraction is
-    writing to it (False where locks are not supported)."""
+    writing to it (None where locks are not supported: not known)."""
     if fcntl is None:
-        return False
+        return None
     try:
         with open(root / LOCK_FILE) as handle:
             fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
@@ -120,8 +120,11 @@ def writer_active(root: Path) -> bool:
 
 def foreign_folder(path: Path) -> bool:
     """Whether `path` is a folder that holds other files and is not a workspace: one trusttrace
-    would fill with its own folders among somebody's files."""
-    return path.is_dir() and not (path / WORKSPACE_FILE).exists() and any(path.iterdir())
+    would fill with its own folders among somebody's files. Hidden entries (.gitkeep) and a
+    volume's lost+found do not count."""
+    if not path.is_dir() or (path / WORKSPACE_FILE).exists():
+        return False
+    return any(not entry.name.startswith(".") and entry.name != "lost+found" for entry in path.iterdir())
 
 
 def write_table(path: str | os.PathLike, frame: pd.DataFrame) -> None:

@@ -45,8 +45,10 @@ def report(
     chosen = parse_layers(layers, stored=True) if layers is not None else None
     if chosen == "all":
         raise LayerError("--layers 'all': name the layers to draw as curves, e.g. 0,3,5 (without --layers: a few and the best)")
-    if out is not None or workspace.is_dir():  # the default, WORKSPACE/report, too; a bad workspace is said below
-        check_output(out if out is not None else workspace / "report", "--out", folder=True)
+    if out is not None:
+        check_output(out, "--out", folder=True)
+    elif workspace.is_dir():  # a workspace that is not a folder is said below
+        check_output(workspace / "report", "the report folder (no --out given)", folder=True)
     from trusttrace.report import write_report
     from trusttrace.report.selection import parse_selection
 

@@ -30,7 +30,7 @@ def run(
     check: bool = typer.Option(False, "--check", help="Validate the config and exit without running."),
 ) -> None:
     settings = load_config(config)
-    unchecked = check_names(settings, where=str(config))
+    unchecked = check_names(settings, where=str(config), config_file=config)
     if check:
         typer.echo(f"{config}: valid")
         for note in unchecked:

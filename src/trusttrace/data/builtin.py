@@ -248,9 +248,9 @@ def _lines(path: Path) -> list[tuple[int, str]]:
     except OSError as error:
         raise DatasetError(f"{path}: cannot read the file ({error.strerror or error})") from None
     lines = []
-    for number, line in enumerate(raw.split(b"\n"), start=1):
+    for number, line in enumerate(raw.splitlines(), start=1):  # \n, \r\n or a lone \r, as text mode reads them
         try:
-            text = line.decode("utf-8").rstrip("\r")
+            text = line.decode("utf-8")
         except UnicodeDecodeError as error:
             raise DatasetError(f"{path}: line {number} is not UTF-8 text ({error.reason} at byte {error.start})") from None
         if text.strip():

@@ -165,15 +165,11 @@ def _label(value: object, path: Path | str, where: str) -> int:
 
 
 def _group(value: object, path: Path | str, where: str) -> object:
-    """One group id: text, a whole number that fits 64 bits, or a finite number.
-
-    A boolean is refused, not read as 0 or 1: true and 1 would be one group in a split and two
-    in the content hash.
-    """
+    """One group id: text, a boolean, a whole number that fits 64 bits, or a finite number."""
     if _missing(value) or (isinstance(value, str) and not value.strip()):
         raise DatasetError(f"{path}: {where}: missing group")
     value = value.item() if isinstance(value, np.generic) else value
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+    if not isinstance(value, (str, int, float)):  # bool is an int
         raise DatasetError(f"{path}: {where}: group {value!r} is not one text or number")
     if isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX:
         raise DatasetError(f"{path}: {where}: group {value} does not fit a 64-bit integer; write it as text")
@@ -183,17 +179,21 @@ def _group(value: object, path: Path | str, where: str) -> object:
 
 
 def _one_kind(groups: list[object], path: Path | str, table: Table) -> list[object]:
-    """`groups` when they are all text or all numbers; else a DatasetError naming the first that
-    differs from the first row's: 1 and "1" would be told apart in one place and not in another."""
-    text = [isinstance(group, str) for group in groups]
-    if all(text) or not any(text):
+    """`groups` when they are all text, all booleans or all numbers; else a DatasetError naming the
+    first that differs from the first row's: 1 and "1" (or true and 1) would be one group in a
+    split and two in the content hash."""
+    kinds = [_kind(group) for group in groups]
+    other = next((row for row, kind in enumerate(kinds) if kind != kinds[0]), None)
+    if other is None:
         return groups
-    other = text.index(not text[0])
-    kinds = {True: "text", False: "a number"}
     raise DatasetError(
-        f"{path}: {table.where(other)}: group {groups[other]!r} is {kinds[text[other]]}, but {table.where(0)}'s "
-        f"group {groups[0]!r} is {kinds[text[0]]}; make every group text or every group a number"
+        f"{path}: {table.where(other)}: group {groups[other]!r} is {kinds[other]}, but {table.where(0)}'s "
+        f"group {groups[0]!r} is {kinds[0]}; make every group text or every group a number"
     )
+
+
+def _kind(group: object) -> str:
+    return "text" if isinstance(group, str) else "a boolean" if isinstance(group, bool) else "a number"
 
 
 def _warn_of_unread_groups(frame: pd.DataFrame, path: Path | str) -> None:

@@ -94,7 +94,7 @@ def read_workspace(root: str | Path) -> Workspace:
     if not root.is_dir():
         raise StoreError(f"{root}: {'a file, not a workspace folder' if root.exists() else 'no such workspace folder'}")
     units, checkpoints = read_manifest(root / MANIFEST_FILE)
-    if not writer_active(root):  # work a stopped run left open: the next run redoes it
+    if writer_active(root) is False:  # work a stopped run left open: the next run redoes it
         units = units.replace({"status": {"running": INTERRUPTED}}) if "status" in units else units
         checkpoints = checkpoints.replace({"status": {"fetching": INTERRUPTED}}) if "status" in checkpoints else checkpoints
     return Workspace(
