@@ -251,7 +251,7 @@ def test_mi_rows_of_an_older_table_are_recognised_not_recomputed(workspace):
     assert len(read_table(path)) == 2 * len(LAYERS) and read_table(path)["folds"].notna().all()
 
 
-def test_mi_on_a_subsample_keeps_both_and_a_set_too_large_for_memory_is_skipped_in_one_line(workspace, monkeypatch, capsys):
+def test_mi_on_a_subsample_keeps_both_and_sets_too_large_for_memory_are_one_error(workspace, monkeypatch, capsys):
     table, problems = run_mi(workspace, estimator="nhsic", progress=False)
     assert problems == [] and set(table["mi_max_rows"]) == {0}
     table, _ = run_mi(workspace, estimator="nhsic", max_rows=12, progress=False)
@@ -264,9 +264,10 @@ def test_mi_on_a_subsample_keeps_both_and_a_set_too_large_for_memory_is_skipped_
 
     monkeypatch.setattr(info, "free_memory", lambda device: 1000)
     (workspace.root / MI_TABLE).unlink()
-    assert run_cli(monkeypatch, "mi", str(workspace.root)) == 1
+    assert run_cli(monkeypatch, "mi", str(workspace.root)) == 2  # too large for every set: the options' fault, one error
     captured = capsys.readouterr()
-    assert captured.err.count("rows needs about") == 2 and "--max-rows" in captured.err and "Traceback" not in captured.err
+    assert captured.err.count("rows needs about") == 1 and "--max-rows" in captured.err and "Traceback" not in captured.err
+    assert "the options fit none of the 2 activation set(s)" in captured.err
     with pytest.raises(ProbeError, match="max_rows 2 must be a whole number of at least 3"):
         run_mi(workspace, max_rows=2, progress=False)
 
@@ -339,3 +340,9 @@ def test_mi_in_chunks_computes_x_and_y_once_and_each_layer_once(workspace, monke
     monkeypatch.setattr(analysis, "LAYER_CHUNK_BYTES", workspace.layer_bytes(record))  # one layer a chunk
     mi_record(workspace, record, estimator="nhsic", x_layer=4, folds=3)
     assert sum(operators) == len(LAYERS) + 2  # every layer T, then X and Y once for all chunks
+
+
+def test_options_that_fit_no_set_are_one_error_not_a_skip_per_set(workspace):
+    for run in (run_probes, run_mi):
+        with pytest.raises(ProbeError, match=r"500 fold\(s\).*\(the options fit none of the \d+ activation set\(s\)\)"):
+            run(workspace, folds=500, progress=False)

@@ -262,16 +262,25 @@ def _run_all(
     defaults: dict[str, Any] | None = None,
 ) -> tuple[pd.DataFrame, list[str]]:
     """`compute` each record that has no rows of its setting in the table (older rows read with
-    `defaults`, see `read_table`); (table, problems)."""
+    `defaults`, see `read_table`); (table, problems).
+
+    A set the options do not fit (too few rows or groups for the folds) is a problem of that set;
+    when they fit no set at all, the options are at fault: a ProbeError.
+    """
     problems = [f"{folder}: unreadable activation set, skipped" for folder in store.broken()]
     done = read_table(path, defaults)
-    for record in tqdm(store.records(), desc=label, unit="set", disable=not progress):
+    records = store.records()
+    unfit: list[ProbeError] = []
+    for record in tqdm(records, desc=label, unit="set", disable=not progress):
         try:
             dataset = store.load_dataset(record)
             if not _has_rows(done, record.key, setting(resolve_split(split, dataset.groups))):
                 compute(record, dataset)
         except (StoreError, LayerError, ProbeError) as error:  # this set only: too small to split, unreadable...
+            unfit += [error] if isinstance(error, ProbeError) else []
             problems.append(f"activation set {record.key} ({_describe(record)}): {error}")
+    if records and len(unfit) == len(records):
+        raise ProbeError(f"{unfit[0]} (the options fit none of the {len(records)} activation set(s))")
     return read_table(path, defaults), problems
 
 

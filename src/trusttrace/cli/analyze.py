@@ -31,7 +31,8 @@ def probe(
 
     Sets already in the table are skipped, so a rerun adds nothing.
 
-    Missing or corrupt sets are reported and skipped; the exit code is then 1.
+    Missing or corrupt sets, and sets the options do not fit, are reported and skipped; the exit
+    code is then 1. Options that fit no set are an error (exit code 2).
 
     Examples:
 
@@ -71,7 +72,8 @@ def mi(
 
     Results go to WORKSPACE/mi.parquet; sets already in it are skipped.
 
-    Missing or corrupt sets are reported and skipped; the exit code is then 1.
+    Missing or corrupt sets, and sets the options do not fit, are reported and skipped; the exit
+    code is then 1. Options that fit no set are an error (exit code 2).
 
     Whether layers "compress" depends on the estimator: compare more than one.
 
