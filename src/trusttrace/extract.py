@@ -2,9 +2,10 @@
 
 One forward pass per batch reads every chosen block through forward hooks. Each hook reduces
 its block's output to one vector per statement at once (the last real token, the first, or the
-mean), so memory never holds more than the output plus two batches' states (the one handed
-over and the one being computed). Statements are sorted by length so that batches carry little
-padding, and the LM head is never run.
+mean), so memory never holds more than the output plus three batches' states: the one the
+caller holds, the one handed over next, and the one being computed (with an automatic batch
+size, each at most STATE_BATCH_BYTES). Statements are sorted by length so that batches carry
+little padding, and the LM head is never run.
 """
 
 from __future__ import annotations
