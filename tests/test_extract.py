@@ -171,6 +171,27 @@ def test_a_batch_is_handed_over_once_the_next_is_queued(model_factory, tokenizer
     assert handed == list(range(2, batches + 1)) + [batches]  # batch k comes after forward k + 1 ran
 
 
+def test_while_a_batch_is_computed_at_most_one_other_is_held(model_factory, tokenizer, statements):
+    """The memory bound: the output plus the batch handed over next and the one being computed."""
+    import gc
+
+    from trusttrace.extract import ActivationBatch
+
+    model = model_factory("llama")
+    held = []
+
+    def count(*_):
+        gc.collect()
+        held.append(sum(type(value) is ActivationBatch for value in gc.get_objects()))
+
+    handle = model.base_model.register_forward_pre_hook(count)
+    try:
+        extract_activations(model, tokenizer, statements, batch_size=2)
+    finally:
+        handle.remove()
+    assert len(held) >= 3 and max(held) == 1
+
+
 def test_batches_by_token_budget_cover_every_row_once():
     lengths = [5, 1, 9, 3, 3, 7, 2]
     batches = plan_batches(lengths, batch_size=None, batch_tokens=10)
