@@ -51,6 +51,13 @@ def test_the_example_in_run_help_is_a_valid_config():
 
     config = parse_config(yaml.safe_load(EXAMPLE))
     assert config.datasets == ["truthfulqa", "toxigen", "confaide", "stereoset", "sst2"]
+    from typer.testing import CliRunner
+
+    from trusttrace.cli.app import app
+
+    shown = CliRunner().invoke(app, ["run", "--help"]).output  # as an 80-column terminal shows it
+    for line in EXAMPLE.splitlines():
+        assert f" {line}" in shown, f"the help wraps or drops {line!r}"
 
 
 # ----- a config is refused at load/--check time, in one line naming the key, exit code 2 -----

@@ -250,7 +250,8 @@ def test_cards_cover_every_builtin_and_say_what_labels_mean():
     for name, card in cards.items():
         assert card.name == name and card.label_1 and card.label_0 and card.licence and card.source
         assert card.dimension in ("truthfulness", "toxicity", "privacy", "fairness", "robustness")
-        assert name in card.describe()
+        text = card.describe()
+        assert name in text and f"label 1:  {card.label_1}" in text and f"label 0:  {card.label_0}" in text
     assert "63 rows" in cards["confaide"].source and "73.7 %" in " ".join(cards["confaide"].quirks)
 
 
@@ -401,11 +402,11 @@ def test_missing_file_and_unknown_name():
 
 
 def test_offline_without_local_files_says_to_pass_a_data_dir(tmp_path):
-    with pytest.raises(OfflineError, match=r"stereoset: no --data-dir or \$TRUSTTRACE_DATA given.*HF_HUB_OFFLINE.*--data-dir"):
+    with pytest.raises(OfflineError, match=r"stereoset: no data folder given \(data_dir=, --data-dir or \$TRUSTTRACE_DATA\).*HF_HUB_OFFLINE.*--data-dir"):
         load_dataset("stereoset")
     with pytest.raises(OfflineError, match=f"truthfulqa: no {re.escape(str(tmp_path))}.*truthfulqa_train.csv.*TRUSTTRACE_DATA"):
         load_dataset("truthfulqa", data_dir=tmp_path)
-    with pytest.raises(DatasetError, match=r"sst2: no --data-dir or \$TRUSTTRACE_DATA given$"):
+    with pytest.raises(DatasetError, match=r"sst2: no data folder given \(data_dir=, --data-dir or \$TRUSTTRACE_DATA\)$"):
         load_dataset("sst2", source="local")
     with pytest.raises(DatasetError, match="confaide: .*no Hugging Face source; get confaide.csv from https://github.com/ChnQ/TracingLLM"):
         load_dataset("confaide")
@@ -529,8 +530,8 @@ def test_hub_sst2_perturbation_is_seeded_and_never_a_no_op(monkeypatch, tmp_path
 def test_cli_datasets_lists_every_card(monkeypatch):
     result = CliRunner().invoke(app, ["datasets"])
     assert result.exit_code == 0, result.output
-    for name in EXPECTED:
-        assert f"{name}  [" in result.output
+    for name, card in builtin_cards().items():
+        assert f"{name}  [" in result.output and f"label 1:  {card.label_1}" in result.output
     assert "local:" not in result.output
     assert "trusttrace datasets stereoset" in CliRunner().invoke(app, ["datasets", "--help"]).output
 
@@ -586,7 +587,7 @@ def test_offline_a_dataset_in_the_hub_cache_is_built_from_there(monkeypatch, tmp
 
 
 def test_a_data_folder_that_does_not_exist_is_an_error_not_a_hub_build(monkeypatch, tmp_path):
-    with pytest.raises(DatasetError, match=f"truthfulqa: the data folder {re.escape(str(tmp_path / 'typo'))} \\(--data-dir\\) does not exist"):
+    with pytest.raises(DatasetError, match=f"truthfulqa: the data folder {re.escape(str(tmp_path / 'typo'))} \\(data_dir / --data-dir\\) does not exist"):
         load_dataset("truthfulqa", data_dir=tmp_path / "typo")
     monkeypatch.setenv("TRUSTTRACE_DATA", str(tmp_path / "typo"))
     with pytest.raises(DatasetError, match=r"\(\$TRUSTTRACE_DATA\) does not exist"):

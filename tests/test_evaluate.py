@@ -178,6 +178,7 @@ def test_default_rows_are_the_held_out_half_and_limit_keeps_the_first(models, to
     data = toy_dataset()
     result = evaluate(models("gpt2"), tok, "binary", data, limit=5)
     held_out = development_rows(data)[1]
+    assert len(held_out) == len(data) // 2  # half the rows, whole groups of two
     assert list(result.records["row"]) == list(held_out[:5])
     assert result.settings["rows"] == 5 and result.settings["dataset_hash"] == data.content_hash
 
@@ -360,6 +361,10 @@ def test_side_effects_zero_for_alpha_zero_and_kl_matches_by_hand(models, tok):
             steered = torch.log_softmax(model(ids).logits[0, :-1], -1)
     single = side_effects(model, tok, Steering({1: vector}, 1.0, "all"), texts[1:]).set_index("metric")["value"]
     assert single["kl"] == pytest.approx(float((steered.exp() * (steered - plain)).sum(-1).mean()), rel=1e-4)
+    targets = ids[0, 1:, None]
+    assert single["perplexity"] == pytest.approx(float(torch.exp(-steered.gather(-1, targets).mean())), rel=1e-4)
+    assert single["perplexity_unsteered"] == pytest.approx(float(torch.exp(-plain.gather(-1, targets).mean())), rel=1e-4)
+    assert single["perplexity"] != pytest.approx(single["perplexity_unsteered"])
     assert table.loc["kl", "value"] > 0 and table.loc["kl", "n"] == sum(len(tok(t)["input_ids"]) - 1 for t in texts)
 
 
@@ -612,3 +617,14 @@ def test_answers_the_tokenizer_cannot_tell_apart_are_an_error():
     model = tiny_model("gpt2", len(words))
     with pytest.raises(EvaluationError, match="choices ' 0' and ' 1' of prompt 0 are the same tokens"):
         choice_logprobs(model, words, ["the cat"], [[" 0", " 1"]])
+
+
+def test_a_prompt_cut_to_leave_room_for_the_answer_says_so(models, tok):
+    from trusttrace.models import context_length
+
+    model = models("gpt2")
+    context = context_length(model, tok)
+    long_prompt = " ".join(WORDS * (context // len(WORDS) + 2))
+    with pytest.warns(UserWarning, match=rf"1 prompt\(s\) are longer than the {context - 1} tokens the model's context of "
+                                         rf"{context} leaves beside the longest answer \(1\)"):
+        choice_logprobs(model, tok, [long_prompt], [[" 1", " 0"]])

@@ -31,7 +31,12 @@ def test_same_weights_same_checksum(saved_model, tmp_path, model_factory, tokeni
     model_factory("gpt2").save_pretrained(copy)
     tokenizer.save_pretrained(copy)
     second, _ = load_model(copy, dtype="float32", device="cpu")
-    assert first.trusttrace_source.weights_sha256 == second.trusttrace_source.weights_sha256
+    assert first.trusttrace_source.weights_sha256 == second.trusttrace_source.weights_sha256 == folder_checksum(copy)
+    other = tmp_path / "other"
+    tiny_model("gpt2", len(tokenizer), seed=1).save_pretrained(other)
+    tokenizer.save_pretrained(other)
+    third, _ = load_model(other, dtype="float32", device="cpu")
+    assert third.trusttrace_source.weights_sha256 not in (None, first.trusttrace_source.weights_sha256)
 
 
 def test_a_trainer_checkpoint_s_optimizer_and_run_state_are_not_weights(tmp_path):

@@ -165,7 +165,11 @@ def test_report_is_written_beside_its_figures(report, workspace):
 def test_every_section_is_present(page):
     for title in SECTIONS:
         assert f"<h2>{title}</h2>" in page
-    assert "trusttrace" in page and MODEL in page
+    overview = page.split("<h2>Overview</h2>")[1].split("</section>")[0]
+    assert f"<dt>Models</dt><dd>{MODEL}</dd>" in overview
+    assert f"<dt>Checkpoints</dt><dd>{MODEL}: 5 (step0, step10, step100, step1000, step10000)</dd>" in overview
+    assert "<dt>Tables</dt><dd>probes.parquet, probe_baselines.parquet, mi.parquet, steering.parquet, manifest.sqlite</dd>" in overview
+    assert f"<dt>trusttrace</dt><dd>{trusttrace_version()}</dd>" in overview
 
 
 def test_images_are_embedded_pngs(page, report):
@@ -230,7 +234,8 @@ def test_steering_marks_the_best_setting(page):
 
 def test_dataset_cards_are_shown(page):
     cards = page.split('id="datasets"')[1].split('id="provenance"')[0]
-    assert "a quirk with" in cards and "CC0" in cards
+    assert "<dt>Label 1</dt><dd>toxic</dd>" in cards and "<dt>Label 0</dt><dd>benign</dd>" in cards
+    assert "<dt>Licence</dt><dd>CC0</dd>" in cards and "<li>another quirk</li>" in cards
     assert "No card for truth" in cards
 
 

@@ -122,7 +122,7 @@ def test_steering_vector_refuses_non_finite_activations():
 def test_development_rows_default_keeps_groups_together_and_paper_is_file_order():
     data = toy_dataset(40)
     dev, held_out = development_rows(data)
-    assert len(dev) + len(held_out) == 40 and not set(dev) & set(held_out)
+    assert len(dev) == len(held_out) == 20 and not set(dev) & set(held_out)
     assert not set(data.groups[dev]) & set(data.groups[held_out])
     assert set(data.labels[dev]) == {0, 1}
     dev, held_out = development_rows(data, "paper")

@@ -29,23 +29,26 @@ SECTION_STAGES = ("steering", "evaluate")  # stages configured by a section of t
 DEVICE = re.compile(r"cpu|mps|cuda(:\d+)?")
 MERGE_TAG = "tag:yaml.org,2002:merge"
 
+# The example config `run --help` shows. Its lines stay under 76 characters: a line the help
+# wraps would break the YAML a user copies from it.
 EXAMPLE = """\
-workspace: runs/pythia-160m     # activations, tables, manifest, report (paths: relative to this file)
+# Paths are relative to this file.
+workspace: runs/pythia-160m     # activations, tables, manifest, report
 suite: pythia-160m              # amber, pythia-SIZE, olmo-7b, local:DIR
 checkpoints: "log:12"           # names, all, every:K, log:N, first:N
-datasets: [truthfulqa, toxigen, confaide, stereoset, sst2]   # or files, relative to this one
+datasets: [truthfulqa, toxigen, confaide, stereoset, sst2]  # or files
 data_dir: shared/datasets       # or $TRUSTTRACE_DATA
 layers: all
 position: last
 dtype: auto                     # bf16 on a GPU, fp32 on the CPU
-protocol: default               # or paper (the study's splits, probe fit, templates; with dtype: float32)
-seed: 0                         # every split: probes' folds, steering and evaluation rows
+protocol: default               # or paper: the study's splits and probes
+seed: 0                         # every split: probes, steering, evaluation
 stages: [extract, probes, mi]
 probes: {method: logreg, folds: 5}
 mi: {estimator: nhsic, x_layer: 0}
 prefetch: true                  # fetch the next checkpoint meanwhile
 keep_weights: false             # delete a checkpoint's files when done
-keep_activations: true          # false: delete its activation sets once probed (not steering's source)
+keep_activations: true          # false: delete its sets once probed
 """
 
 
@@ -130,6 +133,12 @@ class EvaluateOptions(Strict):
 
 
 class SweepConfig(Strict):
+    """A sweep: which checkpoints of which suite, which datasets, which stages, into which workspace.
+
+    Read from YAML with `load_config` (paths relative to the file) or built with `parse_config`
+    from a dict; `trusttrace run --help` shows an example. Unknown keys are errors.
+    """
+
     workspace: Path
     suite: str
     checkpoints: Union[str, list[str]] = "all"
