@@ -296,3 +296,34 @@ def test_free_memory_counts_a_container_limit(monkeypatch):
     assert devices.free_memory(torch.device("cpu")) == 0
     monkeypatch.setattr(devices, "_container_headroom", lambda: None)
     assert devices.free_memory(torch.device("cpu")) > 0
+
+
+def test_api_calls_given_the_wrong_kind_of_thing_say_what_they_need(tmp_path, acts, model_factory, tokenizer):
+    for call in (lambda: tt.run_probes(str(tmp_path)), lambda: tt.run_mi(str(tmp_path)),
+                 lambda: tt.extract_to_store(model_factory("llama"), tokenizer, toy(), str(tmp_path))):
+        with pytest.raises(StoreError, match=r"expected an ActivationStore, e.g. tt.ActivationStore\("):
+            call()
+    assert list(tmp_path.iterdir()) == []  # no workspace made of a folder given by mistake
+    with pytest.raises(SteeringError, match="must be the TrustDataset the activations were extracted from, not a ndarray"):
+        tt.build_vectors(acts, toy().labels, 1)
+    with pytest.raises(SteeringError, match="no steering vectors given"):
+        tt.export_lm_eval(tmp_path / "empty.pt", {}, 2.0)
+    assert not (tmp_path / "empty.pt").exists()
+    model = model_factory("llama")
+    with pytest.raises(SteeringError, match="no alphas"):
+        tt.steering_grid(model, tokenizer, {1: torch.zeros(model.config.hidden_size)}, [], task="binary", dataset=toy())
+    with pytest.raises(tt.TrustTraceError, match="cannot find its decoder blocks \\(its config gives no block count\\)"):
+        decoder_layers(torch.nn.Sequential(torch.nn.Linear(2, 2)))
+
+
+def test_a_report_folder_that_is_a_file_is_a_report_error(tmp_path):
+    import pandas as pd
+
+    from trusttrace.errors import ReportError
+    from trusttrace.store import write_table
+
+    tt.ActivationStore(tmp_path / "ws")
+    write_table(tmp_path / "ws" / "probes.parquet", pd.DataFrame({"model": ["m"], "checkpoint": ["c"]}))
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ReportError, match="afile: cannot write the report there"):
+        tt.write_report(tmp_path / "ws", out_dir=tmp_path / "afile")

@@ -29,7 +29,7 @@ from trusttrace.probes import check_options, fit_probes, solver
 from trusttrace.provenance import trusttrace_version
 from trusttrace.splits import check_split_options, make_splits, resolve_split
 from trusttrace.store import (
-    BASELINES_TABLE, MI_TABLE, PROBES_TABLE, ActivationRecord, ActivationStore, append_table, read_table,
+    BASELINES_TABLE, MI_TABLE, PROBES_TABLE, ActivationRecord, ActivationStore, append_table, check_store, read_table,
 )
 
 T = TypeVar("T")
@@ -193,6 +193,7 @@ def run_probes(
 
     The options are checked before any set is touched, so bad input fails at once.
     """
+    check_store(store)
     check_options(method, backend, C)
     check_split_options(folds, test_size)
     resolve_split(split, None)
@@ -229,6 +230,7 @@ def run_mi(
     A set that does not store `x_layer` is reported as a problem and skipped; an `x_layer` that no
     set stores is a LayerError. The options are checked before any set is touched.
     """
+    check_store(store)
     if estimator not in ESTIMATORS:
         raise ProbeError(f"unknown estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}")
     check_split_options(folds, test_size)

@@ -61,13 +61,15 @@ class _StopForward(Exception):
 
 
 def tokenize_statements(
-    tokenizer: PreTrainedTokenizerBase, statements: Sequence[str], max_length: int
+    tokenizer: PreTrainedTokenizerBase, statements: Sequence[str], max_length: int, *, limit: str | None = None,
+    noun: str = "statement",
 ) -> tuple[list[list[int]], np.ndarray]:
     """Token ids of each statement with the tokenizer's defaults (BOS where it adds one), and
     which statements were cut.
 
     Statements longer than `max_length` lose tokens from the left, keeping a leading BOS, so
-    the last token survives; a single warning says how many were cut.
+    the last token survives; a single warning says how many were cut, calling them `noun`s and
+    `max_length` `limit` (default: the model's context).
     """
     encoded = tokenizer(list(statements), add_special_tokens=True)["input_ids"]
     empty = [i for i, ids in enumerate(encoded) if not ids]
@@ -84,9 +86,10 @@ def tokenize_statements(
             keep_bos = bos is not None and ids[0] == bos
             encoded[i] = ([bos] if keep_bos else []) + ids[len(ids) - max_length + keep_bos :]
     if cut.any():
+        default_limit = f"the model's context of {max_length} tokens"
         warnings.warn(
-            f"{int(cut.sum())} statement(s) are longer than the model's context of {max_length} tokens and were "
-            "truncated from the left (the last token is kept)",
+            f"{int(cut.sum())} {noun}(s) are longer than {limit or default_limit} and were truncated from the left "
+            "(the last token is kept)",
             stacklevel=3,
         )
     return encoded, cut

@@ -18,7 +18,7 @@ from trusttrace.errors import CorruptArtefactError
 from trusttrace.extract import check_position, iter_activations
 from trusttrace.models import decoder_layers, layer_set
 from trusttrace.provenance import activation_provenance
-from trusttrace.store import DEFAULT_SHARD_BYTES, ActivationRecord, ActivationStore
+from trusttrace.store import DEFAULT_SHARD_BYTES, ActivationRecord, ActivationStore, check_store
 
 
 def extract_to_store(
@@ -48,6 +48,7 @@ def extract_to_store(
     afterwards (a LoRA merge, say) should drop its `trusttrace_source` attribute, so that it is
     named by a checksum of its weights as a model built in memory is.
     """
+    check_store(store)
     check_position(position)
     chosen = layer_set(layers, len(decoder_layers(model)))  # one selection, however written, is one set
     provenance = activation_provenance(

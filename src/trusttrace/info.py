@@ -8,8 +8,11 @@ I(X;T) over training is read as "fitting then compression". Four estimators:
 - `hsic`: normalised HSIC (kernel alignment of centred gaussian kernels, median-heuristic
   bandwidth), in [0, 1].
 - `gaussian`: mutual information in nats if the data were jointly Gaussian, on a PCA reduction,
-  from bias-corrected log-determinants (≈ 0 for independent samples at any size), on no more
-  components than the rows support; I(T;Y) is clipped to [0, H(Y)], and I(X;X) is +inf.
+  from bias-corrected log-determinants (≈ 0 for independent Gaussian samples at any size), on no
+  more components than the rows support; I(T;Y) is clipped to [0, H(Y)], and I(X;X) is +inf.
+  States are not Gaussian: heavy-tailed ones make the class log-determinants swing, and the
+  states of a small random model read I(T;Y) = H(Y) with shuffled labels. Compare with the
+  same estimate on shuffled labels before reading a level.
 - `ksg`: the Kraskov-Stögbauer-Grassberger k-nearest-neighbour estimator (KSG-1; Ross 2014 for
   discrete labels), in nats, on a PCA reduction.
 
@@ -52,7 +55,9 @@ ESTIMATOR_CAVEAT = (
     "sample size. A rise then fall of I(X;T) over checkpoints ('fitting then compression') is "
     "a property of the estimator as much as of the model: check it with more than one. KSG, "
     "even on its 8 PCA components, is biased low (about half the true value for 8 Gaussian "
-    "dimensions and 1000 rows), so it shows trends, not levels. A peak counts as a rise then "
+    "dimensions and 1000 rows), so it shows trends, not levels. The Gaussian estimate is "
+    "unbiased only for Gaussian states; heavy-tailed ones can read up to H(Y) with labels "
+    "unrelated to them, so compare it with shuffled labels. A peak counts as a rise then "
     "fall only when its fall exceeds the noise between checkpoints (see turning_points)."
 )
 

@@ -445,8 +445,9 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     ]
     if len(candidates) >= 1:
         return min(candidates, key=lambda item: item[0].count("."))[1]
+    looked_for = f"no ModuleList of {count} blocks" if count is not None else "its config gives no block count"
     raise ModelError(
-        f"{type(model).__name__}: cannot find its decoder blocks (no ModuleList of {count} blocks); "
+        f"{type(model).__name__}: cannot find its decoder blocks ({looked_for}); "
         "architectures known to work: Llama, GPT-NeoX, OLMo, GPT-2, Mistral, Qwen, Gemma"
     )
 

@@ -157,6 +157,8 @@ def build_vectors(
     "paper" reproduces the reference: vector from the first half of the rows, std scale over
     all rows; the default uses the development half of a grouped split for both.
     """
+    if not isinstance(dataset, TrustDataset):
+        raise SteeringError(f"dataset must be the TrustDataset the activations were extracted from, not a {type(dataset).__name__}")
     stored = list(range(acts.shape[0])) if acts_layers is None else list(acts_layers)
     if len(stored) != acts.shape[0]:
         raise LayerError(f"acts_layers names {len(stored)} layers for activations of {acts.shape[0]}")
@@ -263,6 +265,7 @@ def export_lm_eval(
     the harness reads nothing else. Note the harness adds the vector at every position
     (trusttrace's positions="all"), not only the last.
     """
+    _vector_map(vectors)
     if not math.isfinite(float(alpha)):
         raise SteeringError(f"alpha {alpha} is not a finite number")
     config = {

@@ -103,6 +103,14 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
 
 
+def check_store(value: object) -> "ActivationStore":
+    """`value` when it is an ActivationStore, else a StoreError saying how to make one (a path is
+    not taken as one: opening a folder that is not a workspace would make it one)."""
+    if isinstance(value, ActivationStore):
+        return value
+    raise StoreError(f"expected an ActivationStore, e.g. tt.ActivationStore({str(value)!r}); got a {type(value).__name__}")
+
+
 def writer_active(root: Path) -> bool | None:
     """Whether a trusttrace process holds the workspace's lock now: a sweep or extraction is
     writing to it (None where locks are not supported: not known)."""

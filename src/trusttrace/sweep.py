@@ -456,7 +456,10 @@ class Sweep:
 
 
 def run_sweep(config: SweepConfig, *, fetcher: Fetcher = hub_fetch, progress: bool = True) -> SweepSummary:
-    """Run (or resume) the sweep a config describes; see `Sweep`."""
+    """Run (or resume) the sweep a config describes and return its summary (units run, skipped,
+    failed). Every stage's unit of work for every checkpoint and dataset is recorded in the
+    workspace's manifest, so a rerun does only what is missing, failed or stale. `fetcher`
+    downloads a Hub checkpoint (the Hub by default)."""
     torch.manual_seed(0)
     return Sweep(config, fetcher=fetcher, progress=progress).run()
 

@@ -93,9 +93,9 @@ def load_builtin(name: str, data_dir: str | Path | None = None, source: str = "a
         return _from_hub(name, "source='hub' asked for", clean)
     root = data_root(data_dir)
     if root is None:
-        looked = f"no --data-dir or ${DATA_ENV} given"
+        looked = f"no data folder given (data_dir=, --data-dir or ${DATA_ENV})"
     elif not root.is_dir():
-        given = "--data-dir" if data_dir is not None else f"${DATA_ENV}"
+        given = "data_dir / --data-dir" if data_dir is not None else f"${DATA_ENV}"
         raise DatasetError(f"{name}: the data folder {root} ({given}) does not exist")
     else:
         paths = local_paths(name, root)
@@ -123,8 +123,8 @@ def _from_hub(name: str, looked: str, clean: bool) -> TrustDataset:
 def _where_to_get(name: str) -> str:
     """Where a built-in's local files come from, and how to point trusttrace at them."""
     if name in WHERE_TO_GET:
-        return f"{WHERE_TO_GET[name]}, and pass <data> as --data-dir or ${DATA_ENV}"
-    return f"{STUDY_FILES[name]} from {hub.STUDY_FILES_URL} and pass its folder as --data-dir or ${DATA_ENV}"
+        return f"{WHERE_TO_GET[name]}, and pass <data> as data_dir=, --data-dir or ${DATA_ENV}"
+    return f"{STUDY_FILES[name]} from {hub.STUDY_FILES_URL} and pass its folder as data_dir=, --data-dir or ${DATA_ENV}"
 
 
 def _build_local(name: str, paths: list[Path]) -> TrustDataset:

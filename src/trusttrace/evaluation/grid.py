@@ -84,6 +84,8 @@ def check_settings(
     """The vectors keyed by the model's blocks (-1 of 4 is 3, as each result records it), after the
     SteeringError or LayerError a grid setting would meet (a layer the model lacks, a vector of the
     wrong size, an alpha that is not finite), raised before the unsteered baseline spends its time."""
+    if not len(alphas):
+        raise SteeringError("no alphas: a grid needs at least one steering strength")
     bad = [alpha for alpha in alphas if not math.isfinite(float(alpha))]
     if bad:
         raise SteeringError(f"alpha {bad[0]} is not a finite number")

@@ -51,7 +51,7 @@ def choice_logprobs(
         return [np.zeros(0) for _ in prompts]
     continuations = _continuations(tokenizer, prompts, choices, pairs)
     longest = max(len(c) for c in continuations)
-    fitted, _ = tokenize_statements(tokenizer, prompts, context_length(model, tokenizer) - longest)
+    fitted, _ = _fit_prompts(tokenizer, prompts, context_length(model, tokenizer), longest, "the longest answer")
     scores = [np.zeros(len(options)) for options in choices]
     if longest == 1:
         wanted = [[] for _ in prompts]
@@ -195,7 +195,7 @@ def generate_texts(
     """
     if max_new_tokens < 1:
         raise EvaluationError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-    encoded, _ = tokenize_statements(tokenizer, prompts, context_length(model, tokenizer) - max_new_tokens)
+    encoded, _ = _fit_prompts(tokenizer, prompts, context_length(model, tokenizer), max_new_tokens, "the generated tokens")
     device = next(model.parameters()).device
     pad = pad_token_id(tokenizer, model)
     config = greedy_config(model, max_new_tokens, pad)
@@ -219,3 +219,12 @@ def greedy_config(model: PreTrainedModel, max_new_tokens: int, pad: int):
         max_new_tokens=max_new_tokens, max_length=None, min_length=None, pad_token_id=pad,
     )
     return config
+
+
+def _fit_prompts(
+    tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], context: int, reserved: int, for_what: str
+) -> tuple[list[list[int]], np.ndarray]:
+    """The prompts' token ids, each cut from the left to leave `reserved` of the model's `context` tokens for `for_what`."""
+    room = context - reserved
+    limit = f"the {room} tokens the model's context of {context} leaves beside {for_what} ({reserved})"
+    return tokenize_statements(tokenizer, prompts, room, limit=limit, noun="prompt")

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Mapping
 
-from trusttrace.errors import LayerError, StoreError
+from trusttrace.errors import LayerError, ReportError, StoreError
 from trusttrace.provenance import now_utc, trusttrace_version
 from trusttrace.report import sections
 from trusttrace.report.html import page
@@ -38,7 +38,10 @@ def write_report(
         raise StoreError(f"nothing to report in {workspace}: run `trusttrace run` or `trusttrace extract` + `probe` first")
     check_layers(ws, layers)
     folder = Path(out_dir) if out_dir is not None else ws.root / "report"
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:  # a file there, or a read-only folder
+        raise ReportError(f"{folder}: cannot write the report there ({error.strerror or error})") from None
     remove_unfinished_writes(folder)
     writer = sections.FigureWriter(folder)
     made = now_utc()
