@@ -289,13 +289,18 @@ def test_a_saved_tensor_is_stored_in_shards_of_the_usual_size(tmp_path, acts, mo
     assert len(list(record.path.glob("shard-*.safetensors"))) == N // 10 and torch.equal(store.load(record), acts)
 
 
-def test_free_memory_counts_a_container_limit(monkeypatch):
+def test_free_memory_counts_a_container_limit(monkeypatch, tmp_path):
     import trusttrace.devices as devices
 
-    monkeypatch.setattr(devices, "_container_headroom", lambda: 0)
-    assert devices.free_memory(torch.device("cpu")) == 0
-    monkeypatch.setattr(devices, "_container_headroom", lambda: None)
-    assert devices.free_memory(torch.device("cpu")) > 0
+    monkeypatch.setattr(devices, "CGROUP", tmp_path)
+    assert devices._container_headroom() is None  # no cgroup files: no limit
+    (tmp_path / "memory.current").write_text("400\n")
+    (tmp_path / "memory.max").write_text("1000\n")
+    assert devices._container_headroom() == 600 and devices.free_memory(torch.device("cpu")) <= 600
+    (tmp_path / "memory.current").write_text("1200\n")  # over the limit: nothing left, not a negative size
+    assert devices._container_headroom() == 0 and devices.free_memory(torch.device("cpu")) == 0
+    (tmp_path / "memory.max").write_text("max\n")
+    assert devices._container_headroom() is None and devices.free_memory(torch.device("cpu")) > 0
 
 
 def test_api_calls_given_the_wrong_kind_of_thing_say_what_they_need(tmp_path, acts, model_factory, tokenizer):

@@ -54,6 +54,7 @@ def test_first_and_mean_read_the_statement_not_its_bos(model_factory, tokenizer,
     for position in ("first", "mean"):
         acts = extract_activations(model, tokenizer, statements[:6], position=position, batch_size=3)
         assert acts.std(dim=1).amax() > 1e-3  # a BOS state would be the same for every statement
+        torch.testing.assert_close(acts, one_at_a_time(model, tokenizer, statements[:6], position), rtol=1e-4, atol=1e-5)
     with pytest.raises(TrustTraceError, match="list of strings"):
         extract_activations(model, tokenizer, "one statement")
 

@@ -9,6 +9,9 @@ import torch
 from trusttrace.errors import ModelError
 
 
+# Where a container's cgroup v2 memory limit and use are read.
+CGROUP = Path("/sys/fs/cgroup")
+
 def default_device() -> str:
     """The first CUDA device when there is one, else the CPU."""
     return "cuda" if torch.cuda.is_available() else "cpu"
@@ -36,8 +39,8 @@ def free_memory(device: torch.device) -> int | None:
 def _container_headroom() -> int | None:
     """Bytes left under this process's cgroup v2 memory limit; None without one."""
     try:
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-        used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+        limit = (CGROUP / "memory.max").read_text().strip()
+        used = int((CGROUP / "memory.current").read_text())
     except (OSError, ValueError):
         return None
     return None if limit == "max" else max(int(limit) - used, 0)
