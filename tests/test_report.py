@@ -325,9 +325,22 @@ def test_unknown_layers_are_refused_naming_the_gaps_between_those_stored(tmp_pat
         write_report(tmp_path, out_dir=tmp_path / "report", layers=[1])
 
 
-def test_chosen_layers_are_drawn(workspace, tmp_path):
+def test_chosen_layers_are_drawn(workspace, tmp_path, monkeypatch):
+    from trusttrace.report import figures
+
+    drawn = {"accuracy": [], "mi": []}
+    for name, key in (("accuracy_curves", "accuracy"), ("mi_curves", "mi")):
+        original = getattr(figures, name)
+
+        def spy(data, *args, _original=original, _key=key, **kwargs):
+            drawn[_key].append(sorted(set(data["layer"])))
+            return _original(data, *args, **kwargs)
+
+        monkeypatch.setattr(figures, name, spy)
     page = write_report(workspace, out_dir=tmp_path, layers=[1, 2]).read_text()
     assert "for layers 1, 2;" in page
+    assert drawn["accuracy"] and all(layers == [1, 2] for layers in drawn["accuracy"])
+    assert drawn["mi"] and all(layers == [1, 2] for layers in drawn["mi"])
 
 
 def test_rewriting_removes_the_earlier_reports_stale_figures_only(workspace, tmp_path):
