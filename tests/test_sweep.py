@@ -483,16 +483,31 @@ def test_hub_checkpoints_are_fetched_ahead_and_keep_their_id(setup):
     from trusttrace.sweep import Sweep
 
     root, suite, dataset = setup
+    import threading
+
     folders = {p.name: p for p in suite.iterdir()}
     fetched: list[str] = []
+    next_fetched = threading.Event()
+    ahead: list[bool] = []
 
     def fetch(checkpoint):
         fetched.append(checkpoint.name)
+        if checkpoint.name == "step_10":
+            next_fetched.set()
         return folders[checkpoint.name]
 
     sweep = Sweep(load_config(write_config(root, suite, dataset, stages=["extract"])), fetcher=fetch, progress=False)
     sweep.checkpoints = [Checkpoint(c.name, "org/model", c.name, c.step, c.tokens) for c in sweep.checkpoints]
+    load = sweep._load
+
+    def load_waiting_for_the_next_fetch(checkpoint, folder):
+        if checkpoint.name == "step_0":  # step_10 is fetched while step_0 is worked on, not after
+            ahead.append(next_fetched.wait(timeout=10))
+        return load(checkpoint, folder)
+
+    sweep._load = load_waiting_for_the_next_fetch
     assert sweep.run().ok
+    assert ahead == [True]
     assert fetched == ["step_0", "step_10", "step_20"]
     records = sweep.store.records()
     assert {r.provenance["model"] for r in records} == {str(suite)}
