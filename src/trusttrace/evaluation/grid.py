@@ -45,8 +45,9 @@ OUTCOMES = {"accuracy": "correct", "toxic_ratio": "toxic", "mc1": "mc1", "mc2": 
 class GridResult:
     """`table`: one row per setting (grid, layer, alpha, metric, value, low, high, n, interval, kl,
     perplexity, perplexity_unsteered, within_limit, p_value, p_holm, improves), the baseline
-    first; `best`: the chosen row as a dict, or None. `grid` names the grid's layers and alphas (`grid_name`), the settings its
-    Holm correction and best row are taken over, so rows of two grids are never read as one.
+    first; `best`: the chosen row as a dict, or None. `grid` names the grid's layers and alphas
+    (`grid_name`), the settings its Holm correction and best row are taken over, so rows of two
+    grids are never read as one.
 
     `p_value` is the paired one-sided p-value of the setting against the unsteered model on the
     same examples, `p_holm` the same Holm-corrected over the grid's settings, and `improves`
