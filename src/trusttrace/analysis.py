@@ -279,7 +279,8 @@ def _run_all(
             if not _has_rows(done, record.key, setting(resolve_split(split, dataset.groups))):
                 compute(record, dataset)
         except (StoreError, LayerError, ProbeError) as error:  # this set only: too small to split, unreadable...
-            unfit += [error] if isinstance(error, ProbeError) else []
+            if isinstance(error, ProbeError):
+                unfit.append(error)
             problems.append(f"activation set {record.key} ({_describe(record)}): {error}")
     if records and len(unfit) == len(records):
         raise ProbeError(f"{unfit[0]} (the options fit none of the {len(records)} activation set(s))")

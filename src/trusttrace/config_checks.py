@@ -208,9 +208,9 @@ def _target_problem(config: SweepConfig, suite: "CheckpointSuite") -> str | None
     from trusttrace.models import check_local_model
 
     for key, name in _targets(config).items():
-        if name == "final":
+        model_id = _target_model(name, suite)
+        if model_id is None:
             continue
-        model_id = suite.targets.get(name, name)
         if Path(model_id).is_dir():
             try:
                 check_local_model(model_id, config.trust_remote_code)
@@ -236,12 +236,15 @@ def _hub_target_notes(config: SweepConfig, suite: "CheckpointSuite") -> list[str
 
 
 def _hub_model(name: str, suite: "CheckpointSuite") -> str | None:
-    """The model id a target resolves to (as the steering stage's resolve_target does), unless it is a local folder
-    or 'final' (the last selected checkpoint, checked with the suite)."""
-    if name == "final":
-        return None
-    model_id = suite.targets.get(name, name)
-    return None if Path(model_id).is_dir() else model_id
+    """The model id a target resolves to, unless it is a local folder or 'final'."""
+    model_id = _target_model(name, suite)
+    return None if model_id is None or Path(model_id).is_dir() else model_id
+
+
+def _target_model(name: str, suite: "CheckpointSuite") -> str | None:
+    """The model id or folder a target resolves to (as the steering stage's resolve_target does);
+    None for 'final' (the last selected checkpoint, checked with the suite)."""
+    return None if name == "final" else suite.targets.get(name, name)
 
 
 def _source_problem(config: SweepConfig, suite: "CheckpointSuite", checkpoints: list["Checkpoint"]) -> str | None:

@@ -12,6 +12,7 @@ from trusttrace.errors import ModelError
 # Where a container's cgroup v2 memory limit and use are read.
 CGROUP = Path("/sys/fs/cgroup")
 
+
 def default_device() -> str:
     """The first CUDA device when there is one, else the CPU."""
     return "cuda" if torch.cuda.is_available() else "cpu"

@@ -266,8 +266,7 @@ def export_lm_eval(
     (trusttrace's positions="all"), not only the last.
     """
     _vector_map(vectors)
-    if not math.isfinite(float(alpha)):
-        raise SteeringError(f"alpha {alpha} is not a finite number")
+    check_alpha(alpha)
     config = {
         lm_eval_hookpoint(int(layer), model=model, architecture=architecture): {
             "steering_vector": torch.as_tensor(vector).detach().float().cpu().contiguous(),
@@ -518,14 +517,19 @@ def _vector_map(vectors: object) -> Mapping[int, torch.Tensor]:
     return vectors
 
 
+def check_alpha(alpha: float) -> None:
+    """A SteeringError unless the steering strength `alpha` is a finite number."""
+    if not math.isfinite(float(alpha)):
+        raise SteeringError(f"alpha {alpha} is not a finite number")
+
+
 def _checked_deltas(
     model: nn.Module, blocks: nn.ModuleList, vectors: Mapping[int, torch.Tensor], alpha: float
 ) -> dict[int, torch.Tensor]:
     """alpha·vector per (normalised) layer, in each block's dtype and device, after checking
     layers (each block once), sizes and that alpha and the vectors are finite."""
     _vector_map(vectors)
-    if not math.isfinite(float(alpha)):
-        raise SteeringError(f"alpha {alpha} is not a finite number")
+    check_alpha(alpha)
     hidden_size = model_hidden_size(model)
     deltas = {}
     for index, (layer, vector) in zip(check_layers(list(vectors), len(blocks)), vectors.items()):

@@ -31,7 +31,7 @@ from trusttrace.data import TrustDataset
 from trusttrace.evaluation.results import EvalResult
 from trusttrace.errors import SteeringError
 from trusttrace.evaluation.runner import evaluate, get_task, resolve_dataset
-from trusttrace.steering import Steering
+from trusttrace.steering import Steering, check_alpha
 
 STUDY_MAX_PERPLEXITY = 6.0
 SIGNIFICANCE = 0.05  # family-wise error rate of the grid's `improves` (Holm over its settings)
@@ -87,9 +87,8 @@ def check_settings(
     wrong size, an alpha that is not finite), raised before the unsteered baseline spends its time."""
     if not len(alphas):
         raise SteeringError("no alphas: a grid needs at least one steering strength")
-    bad = [alpha for alpha in alphas if not math.isfinite(float(alpha))]
-    if bad:
-        raise SteeringError(f"alpha {bad[0]} is not a finite number")
+    for alpha in alphas:
+        check_alpha(alpha)
     every = Steering(dict(vectors), 0.0, positions).on(model)
     with every.apply(model):  # steer checks each vector against its block, then the hooks come off
         pass
