@@ -25,8 +25,12 @@ from transformers import AutoModelForCausalLM, GPTNeoXConfig, LlamaConfig
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import timed, bench_statements, machine_description, record_section  # noqa: E402
 
-from trusttrace.extract import extract_activations  # noqa: E402
-from trusttrace.models import DTYPE_ARGUMENT, block_hidden, decoder_layers, folder_checksum, load_model  # noqa: E402
+from trusttrace.extract import (  # noqa: E402
+    STATE_BATCH_BYTES, auto_batch_tokens, extract_activations, plan_batches, tokenize_statements,
+)
+from trusttrace.models import (  # noqa: E402
+    DTYPE_ARGUMENT, block_hidden, context_length, decoder_layers, folder_checksum, load_model, model_hidden_size,
+)
 from trusttrace.tiny import train_tokenizer  # noqa: E402
 
 # Dense bf16 tensor-core peaks (no sparsity), for the fraction-of-peak figure on a GPU.
@@ -100,6 +104,35 @@ def peak_tflops(device: str) -> float | None:
     return next((peak for key, peak in PEAK_BF16_TFLOPS.items() if key in name), None)
 
 
+def matmul_tflops(device: str, size: int = 8192, repeat: int = 10) -> float:
+    """The card's bf16 matrix rate measured here: a size^3 product on random data, mean of `repeat`."""
+    a, b = (torch.randn(size, size, device=device, dtype=torch.bfloat16) for _ in range(2))
+    for _ in range(3):
+        a @ b
+    _, seconds = timed(lambda: [a @ b for _ in range(repeat)], device)
+    return 2 * size**3 * repeat / seconds / 1e12
+
+
+def diagnose(model, tokenizer, statements, device: str, budgets: list[int]) -> list[str]:
+    """Where the bf16 time goes: the batch plan and best-of-two time at each token budget
+    (None: automatic), then the ten CUDA kernels that take most time in one automatic pass."""
+    lengths = [len(ids) for ids in tokenize_statements(tokenizer, statements, context_length(model, tokenizer))[0]]
+    hidden, layers = model_hidden_size(model), len(decoder_layers(model))
+    max_rows = max(1, STATE_BATCH_BYTES // (layers * hidden * 2))
+    lines = ["| token budget | batches | padded / real tokens | best of 2 s |", "|---|---|---|---|"]
+    for budget in [None, *budgets]:
+        plan = plan_batches(lengths, None, budget or auto_batch_tokens(model), max_rows=max_rows)
+        padded = sum(len(rows) * max(lengths[r] for r in rows) for rows in plan)
+        best = min(timed(lambda: extract_activations(model, tokenizer, statements, batch_tokens=budget), device)[1] for _ in range(2))
+        label = f"auto ({auto_batch_tokens(model)})" if budget is None else str(budget)
+        lines.append(f"| {label} | {len(plan)} | {padded / sum(lengths):.2f} | {best:.2f} |")
+    if device.startswith("cuda"):
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA, torch.profiler.ProfilerActivity.CPU]) as prof:
+            timed(lambda: extract_activations(model, tokenizer, statements), device)
+        lines += ["", "```", prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=12, max_name_column_width=60), "```"]
+    return lines
+
+
 def load_test(model, tokenizer, device: str) -> tuple[float, dict[str, float]]:
     """Save the model as a bf16 safetensors folder on local disk and time `load_model` onto the
     device, then its two parts alone: transformers' `from_pretrained` and the weight checksum.
@@ -136,6 +169,9 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=50304)
     parser.add_argument("--repeat", type=int, default=1, help="time the bf16 pass this many times and keep the best")
     parser.add_argument("--load-test", action="store_true", help="also time loading a saved bf16 checkpoint")
+    parser.add_argument("--diagnose", type=int, nargs="*", metavar="TOKENS",
+                        help="also time the bf16 pass at these token budgets (and the automatic one) and, on a GPU, "
+                        "list its costliest kernels and the card's measured bf16 matrix rate")
     parser.add_argument("--record", action="store_true", help="append the results to bench/RESULTS.md")
     args = parser.parse_args()
 
@@ -185,6 +221,12 @@ def main() -> None:
         body_params = sum(p.numel() for name, p in model.named_parameters() if "lm_head" not in name and "embed" not in name)
         achieved = 2 * body_params * tokens / t_bf16 / 1e12
         lines.append(f"- bf16 throughput: {achieved:.0f} TFLOP/s = {100 * achieved / peak:.0f} % of the {peak:.0f} TFLOP/s dense bf16 peak")
+        if args.diagnose is not None:
+            measured = matmul_tflops(args.device)
+            lines.append(f"- measured bf16 matrix rate (8192^3, random data): {measured:.0f} TFLOP/s; "
+                         f"the extraction reached {100 * achieved / measured:.0f} % of it")
+    if args.diagnose is not None:
+        diagnosis = diagnose(model, tokenizer, statements, args.device, args.diagnose)
     if args.load_test:
         size, seconds = load_test(model, tokenizer, args.device)
         parts = ", ".join(f"{part} {value:.1f} s" for part, value in seconds.items())
@@ -195,6 +237,8 @@ def main() -> None:
     table = ["| method | total s | ms/statement | speed-up | numerics vs reference |", "|---|---|---|---|---|"]
     table += ["| " + " | ".join(row) + " |" for row in rows]
     text = "\n".join(lines + [""] + table)
+    if args.diagnose is not None:
+        text += "\n\n" + "\n".join(diagnosis)
     print(text)
     if args.record:
         record_section(f"extract ({args.shape}, {args.device})", machine_description(args.device), text)
