@@ -202,6 +202,16 @@ def test_batches_by_token_budget_cover_every_row_once():
         assert len(batch) * max(lengths[r] for r in batch) <= 10 or len(batch) == 1
 
 
+def test_the_longest_statements_come_first_then_batches_by_falling_size():
+    """The longest batch first (memory fails at once), the smallest last (its hand-over is not overlapped)."""
+    lengths = [20, 19, 10, 10, 10, 10, 5, 5, 5, 5, 5, 5, 5, 5, 2, 2]
+    batches = plan_batches(lengths, batch_size=None, batch_tokens=40)
+    assert sorted(batches[0].tolist()) == [0, 1]
+    sizes = [len(batch) for batch in batches[1:]]
+    assert sizes == sorted(sizes, reverse=True) and len(set(sizes)) > 1
+    assert sorted(int(r) for batch in batches for r in batch) == list(range(len(lengths)))
+
+
 def test_a_batch_holds_at_most_max_rows_however_large_the_token_budget():
     lengths = [4] * 25
     batches = plan_batches(lengths, batch_size=None, batch_tokens=10_000, max_rows=10)
