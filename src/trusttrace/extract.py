@@ -64,9 +64,8 @@ class HostCopy:
     once the forward pass that made them has ended, so the copy overlaps the next batch's pass.
     A copy to ordinary memory would hold Python until it ended and runs at a fraction of the
     speed: on an H200 it was 22 % of a 7B model's extraction time. `finish` waits for the copy
-    and hands over the pinned states themselves (copying them again to ordinary memory would
-    cost the host as much time as the GPU's pass on a large batch); once the caller drops
-    them, their block goes back to torch's pool for a later batch.
+    and returns the states in ordinary memory, so the pinned block goes back to torch's pool for
+    a later batch instead of staying with the caller.
     """
 
     def __init__(self, states: torch.Tensor, stream: torch.cuda.Stream | None = None) -> None:
@@ -84,10 +83,11 @@ class HostCopy:
         states.record_stream(stream)  # its memory is not reused by the next pass before the copy has read it
 
     def finish(self) -> torch.Tensor:
-        """The states on the host, once the copy has ended."""
-        if self.copied is not None:
-            self.copied.synchronize()
-        return self.host
+        """The states on the host, in ordinary memory, once the copy has ended."""
+        if self.copied is None:
+            return self.host
+        self.copied.synchronize()
+        return self.host.clone()
 
 
 class _StopForward(Exception):
@@ -330,9 +330,7 @@ def iter_activations(
     half the bytes of float32 to move and store, with nothing lost.
 
     The reading hooks stay on the model while the generator is paused between batches: run the
-    model for anything else only once it is exhausted or closed (`close()` removes them). States
-    from a GPU come in pinned (page-locked) host memory (see `HostCopy`): a caller that keeps
-    many batches should copy them (`.clone()`) rather than hold the pinned ones.
+    model for anything else only once it is exhausted or closed (`close()` removes them).
     """
     check_position(position)
     statements = check_statements(statements)
