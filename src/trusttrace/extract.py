@@ -15,6 +15,7 @@ import inspect
 import numbers
 import warnings
 from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -88,6 +89,20 @@ class HostCopy:
             return self.host
         self.copied.synchronize()
         return self.host.clone()
+
+
+def attention_kernels(device: torch.device) -> AbstractContextManager:
+    """On a GPU, scaled-dot-product attention without cuDNN's kernel. Extraction batches many
+    short, padded statements; there cuDNN's kernel took 0.44 ms a call on an H200 (9 % of a 7B
+    model's pass), several times what the memory-efficient kernel needs for the same work. The
+    others (flash, memory-efficient, plain math) stay, so every input still finds one."""
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # torch before 2.3 has no cuDNN attention to leave out
+        return nullcontext()
+    if device.type != "cuda" or not hasattr(SDPBackend, "CUDNN_ATTENTION"):
+        return nullcontext()
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
 class _StopForward(Exception):
@@ -391,7 +406,7 @@ def iter_activations(
 
     try:
         bar = tqdm(total=len(statements), desc="extract", unit="stmt", disable=not progress)
-        with torch.inference_mode(), bar:
+        with torch.inference_mode(), attention_kernels(device), bar:
             # A batch is handed over only once the next one is queued: on a GPU, which runs
             # queued work while Python goes on, the caller's work on a batch (converting,
             # scattering, writing a shard) then overlaps the next forward pass.
