@@ -380,10 +380,16 @@ def test_repeated_statements_without_groups_are_reported_once(tmp_path):
         warnings.simplefilter("error")
         load_dataset(grouped)
 
-def test_undecodable_file_is_a_dataset_error(tmp_path):
-    path = tmp_path / "latin.csv"
-    path.write_bytes(b"statement,label\n\xff\xfe,1\n")
-    with pytest.raises(DatasetError, match="latin.csv: cannot read the file .*can't decode"):
+
+@pytest.mark.parametrize("name, good", [("latin.csv", b"ok,1\n"), ("latin.jsonl", b'{"statement": "ok", "label": 1}\n')])
+def test_a_file_that_is_not_utf8_is_refused_naming_its_line(tmp_path, name, good):
+    """The decoder's own offset counts within its read buffer; the error names the file's line."""
+    path = tmp_path / name
+    header = b"statement,label\n" if name.endswith(".csv") else b""
+    bad = b"caf\xe9,0\n" if name.endswith(".csv") else b'{"statement": "caf\xe9", "label": 0}\n'
+    path.write_bytes(header + good * 20_000 + bad + good)
+    line = 20_001 + bool(header)
+    with pytest.raises(DatasetError, match=rf"{name}: line {line} is not UTF-8 text \(invalid continuation byte at byte \d+\); save"):
         load_dataset(path)
 
 

@@ -62,9 +62,25 @@ def read_rows(path: Path) -> Table:
         if suffix == ".parquet":
             return Table(pd.read_parquet(path))
         return _read_jsonl(path)
+    except UnicodeDecodeError:
+        raise _not_utf8(path) from None
     except (OSError, ValueError, csv.Error) as error:  # OS, decoding, CSV and pyarrow (ArrowInvalid) failures
         lines = str(error).strip().splitlines()
         raise DatasetError(f"{path}: cannot read the file ({lines[0] if lines else type(error).__name__})") from error
+
+
+def _not_utf8(path: Path) -> DatasetError:
+    """The error for a CSV or JSONL file that is not UTF-8, naming its first such line (the
+    decoder's own message gives an offset within its read buffer, not within the file)."""
+    with path.open("rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as error:
+                return DatasetError(
+                    f"{path}: line {number} is not UTF-8 text ({error.reason} at byte {error.start}); save the file as UTF-8"
+                )
+    return DatasetError(f"{path}: not UTF-8 text; save the file as UTF-8")
 
 
 def _read_csv(path: Path) -> Table:
