@@ -326,10 +326,11 @@ def test_mi_read_a_chunk_of_layers_at_a_time_equals_one_read_of_all(workspace, m
     monkeypatch.setattr(analysis, "LAYER_CHUNK_BYTES", workspace.layer_bytes(record))  # X (layer 4) in the last chunk only
     chunked = mi_record(workspace, record, estimator=estimator, x_layer=4, folds=3)
     assert chunked["layer"].tolist() == LAYERS
-    np.testing.assert_allclose(chunked[["i_xt", "i_ty"]].to_numpy(), whole[["i_xt", "i_ty"]].to_numpy(), rtol=1e-12)
+    columns = ["i_xt", "i_ty", "i_ty_shuffled"]
+    np.testing.assert_allclose(chunked[columns].to_numpy(), whole[columns].to_numpy(), rtol=1e-12)
 
 
-def test_mi_in_chunks_computes_x_and_y_once_and_each_layer_once(workspace, monkeypatch):
+def test_mi_in_chunks_computes_x_y_and_shuffled_y_once_and_each_layer_once(workspace, monkeypatch):
     import trusttrace.analysis as analysis
     import trusttrace.info as info
 
@@ -339,7 +340,7 @@ def test_mi_in_chunks_computes_x_and_y_once_and_each_layer_once(workspace, monke
     monkeypatch.setattr(info, "nhsic_operator", lambda x: operators.append(x.shape[:-2].numel()) or original(x))
     monkeypatch.setattr(analysis, "LAYER_CHUNK_BYTES", workspace.layer_bytes(record))  # one layer a chunk
     mi_record(workspace, record, estimator="nhsic", x_layer=4, folds=3)
-    assert sum(operators) == len(LAYERS) + 2  # every layer T, then X and Y once for all chunks
+    assert sum(operators) == len(LAYERS) + 3  # every layer T, then X, Y and shuffled Y once for all chunks
 
 
 def test_options_that_fit_no_set_are_one_error_not_a_skip_per_set(workspace):

@@ -351,8 +351,48 @@ def test_a_plane_built_from_one_reference_chunk_by_chunk_equals_the_whole(estima
 def test_the_kernel_memory_check_counts_a_chunk_s_states(monkeypatch):
     acts, labels = plane_data(n_layers=4, n=50, hidden=40)
     reference = info.plane_reference(acts[0], labels, rows=np.arange(50))
-    kernels = (info.KERNEL_MATRICES + 2) * 50 * 50 * 8
+    kernels = (info.KERNEL_MATRICES + info.REFERENCE_MATRICES) * 50 * 50 * 8
     monkeypatch.setattr(info, "free_memory", lambda device: kernels + 4 * 50 * 40 * 8 - 1)  # one byte short
     with pytest.raises(ProbeError, match="and the layers’ standardised rows"):
         info.plane_layers(reference, acts)
     info.plane_layers(reference, acts[:3])  # three layers fit
+
+
+@pytest.mark.parametrize("estimator", ["nhsic", "hsic", "gaussian", "ksg"])
+def test_the_shuffled_baseline_is_i_ty_with_the_labels_permuted(estimator):
+    """i_ty_shuffled is the estimator's I(T;Y) on the same rows with the labels in a seeded order."""
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 2, 120)
+    acts = torch.tensor(rng.normal(size=(3, 120, 24)) + 2.0 * labels[None, :, None] * (np.arange(24) < 2), dtype=torch.float32)
+    plane = information_plane(acts, labels, estimator=estimator, rows=range(120), seed=5)
+    permuted = information_plane(acts, info.shuffled_labels(labels, 5), estimator=estimator, rows=range(120), seed=5)
+    np.testing.assert_allclose(plane["i_ty_shuffled"], permuted["i_ty"], rtol=1e-12)
+    np.testing.assert_allclose(plane["i_xt"], permuted["i_xt"], rtol=1e-12)
+    other_seed = information_plane(acts, labels, estimator=estimator, rows=range(120), seed=6)
+    np.testing.assert_allclose(other_seed["i_ty"], plane["i_ty"], rtol=1e-12)
+    assert not np.allclose(other_seed["i_ty_shuffled"], plane["i_ty_shuffled"])
+
+
+def test_shuffled_labels_keep_the_class_counts_and_are_seeded():
+    labels = np.array([0] * 30 + [1] * 10)
+    shuffled = info.shuffled_labels(labels, 0)
+    assert np.bincount(shuffled).tolist() == [30, 10] and not np.array_equal(shuffled, labels)
+    assert np.array_equal(info.shuffled_labels(labels, 0), shuffled)
+    assert not np.array_equal(info.shuffled_labels(labels, 1), shuffled)
+
+
+def test_the_shuffled_baseline_exposes_a_saturated_gaussian_estimate():
+    """Heavy-tailed states with unrelated labels: the Gaussian estimate reads H(Y), and so does its
+    baseline; states that carry the label read well above theirs."""
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 400)
+    entropy = info.label_entropy(np.bincount(labels))
+    heavy_states = torch.tensor(rng.standard_t(1.2, size=(2, 400, 64)), dtype=torch.float32)
+    heavy = information_plane(heavy_states, labels, estimator="gaussian", rows=range(400))
+    np.testing.assert_allclose(heavy["i_ty"], entropy, rtol=1e-6)
+    np.testing.assert_allclose(heavy["i_ty_shuffled"], entropy, rtol=1e-6)
+    states = rng.normal(size=(2, 400, 64))
+    states[:, :, 0] += 3 * labels
+    for estimator in ("gaussian", "nhsic"):
+        plane = information_plane(torch.tensor(states, dtype=torch.float32), labels, estimator=estimator, rows=range(400))
+        assert (plane["i_ty"] > plane["i_ty_shuffled"] + 0.1).all(), plane

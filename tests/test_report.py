@@ -77,6 +77,8 @@ def mi_rows() -> pd.DataFrame:
                     "model": MODEL, "revision": checkpoint(step), "checkpoint": checkpoint(step), "step": step,
                     "tokens": step * 2048, "dataset": dataset, "layer": layer, "estimator": "nhsic",
                     "x_layer": 0, "split": "paper", "seed": 0, "i_xt": i_xt, "i_ty": 0.1 + 0.1 * i + 0.02 * layer, "n": 80,
+                    # The second dataset's rows are as written before the shuffled-label floor existed.
+                    "i_ty_shuffled": 0.01 * (i + layer) if dataset == DATASETS[0] else np.nan,
                 })
     return pd.DataFrame(rows)
 
@@ -196,6 +198,25 @@ def test_estimator_and_caveat_are_named(page):
     assert html.escape(ESTIMATOR_CAVEAT) in page
     # Layer 3's I(X;T) keeps rising: its peak is at the last checkpoint and is flagged.
     assert page.count("no: highest at the first or last checkpoint") == 2 and page.count("yes: falls by 1.2") == 6
+
+
+def test_the_shuffled_label_floor_is_drawn_where_recorded_and_its_absence_explained(page):
+    assert page.count("Dashed: the highest I(T;Y) any shown layer reads with the labels shuffled") == 1
+    assert page.count("No shuffled-label floor: these rows were estimated before trusttrace 0.9.0 recorded it") == 1
+
+
+def test_the_shuffled_floor_is_the_highest_layer_at_each_checkpoint():
+    from matplotlib.figure import Figure
+
+    from trusttrace.report.figures import _shuffled_floor
+
+    frame = pd.DataFrame({"x": [1, 1, 2, 2, 3], "layer": [0, 1, 0, 1, 0], "i_ty_shuffled": [0.1, 0.3, 0.2, np.nan, np.nan]})
+    ax = Figure().add_subplot()
+    handles = _shuffled_floor(ax, frame)
+    assert [h.get_label() for h in handles] == ["I(T;Y), labels shuffled (highest layer)"]
+    line = ax.get_lines()[0]
+    assert line.get_xdata().tolist() == [1, 2] and line.get_ydata().tolist() == [0.3, 0.2]
+    assert _shuffled_floor(Figure().add_subplot(), frame.drop(columns="i_ty_shuffled")) == []
 
 
 def test_text_is_escaped(page):

@@ -57,7 +57,9 @@ ESTIMATOR_CAVEAT = (
     "even on its 8 PCA components, is biased low (about half the true value for 8 Gaussian "
     "dimensions and 1000 rows), so it shows trends, not levels. The Gaussian estimate is "
     "unbiased only for Gaussian states; heavy-tailed ones can read up to H(Y) with labels "
-    "unrelated to them, so compare it with shuffled labels. A peak counts as a rise then "
+    "unrelated to them. Every estimate of I(T;Y) therefore comes with the same estimator's "
+    "reading on the same rows with the labels shuffled (i_ty_shuffled): what it reads when T "
+    "and Y are independent by construction. A peak counts as a rise then "
     "fall only when its fall exceeds the noise between checkpoints (see turning_points)."
 )
 
@@ -71,11 +73,14 @@ SINGULAR_TOLERANCE = 1e-10
 MAX_DISCRETE_VALUES = 20
 # The roles that seed ksg's jitter apart: X's states and a layer T's.
 X_ROLE, T_ROLE = 1, 0
+# Seeds the permutation of the labels for i_ty_shuffled apart from the row subsample's draw.
+SHUFFLE_STREAM = 2
 # Layers of the kernel estimators are processed in chunks of about this many bytes of m x m matrices.
 CHUNK_BYTES = 2**30
 # m x m matrices one layer holds at once in the kernel estimators (measured: about 9.9 for nhsic),
-# besides the two of X and Y.
+# besides the three of X, Y and the shuffled Y (REFERENCE_MATRICES).
 KERNEL_MATRICES = 10
+REFERENCE_MATRICES = 3
 # turning_points: a peak is a rise then fall when it exceeds both ends by this many noise SDs
 # (about 3-5 % false calls on a flat or saturating series of 6-30 checkpoints, in simulation),
 # and noise needs this many checkpoints to be estimated.
@@ -473,13 +478,17 @@ def information_plane(
 ) -> pd.DataFrame:
     """I(X;T) and I(T;Y) per layer: X = states of layer `x_layer`, T = each layer's states, Y = labels.
 
+    Columns: layer, i_xt, i_ty, i_ty_shuffled (the same estimate of I(T;Y) with the labels
+    permuted once, seeded by `seed`: the estimator's reading when T and Y are independent, the
+    floor a real I(T;Y) has to clear), estimator, n.
+
     Like the reference: each layer is z-scored with the mean and (n-1) std of all rows
     (`standardize`), then only `rows` are used (default: the `paper` split's training rows, the
     first 80 %; pass the probe-training rows of your split). `layers` names the layers of
     `acts` (default 0..n_layers-1) and `x_layer` is one of those names. The kernel estimators
     (nhsic, hsic) run batched over layers on `device` in `dtype` (float32 drifts by up to a few
     per cent for nhsic); gaussian and ksg run on the CPU layer by layer. gaussian's I(X;T) is
-    +inf at T = X (see `gaussian_mi_reduced`). The kernel estimators hold about 12 m x m matrices
+    +inf at T = X (see `gaussian_mi_reduced`). The kernel estimators hold about 13 m x m matrices
     for m rows (and take time as m³); `max_rows` estimates on a subsample of the rows (seeded by
     `seed`, stratified by label), and a set too large for the free memory is refused up front.
     To estimate a set a chunk of layers at a time, build its `plane_reference` once and pass
@@ -498,8 +507,9 @@ class PlaneReference:
     """X's and Y's side of an information plane, computed once for every layer T of a set.
 
     `x` and `y` are what each estimator compares T with: nHSIC operators (nhsic), centred
-    kernels (hsic), PCA scores of X and the labels (gaussian, ksg). `rows` are the rows used,
-    of the `n` a set's states hold.
+    kernels (hsic), PCA scores of X and the labels (gaussian, ksg); `y_shuffled` is `y` made
+    from the labels permuted (see `shuffled_labels`). `rows` are the rows used, of the `n` a
+    set's states hold.
     """
 
     estimator: str
@@ -507,6 +517,7 @@ class PlaneReference:
     rows: np.ndarray
     x: torch.Tensor | np.ndarray
     y: torch.Tensor | np.ndarray
+    y_shuffled: torch.Tensor | np.ndarray
     device: torch.device
     dtype: torch.dtype
     standardize: bool
@@ -537,18 +548,26 @@ def plane_reference(
     selected = subsample_rows(_check_rows(rows, x_states.shape[0]), y, max_rows, seed)
     x = _standardized(to_analysis_device(x_states.unsqueeze(0), device), [x_layer], selected, dtype, standardize)[0]
     m = len(selected)
+    labels_used = y[selected]
+    shuffled = shuffled_labels(labels_used, seed)
     if estimator in ("nhsic", "hsic"):
         check_kernel_memory(m, x.element_size(), x.device, estimator)
-        targets = torch.as_tensor(y[selected], device=x.device, dtype=dtype).unsqueeze(-1)
         kernel = nhsic_operator if estimator == "nhsic" else centred_median_kernel
-        x_side, y_side = kernel(x), kernel(targets)
+        y_side, y_shuffled = (kernel(torch.as_tensor(v, device=x.device, dtype=dtype).unsqueeze(-1)) for v in (labels_used, shuffled))
+        x_side = kernel(x)
     else:
-        x_side, y_side = _reduce(x.double().cpu().numpy(), x_layer, X_ROLE, estimator), y[selected]
-    return PlaneReference(estimator, len(y), selected, x_side, y_side, x.device, dtype, standardize)
+        x_side, y_side, y_shuffled = _reduce(x.double().cpu().numpy(), x_layer, X_ROLE, estimator), labels_used, shuffled
+    return PlaneReference(estimator, len(y), selected, x_side, y_side, y_shuffled, x.device, dtype, standardize)
+
+
+def shuffled_labels(labels: np.ndarray, seed: int) -> np.ndarray:
+    """`labels` in a seeded random order: independent of any layer's states by construction, with
+    the same class counts (so the same H(Y) and the same per-class sample sizes)."""
+    return labels[np.random.default_rng((seed, SHUFFLE_STREAM)).permutation(len(labels))]
 
 
 def plane_layers(reference: PlaneReference, acts: torch.Tensor, layers: Sequence[int] | None = None) -> pd.DataFrame:
-    """The information plane's rows (layer, i_xt, i_ty, estimator, n) for the layers of `acts`
+    """The information plane's rows (layer, i_xt, i_ty, i_ty_shuffled, estimator, n) for the layers of `acts`
     [n_layers, n, hidden] (named by `layers`, default 0..n_layers-1), against `reference`."""
     layer_ids = check_shape(acts, layers)
     if acts.shape[1] != reference.n:
@@ -559,12 +578,13 @@ def plane_layers(reference: PlaneReference, acts: torch.Tensor, layers: Sequence
         check_kernel_memory(m, size, on_device.device, reference.estimator, acts.shape[0] * m * acts.shape[2] * size)
     states = _standardized(on_device, layer_ids, reference.rows, reference.dtype, reference.standardize)
     if reference.estimator in ("nhsic", "hsic"):
-        i_xt, i_ty = _kernel_plane(states, reference)
+        i_xt, i_ty, i_ty_shuffled = _kernel_plane(states, reference)
     else:
-        i_xt, i_ty = _sample_plane(states, layer_ids, reference)
-    return pd.DataFrame(
-        {"layer": layer_ids, "i_xt": i_xt, "i_ty": i_ty, "estimator": reference.estimator, "n": len(reference.rows)}
-    )
+        i_xt, i_ty, i_ty_shuffled = _sample_plane(states, layer_ids, reference)
+    return pd.DataFrame({
+        "layer": layer_ids, "i_xt": i_xt, "i_ty": i_ty, "i_ty_shuffled": i_ty_shuffled,
+        "estimator": reference.estimator, "n": len(reference.rows),
+    })
 
 
 def _standardized(
@@ -595,22 +615,20 @@ def _check_rows(rows: Sequence[int] | None, n: int) -> np.ndarray:
     return selected
 
 
-def _kernel_plane(states: torch.Tensor, reference: PlaneReference) -> tuple[np.ndarray, np.ndarray]:
-    """Both coordinates of every layer of `states`, in chunks of layers that fit CHUNK_BYTES."""
+def _kernel_plane(states: torch.Tensor, reference: PlaneReference) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """I(X;T), I(T;Y) and I(T;Y) with shuffled labels for every layer of `states`, in chunks of
+    layers that fit CHUNK_BYTES."""
     m = states.shape[1]
     chunk = max(1, CHUNK_BYTES // (KERNEL_MATRICES * m * m * states.element_size()))
-    i_xt, i_ty = [], []
+    score = nhsic_from_operators if reference.estimator == "nhsic" else kernel_alignment
+    columns: list[list[torch.Tensor]] = [[], [], []]
     for start in range(0, states.shape[0], chunk):
         block = states[start : start + chunk]
-        if reference.estimator == "nhsic":
-            r_t = nhsic_operator(block)
-            i_xt.append(nhsic_from_operators(reference.x, r_t))
-            i_ty.append(nhsic_from_operators(reference.y, r_t))
-        else:
-            k_t = centred_median_kernel(block)
-            i_xt.append(kernel_alignment(k_t, reference.x))
-            i_ty.append(kernel_alignment(k_t, reference.y))
-    return torch.cat(i_xt).cpu().numpy(), torch.cat(i_ty).cpu().numpy()
+        t_side = nhsic_operator(block) if reference.estimator == "nhsic" else centred_median_kernel(block)
+        for column, other in zip(columns, (reference.x, reference.y, reference.y_shuffled)):
+            column.append(score(other, t_side))
+    i_xt, i_ty, i_ty_shuffled = (torch.cat(column).cpu().numpy() for column in columns)
+    return i_xt, i_ty, i_ty_shuffled
 
 
 def check_kernel_memory(m: int, element_size: int, device: torch.device, estimator: str, states_bytes: int = 0) -> None:
@@ -618,11 +636,11 @@ def check_kernel_memory(m: int, element_size: int, device: torch.device, estimat
     states beside them) cannot fit in the memory `device` has free: memory grows as m² (and time
     as m³), so a large set would otherwise end in an out-of-memory crash, or a kill that a resumed
     sweep would meet again."""
-    need = (KERNEL_MATRICES + 2) * m * m * element_size + states_bytes
+    need = (KERNEL_MATRICES + REFERENCE_MATRICES) * m * m * element_size + states_bytes
     free = free_memory(device)
     if free is not None and need > free:
         raise ProbeError(
-            f"{estimator} on {m} rows needs about {need / 1e9:.1f} GB of {device.type} memory ({KERNEL_MATRICES + 2} "
+            f"{estimator} on {m} rows needs about {need / 1e9:.1f} GB of {device.type} memory ({KERNEL_MATRICES + REFERENCE_MATRICES} "
             f"{m}x{m} matrices{' and the layers’ standardised rows' if states_bytes else ''}) and {free / 1e9:.1f} GB "
             "is free: estimate on a subsample with max_rows "
             "(mi.max_rows in a config, --max-rows for trusttrace mi), or use the gaussian or ksg estimator"
@@ -658,18 +676,24 @@ def _reduce(sample: np.ndarray, layer: int, role: int, estimator: str) -> np.nda
     return _jitter(scores, np.random.default_rng((role, layer % 2**64))) if estimator == "ksg" else scores
 
 
-def _sample_plane(states: torch.Tensor, layer_ids: list[int], reference: PlaneReference) -> tuple[np.ndarray, np.ndarray]:
-    """gaussian / ksg layer by layer on the CPU (gaussian's I(X;X) is +inf)."""
-    i_xt, i_ty = [], []
+def _sample_plane(
+    states: torch.Tensor, layer_ids: list[int], reference: PlaneReference
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """gaussian / ksg layer by layer on the CPU (gaussian's I(X;X) is +inf): I(X;T), I(T;Y) and
+    I(T;Y) with shuffled labels."""
+    rows = []
     for layer, sample in zip(layer_ids, states):
         t = _reduce(sample.double().cpu().numpy(), layer, T_ROLE, reference.estimator)
         if reference.estimator == "gaussian":
-            i_xt.append(gaussian_mi_scores(reference.x, t, discrete=False))
-            i_ty.append(gaussian_mi_scores(t, reference.y, discrete=True))
+            rows.append((
+                gaussian_mi_scores(reference.x, t, discrete=False),
+                gaussian_mi_scores(t, reference.y, discrete=True),
+                gaussian_mi_scores(t, reference.y_shuffled, discrete=True),
+            ))
         else:
-            i_xt.append(ksg_continuous(reference.x, t))
-            i_ty.append(ksg_discrete(t, reference.y))
-    return np.array(i_xt), np.array(i_ty)
+            rows.append((ksg_continuous(reference.x, t), ksg_discrete(t, reference.y), ksg_discrete(t, reference.y_shuffled)))
+    i_xt, i_ty, i_ty_shuffled = (np.array(column, dtype=float) for column in zip(*rows))
+    return i_xt, i_ty, i_ty_shuffled
 
 
 # ----- turning points -------------------------------------------------------------------

@@ -62,7 +62,7 @@ def mi(
     estimator: str = typer.Option("nhsic", help="nhsic (the reference study's), hsic, gaussian or ksg."),
     x_layer: int = typer.Option(0, min=0, help="The stored layer whose states stand for the input X (the study's: block 0)."),
     split: str = typer.Option("grouped", help="Rows used: the training rows of this split, as `probe` and `run` make it (grouped, random, or paper: the first 80 %)."),
-    seed: int = typer.Option(0, min=0, help="Seed of the split (random and grouped) and of the --max-rows subsample."),
+    seed: int = typer.Option(0, min=0, help="Seed of the split (random and grouped), of the --max-rows subsample and of the shuffled labels."),
     folds: int = typer.Option(5, min=1, help="Folds of the probes' split; MI uses the training rows of its first fold (paper: the first 80 %)."),
     test_size: float = typer.Option(0.2, callback=share, help="Share of rows held out when --folds is 1 (random and grouped splits)."),
     max_rows: Optional[int] = typer.Option(None, min=3, help="Estimate on a seeded subsample of at most N training rows (default: all; nhsic and hsic need memory as N² and time as N³)."),
@@ -70,7 +70,9 @@ def mi(
 ) -> None:
     """Estimate I(X;T) and I(T;Y) for every layer of every activation set in WORKSPACE.
 
-    Results go to WORKSPACE/mi.parquet; sets already in it are skipped.
+    Beside each I(T;Y) goes the same estimate with the labels shuffled (i_ty_shuffled): what the
+    estimator reads when the states carry nothing of the labels. Results go to
+    WORKSPACE/mi.parquet; sets already in it are skipped.
 
     Missing or corrupt sets, and sets the options do not fit, are reported and skipped; the exit
     code is then 1. Options that fit no set are an error (exit code 2).

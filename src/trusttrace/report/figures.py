@@ -308,8 +308,22 @@ def mi_curves(frame: pd.DataFrame, turning: pd.DataFrame, axis: TimeAxis, *, nam
         ax.set_ylabel(f"{quantity}, {unit}")
         ax.set_title(quantity)
     title(fig, f"{name} · estimator: {estimator}")
-    _layer_key(fig, [left, right], layers, _peak_handles(turning))
+    _layer_key(fig, [left, right], layers, _peak_handles(turning) + _shuffled_floor(right, frame))
     return fig
+
+
+def _shuffled_floor(ax, frame: pd.DataFrame) -> list[Line2D]:
+    """Draw, per checkpoint, the highest I(T;Y) any shown layer reads with the labels shuffled
+    (dashed): the level a real I(T;Y) has to clear. Returns its legend entry (none for rows
+    written before the baseline existed)."""
+    if "i_ty_shuffled" not in frame:
+        return []
+    floor = frame.assign(value=frame["i_ty_shuffled"].astype(float)).groupby("x")["value"].max().dropna()
+    if floor.empty:
+        return []
+    style = {"color": "#333333", "ls": "--", "lw": 1.2}
+    ax.plot(floor.index, floor.to_numpy(), marker=marker(len(floor)), ms=2.5, **style)
+    return [Line2D([], [], label="I(T;Y), labels shuffled (highest layer)", **style)]
 
 
 @styled

@@ -337,7 +337,8 @@ def _mi_figures(
             writer.save(figures.mi_curves(data, turning, axis, name=f"Mutual information during training: {title}", estimator=estimator), "mi-curves", model, dataset, estimator),
             f"I(X;T) (left) and I(T;Y) (right) against {axis.label}, one line per layer, on {dataset}, {model}. "
             f"Stars: the checkpoint where I(X;T) is highest per layer; filled only where it rises then falls by more than "
-            f"{FALL_NOISE:g} times the noise between checkpoints (hollow: at the first or last checkpoint, or no fall beyond noise). {note}",
+            f"{FALL_NOISE:g} times the noise between checkpoints (hollow: at the first or last checkpoint, or no fall beyond noise). "
+            f"{_shuffled_note(data)}{note}",
             alt=f"I(X;T) and I(T;Y) against training step for {dataset}, {model}, estimator {estimator}",
         ),
         figure(
@@ -351,6 +352,16 @@ def _mi_figures(
     if others:
         parts.append(paragraph(f"{MI_TABLE} also holds {others}; the figures show the configuration named above ({SELECT_HINT}).", "missing"))
     return parts
+
+
+def _shuffled_note(data: pd.DataFrame) -> str:
+    """The caption's words on the dashed shuffled-label floor, or why it is missing."""
+    values = data["i_ty_shuffled"].astype(float) if "i_ty_shuffled" in data else pd.Series(dtype=float)
+    if values.notna().any():
+        return ("Dashed: the highest I(T;Y) any shown layer reads with the labels shuffled, the estimator's reading "
+                "with no relation to the labels; an I(T;Y) near it carries no evidence. ")
+    return ("No shuffled-label floor: these rows were estimated before trusttrace 0.9.0 recorded it (move "
+            f"{MI_TABLE} aside and run trusttrace mi, or trusttrace run, again to add it). ")
 
 
 def _turning_table(turning: pd.DataFrame, axis: figures.TimeAxis, data: pd.DataFrame) -> str:
