@@ -37,6 +37,14 @@ def test_probe_accuracy_rises_from_chance_on_held_out_entities(demo):
     assert probes["checkpoint"].nunique() == 12
 
 
+def test_label_information_rises_above_its_shuffled_floor(demo):
+    """The best layer's I(T;Y) starts at the floor shuffled labels read and ends far above it."""
+    assert demo.shuffled_i_ty < 0.05
+    assert demo.first_i_ty < demo.shuffled_i_ty + 0.05
+    assert demo.last_i_ty > demo.shuffled_i_ty + 0.2
+    assert f"shuffled at most {demo.shuffled_i_ty:.2f}" in demo.summary()
+
+
 def test_the_model_learns_the_facts(demo):
     world = build_world(seed=0)
     checkpoints = checkpoint_suite(f"local:{demo.workspace.parent / 'checkpoints-quick'}").checkpoints
@@ -89,3 +97,10 @@ def test_the_demo_will_not_write_among_other_files(tmp_path):
     with pytest.raises(TrustTraceError, match="holds other files and is not a demo folder"):
         run_demo(tmp_path, quick=True, progress=False)
     assert [path.name for path in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_the_summary_says_when_the_shuffled_floor_was_not_recorded(demo):
+    from dataclasses import replace
+
+    legacy = replace(demo, shuffled_i_ty=float("nan"))
+    assert "with the labels shuffled: not recorded (rows from before 0.9.0)" in legacy.summary()

@@ -38,7 +38,7 @@ from trusttrace.report import write_report
 from trusttrace.steering import Steering, build_vectors, development_rows, save_vectors
 from trusttrace.steering_stage import STEERING_KEYS, STEERING_LEGACY, run_columns, source_columns, target_columns
 from trusttrace.store import (
-    PROBES_TABLE, STEERING_DIR, STEERING_TABLE, WORKSPACE_FILE, WORKSPACE_FORMAT, append_table, read_table, write_json,
+    MI_TABLE, PROBES_TABLE, STEERING_DIR, STEERING_TABLE, WORKSPACE_FILE, WORKSPACE_FORMAT, append_table, read_table, write_json,
 )
 from trusttrace.sweep import Sweep
 
@@ -56,13 +56,18 @@ ENDORSE_TASK = "claim_endorsement"
 
 @dataclass
 class DemoResult:
-    """What the demo found: probe accuracy over training, and endorsement of claims by steering α."""
+    """What the demo found: probe accuracy and I(T;Y) over training, and endorsement of claims by
+    steering α. `shuffled_i_ty` is the highest I(T;Y) the best layer reads at any checkpoint with
+    the labels shuffled."""
 
     workspace: Path
     report: Path
     best_layer: int
     first_accuracy: float
     last_accuracy: float
+    first_i_ty: float
+    last_i_ty: float
+    shuffled_i_ty: float
     source_checkpoint: str
     steering_layer: int
     endorsement: pd.DataFrame
@@ -73,6 +78,8 @@ class DemoResult:
         lines = [
             f"held-out probe accuracy of the best layer ({self.best_layer}, highest mean over checkpoints): "
             f"{self.first_accuracy:.2f} at the first checkpoint -> {self.last_accuracy:.2f} at the last",
+            f"I(T;Y) of that layer (nHSIC score): {self.first_i_ty:.2f} -> {self.last_i_ty:.2f}; with the labels "
+            + (f"shuffled at most {self.shuffled_i_ty:.2f}" if np.isfinite(self.shuffled_i_ty) else "shuffled: not recorded (rows from before 0.9.0)"),
             f"truth direction of {self.source_checkpoint} (layer {self.steering_layer}) added to the final model; "
             "share of held-out claims it calls true:",
         ]
@@ -136,6 +143,17 @@ def probe_table(workspace: Path, model: str, dataset_hash: str) -> pd.DataFrame:
     table = read_table(workspace / PROBES_TABLE)
     table = table[(table["method"] == "logreg") & (table["model"] == model) & (table["dataset_hash"] == dataset_hash)]
     return table.pivot_table(index=["step", "checkpoint"], columns="layer", values="accuracy").sort_index()
+
+
+def label_information(workspace: Path, model: str, dataset_hash: str, layer: int) -> pd.DataFrame:
+    """nHSIC's I(T;Y) and its shuffled-label floor of one layer of one run on one dataset, by
+    checkpoint in training order (the floor NaN in rows a version before 0.9.0 wrote)."""
+    table = read_table(workspace / MI_TABLE)
+    chosen = (
+        (table["model"] == model) & (table["dataset_hash"] == dataset_hash) & (table["layer"] == layer)
+        & (table["estimator"] == "nhsic")
+    )
+    return table[chosen].sort_values("step").reindex(columns=["i_ty", "i_ty_shuffled"])
 
 
 def emerged_checkpoint(accuracy: pd.DataFrame) -> tuple[str, int]:
@@ -230,8 +248,11 @@ def run_demo(out: str | Path = "trusttrace-demo", *, seed: int = 0, quick: bool 
     append_table(workspace / STEERING_TABLE, table.assign(task=ENDORSE_TASK, task_inputs=None), STEERING_KEYS, STEERING_LEGACY)
     report = write_report(workspace, title="trusttrace demo: a tiny LM learning a world of facts")
     best_layer = int(accuracy.mean(axis=0).idxmax())  # as the report picks it: highest mean over checkpoints
+    information = label_information(workspace, sweep.suite.model_id, data.content_hash, best_layer)
     return DemoResult(
         workspace=workspace, report=report, best_layer=best_layer,
         first_accuracy=float(accuracy.iloc[0][best_layer]), last_accuracy=float(accuracy.iloc[-1][best_layer]),
+        first_i_ty=float(information["i_ty"].iloc[0]), last_i_ty=float(information["i_ty"].iloc[-1]),
+        shuffled_i_ty=float(information["i_ty_shuffled"].max()),
         source_checkpoint=source, steering_layer=layer, endorsement=table, seconds=time.perf_counter() - start,
     )
