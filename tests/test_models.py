@@ -39,6 +39,65 @@ def test_same_weights_same_checksum(saved_model, tmp_path, model_factory, tokeni
     assert third.trusttrace_source.weights_sha256 not in (None, first.trusttrace_source.weights_sha256)
 
 
+def copy_of(folder, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)
+    return copy
+
+
+def counting_checksums(monkeypatch, delay: float = 0.0) -> list:
+    import time
+
+    import trusttrace.models as models
+
+    calls, original = [], models.folder_checksum
+
+    def counted(folder):
+        calls.append(folder)
+        time.sleep(delay)
+        return original(folder)
+
+    monkeypatch.setattr(models, "folder_checksum", counted)
+    return calls
+
+
+def test_a_checksum_computed_ahead_is_used_by_the_load(saved_model, tmp_path, monkeypatch):
+    from trusttrace.models import checksum_ahead
+
+    folder = copy_of(saved_model("gpt2"), tmp_path)
+    expected = folder_checksum(folder)
+    calls = counting_checksums(monkeypatch)
+    checksum_ahead(folder)()
+    model, _ = load_model(folder, dtype="float32", device="cpu")
+    assert model.trusttrace_source.weights_sha256 == expected and len(calls) == 1  # the ahead one only
+
+
+def test_a_load_waits_for_a_checksum_under_way_instead_of_hashing_again(saved_model, tmp_path, monkeypatch):
+    import threading
+
+    from trusttrace.models import checksum_ahead
+
+    folder = copy_of(saved_model("gpt2"), tmp_path)
+    expected = folder_checksum(folder)
+    calls = counting_checksums(monkeypatch, delay=0.5)
+    worker = threading.Thread(target=checksum_ahead(folder))
+    worker.start()
+    model, _ = load_model(folder, dtype="float32", device="cpu")
+    worker.join()
+    assert model.trusttrace_source.weights_sha256 == expected and len(calls) == 1
+
+
+def test_weights_changed_after_their_checksum_ahead_are_hashed_again(saved_model, tmp_path, monkeypatch, tokenizer):
+    from trusttrace.models import checksum_ahead
+
+    folder = copy_of(saved_model("gpt2"), tmp_path)
+    stale = folder_checksum(folder)
+    checksum_ahead(folder)()
+    tiny_model("gpt2", len(tokenizer), seed=7).save_pretrained(folder)  # the same names and sizes, other weights
+    model, _ = load_model(folder, dtype="float32", device="cpu")
+    assert model.trusttrace_source.weights_sha256 == folder_checksum(folder) != stale
+
+
 def test_a_trainer_checkpoint_s_optimizer_and_run_state_are_not_weights(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"weights")
     plain = folder_checksum(tmp_path)

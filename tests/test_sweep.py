@@ -104,6 +104,29 @@ def test_local_suite_end_to_end_and_second_run_skips(setup):
 
 
 
+def test_each_local_checkpoint_is_hashed_once_ahead_of_its_load(setup, monkeypatch):
+    """The prefetch thread hashes a checkpoint's weights; its load uses that checksum."""
+    import threading
+
+    import trusttrace.models as models
+
+    root, suite, dataset = setup
+    hashed, original = [], models.folder_checksum
+
+    def spy(folder):
+        hashed.append((folder.name, threading.current_thread().name))
+        return original(folder)
+
+    monkeypatch.setattr(models, "folder_checksum", spy)
+    config = load_config(write_config(root, suite, dataset, stages=["extract"]))
+    assert run_sweep(config, progress=False).ok
+    assert sorted(hashed) == [(name, f"trusttrace-prefetch-{name}") for name in ("step_0", "step_10", "step_20")]
+    checkpoints = Manifest(config.workspace / "manifest.sqlite").checkpoints()
+    assert {row["name"]: row["weights_sha256"] for row in checkpoints} == {
+        name: original(suite / name) for name in ("step_0", "step_10", "step_20")
+    }
+
+
 def test_a_local_checkpoint_whose_weights_are_replaced_is_redone(setup):
     root, suite, dataset = setup
     config = load_config(write_config(root, suite, dataset))

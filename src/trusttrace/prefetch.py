@@ -2,7 +2,9 @@
 
 While the sweep works on one checkpoint, the next one's weight, config and tokenizer files
 are downloaded in a background thread with `huggingface_hub.snapshot_download`. Local
-checkpoints need no fetching. Failed fetches are retried with backoff, then reported.
+checkpoints need no fetching. Failed fetches are retried with backoff, then reported. Once a
+checkpoint's files are there, the same thread computes their weights checksum for its load
+(`checksum_ahead`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 from trusttrace.checkpoints import Checkpoint
 from trusttrace.data.hub import hub_reachable
 from trusttrace.errors import CheckpointError, OfflineError
+from trusttrace.models import checksum_ahead
 
 # Only what loading needs: configs, tokenizer files, a repository's model code (small; run only
 # with trust_remote_code) and one format of weights (safetensors where the revision has them,
@@ -106,9 +109,13 @@ class Prefetcher:
         def work() -> None:
             if future.set_running_or_notify_cancel():
                 try:
-                    future.set_result(with_retries(lambda: fetch(checkpoint, self._fetcher), self._retries))
+                    folder = with_retries(lambda: fetch(checkpoint, self._fetcher), self._retries)
                 except BaseException as error:  # handed to the caller of get()
                     future.set_exception(error)
+                    return
+                checksum = checksum_ahead(folder)  # claimed before get() returns, so the load waits for it
+                future.set_result(folder)
+                checksum()
 
         self._futures[checkpoint.name] = future
         threading.Thread(target=work, name=f"trusttrace-prefetch-{checkpoint.name}", daemon=True).start()
