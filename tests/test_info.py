@@ -396,3 +396,17 @@ def test_the_shuffled_baseline_exposes_a_saturated_gaussian_estimate():
     for estimator in ("gaussian", "nhsic"):
         plane = information_plane(torch.tensor(states, dtype=torch.float32), labels, estimator=estimator, rows=range(400))
         assert (plane["i_ty"] > plane["i_ty_shuffled"] + 0.1).all(), plane
+
+
+def test_the_shuffled_estimate_does_not_repeat_the_warnings_of_the_real_one():
+    import warnings
+
+    rng = np.random.default_rng(0)
+    labels = np.array([0] * 16 + [1] * 24)
+    acts = torch.tensor(rng.normal(size=(3, 40, 40)), dtype=torch.float32)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plane = information_plane(acts, labels, estimator="gaussian", rows=range(40))
+    reduced = [w for w in caught if "T is reduced to its 15 leading principal components" in str(w.message)]
+    assert len(reduced) == 3  # one per layer, for the real labels
+    assert plane["i_ty_shuffled"].notna().all()
