@@ -381,15 +381,19 @@ def test_repeated_statements_without_groups_are_reported_once(tmp_path):
         load_dataset(grouped)
 
 
-@pytest.mark.parametrize("name, good", [("latin.csv", b"ok,1\n"), ("latin.jsonl", b'{"statement": "ok", "label": 1}\n')])
-def test_a_file_that_is_not_utf8_is_refused_naming_its_line(tmp_path, name, good):
-    """The decoder's own offset counts within its read buffer; the error names the file's line."""
+@pytest.mark.parametrize("end", [b"\n", b"\r\n", b"\r"])
+@pytest.mark.parametrize("name, good", [("latin.csv", b"ok,1"), ("latin.jsonl", b'{"statement": "ok", "label": 1}')])
+def test_a_file_that_is_not_utf8_is_refused_naming_its_line(tmp_path, name, good, end):
+    """The decoder's own offset counts within its read buffer; the error names the file's line,
+    counted as the readers count lines."""
     path = tmp_path / name
-    header = b"statement,label\n" if name.endswith(".csv") else b""
-    bad = b"caf\xe9,0\n" if name.endswith(".csv") else b'{"statement": "caf\xe9", "label": 0}\n'
-    path.write_bytes(header + good * 20_000 + bad + good)
-    line = 20_001 + bool(header)
-    with pytest.raises(DatasetError, match=rf"{name}: line {line} is not UTF-8 text \(invalid continuation byte at byte \d+\); save"):
+    header = [b"statement,label"] if name.endswith(".csv") else []
+    bad = b"caf\xe9,0" if name.endswith(".csv") else b'{"statement": "caf\xe9", "label": 0}'
+    path.write_bytes(end.join(header + [good] * 20_000 + [bad, good]) + end)
+    line = 20_001 + len(header)
+    column = bad.index(b"\xe9") + 1
+    message = rf"{name}: line {line} is not UTF-8 text \(invalid continuation byte at byte {column} of the line\); save"
+    with pytest.raises(DatasetError, match=message):
         load_dataset(path)
 
 

@@ -308,3 +308,16 @@ def test_check_layers():
         check_layers([2, 1, 2], 3)
     with pytest.raises(LayerError, match="layer 3 is out of range"):
         check_layers([3], 3)
+
+
+def test_a_checksum_claimed_ahead_but_never_computed_does_not_hold_the_load(saved_model, tmp_path, monkeypatch):
+    from trusttrace.models import checksum_ahead
+
+    folder = copy_of(saved_model("gpt2"), tmp_path)
+    expected = folder_checksum(folder)
+    work = checksum_ahead(folder)  # claimed, never run before the load
+    model, _ = load_model(folder, dtype="float32", device="cpu")
+    assert model.trusttrace_source.weights_sha256 == expected
+    calls = counting_checksums(monkeypatch)
+    work()  # withdrawn by the load: computes nothing
+    assert calls == []

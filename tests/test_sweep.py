@@ -615,6 +615,19 @@ def test_the_prefetcher_hands_over_results_and_errors_and_never_holds_the_proces
     release.set()
 
 
+def test_a_folder_whose_checksum_cannot_be_claimed_is_still_handed_over(tmp_path, monkeypatch):
+    import trusttrace.prefetch as prefetch
+    from trusttrace.checkpoints import Checkpoint
+
+    def unclaimable(folder):
+        raise RuntimeError("Symlink loop")
+
+    monkeypatch.setattr(prefetch, "checksum_ahead", unclaimable)
+    prefetcher = prefetch.Prefetcher(lambda checkpoint: tmp_path, retries=0)
+    prefetcher.schedule(Checkpoint("a", "org/m", "a", None, None))
+    assert prefetcher._futures["a"].result(timeout=10) == tmp_path  # what get() waits on, with a limit
+
+
 def test_a_snapshot_file_whose_shared_blob_was_deleted_is_found(tmp_path):
     from trusttrace.prefetch import broken_links
 

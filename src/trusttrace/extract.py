@@ -65,12 +65,13 @@ class HostCopy:
     once the forward pass that made them has ended, so the copy overlaps the next batch's pass.
     A copy to ordinary memory would hold Python until it ended and runs at a fraction of the
     speed: on an H200 it was 22 % of a 7B model's extraction time. `finish` waits for the copy
-    and returns the states in ordinary memory, so the pinned block goes back to torch's pool for
-    a later batch instead of staying with the caller.
+    and returns the states in ordinary memory, letting go of the pinned block, which goes back to
+    torch's pool for a later batch while the caller works on this one.
     """
 
     def __init__(self, states: torch.Tensor, stream: torch.cuda.Stream | None = None) -> None:
         self.copied: torch.cuda.Event | None = None
+        self.host: torch.Tensor | None
         if states.device.type != "cuda":
             self.host = states.cpu()
             return
@@ -84,25 +85,35 @@ class HostCopy:
         states.record_stream(stream)  # its memory is not reused by the next pass before the copy has read it
 
     def finish(self) -> torch.Tensor:
-        """The states on the host, in ordinary memory, once the copy has ended."""
+        """The states on the host, in ordinary memory, once the copy has ended (call it once)."""
         if self.copied is None:
             return self.host
         self.copied.synchronize()
-        return self.host.clone()
+        pinned, self.host = self.host, None
+        return pinned.clone()
 
 
 def attention_kernels(device: torch.device) -> AbstractContextManager:
-    """On a GPU, scaled-dot-product attention without cuDNN's kernel. Extraction batches many
-    short, padded statements; on the study's data cuDNN's kernel took 99 ms of a 7B model's pass
-    on an H200 (0.44 ms a call), the memory-efficient kernel 69 ms. The others (flash,
-    memory-efficient, plain math) stay, so every input still finds one."""
+    """On a GPU, scaled-dot-product attention without cuDNN's kernel, for one forward pass.
+    Extraction batches many short, padded statements; on the study's data cuDNN's kernel took
+    99 ms of a 7B model's pass on an H200 (0.44 ms a call), the memory-efficient kernel 69 ms.
+    The kernels the user left enabled among the others (flash, memory-efficient, plain math)
+    stay. torch's switches are process-wide: hold this around a forward pass, never across a
+    generator's yield."""
     try:
         from torch.nn.attention import SDPBackend, sdpa_kernel
     except ImportError:  # torch before 2.3 has no cuDNN attention to leave out
         return nullcontext()
-    if device.type != "cuda" or not hasattr(SDPBackend, "CUDNN_ATTENTION"):
+    if device.type != "cuda" or not hasattr(SDPBackend, "CUDNN_ATTENTION") or not torch.backends.cuda.cudnn_sdp_enabled():
         return nullcontext()
-    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+    enabled = [
+        backend for backend, on in (
+            (SDPBackend.FLASH_ATTENTION, torch.backends.cuda.flash_sdp_enabled()),
+            (SDPBackend.EFFICIENT_ATTENTION, torch.backends.cuda.mem_efficient_sdp_enabled()),
+            (SDPBackend.MATH, torch.backends.cuda.math_sdp_enabled()),
+        ) if on
+    ]
+    return sdpa_kernel(enabled) if enabled else nullcontext()
 
 
 class _StopForward(Exception):
@@ -174,7 +185,7 @@ def plan_batches(
     lengths: Sequence[int], batch_size: int | None, batch_tokens: int, spread: float = LENGTH_SPREAD,
     max_rows: int | None = None,
 ) -> list[np.ndarray]:
-    """Row indices of each batch: statements sorted by length, longest first.
+    """Row indices of each batch, its statements of similar length (not in input order).
 
     With `batch_size` every batch has that many rows. Otherwise a batch holds as many rows as
     fit in `batch_tokens` padded tokens (and at most `max_rows`) and whose lengths are within
@@ -340,9 +351,9 @@ def iter_activations(
     batch_tokens: int | None = None,
     progress: bool = False,
 ) -> Iterator[ActivationBatch]:
-    """Yield the chosen blocks' states batch by batch (rows in length order, not input order),
-    in the dtype the model computed them in: a bfloat16 model's states are kept as they are,
-    half the bytes of float32 to move and store, with nothing lost.
+    """Yield the chosen blocks' states batch by batch (statements of similar length together, not
+    in input order), in the dtype the model computed them in: a bfloat16 model's states are kept
+    as they are, half the bytes of float32 to move and store, with nothing lost.
 
     The reading hooks stay on the model while the generator is paused between batches: run the
     model for anything else only once it is exhausted or closed (`close()` removes them).
@@ -397,7 +408,8 @@ def iter_activations(
         captured.clear()
         kwargs = {"position_ids": positions} if pass_positions else {}
         try:
-            base(input_ids=ids, attention_mask=mask, use_cache=False, **kwargs)
+            with attention_kernels(device):
+                base(input_ids=ids, attention_mask=mask, use_cache=False, **kwargs)
         except _StopForward:
             pass
         states = torch.stack([captured[layer] for layer in chosen])
@@ -406,7 +418,7 @@ def iter_activations(
 
     try:
         bar = tqdm(total=len(statements), desc="extract", unit="stmt", disable=not progress)
-        with torch.inference_mode(), attention_kernels(device), bar:
+        with torch.inference_mode(), bar:
             # A batch is handed over only once the next one is queued: on a GPU, which runs
             # queued work while Python goes on, the caller's work on a batch (converting,
             # scattering, writing a shard) then overlaps the next forward pass.

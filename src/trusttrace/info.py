@@ -479,8 +479,8 @@ def information_plane(
     """I(X;T) and I(T;Y) per layer: X = states of layer `x_layer`, T = each layer's states, Y = labels.
 
     Columns: layer, i_xt, i_ty, i_ty_shuffled (the same estimate of I(T;Y) with the labels
-    permuted once, seeded by `seed`: the estimator's reading when T and Y are independent, the
-    floor a real I(T;Y) has to clear), estimator, n.
+    permuted once, seeded by `seed`: one draw of the estimator's reading when T and Y are
+    independent, which a real I(T;Y) should clear by a wide margin), estimator, n.
 
     Like the reference: each layer is z-scored with the mean and (n-1) std of all rows
     (`standardize`), then only `rows` are used (default: the `paper` split's training rows, the

@@ -320,14 +320,17 @@ def checksum_ahead(folder: Path) -> Callable[[], None]:
     The sweep does this for the checkpoint after the one it works on: a 7B model's sha256 takes
     about 10 s on a host that hashes at 1 GB/s, about five times its load, and the read leaves
     the files in the page cache for the load. A `load_model` that comes while the work runs waits
-    for it rather than hashing again; one that finds the files changed since hashes them itself.
+    for it rather than hashing again; one that comes before it has started, or finds the files
+    changed since, hashes them itself.
     """
-    key = folder.resolve()
+    key = Path(folder).resolve()
     future: Future = Future()
     with _AHEAD_LOCK:
         _AHEAD[key] = future
 
     def work() -> None:
+        if not future.set_running_or_notify_cancel():  # a load came first and hashes the files itself
+            return
         try:
             files = loaded_weight_files(key)
             signature = weight_signature(files)
@@ -340,8 +343,11 @@ def checksum_ahead(folder: Path) -> Callable[[], None]:
 
 
 def _take_checksum_ahead(folder: Path) -> Future | None:
+    """The work `checksum_ahead` claimed for `folder` if it has started (the load waits for it);
+    a claim not yet started is withdrawn, and the load hashes the folder itself."""
     with _AHEAD_LOCK:
-        return _AHEAD.pop(folder.resolve(), None)
+        future = _AHEAD.pop(folder.resolve(), None)
+    return None if future is None or future.cancel() else future
 
 
 def _checksum_from_ahead(folder: Path, ahead: Future) -> str | None:

@@ -113,9 +113,13 @@ class Prefetcher:
                 except BaseException as error:  # handed to the caller of get()
                     future.set_exception(error)
                     return
-                checksum = checksum_ahead(folder)  # claimed before get() returns, so the load waits for it
+                try:  # claimed before get() returns, so the load waits for it
+                    checksum = checksum_ahead(folder)
+                except Exception:  # (a folder that cannot be resolved) the load hashes it
+                    checksum = None
                 future.set_result(folder)
-                checksum()
+                if checksum is not None:
+                    checksum()
 
         self._futures[checkpoint.name] = future
         threading.Thread(target=work, name=f"trusttrace-prefetch-{checkpoint.name}", daemon=True).start()

@@ -62,7 +62,9 @@ def read_rows(path: Path) -> Table:
         if suffix == ".parquet":
             return Table(pd.read_parquet(path))
         return _read_jsonl(path)
-    except UnicodeDecodeError:
+    except UnicodeDecodeError as error:
+        if suffix == ".parquet":
+            raise DatasetError(f"{path}: cannot read the file ({error})") from None
         raise _not_utf8(path) from None
     except (OSError, ValueError, csv.Error) as error:  # OS, decoding, CSV and pyarrow (ArrowInvalid) failures
         lines = str(error).strip().splitlines()
@@ -70,16 +72,17 @@ def read_rows(path: Path) -> Table:
 
 
 def _not_utf8(path: Path) -> DatasetError:
-    """The error for a CSV or JSONL file that is not UTF-8, naming its first such line (the
-    decoder's own message gives an offset within its read buffer, not within the file)."""
-    with path.open("rb") as handle:
-        for number, line in enumerate(handle, start=1):
-            try:
-                line.decode("utf-8")
-            except UnicodeDecodeError as error:
-                return DatasetError(
-                    f"{path}: line {number} is not UTF-8 text ({error.reason} at byte {error.start}); save the file as UTF-8"
-                )
+    """The error for a CSV or JSONL file that is not UTF-8, naming its first such line as the
+    readers count lines (\n, \r\n or a lone \r); the decoder's own message gives an offset
+    within its read buffer, not within the file."""
+    for number, line in enumerate(path.read_bytes().splitlines(), start=1):
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError as error:
+            return DatasetError(
+                f"{path}: line {number} is not UTF-8 text ({error.reason} at byte {error.start + 1} of the line); "
+                "save the file as UTF-8"
+            )
     return DatasetError(f"{path}: not UTF-8 text; save the file as UTF-8")
 
 

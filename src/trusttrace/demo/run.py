@@ -75,11 +75,14 @@ class DemoResult:
 
     def summary(self) -> str:
         table = self.endorsement.pivot(index="alpha", columns="metric", values="value")
+        floor = (
+            f"shuffled at most {self.shuffled_i_ty:.2f}" if np.isfinite(self.shuffled_i_ty)
+            else "shuffled: not recorded (rows from before 0.9.0)"
+        )
         lines = [
             f"held-out probe accuracy of the best layer ({self.best_layer}, highest mean over checkpoints): "
             f"{self.first_accuracy:.2f} at the first checkpoint -> {self.last_accuracy:.2f} at the last",
-            f"I(T;Y) of that layer (nHSIC score): {self.first_i_ty:.2f} -> {self.last_i_ty:.2f}; with the labels "
-            + (f"shuffled at most {self.shuffled_i_ty:.2f}" if np.isfinite(self.shuffled_i_ty) else "shuffled: not recorded (rows from before 0.9.0)"),
+            f"I(T;Y) of that layer (nHSIC score): {self.first_i_ty:.2f} -> {self.last_i_ty:.2f}; with the labels {floor}",
             f"truth direction of {self.source_checkpoint} (layer {self.steering_layer}) added to the final model; "
             "share of held-out claims it calls true:",
         ]
