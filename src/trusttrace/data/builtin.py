@@ -21,7 +21,7 @@ import pandas as pd
 from trusttrace.data import hub
 from trusttrace.data.cards import CARDS
 from trusttrace.data.dataset import DatasetCard, TrustDataset, text_key
-from trusttrace.data.files import Table, read_rows, validate
+from trusttrace.data.files import Table, read_rows, text_lines, validate
 from trusttrace.errors import DatasetError
 
 DATA_ENV = "TRUSTTRACE_DATA"
@@ -241,21 +241,8 @@ def _confaide_tier2(vignettes: Path, stories: Path, ratings: Path) -> TrustDatas
 
 
 def _lines(path: Path) -> list[tuple[int, str]]:
-    """Non-blank lines of a UTF-8 text file with their 1-based line numbers; a file that cannot be
-    read, or a line that is not UTF-8, is a DatasetError naming it."""
-    try:
-        raw = path.read_bytes()
-    except OSError as error:
-        raise DatasetError(f"{path}: cannot read the file ({error.strerror or error})") from None
-    lines = []
-    for number, line in enumerate(raw.splitlines(), start=1):  # \n, \r\n or a lone \r, as text mode reads them
-        try:
-            text = line.decode("utf-8")
-        except UnicodeDecodeError as error:
-            raise DatasetError(f"{path}: line {number} is not UTF-8 text ({error.reason} at byte {error.start})") from None
-        if text.strip():
-            lines.append((number, text))
-    return lines
+    """Non-blank lines of a UTF-8 text file with their 1-based line numbers (see `text_lines`)."""
+    return [(number, text) for number, text in text_lines(path) if text.strip()]
 
 
 def _scenario(line: str, path: Path, number: int) -> str:

@@ -63,27 +63,33 @@ def read_rows(path: Path) -> Table:
             return Table(pd.read_parquet(path))
         return _read_jsonl(path)
     except UnicodeDecodeError as error:
-        if suffix == ".parquet":
-            raise DatasetError(f"{path}: cannot read the file ({error})") from None
-        raise _not_utf8(path) from None
+        if suffix != ".parquet":
+            text_lines(path)  # raises, naming the line
+        raise DatasetError(f"{path}: cannot read the file ({error})") from None
     except (OSError, ValueError, csv.Error) as error:  # OS, decoding, CSV and pyarrow (ArrowInvalid) failures
         lines = str(error).strip().splitlines()
         raise DatasetError(f"{path}: cannot read the file ({lines[0] if lines else type(error).__name__})") from error
 
 
-def _not_utf8(path: Path) -> DatasetError:
-    """The error for a CSV or JSONL file that is not UTF-8, naming its first such line as the
-    readers count lines (\n, \r\n or a lone \r); the decoder's own message gives an offset
-    within its read buffer, not within the file."""
-    for number, line in enumerate(path.read_bytes().splitlines(), start=1):
+def text_lines(path: Path) -> list[tuple[int, str]]:
+    """A UTF-8 text file's lines with their 1-based numbers, split as text mode and the csv
+    module split them (\n, \r\n or a lone \r); a file that cannot be read, or a line that is
+    not UTF-8, is a DatasetError naming it (a decoder's own offset counts within its read
+    buffer, not the file)."""
+    try:
+        raw = path.read_bytes()
+    except OSError as error:
+        raise DatasetError(f"{path}: cannot read the file ({error.strerror or error})") from None
+    lines = []
+    for number, line in enumerate(raw.splitlines(), start=1):
         try:
-            line.decode("utf-8")
+            lines.append((number, line.decode("utf-8")))
         except UnicodeDecodeError as error:
-            return DatasetError(
+            raise DatasetError(
                 f"{path}: line {number} is not UTF-8 text ({error.reason} at byte {error.start + 1} of the line); "
                 "save the file as UTF-8"
-            )
-    return DatasetError(f"{path}: not UTF-8 text; save the file as UTF-8")
+            ) from None
+    return lines
 
 
 def _read_csv(path: Path) -> Table:
