@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Weight checksums are remembered in a throw-away folder, never the user's cache.
+os.environ["TRUSTTRACE_CACHE"] = tempfile.mkdtemp(prefix="trusttrace-cache-")
+atexit.register(shutil.rmtree, os.environ["TRUSTTRACE_CACHE"], ignore_errors=True)
 
 from trusttrace.tiny import train_tokenizer, tiny_model  # noqa: E402
 

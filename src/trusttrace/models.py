@@ -31,6 +31,7 @@ from transformers import (
     AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase,
 )
 
+from trusttrace.checksums import remembered_sha256
 from trusttrace.data.hub import NETWORK_ERRORS, first_line, hub_reachable
 from trusttrace.devices import check_device, default_device
 from trusttrace.errors import CheckpointError, LayerError, ModelError, OfflineError
@@ -482,23 +483,12 @@ def hub_commit(model_id: str, revision: str | None = None) -> str | None:
 
 
 def file_sha256(path: Path) -> str:
-    """The sha256 of a file; for a Hub-cache symlink to an LFS blob, the blob's name already is."""
+    """The sha256 of a file; for a Hub-cache symlink to an LFS blob, the blob's name already is,
+    and a large local file's may be remembered from an earlier load (`remembered_sha256`)."""
     resolved = path.resolve()
     if resolved.parent.name == "blobs" and len(resolved.name) == 64:
         return resolved.name
-    return sha256_file(resolved)
-
-
-def sha256_file(path: Path) -> str:
-    """The sha256 of a file's bytes, read in chunks into one reused buffer: hashing costs a read,
-    not the file's size in memory, nor a fresh allocation per chunk."""
-    digest = hashlib.sha256()
-    buffer = bytearray(1 << 24)
-    view = memoryview(buffer)
-    with open(path, "rb", buffering=0) as handle:
-        while size := handle.readinto(buffer):
-            digest.update(view[:size])
-    return digest.hexdigest()
+    return remembered_sha256(resolved)
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:

@@ -44,11 +44,11 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as save_safetensors
 
+from trusttrace.checksums import sha256_file
 from trusttrace.data import DatasetCard, TrustDataset
 from trusttrace.data.hub import first_line
 from trusttrace.errors import CorruptArtefactError, DatasetError, StoreError
 from trusttrace.extract import ActivationBatch
-from trusttrace.models import sha256_file
 from trusttrace.provenance import identity, trusttrace_version
 
 try:
