@@ -74,24 +74,25 @@ def test_a_file_replaced_by_another_is_hashed_again(cache, reads, tmp_path):
     assert len(reads) == 2
 
 
+def hashed_twice(path) -> str:
+    """Ask for `path`'s sha256 twice, checking both answers agree with its bytes."""
+    expected = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert remembered_sha256(path) == remembered_sha256(path) == expected
+    return expected
+
+
 def test_a_file_changed_just_before_its_hash_is_not_remembered(cache, reads, tmp_path, monkeypatch):
     monkeypatch.setattr(checksums, "RACY_NS", 60_000_000_000)
-    path = settled(tmp_path / "model.safetensors", b"fresh")
-    remembered_sha256(path)
-    remembered_sha256(path)
+    hashed_twice(settled(tmp_path / "model.safetensors", b"fresh"))
     assert len(reads) == 2 and not cache.exists()
 
 
 def test_small_files_and_a_switched_off_cache_are_always_read(cache, reads, tmp_path, monkeypatch):
     monkeypatch.setattr(checksums, "MIN_BYTES", 1000)
-    small = settled(tmp_path / "config.json", b"{}")
-    remembered_sha256(small)
-    remembered_sha256(small)
+    hashed_twice(settled(tmp_path / "config.json", b"{}"))
     assert len(reads) == 2 and not cache.exists()
     monkeypatch.setenv(checksums.CACHE_ENV, "off")
-    large = settled(tmp_path / "model.safetensors", b"w" * 2000)
-    remembered_sha256(large)
-    remembered_sha256(large)
+    hashed_twice(settled(tmp_path / "model.safetensors", b"w" * 2000))
     assert len(reads) == 4 and not cache.exists()
 
 
