@@ -154,26 +154,28 @@ def load_test(model, tokenizer, device: str) -> tuple[float, dict[str, float]]:
         tokenizer.save_pretrained(weights)
         size = sum(p.stat().st_size for p in weights.glob("*.safetensors")) / 1e9
         os.sync()
-        time.sleep(checksums.RACY_NS / 1e9)  # files changed just before their hash are not remembered
+        time.sleep(checksums.RACY_NS / 1e9 + 0.5)  # files changed just before their hash are not remembered
         load = lambda: load_model(weights, dtype="bfloat16", device=device)  # noqa: E731
         seconds, setting = {}, os.environ.get(checksums.CACHE_ENV)
-        for part, cache, run in (
-            ("load_model, first", Path(folder) / "cache", load),
-            ("load_model again, checksum remembered", Path(folder) / "cache", load),
-            ("from_pretrained alone", "off",
-             lambda: AutoModelForCausalLM.from_pretrained(weights, device_map=device, **{DTYPE_ARGUMENT: torch.bfloat16})),
-            ("weight checksum alone", "off", lambda: folder_checksum(weights)),
-        ):
-            os.environ[checksums.CACHE_ENV] = str(cache)
-            loaded, seconds[part] = timed(run, device)
-            del loaded
-            if device.startswith("cuda"):
-                torch.cuda.empty_cache()
-        checksum_ahead(weights)()
-        loaded, seconds["load_model, checksum computed ahead"] = timed(load, device)
-    os.environ.pop(checksums.CACHE_ENV)
-    if setting is not None:
-        os.environ[checksums.CACHE_ENV] = setting
+        try:
+            for part, cache, run in (
+                ("load_model, first", Path(folder) / "cache", load),
+                ("load_model again, checksum remembered", Path(folder) / "cache", load),
+                ("from_pretrained alone", "off",
+                 lambda: AutoModelForCausalLM.from_pretrained(weights, device_map=device, **{DTYPE_ARGUMENT: torch.bfloat16})),
+                ("weight checksum alone", "off", lambda: folder_checksum(weights)),
+            ):
+                os.environ[checksums.CACHE_ENV] = str(cache)
+                loaded, seconds[part] = timed(run, device)
+                del loaded
+                if device.startswith("cuda"):
+                    torch.cuda.empty_cache()
+            checksum_ahead(weights)()
+            loaded, seconds["load_model, checksum computed ahead"] = timed(load, device)
+        finally:
+            os.environ.pop(checksums.CACHE_ENV)
+            if setting is not None:
+                os.environ[checksums.CACHE_ENV] = setting
     return size, seconds
 
 

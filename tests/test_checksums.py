@@ -6,6 +6,7 @@ import hashlib
 import os
 import sqlite3
 import time
+from pathlib import Path
 
 import pytest
 
@@ -21,19 +22,20 @@ def cache(tmp_path, monkeypatch):
     monkeypatch.setenv(checksums.CACHE_ENV, str(folder))
     monkeypatch.setattr(checksums, "MIN_BYTES", 0)
     monkeypatch.setattr(checksums, "RACY_NS", 20_000_000)
+    monkeypatch.setattr(checksums, "_WARNED", set())
     return folder / checksums.CACHE_FILE
 
 
 @pytest.fixture()
 def reads(monkeypatch):
     """The files whose bytes are hashed, in order."""
-    calls, original = [], checksums.sha256_file
+    calls, original = [], checksums.sha256_of
 
-    def counted(path):
-        calls.append(path)
-        return original(path)
+    def counted(handle):
+        calls.append(Path(handle.name))
+        return original(handle)
 
-    monkeypatch.setattr(checksums, "sha256_file", counted)
+    monkeypatch.setattr(checksums, "sha256_of", counted)
     return calls
 
 
@@ -105,6 +107,52 @@ def test_a_damaged_database_is_passed_over_with_one_warning(cache, reads, tmp_pa
         second = remembered_sha256(path)
     assert first == second == hashlib.sha256(b"weights").hexdigest()
     assert len(reads) == 2 and len(caught) == 1 and str(cache) in str(caught[0].message)
+
+
+def test_a_file_written_while_hashed_is_not_remembered(cache, reads, tmp_path, monkeypatch):
+    monkeypatch.setattr(checksums, "RACY_NS", -60_000_000_000)  # only the identity check guards here
+    path = settled(tmp_path / "model.safetensors", b"a" * 4096)
+    original = checksums.sha256_of
+
+    def written_meanwhile(handle):
+        with open(path, "r+b") as writer:
+            writer.write(b"b")
+        return original(handle)
+
+    monkeypatch.setattr(checksums, "sha256_of", written_meanwhile)
+    remembered_sha256(path)
+    assert not cache.exists()
+    monkeypatch.setattr(checksums, "sha256_of", original)
+    assert remembered_sha256(path) == hashlib.sha256(b"b" + b"a" * 4095).hexdigest()
+
+
+def homeless(cls):
+    raise RuntimeError("Could not determine home directory.")
+
+
+@pytest.mark.parametrize("problem", ["folder under a file", "locked", "no home"])
+def test_an_unusable_cache_warns_once_and_the_file_is_hashed(cache, reads, tmp_path, monkeypatch, problem):
+    path, holder = settled(tmp_path / "model.safetensors", b"weights"), None
+    if problem == "folder under a file":
+        (tmp_path / "plain").write_text("a file, not a folder")
+        monkeypatch.setenv(checksums.CACHE_ENV, str(tmp_path / "plain" / "cache"))
+    elif problem == "locked":
+        monkeypatch.setattr(checksums, "LOCK_TIMEOUT_S", 0.1)
+        cache.parent.mkdir()
+        holder = sqlite3.connect(cache, isolation_level=None)
+        holder.execute(checksums._SCHEMA)
+        holder.execute("BEGIN EXCLUSIVE")
+    else:
+        monkeypatch.delenv(checksums.CACHE_ENV)
+        monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+        monkeypatch.setattr(Path, "home", classmethod(homeless))
+    started = time.monotonic()
+    with pytest.warns(UserWarning, match="cannot remember weight checksums") as caught:
+        hashed_twice(path)
+    assert len(reads) == 2 and len(caught) == 1
+    assert time.monotonic() - started < 10  # a held lock is waited for LOCK_TIMEOUT_S, not 30 s
+    if holder is not None:
+        holder.close()
 
 
 def test_cache_folder_defaults_to_the_user_cache(monkeypatch, tmp_path):
