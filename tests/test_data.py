@@ -418,6 +418,11 @@ def test_offline_without_local_files_says_to_pass_a_data_dir(tmp_path):
         load_dataset("truthfulqa", data_dir=tmp_path)
     with pytest.raises(DatasetError, match=r"sst2: no data folder given \(data_dir=, --data-dir or \$TRUSTTRACE_DATA\)$"):
         load_dataset("sst2", source="local")
+    (tmp_path / "dd").mkdir()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(tmp_path)
+        with pytest.raises(DatasetError, match=f"sst2_sentiment: no {re.escape(str(tmp_path / 'upstream'))}/"):
+            load_dataset("sst2_sentiment", data_dir="dd", source="local")  # the folder looked in, not "upstream/"
     with pytest.raises(DatasetError, match="confaide: .*no Hugging Face source; get confaide.csv from https://github.com/ChnQ/TracingLLM"):
         load_dataset("confaide")
     with pytest.raises(DatasetError, match="confaide_tier2: .*no Hugging Face source; get .*github.com/skywalker023/confAIde"):

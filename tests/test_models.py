@@ -218,9 +218,19 @@ def test_folder_without_a_model(tmp_path):
         load_model(tmp_path, device="cpu")
 
 
+def test_a_folder_of_checkpoints_or_a_suite_name_points_at_one_checkpoint(saved_model, tmp_path):
+    suite = tmp_path / "suite"
+    for step in ("step_100", "step_200"):
+        shutil.copytree(saved_model("gpt2"), suite / step)
+    with pytest.raises(ModelError, match=r"suite: a folder without config.json.*checkpoint folders \(step_100, step_200\): pass one"):
+        load_model(suite, device="cpu")
+    with pytest.raises(ModelError, match="names a suite of checkpoints.*pass one checkpoint's folder"):
+        load_model(f"local:{suite}", device="cpu")
+
+
 def test_hub_model_offline_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises((OfflineError, ModelError), match="EleutherAI/pythia-70m@step1000"):
+    with pytest.raises(OfflineError, match=r"EleutherAI/pythia-70m@step1000: the Hugging Face Hub is off \(HF_HUB_OFFLINE is set\)"):
         load_model("EleutherAI/pythia-70m", revision="step1000", device="cpu")
 
 
@@ -235,7 +245,7 @@ def test_an_unreachable_hub_fails_a_hub_model_at_once_in_one_line(hub_online, mo
 
     monkeypatch.setattr(socket, "create_connection", refused)
     start = time.perf_counter()
-    with pytest.raises(OfflineError, match="not-a-cached/model: the Hugging Face Hub cannot be reached"):
+    with pytest.raises(OfflineError, match=r"not-a-cached/model: the Hugging Face Hub is off \(huggingface.co cannot be reached\)"):
         load_model("not-a-cached/model", device="cpu")
     assert time.perf_counter() - start < 10  # no retries with back-off
     assert constants.HF_HUB_OFFLINE and hub_online.offline_reason() == "huggingface.co cannot be reached"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import warnings
@@ -140,6 +141,17 @@ def test_a_load_reads_only_the_layers_asked_for_and_checksums_cover_every_shard(
     with pytest.raises(CorruptArtefactError, match="shard-00000.safetensors: checksum mismatch"):
         store.check(record)
     store.check(record, checksums=False)  # present, which is all that is asked
+
+
+def test_a_set_loads_by_its_key_and_an_unknown_key_is_named(tmp_path, statements):
+    store = ActivationStore(tmp_path)
+    dataset = toy_dataset(statements)
+    acts = torch.randn(3, len(statements), 4)
+    record = store.save(acts, dataset, provenance(len(statements)) | {"dataset_hash": dataset.content_hash})
+    torch.testing.assert_close(store.load(store.records()[0].key, layers=[1]), acts[[1]])
+    for key in ("0123abcd", "../" + record.key):
+        with pytest.raises(StoreError, match=f"no activation set with key '{re.escape(key)}'"):
+            store.load(key)
 
 
 def test_a_shard_linked_from_a_blobs_folder_is_still_hashed(tmp_path, statements):

@@ -32,7 +32,7 @@ from transformers import (
 )
 
 from trusttrace.checksums import remembered_sha256
-from trusttrace.data.hub import NETWORK_ERRORS, first_line, hub_reachable
+from trusttrace.data.hub import NETWORK_ERRORS, first_line, hub_offline, hub_reachable, offline_reason
 from trusttrace.devices import check_device, default_device
 from trusttrace.errors import CheckpointError, LayerError, ModelError, OfflineError
 
@@ -176,9 +176,13 @@ def _local_folder(model_id: str | os.PathLike, revision: str | None) -> Path | N
         if revision is not None:
             raise CheckpointError(f"{model_id}: a local folder has no revisions (got {revision!r}); pass the checkpoint's own folder")
         if not (path / "config.json").is_file():
-            raise ModelError(f"{model_id}: a folder without config.json, so not a saved model")
+            inner = sorted(child.name for child in path.iterdir() if (child / "config.json").is_file())
+            hint = f"; it holds checkpoint folders ({', '.join(inner[:3])}{', …' if len(inner) > 3 else ''}): pass one" if inner else ""
+            raise ModelError(f"{model_id}: a folder without config.json, so not a saved model{hint}")
         return path.resolve()
     text = str(model_id)
+    if text.startswith("local:"):
+        raise ModelError(f"{model_id}: names a suite of checkpoints (for a sweep's config); pass one checkpoint's folder")
     if path.is_absolute() or text.startswith((".", "~")) or text.count("/") > 1 or os.sep != "/" and os.sep in text:
         raise ModelError(f"{model_id}: no such model folder (and not a Hub id of the form org/name)")
     return None
@@ -258,8 +262,9 @@ def hub_model_error(name: str, revision: str | None, error: OSError) -> Exceptio
     text = str(error)
     where = f"{name}@{revision}" if revision else name
     if "couldn't connect" in text.lower() or "offline" in text.lower():
+        state = f"is off ({offline_reason()})" if hub_offline() else "cannot be reached"
         return OfflineError(
-            f"{where}: the Hugging Face Hub cannot be reached and the model is not in the local cache; "
+            f"{where}: the Hugging Face Hub {state} and the model is not in the local cache; "
             "go online once, or pass a local folder"
         )
     if revision and "revision" in text.lower():

@@ -352,6 +352,15 @@ class ActivationStore:
         folder = self.activations_dir / key
         return self._read_record(folder) if (folder / "meta.json").exists() else None
 
+    def _record(self, record: ActivationRecord | str) -> ActivationRecord:
+        """A record as given, or the one stored under a key (a StoreError naming it when absent)."""
+        if isinstance(record, ActivationRecord):
+            return record
+        found = self.get(record) if isinstance(record, str) and record.isalnum() else None
+        if found is None:
+            raise StoreError(f"{self.activations_dir}: no activation set with key {record!r} (see records())")
+        return found
+
     def records(self) -> list[ActivationRecord]:
         """Every activation set in the workspace, sorted by model, step, checkpoint and dataset."""
         if not self.activations_dir.exists():
@@ -488,8 +497,11 @@ class ActivationStore:
         else:
             os.rename(staging, final)
 
-    def load(self, record: ActivationRecord, layers: Iterable[int] | None = None, *, checksums: bool = True) -> torch.Tensor:
-        """The activations `[n_layers, n, hidden]` as float32, in dataset row order.
+    def load(
+        self, record: ActivationRecord | str, layers: Iterable[int] | None = None, *, checksums: bool = True
+    ) -> torch.Tensor:
+        """The activations `[n_layers, n, hidden]` as float32, in dataset row order, of a record or
+        the key of one (as `records()` lists them).
 
         `layers` picks stored layer indices (default: all, in the stored order). Only those
         tensors are read from each shard, so a chunk of layers costs its own size in memory.
@@ -498,6 +510,7 @@ class ActivationStore:
         just checked the set (see `check`), to read it in several chunks, passes False. A
         missing shard is an error either way.
         """
+        record = self._record(record)
         stored = record.layers
         wanted = stored if layers is None else list(layers)
         if not wanted:

@@ -102,7 +102,7 @@ def load_builtin(name: str, data_dir: str | Path | None = None, source: str = "a
         missing = [path for path in paths if not path.is_file()]
         if not missing:
             return _cleaned(_build_local(name, paths), clean)
-        looked = f"no {missing[0]}"
+        looked = f"no {missing[0].absolute()}"
     if source == "local":
         raise DatasetError(f"{name}: {looked}")
     dataset = _from_hub(name, looked, clean)
