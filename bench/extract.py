@@ -26,7 +26,7 @@ from transformers import AutoModelForCausalLM, GPTNeoXConfig, LlamaConfig
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import timed, bench_statements, machine_description, record_section  # noqa: E402
 
-from trusttrace import checksums  # noqa: E402
+from trusttrace import checksums, extract  # noqa: E402
 from trusttrace.extract import (  # noqa: E402
     STATE_BATCH_BYTES, auto_batch_tokens, extract_activations, plan_batches, tokenize_statements,
 )
@@ -116,19 +116,25 @@ def matmul_tflops(device: str, size: int = 8192, repeat: int = 10) -> float:
     return 2 * size**3 * repeat / seconds / 1e12
 
 
-def diagnose(model, tokenizer, statements, device: str, budgets: list[int]) -> list[str]:
+def diagnose(model, tokenizer, statements, device: str, budgets: list[int], spreads: list[float]) -> list[str]:
     """Where the bf16 time goes: the batch plan and best-of-two time at each token budget
-    (None: automatic), then the ten CUDA kernels that take most time in one automatic pass."""
+    (None: automatic) with the default length spread, then at the automatic budget with each
+    of `spreads`, then the ten CUDA kernels that take most time in one automatic pass."""
     lengths = [len(ids) for ids in tokenize_statements(tokenizer, statements, context_length(model, tokenizer))[0]]
     hidden, layers = model_hidden_size(model), len(decoder_layers(model))
     max_rows = max(1, STATE_BATCH_BYTES // (layers * hidden * 2))
-    lines = ["| token budget | batches | padded / real tokens | best of 2 s |", "|---|---|---|---|"]
-    for budget in [None, *budgets]:
-        plan = plan_batches(lengths, None, budget or auto_batch_tokens(model), max_rows=max_rows)
+    default_spread = extract.LENGTH_SPREAD
+    lines = ["| token budget | length spread | batches | padded / real tokens | best of 2 s |", "|---|---|---|---|---|"]
+    for budget, spread in [(budget, default_spread) for budget in [None, *budgets]] + [(None, value) for value in spreads]:
+        plan = plan_batches(lengths, None, budget or auto_batch_tokens(model), spread=spread, max_rows=max_rows)
         padded = sum(len(rows) * max(lengths[r] for r in rows) for rows in plan)
-        best = min(timed(lambda: extract_activations(model, tokenizer, statements, batch_tokens=budget), device)[1] for _ in range(2))
+        extract.LENGTH_SPREAD = spread  # the extraction reads its spread from here
+        try:
+            best = min(timed(lambda: extract_activations(model, tokenizer, statements, batch_tokens=budget), device)[1] for _ in range(2))
+        finally:
+            extract.LENGTH_SPREAD = default_spread
         label = f"auto ({auto_batch_tokens(model)})" if budget is None else str(budget)
-        lines.append(f"| {label} | {len(plan)} | {padded / sum(lengths):.2f} | {best:.2f} |")
+        lines.append(f"| {label} | {spread:g} | {len(plan)} | {padded / sum(lengths):.2f} | {best:.2f} |")
     if device.startswith("cuda"):
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA, torch.profiler.ProfilerActivity.CPU]) as prof:
             timed(lambda: extract_activations(model, tokenizer, statements), device)
@@ -192,6 +198,8 @@ def main() -> None:
     parser.add_argument("--diagnose", type=int, nargs="*", metavar="TOKENS",
                         help="also time the bf16 pass at these token budgets (and the automatic one) and, on a GPU, "
                         "list its costliest kernels and the card's measured bf16 matrix rate")
+    parser.add_argument("--spreads", type=float, nargs="*", default=[], metavar="SPREAD",
+                        help="with --diagnose, also time the automatic budget with these length spreads")
     parser.add_argument("--record", action="store_true", help="append the results to bench/RESULTS.md")
     args = parser.parse_args()
 
@@ -246,7 +254,7 @@ def main() -> None:
             lines.append(f"- measured bf16 matrix rate (8192^3, random data): {measured:.0f} TFLOP/s; "
                          f"the extraction reached {100 * achieved / measured:.0f} % of it")
     if args.diagnose is not None:
-        diagnosis = diagnose(model, tokenizer, statements, args.device, args.diagnose)
+        diagnosis = diagnose(model, tokenizer, statements, args.device, args.diagnose, args.spreads)
     if args.load_test:
         size, seconds = load_test(model, tokenizer, args.device)
         parts = ", ".join(f"{part} {value:.1f} s" for part, value in seconds.items())

@@ -369,7 +369,7 @@ def iter_activations(
     hidden = model_hidden_size(model)
     state_bytes = next(model.parameters()).element_size()
     batches = plan_batches(
-        [len(ids) for ids in encoded], batch_size, batch_tokens or auto_batch_tokens(model),
+        [len(ids) for ids in encoded], batch_size, batch_tokens or auto_batch_tokens(model), spread=LENGTH_SPREAD,
         max_rows=None if hidden is None else max(1, STATE_BATCH_BYTES // (len(chosen) * hidden * state_bytes)),
     )
     device = next(model.parameters()).device
