@@ -111,7 +111,9 @@ def load_model(
 
     Weights go straight to `device` in `dtype`. The tokenizer gets a pad token (the EOS token)
     when it has none, so batches can be padded. The model carries a `ModelSource` as
-    `model.trusttrace_source` for provenance.
+    `model.trusttrace_source` for provenance; a local folder's weights checksum is computed while
+    the weights load, or taken from an earlier load of the same unchanged files (see
+    `trusttrace.checksums`).
     """
     device = check_device(device) or default_device()
     torch_dtype = resolve_dtype(dtype, device)
