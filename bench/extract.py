@@ -179,7 +179,7 @@ def load_test(model, tokenizer, device: str) -> tuple[float, dict[str, float]]:
             checksum_ahead(weights)()
             loaded, seconds["load_model, checksum computed ahead"] = timed(load, device)
         finally:
-            os.environ.pop(checksums.CACHE_ENV)
+            os.environ.pop(checksums.CACHE_ENV, None)
             if setting is not None:
                 os.environ[checksums.CACHE_ENV] = setting
     return size, seconds

@@ -40,7 +40,8 @@ def hub_online(monkeypatch):
 
     from trusttrace.data import hub
 
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    for variable in hub.OFFLINE_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
     for variable in hub.PROXY_VARIABLES:
         monkeypatch.delenv(variable, raising=False)
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)

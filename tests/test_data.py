@@ -421,8 +421,12 @@ def test_offline_without_local_files_says_to_pass_a_data_dir(tmp_path):
     (tmp_path / "dd").mkdir()
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(tmp_path)
-        with pytest.raises(DatasetError, match=f"sst2_sentiment: no {re.escape(str(tmp_path / 'upstream'))}/"):
-            load_dataset("sst2_sentiment", data_dir="dd", source="local")  # the folder looked in, not "upstream/"
+        where = f"{tmp_path / 'dd' / 'upstream'} or {tmp_path / 'upstream'}"
+        with pytest.raises(DatasetError, match=f"sst2_sentiment: no upstream folder \\({re.escape(where)}\\)$"):
+            load_dataset("sst2_sentiment", data_dir="dd", source="local")  # the folders looked in, not "upstream/"
+        (tmp_path / "dd" / "upstream").mkdir()
+        with pytest.raises(DatasetError, match=f"sst2_sentiment: no {re.escape(str(tmp_path / 'dd' / 'upstream'))}/"):
+            load_dataset("sst2_sentiment", data_dir="dd", source="local")
     with pytest.raises(DatasetError, match="confaide: .*no Hugging Face source; get confaide.csv from https://github.com/ChnQ/TracingLLM"):
         load_dataset("confaide")
     with pytest.raises(DatasetError, match="confaide_tier2: .*no Hugging Face source; get .*github.com/skywalker023/confAIde"):

@@ -222,15 +222,23 @@ def test_a_folder_of_checkpoints_or_a_suite_name_points_at_one_checkpoint(saved_
     suite = tmp_path / "suite"
     for step in ("step_100", "step_200"):
         shutil.copytree(saved_model("gpt2"), suite / step)
-    with pytest.raises(ModelError, match=r"suite: a folder without config.json.*checkpoint folders \(step_100, step_200\): pass one"):
+    (suite / "runs").mkdir()  # no config.json: not named
+    with pytest.raises(ModelError, match=r"suite: a folder without config.json.*checkpoint folders \(step_100, step_200\): pass one$"):
+        load_model(suite, device="cpu")
+    for step in ("step_300", "step_400"):
+        shutil.copytree(suite / "step_100", suite / step)
+    with pytest.raises(ModelError, match=r"checkpoint folders \(step_100, step_200, step_300, …\): pass one$"):
         load_model(suite, device="cpu")
     with pytest.raises(ModelError, match="names a suite of checkpoints.*pass one checkpoint's folder"):
         load_model(f"local:{suite}", device="cpu")
 
 
-def test_hub_model_offline_is_a_clear_error(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(OfflineError, match=r"EleutherAI/pythia-70m@step1000: the Hugging Face Hub is off \(HF_HUB_OFFLINE is set\)"):
+@pytest.mark.parametrize("variable", ["HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"])
+def test_hub_model_offline_is_a_clear_error_naming_the_variable(monkeypatch, variable):
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(variable, "1")
+    with pytest.raises(OfflineError, match=rf"EleutherAI/pythia-70m@step1000: the Hugging Face Hub is off \({variable} is set\)"):
         load_model("EleutherAI/pythia-70m", revision="step1000", device="cpu")
 
 

@@ -41,7 +41,8 @@ from typing import BinaryIO
 
 CACHE_ENV = "TRUSTTRACE_CACHE"
 CACHE_FILE = "checksums.sqlite"
-# Smaller files hash in less time than the database takes to answer (64 MiB: about 35 ms).
+# Smaller files are always hashed: 64 MiB take about 40 ms, too little to be worth a row (a
+# checkpoint's config and tokenizer files, and tiny test models, never reach the database).
 MIN_BYTES = 1 << 26
 # A file changed this recently before its hash started is not remembered (2 s: the coarsest
 # common file-time resolution, FAT's, with room for a coarse kernel clock).
@@ -107,7 +108,7 @@ def cache_file() -> Path | None:
         else:
             folder = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "trusttrace"
     except RuntimeError as error:  # no home folder (a container's user without a passwd entry)
-        _warn_once("~/.cache/trusttrace", error)
+        _warn_once(setting or "~/.cache/trusttrace", error)
         return None
     return folder / CACHE_FILE
 

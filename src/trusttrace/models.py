@@ -8,6 +8,7 @@ whose outputs are the layers trusttrace reads and steers (layer i = output of bl
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import operator
 import os
@@ -31,6 +32,7 @@ from transformers import (
     AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase,
 )
 
+from trusttrace.checkpoints import LOCAL_PREFIX
 from trusttrace.checksums import remembered_sha256
 from trusttrace.data.hub import NETWORK_ERRORS, first_line, hub_offline, hub_reachable, offline_reason
 from trusttrace.devices import check_device, default_device
@@ -178,16 +180,32 @@ def _local_folder(model_id: str | os.PathLike, revision: str | None) -> Path | N
         if revision is not None:
             raise CheckpointError(f"{model_id}: a local folder has no revisions (got {revision!r}); pass the checkpoint's own folder")
         if not (path / "config.json").is_file():
-            inner = sorted(child.name for child in path.iterdir() if (child / "config.json").is_file())
+            inner = _model_folders_in(path)
             hint = f"; it holds checkpoint folders ({', '.join(inner[:3])}{', …' if len(inner) > 3 else ''}): pass one" if inner else ""
             raise ModelError(f"{model_id}: a folder without config.json, so not a saved model{hint}")
         return path.resolve()
     text = str(model_id)
-    if text.startswith("local:"):
+    if text.startswith(LOCAL_PREFIX):
         raise ModelError(f"{model_id}: names a suite of checkpoints (for a sweep's config); pass one checkpoint's folder")
     if path.is_absolute() or text.startswith((".", "~")) or text.count("/") > 1 or os.sep != "/" and os.sep in text:
         raise ModelError(f"{model_id}: no such model folder (and not a Hub id of the form org/name)")
     return None
+
+
+def _model_folders_in(folder: Path, limit: int = 1000) -> list[str]:
+    """The names of `folder`'s sub-folders that hold a config.json, sorted (among its first
+    `limit` entries; those that cannot be read are passed over): a hint, never an error."""
+    found = []
+    try:
+        for child in itertools.islice(folder.iterdir(), limit):
+            try:
+                if (child / "config.json").is_file():
+                    found.append(child.name)
+            except OSError:
+                continue
+    except OSError:
+        pass
+    return sorted(found)
 
 
 def check_local_model(folder: str | os.PathLike, trust_remote_code: bool = False) -> None:

@@ -352,11 +352,12 @@ class ActivationStore:
         folder = self.activations_dir / key
         return self._read_record(folder) if (folder / "meta.json").exists() else None
 
-    def _record(self, record: ActivationRecord | str) -> ActivationRecord:
+    def _as_record(self, record: ActivationRecord | str) -> ActivationRecord:
         """A record as given, or the one stored under a key (a StoreError naming it when absent)."""
         if isinstance(record, ActivationRecord):
             return record
-        found = self.get(record) if isinstance(record, str) and record.isalnum() else None
+        is_key = isinstance(record, str) and record == Path(record).name and not record.startswith(".")
+        found = self.get(record) if is_key else None
         if found is None:
             raise StoreError(f"{self.activations_dir}: no activation set with key {record!r} (see records())")
         return found
@@ -510,7 +511,7 @@ class ActivationStore:
         just checked the set (see `check`), to read it in several chunks, passes False. A
         missing shard is an error either way.
         """
-        record = self._record(record)
+        record = self._as_record(record)
         stored = record.layers
         wanted = stored if layers is None else list(layers)
         if not wanted:

@@ -71,8 +71,13 @@ def study_dir(root: Path) -> Path:
 
 def upstream_dir(root: Path) -> Path:
     """The upstream folder: `root/upstream`, else the study folder's sibling `upstream/`."""
-    candidates = [root / UPSTREAM_FOLDER, study_dir(root).parent / UPSTREAM_FOLDER]
+    candidates = upstream_candidates(root)
     return next((folder for folder in candidates if folder.is_dir()), candidates[-1])
+
+
+def upstream_candidates(root: Path) -> list[Path]:
+    """Where the upstream folder may be, in the order it is looked for."""
+    return [root / UPSTREAM_FOLDER, study_dir(root).parent / UPSTREAM_FOLDER]
 
 
 def local_paths(name: str, root: Path) -> list[Path]:
@@ -103,6 +108,8 @@ def load_builtin(name: str, data_dir: str | Path | None = None, source: str = "a
         if not missing:
             return _cleaned(_build_local(name, paths), clean)
         looked = f"no {missing[0].absolute()}"
+        if name not in STUDY_FILES and not upstream_dir(root).is_dir():
+            looked = "no upstream folder (" + " or ".join(str(folder.absolute()) for folder in upstream_candidates(root)) + ")"
     if source == "local":
         raise DatasetError(f"{name}: {looked}")
     dataset = _from_hub(name, looked, clean)

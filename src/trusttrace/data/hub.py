@@ -68,19 +68,32 @@ def first_line(error: BaseException) -> str:
     return lines[0] if lines else type(error).__name__
 
 
+# Variables that switch the Hub off: huggingface_hub reads either as its offline switch.
+OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+
+
 def hub_offline() -> bool:
-    """True when HF_HUB_OFFLINE is set now (read at call time) or was set when huggingface_hub
-    loaded, or `_host_answers` found the Hub's host unreachable."""
-    return _offline_flag() or bool(constants.HF_HUB_OFFLINE)
+    """True when an offline variable is set now (read at call time) or offline mode was on when
+    huggingface_hub loaded, or `_host_answers` found the Hub's host unreachable."""
+    return _offline_variable() is not None or bool(constants.HF_HUB_OFFLINE)
 
 
 def offline_reason() -> str:
-    """Why the Hub is off: the variable, or the host `_host_answers` could not reach."""
-    return f"{UNREACHABLE[0]} cannot be reached" if UNREACHABLE and not _offline_flag() else "HF_HUB_OFFLINE is set"
+    """Why the Hub is off: the variable set, or the host `_host_answers` could not reach."""
+    variable = _offline_variable()
+    if variable is not None:
+        return f"{variable} is set"
+    if UNREACHABLE:
+        return f"{UNREACHABLE[0]} cannot be reached"
+    return "offline mode was on when huggingface_hub loaded"
 
 
-def _offline_flag() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+def _offline_variable() -> str | None:
+    """The first of `OFFLINE_VARIABLES` set to a true value now, if any."""
+    return next(
+        (name for name in OFFLINE_VARIABLES if os.environ.get(name, "").strip().upper() in {"1", "ON", "YES", "TRUE"}),
+        None,
+    )
 
 
 def hub_reachable() -> bool:
