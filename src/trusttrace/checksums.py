@@ -84,14 +84,14 @@ def remembered_sha256(path: Path) -> str:
         database = cache_file() if before.st_size >= MIN_BYTES else None
         if database is None:
             return sha256_of(handle)
-        identity = _identity(before)
+        identity = file_identity(before)
         found = _lookup(database, path, identity)
         if found is not None:
             return found
         started = time.time_ns()
         digest = sha256_of(handle)
         after = os.fstat(handle.fileno())
-    if _identity(after) == identity and max(after.st_mtime_ns, after.st_ctime_ns) < started - RACY_NS:
+    if file_identity(after) == identity and max(after.st_mtime_ns, after.st_ctime_ns) < started - RACY_NS:
         _remember(database, path, identity, digest)
     return digest
 
@@ -113,7 +113,7 @@ def cache_file() -> Path | None:
     return folder / CACHE_FILE
 
 
-def _identity(stat: os.stat_result) -> tuple[int, int, int, int, int]:
+def file_identity(stat: os.stat_result) -> tuple[int, int, int, int, int]:
     """What changes when a file is written anew or in place: device, inode, size, mtime, ctime (ns)."""
     return (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
 

@@ -5,8 +5,8 @@ its block's output to one vector per statement at once (the last real token, the
 mean), so `extract_activations` never holds more than the output plus two batches' states:
 the one handed over next and the one being computed (on a GPU, in its memory, and on its way to
 the host in pinned memory; see `HostCopy`), each at most STATE_BATCH_BYTES with an automatic
-batch size. Statements are sorted by length so that batches
-carry little padding, and the LM head is never run.
+batch size. Statements are sorted by length so that batches carry little padding, and the LM
+head is never run.
 """
 
 from __future__ import annotations
@@ -368,7 +368,7 @@ def iter_activations(
     encoded, cut = tokenize_statements(tokenizer, statements, context_length(model, tokenizer))
     hidden = model_hidden_size(model)
     state_bytes = next(model.parameters()).element_size()
-    batches = plan_batches(
+    batches = plan_batches(  # LENGTH_SPREAD read now, not at import: bench/extract.py --spreads varies it
         [len(ids) for ids in encoded], batch_size, batch_tokens or auto_batch_tokens(model), spread=LENGTH_SPREAD,
         max_rows=None if hidden is None else max(1, STATE_BATCH_BYTES // (len(chosen) * hidden * state_bytes)),
     )

@@ -33,7 +33,7 @@ from transformers import (
 )
 
 from trusttrace.checkpoints import LOCAL_PREFIX
-from trusttrace.checksums import remembered_sha256
+from trusttrace.checksums import file_identity, remembered_sha256
 from trusttrace.data.hub import NETWORK_ERRORS, first_line, hub_offline, hub_reachable, offline_reason
 from trusttrace.devices import check_device, default_device
 from trusttrace.errors import CheckpointError, LayerError, ModelError, OfflineError
@@ -385,10 +385,10 @@ def _checksum_from_ahead(folder: Path, ahead: Future) -> str | None:
     return folder_checksum(folder)
 
 
-def weight_signature(files: list[Path]) -> str:
-    """Each file's name, size, modification time, inode and change time (ns): a file written
-    anew, or changed in place, has another one."""
-    return "\n".join(_stat_lines(files, identity=True))
+def weight_signature(files: list[Path]) -> list[tuple[str, tuple[int, ...]]]:
+    """Each file's name and identity (`file_identity`): a file written anew, or changed in
+    place, has another one."""
+    return [(path.name, file_identity(path.stat())) for path in files]
 
 
 def state_files_checksum(folder: Path) -> str:
@@ -436,17 +436,11 @@ def fingerprint_matches(recorded: str, folder: Path) -> bool:
 
 def _stat_digest(files: list[Path]) -> str:
     """One sha256 over the files' name:size:modification-time lines."""
-    return hashlib.sha256("\n".join(_stat_lines(files)).encode()).hexdigest()
-
-
-def _stat_lines(files: list[Path], identity: bool = False) -> list[str]:
-    """name:size:modification-time of each file, and with `identity` its inode and change time."""
     lines = []
     for path in files:
         stat = path.stat()
-        extra = f":{stat.st_ino}:{stat.st_ctime_ns}" if identity else ""
-        lines.append(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}{extra}")
-    return lines
+        lines.append(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}")
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
 def _weights_folder(model: PreTrainedModel, revision: str | None) -> Path | None:

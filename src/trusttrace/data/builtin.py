@@ -107,9 +107,10 @@ def load_builtin(name: str, data_dir: str | Path | None = None, source: str = "a
         missing = [path for path in paths if not path.is_file()]
         if not missing:
             return _cleaned(_build_local(name, paths), clean)
-        looked = f"no {missing[0].absolute()}"
         if name not in STUDY_FILES and not upstream_dir(root).is_dir():
             looked = "no upstream folder (" + " or ".join(str(folder.absolute()) for folder in upstream_candidates(root)) + ")"
+        else:
+            looked = f"no {missing[0].absolute()}"
     if source == "local":
         raise DatasetError(f"{name}: {looked}")
     dataset = _from_hub(name, looked, clean)

@@ -314,7 +314,8 @@ def mi_curves(frame: pd.DataFrame, turning: pd.DataFrame, axis: TimeAxis, *, nam
 
 def _shuffled_floor(ax, frame: pd.DataFrame) -> list[Line2D]:
     """Draw, per checkpoint, the highest I(T;Y) any shown layer reads with the labels shuffled
-    (dashed): one draw per layer of what the estimator gives by chance. Returns its legend entry
+    (dashed): each layer's reading of one seeded shuffle of the labels, what the estimator gives
+    by chance. Returns its legend entry
     (none for rows written before the baseline existed)."""
     if "i_ty_shuffled" not in frame:
         return []

@@ -358,7 +358,7 @@ def _shuffled_note(data: pd.DataFrame) -> str:
     """The caption's words on the dashed shuffled-label floor, or why it is missing."""
     values = data["i_ty_shuffled"].astype(float) if "i_ty_shuffled" in data else pd.Series(dtype=float)
     if values.notna().any():
-        return ("Dashed: the highest I(T;Y) any shown layer reads with the labels shuffled (one shuffle per layer), "
+        return ("Dashed: the highest I(T;Y) any shown layer reads with the labels shuffled (one seeded shuffle), "
                 "what the estimator gives with no relation to the labels; an I(T;Y) near it is within chance. ")
     return ("No shuffled-label floor: these rows were estimated before trusttrace 0.9.0 recorded it (move "
             f"{MI_TABLE} aside and run trusttrace mi, or trusttrace run, again to add it). ")
